@@ -1,0 +1,133 @@
+"""The ``ratesvc`` command: ``serve`` | ``demo`` | ``sandbox`` | ``check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ratesvc import __version__
+from ratesvc.app import create_app
+from ratesvc.checks import check_accounts
+from ratesvc.config import ConfigError, Settings, load_settings
+from ratesvc.demo import run_demo, start_site
+from ratesvc.sandbox.knobs import Knobs, Latency
+from ratesvc.sandbox.shipstation import ShipStationSandbox
+
+log = logging.getLogger("ratesvc")
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings(os.environ)
+    except ConfigError as exc:
+        print("ratesvc: the configuration has problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve(settings: Settings) -> None:
+    runner, port = await start_site(create_app(settings), settings.host, settings.port)
+    log.info("ratesvc %s serving on http://%s:%d", __version__, settings.host, port)
+    try:
+        await _stop_event().wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+async def _sandbox(args: argparse.Namespace) -> None:
+    sandbox = ShipStationSandbox(
+        api_key=args.api_key,
+        api_secret=args.api_secret,
+        knobs=Knobs(
+            latency=Latency(base_ms=args.latency_ms, jitter_ms=args.jitter_ms),
+            rate_limit=args.rate_limit,
+            window_s=args.window_s,
+        ),
+    )
+    runner, port = await start_site(sandbox.app, args.host, args.port)
+    print(
+        f"ShipStation sandbox on http://{args.host}:{port} (key {args.api_key!r}, secret "
+        f"{args.api_secret!r}); knobs at /__sandbox/knobs, counters at /__sandbox/calls",
+        flush=True,
+    )
+    try:
+        await _stop_event().wait()
+    finally:
+        await runner.cleanup()
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    await run_demo(args.port, Path(args.data_dir) if args.data_dir else None, _stop_event())
+
+
+async def _check(settings: Settings) -> int:
+    ok, lines = await check_accounts(settings)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ratesvc", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ratesvc {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the service from RATESVC_* configuration")
+    demo = commands.add_parser("demo", help="run the service against built-in sandboxes")
+    demo.add_argument("--port", type=int, default=8080, help="service port (0: any free port)")
+    demo.add_argument("--data-dir", default=None, help="default: a new temporary directory")
+    sandbox = commands.add_parser("sandbox", help="run the ShipStation sandbox on its own")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8090)
+    sandbox.add_argument("--api-key", default="sandbox-key")
+    sandbox.add_argument("--api-secret", default="sandbox-secret")
+    sandbox.add_argument("--latency-ms", type=float, default=100.0)
+    sandbox.add_argument("--jitter-ms", type=float, default=20.0)
+    sandbox.add_argument("--rate-limit", type=int, default=40)
+    sandbox.add_argument("--window-s", type=float, default=60.0)
+    commands.add_parser("check", help="verify each account's upstream credentials")
+    args = parser.parse_args(argv)
+
+    if args.command in ("serve", "check"):
+        settings = _settings_or_exit()
+        level = settings.log_level
+    else:
+        settings, level = None, os.environ.get("RATESVC_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            assert settings is not None
+            asyncio.run(_serve(settings))
+        elif args.command == "check":
+            assert settings is not None
+            return asyncio.run(_check(settings))
+        elif args.command == "demo":
+            asyncio.run(_demo(args))
+        else:
+            asyncio.run(_sandbox(args))
+    except OSError as exc:
+        print(f"ratesvc: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

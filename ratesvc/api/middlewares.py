@@ -1,0 +1,128 @@
+"""Request id, metrics, problem+json errors and bearer-token auth, outermost first."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ratesvc import keys
+from ratesvc.accounts import AccountServices
+from ratesvc.api.problems import problem_response
+from ratesvc.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RatesvcError,
+    RequestError,
+    Unauthorized,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_REQUEST_ID_KEY = "ratesvc.request_id"
+_ACCOUNT_KEY = "ratesvc.account"
+# Routes under /v1/ that authenticate themselves (Cin7 Core's webhook credential).
+_SELF_AUTHENTICATED = ("/v1/webhooks/",)
+
+
+def request_id(request: web.Request) -> str:
+    return str(request.get(_REQUEST_ID_KEY, ""))
+
+
+def current_account(request: web.Request) -> AccountServices:
+    """The account the bearer token belongs to (set by :func:`auth_middleware`)."""
+    services = request.get(_ACCOUNT_KEY)
+    if not isinstance(services, AccountServices):
+        raise Unauthorized("this route needs Authorization: Bearer <token>")
+    return services
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request[_REQUEST_ID_KEY] = rid
+    response = await handler(request)
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route.resource
+        template = route.canonical if route is not None else "unmatched"
+        metrics = request.app[keys.METRICS]
+        metrics.http_requests.labels(template, request.method, str(status)).inc()
+        metrics.http_latency.labels(template, request.method).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as problem+json; anything unexpected is a logged 500."""
+    try:
+        return await handler(request)
+    except RatesvcError as error:
+        if not isinstance(error, RequestError):
+            log.warning("%s %s: %s (%s)", request.method, request.path, error.code, error.detail)
+        return _problem(request, error)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[keys.SETTINGS].max_body_bytes
+        return _problem(request, PayloadTooLarge(f"the body is larger than {limit} bytes"))
+    except web.HTTPNotFound:
+        return _problem(request, NotFound(f"no route {request.path}"))
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = _problem(
+            request, MethodNotAllowed(f"{request.method} is not allowed here; use {allowed}")
+        )
+        response.headers["Allow"] = allowed
+        return response
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception(
+            "unhandled error in %s %s [%s]", request.method, request.path, request_id(request)
+        )
+        bug = RatesvcError("an unexpected error occurred; it has been logged with the request id")
+        return _problem(request, bug)
+
+
+def _problem(request: web.Request, error: RatesvcError) -> web.Response:
+    response = problem_response(error, request_id(request) or None)
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="ratesvc"'
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if path.startswith("/v1/") and not path.startswith(_SELF_AUTHENTICATED):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized(
+                "send Authorization: Bearer <token> with an API token of your account"
+            )
+        account = request.app[keys.SETTINGS].account_for_token(token.strip())
+        if account is None:
+            raise Unauthorized("the bearer token is not known; check RATESVC_API_TOKEN")
+        request[_ACCOUNT_KEY] = request.app[keys.ACCOUNTS][account.name]
+    return await handler(request)
+
+
+MIDDLEWARES = (request_id_middleware, metrics_middleware, problem_middleware, auth_middleware)

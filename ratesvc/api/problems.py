@@ -1,0 +1,84 @@
+"""problem+json (RFC 9457) answers, and decoding request bodies into Structs with field paths."""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+from ratesvc.codec import decoder_for
+from ratesvc.errors import FieldError, InvalidRequest, MalformedJson, RatesvcError
+
+T = TypeVar("T")
+
+PROBLEM_TYPE = "application/problem+json"
+_encoder = msgspec.json.Encoder()
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*): (?P<message>.+)$", re.DOTALL)
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The body of every 4xx/5xx answer. ``code`` is stable and machine-readable."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    errors: list[FieldError] = []
+    request_id: str | None = None
+
+
+def problem_response(error: RatesvcError, request_id: str | None) -> web.Response:
+    errors = error.errors if isinstance(error, InvalidRequest) else []
+    problem = Problem(
+        type="about:blank",
+        title=error.title,
+        status=error.status,
+        code=error.code,
+        detail=error.detail,
+        errors=errors,
+        request_id=request_id,
+    )
+    response = web.Response(body=_encoder.encode(problem), status=error.status)
+    response.content_type = PROBLEM_TYPE
+    return response
+
+
+def field_error_from_validation(exc: msgspec.ValidationError) -> FieldError:
+    """``Expected `float` > 0.0 - at `$.packages[0].weight.value``` → field + message."""
+    match = _AT.match(str(exc))
+    message, path = (match["message"], match["path"] or "") if match else (str(exc), "")
+    path = path.lstrip(".")
+    prefixed = _FIELD_PREFIX.match(message)
+    if prefixed:  # a __post_init__ check names its field: "country: must be ..."
+        path = f"{path}.{prefixed['field']}" if path else prefixed["field"]
+        message = prefixed["message"]
+    unknown = re.match(r"Object contains unknown field `(?P<name>[^`]+)`", message)
+    if unknown:
+        path = f"{path}.{unknown['name']}" if path else unknown["name"]
+        message = "is not a known field"
+    missing = re.match(r"Object missing required field `(?P<name>[^`]+)`", message)
+    if missing:
+        path = f"{path}.{missing['name']}" if path else missing["name"]
+        message = "is required"
+    return FieldError(field=path or "(body)", message=message)
+
+
+async def decode_body(request: web.Request, kind: type[T]) -> T:
+    """Read and validate a JSON body: 400 ``malformed_json`` or 422 ``invalid_request``."""
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise MalformedJson(
+            f"send a JSON body with Content-Type: application/json (got {content_type})"
+        )
+    raw = await request.read()
+    try:
+        return decoder_for(kind).decode(raw)
+    except msgspec.ValidationError as exc:
+        error = field_error_from_validation(exc)
+        raise InvalidRequest(f"{error.field} {error.message}", [error]) from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedJson(f"the body is not valid JSON: {exc}") from exc

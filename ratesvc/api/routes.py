@@ -1,0 +1,42 @@
+"""Wiring only: which handler serves which path. The OpenAPI document is built from this table."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ratesvc.api import carriers, health
+from ratesvc.api.openapi import Route, build_openapi
+from ratesvc.models import CarriersResponse
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    return web.Response(body=_openapi_bytes(), content_type="application/json")
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", health.healthz, "Liveness", health.Health, auth=False,
+          tags=("operations",)),
+    Route("GET", "/readyz", health.readyz, "Readiness: config loaded, data directory writable",
+          health.Readiness, auth=False, tags=("operations",)),
+    Route("GET", "/metrics", health.metrics, "Prometheus metrics", auth=False,
+          content_type="text/plain", tags=("operations",)),
+    Route("GET", "/openapi.json", openapi, "This document", auth=False, tags=("operations",)),
+    Route("GET", "/v1/carriers", carriers.list_carriers,
+          "Connected carriers with their services and package types (cached)",
+          CarriersResponse, errors=(502, 503, 504), tags=("carriers",)),
+)  # fmt: skip
+
+
+@cache
+def _openapi_bytes() -> bytes:
+    document: dict[str, Any] = build_openapi(ROUTES)
+    return msgspec.json.encode(document)
+
+
+def setup_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)

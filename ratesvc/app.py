@@ -1,0 +1,49 @@
+"""``create_app(settings)``: the whole service as one aiohttp application.
+
+No I/O happens here; every resource (the upstream HTTP sessions, the per-account clients) is
+opened and closed in ``cleanup_ctx``, so the app can be started and stopped any number of times
+by tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from ratesvc import __version__, keys
+from ratesvc.accounts import build_accounts
+from ratesvc.api.middlewares import MIDDLEWARES
+from ratesvc.api.routes import setup_routes
+from ratesvc.config import Settings
+from ratesvc.metrics import Metrics
+
+USER_AGENT = f"ratesvc/{__version__}"
+
+
+def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics or Metrics()
+    app.cleanup_ctx.append(_upstreams)
+    setup_routes(app)
+    return app
+
+
+async def _upstreams(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession for ShipStation, shared by every account's client."""
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=60, connect=10),
+        connector=aiohttp.TCPConnector(limit=100, limit_per_host=50, ttl_dns_cache=300),
+        headers={"User-Agent": USER_AGENT},
+        raise_for_status=False,
+    )
+    accounts = build_accounts(app[keys.SETTINGS], session, app[keys.METRICS])
+    app[keys.ACCOUNTS] = accounts
+    try:
+        yield
+    finally:
+        for services in accounts.values():
+            await services.catalog.close()
+        await session.close()

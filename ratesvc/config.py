@@ -1,0 +1,501 @@
+"""Settings, read once at start-up from ``RATESVC_*`` environment variables and a TOML file.
+
+Two forms:
+
+* **Single account** (environment only): the account is named ``default``; see the README for
+  every variable.
+* **Multi-account**: ``RATESVC_CONFIG=/path/ratesvc.toml`` with a ``[service]`` table and one
+  ``[accounts.<name>]`` table per Cin7 Core organisation. Any string value written as
+  ``"env:NAME"`` is read from the environment variable ``NAME``, so secrets need not sit in the
+  file. Environment variables for service-wide values (host, port, ...) override the file.
+
+Every problem found is collected and reported together, one line each (:class:`ConfigError`).
+Secrets are wrapped in :class:`Secret`, whose ``repr`` and ``str`` never show the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+
+from ratesvc.models import Address
+
+DEFAULT_SHIPSTATION_URL = "https://ssapi.shipstation.com"
+DEFAULT_CIN7_URL = "https://inventory.dearsystems.com/ExternalApi/v2"
+DEFAULT_ACCOUNT = "default"
+MIN_TOKEN_LENGTH = 16
+
+
+class ConfigError(Exception):
+    """Configuration is unusable; ``problems`` holds one actionable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A string that never shows itself in logs, reprs or error messages."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self._value.encode()).digest()
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class MarkupRule(msgspec.Struct, frozen=True, kw_only=True):
+    """Added to a quote: ``percent`` of shipment + other cost, plus ``flat``."""
+
+    percent: Decimal = Decimal(0)
+    flat: Decimal = Decimal(0)
+
+
+class Markup(msgspec.Struct, frozen=True, kw_only=True):
+    default: MarkupRule = MarkupRule()
+    per_carrier: dict[str, MarkupRule] = {}
+
+    def for_carrier(self, carrier_code: str) -> MarkupRule:
+        return self.per_carrier.get(carrier_code, self.default)
+
+
+class ShipStationConfig(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    api_key: Secret
+    api_secret: Secret
+    rate_limit: int = 40
+    window_s: float = 60.0
+
+    def key_id(self) -> str:
+        """Names the key pair in metrics and logs without revealing it."""
+        return hashlib.sha256(self.api_key.reveal().encode()).hexdigest()[:8]
+
+
+class Cin7Config(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    account_id: Secret
+    application_key: Secret
+
+
+class Account(msgspec.Struct, frozen=True, kw_only=True):
+    """One Cin7 Core organisation with its ShipStation key pair and its own rules."""
+
+    name: str
+    api_tokens: tuple[Secret, ...]
+    shipstation: ShipStationConfig
+    cin7: Cin7Config | None = None
+    ship_from: Address | None = None
+    carriers: tuple[str, ...] | None = None
+    markup: Markup = Markup()
+    request_deadline_s: float = 10.0
+    quote_ttl_s: float = 900.0
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./var")
+    log_level: str = "INFO"
+    max_body_bytes: int = 1024 * 1024
+    carriers_ttl_s: float = 6 * 3600.0
+    accounts: dict[str, Account] = {}
+
+    def account_for_token(self, token: str) -> Account | None:
+        """The account a bearer token belongs to (compared by SHA-256 digest)."""
+        digest = hashlib.sha256(token.encode()).digest()
+        for account in self.accounts.values():
+            for candidate in account.api_tokens:
+                if candidate.digest() == digest:
+                    return account
+        return None
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Reader:
+    """Collects problems while reading raw values, so all of them are reported at once."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, where: str, raw: object, *, required: bool = False) -> str | None:
+        if raw is None or raw == "":
+            if required:
+                self.problems.append(f"{where}: is required but not set")
+            return None
+        if not isinstance(raw, str):
+            self.problems.append(f"{where}: must be a string")
+            return None
+        if raw.startswith("env:"):
+            name = raw[4:]
+            value = self.env.get(name)
+            if not value:
+                self.problems.append(f"{where}: environment variable {name} is not set")
+                return None
+            return value
+        return raw
+
+    def number(
+        self, where: str, raw: object, default: float, *, minimum: float, maximum: float
+    ) -> float:
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw) if isinstance(raw, str | int | float) else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not minimum <= value <= maximum:
+            self.problems.append(f"{where}: must be a number from {minimum:g} to {maximum:g}")
+            return default
+        return value
+
+    def integer(self, where: str, raw: object, default: int, *, minimum: int, maximum: int) -> int:
+        value = self.number(where, raw, default, minimum=minimum, maximum=maximum)
+        if value != int(value):
+            self.problems.append(f"{where}: must be a whole number")
+        return int(value)
+
+    def decimal(self, where: str, raw: object) -> Decimal:
+        if raw is None:
+            return Decimal(0)
+        try:
+            value = Decimal(str(raw))
+        except InvalidOperation:
+            value = Decimal("NaN")
+        if not value.is_finite() or not Decimal(-1000) <= value <= Decimal(1000):
+            self.problems.append(f"{where}: must be a decimal number from -1000 to 1000")
+            return Decimal(0)
+        return value
+
+    def address(self, where: str, raw: object) -> Address | None:
+        if raw is None or raw == "":
+            return None
+        try:
+            data = orjson.loads(raw) if isinstance(raw, str) else raw
+            return msgspec.convert(data, Address)
+        except (orjson.JSONDecodeError, msgspec.ValidationError) as exc:
+            self.problems.append(f"{where}: not a valid address ({exc})")
+            return None
+
+    def url(self, where: str, raw: object, default: str) -> str:
+        value = self.text(where, raw) or default
+        if not value.startswith(("http://", "https://")):
+            self.problems.append(f"{where}: must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    def markup(self, where: str, raw: object) -> Markup:
+        if raw is None:
+            return Markup()
+        if not isinstance(raw, Mapping):
+            self.problems.append(f"{where}: must be a table")
+            return Markup()
+        per_carrier = raw.get("per_carrier") or {}
+        if not isinstance(per_carrier, Mapping):
+            self.problems.append(f"{where}.per_carrier: must be a table of carrier codes")
+            per_carrier = {}
+        return Markup(
+            default=self.markup_rule(where, raw),
+            per_carrier={
+                str(code): self.markup_rule(f"{where}.per_carrier.{code}", rule)
+                for code, rule in per_carrier.items()
+            },
+        )
+
+    def markup_rule(self, where: str, raw: object) -> MarkupRule:
+        if not isinstance(raw, Mapping):
+            self.problems.append(f"{where}: must be a table with percent and/or flat")
+            return MarkupRule()
+        unknown = set(raw) - {"percent", "flat", "per_carrier"}
+        if unknown:
+            self.problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        return MarkupRule(
+            percent=self.decimal(f"{where}.percent", raw.get("percent")),
+            flat=self.decimal(f"{where}.flat", raw.get("flat")),
+        )
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build Settings from an environment mapping (``os.environ`` in production, a dict in tests).
+
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    reader = _Reader(env)
+    file_service: Mapping[str, Any] = {}
+    file_accounts: Mapping[str, Any] | None = None
+    config_path = env.get("RATESVC_CONFIG")
+    if config_path:
+        try:
+            document = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(
+                [f"RATESVC_CONFIG: cannot read {config_path}: {exc.strerror}"]
+            ) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"RATESVC_CONFIG: {config_path} is not valid TOML: {exc}"]) from exc
+        file_service = document.get("service", {})
+        file_accounts = document.get("accounts")
+        if not isinstance(file_accounts, Mapping) or not file_accounts:
+            reader.problems.append(f"{config_path}: needs at least one [accounts.<name>] table")
+            file_accounts = {}
+
+    def service_value(env_name: str, key: str) -> object:
+        return env.get(env_name) or file_service.get(key)
+
+    deadline = reader.number(
+        "RATESVC_REQUEST_DEADLINE_S",
+        service_value("RATESVC_REQUEST_DEADLINE_S", "request_deadline_s"),
+        10.0,
+        minimum=0.1,
+        maximum=300,
+    )
+    quote_ttl = reader.number(
+        "RATESVC_QUOTE_TTL_S",
+        service_value("RATESVC_QUOTE_TTL_S", "quote_ttl_s"),
+        900.0,
+        minimum=1,
+        maximum=7 * 86400,
+    )
+    log_level = str(service_value("RATESVC_LOG_LEVEL", "log_level") or "INFO").upper()
+    if log_level not in _LOG_LEVELS:
+        reader.problems.append(f"RATESVC_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}")
+    if file_accounts is None:
+        accounts = {DEFAULT_ACCOUNT: _env_account(reader, env, deadline, quote_ttl)}
+    else:
+        accounts = {
+            str(name): _file_account(reader, str(name), raw, deadline, quote_ttl)
+            for name, raw in file_accounts.items()
+        }
+    _check_tokens_unique(reader, accounts)
+    settings = Settings(
+        host=str(service_value("RATESVC_HOST", "host") or "127.0.0.1"),
+        port=reader.integer(
+            "RATESVC_PORT", service_value("RATESVC_PORT", "port"), 8080, minimum=0, maximum=65535
+        ),
+        data_dir=Path(str(service_value("RATESVC_DATA_DIR", "data_dir") or "./var")),
+        log_level=log_level,
+        max_body_bytes=reader.integer(
+            "RATESVC_MAX_BODY_BYTES",
+            service_value("RATESVC_MAX_BODY_BYTES", "max_body_bytes"),
+            1024 * 1024,
+            minimum=1024,
+            maximum=64 * 1024 * 1024,
+        ),
+        carriers_ttl_s=reader.number(
+            "RATESVC_CARRIERS_TTL_S",
+            service_value("RATESVC_CARRIERS_TTL_S", "carriers_ttl_s"),
+            6 * 3600.0,
+            minimum=1,
+            maximum=7 * 86400,
+        ),
+        accounts=accounts,
+    )
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return settings
+
+
+def _env_account(
+    reader: _Reader, env: Mapping[str, str], deadline: float, quote_ttl: float
+) -> Account:
+    token = reader.text("RATESVC_API_TOKEN", env.get("RATESVC_API_TOKEN"), required=True)
+    _check_token(reader, "RATESVC_API_TOKEN", token)
+    cin7: Cin7Config | None = None
+    cin7_id = env.get("RATESVC_CIN7_ACCOUNT_ID")
+    cin7_key = env.get("RATESVC_CIN7_APPLICATION_KEY")
+    if cin7_id or cin7_key:
+        cin7 = Cin7Config(
+            url=reader.url("RATESVC_CIN7_URL", env.get("RATESVC_CIN7_URL"), DEFAULT_CIN7_URL),
+            account_id=Secret(reader.text("RATESVC_CIN7_ACCOUNT_ID", cin7_id, required=True) or ""),
+            application_key=Secret(
+                reader.text("RATESVC_CIN7_APPLICATION_KEY", cin7_key, required=True) or ""
+            ),
+        )
+    return Account(
+        name=DEFAULT_ACCOUNT,
+        api_tokens=(Secret(token),) if token else (),
+        shipstation=ShipStationConfig(
+            url=reader.url(
+                "RATESVC_SHIPSTATION_URL",
+                env.get("RATESVC_SHIPSTATION_URL"),
+                DEFAULT_SHIPSTATION_URL,
+            ),
+            api_key=Secret(
+                reader.text(
+                    "RATESVC_SHIPSTATION_API_KEY",
+                    env.get("RATESVC_SHIPSTATION_API_KEY"),
+                    required=True,
+                )
+                or ""
+            ),
+            api_secret=Secret(
+                reader.text(
+                    "RATESVC_SHIPSTATION_API_SECRET",
+                    env.get("RATESVC_SHIPSTATION_API_SECRET"),
+                    required=True,
+                )
+                or ""
+            ),
+            rate_limit=reader.integer(
+                "RATESVC_SHIPSTATION_RATE_LIMIT",
+                env.get("RATESVC_SHIPSTATION_RATE_LIMIT"),
+                40,
+                minimum=1,
+                maximum=10_000,
+            ),
+            window_s=reader.number(
+                "RATESVC_SHIPSTATION_WINDOW_S",
+                env.get("RATESVC_SHIPSTATION_WINDOW_S"),
+                60.0,
+                minimum=0.05,
+                maximum=3600,
+            ),
+        ),
+        cin7=cin7,
+        ship_from=reader.address("RATESVC_SHIP_FROM", env.get("RATESVC_SHIP_FROM")),
+        request_deadline_s=deadline,
+        quote_ttl_s=quote_ttl,
+    )
+
+
+def _file_account(
+    reader: _Reader, name: str, raw: object, deadline: float, quote_ttl: float
+) -> Account:
+    where = f"accounts.{name}"
+    if not isinstance(raw, Mapping):
+        reader.problems.append(f"{where}: must be a table")
+        raw = {}
+    known = {
+        "api_tokens", "shipstation", "cin7", "ship_from", "carriers", "markup",
+        "request_deadline_s", "quote_ttl_s",
+    }  # fmt: skip
+    unknown = set(raw) - known
+    if unknown:
+        reader.problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    tokens_raw = raw.get("api_tokens")
+    if not isinstance(tokens_raw, list) or not tokens_raw:
+        reader.problems.append(f"{where}.api_tokens: needs a list of at least one token")
+        tokens_raw = []
+    tokens: list[Secret] = []
+    for i, token_raw in enumerate(tokens_raw):
+        token = reader.text(f"{where}.api_tokens[{i}]", token_raw, required=True)
+        _check_token(reader, f"{where}.api_tokens[{i}]", token)
+        if token:
+            tokens.append(Secret(token))
+    ss_raw = raw.get("shipstation")
+    if not isinstance(ss_raw, Mapping):
+        reader.problems.append(f"{where}.shipstation: needs api_key and api_secret")
+        ss_raw = {}
+    cin7: Cin7Config | None = None
+    cin7_raw = raw.get("cin7")
+    if isinstance(cin7_raw, Mapping):
+        cin7 = Cin7Config(
+            url=reader.url(f"{where}.cin7.url", cin7_raw.get("url"), DEFAULT_CIN7_URL),
+            account_id=Secret(
+                reader.text(f"{where}.cin7.account_id", cin7_raw.get("account_id"), required=True)
+                or ""
+            ),
+            application_key=Secret(
+                reader.text(
+                    f"{where}.cin7.application_key",
+                    cin7_raw.get("application_key"),
+                    required=True,
+                )
+                or ""
+            ),
+        )
+    elif cin7_raw is not None:
+        reader.problems.append(f"{where}.cin7: must be a table")
+    carriers_raw = raw.get("carriers")
+    carriers: tuple[str, ...] | None = None
+    if carriers_raw is not None:
+        if not isinstance(carriers_raw, list) or not all(isinstance(c, str) for c in carriers_raw):
+            reader.problems.append(f"{where}.carriers: must be a list of carrier codes")
+        else:
+            carriers = tuple(carriers_raw)
+    return Account(
+        name=name,
+        api_tokens=tuple(tokens),
+        shipstation=ShipStationConfig(
+            url=reader.url(f"{where}.shipstation.url", ss_raw.get("url"), DEFAULT_SHIPSTATION_URL),
+            api_key=Secret(
+                reader.text(f"{where}.shipstation.api_key", ss_raw.get("api_key"), required=True)
+                or ""
+            ),
+            api_secret=Secret(
+                reader.text(
+                    f"{where}.shipstation.api_secret", ss_raw.get("api_secret"), required=True
+                )
+                or ""
+            ),
+            rate_limit=reader.integer(
+                f"{where}.shipstation.rate_limit",
+                ss_raw.get("rate_limit"),
+                40,
+                minimum=1,
+                maximum=10_000,
+            ),
+            window_s=reader.number(
+                f"{where}.shipstation.window_s",
+                ss_raw.get("window_s"),
+                60.0,
+                minimum=0.05,
+                maximum=3600,
+            ),
+        ),
+        cin7=cin7,
+        ship_from=reader.address(f"{where}.ship_from", raw.get("ship_from")),
+        carriers=carriers,
+        markup=reader.markup(f"{where}.markup", raw.get("markup")),
+        request_deadline_s=reader.number(
+            f"{where}.request_deadline_s",
+            raw.get("request_deadline_s"),
+            deadline,
+            minimum=0.1,
+            maximum=300,
+        ),
+        quote_ttl_s=reader.number(
+            f"{where}.quote_ttl_s", raw.get("quote_ttl_s"), quote_ttl, minimum=1, maximum=7 * 86400
+        ),
+    )
+
+
+def _check_token(reader: _Reader, where: str, token: str | None) -> None:
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        reader.problems.append(f"{where}: must be at least {MIN_TOKEN_LENGTH} characters long")
+
+
+def _check_tokens_unique(reader: _Reader, accounts: Mapping[str, Account]) -> None:
+    owners: dict[bytes, str] = {}
+    for account in accounts.values():
+        for token in account.api_tokens:
+            other = owners.setdefault(token.digest(), account.name)
+            if other != account.name:
+                reader.problems.append(
+                    f"accounts.{account.name}.api_tokens: a token is also used by account {other};"
+                    " a token must belong to exactly one account"
+                )

@@ -1,0 +1,167 @@
+"""The exception tree. Every error the service reports has a stable ``code`` and an HTTP status.
+
+::
+
+    RatesvcError                      code / status / title / detail
+    ├── RequestError                  the caller must change something (4xx)
+    │   ├── MalformedJson             400 malformed_json
+    │   ├── Unauthorized              401 unauthorized
+    │   ├── NotFound                  404 not_found
+    │   ├── MethodNotAllowed          405 method_not_allowed
+    │   ├── PayloadTooLarge           413 payload_too_large
+    │   └── InvalidRequest            422 invalid_request (``errors`` lists each field)
+    └── UpstreamFailure               ShipStation or Cin7 Core let us down (5xx)
+        ├── UpstreamError             502 upstream_error: answered with an error we cannot fix
+        ├── UpstreamAuth              502 upstream_auth: our credentials were rejected
+        ├── UpstreamUnavailable       503 upstream_unavailable: down, 5xx, connection refused
+        │   └── UpstreamThrottled     503 upstream_unavailable: rate-limited past the deadline
+        └── UpstreamTimeout           504 deadline_exceeded: no answer in time
+
+An ``UpstreamFailure`` also carries ``leg_code``: the per-carrier code used inside a partial
+answer (``upstream_error``, ``upstream_auth``, ``upstream_throttled``, ``upstream_timeout``), and
+whether retrying the same call may help (``retryable``). Anything that is not a ``RatesvcError``
+reaching the HTTP edge is a bug and answers 500 ``internal_error``.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import msgspec
+
+
+class FieldError(msgspec.Struct, frozen=True, kw_only=True):
+    """One invalid field of a request body: a path like ``packages[0].weight.value``."""
+
+    field: str
+    message: str
+
+
+class RatesvcError(Exception):
+    """Base of every error reported to clients."""
+
+    code: str = "internal_error"
+    status: int = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def title(self) -> str:
+        return HTTPStatus(self.status).phrase
+
+
+class RequestError(RatesvcError):
+    """The request cannot be served as sent."""
+
+    status = 400
+
+
+class MalformedJson(RequestError):
+    code = "malformed_json"
+    status = 400
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+    status = 401
+
+
+class NotFound(RequestError):
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(RequestError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload_too_large"
+    status = 413
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+    status = 422
+
+    def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail)
+        self.errors = errors or []
+
+    @classmethod
+    def field(cls, field: str, message: str) -> InvalidRequest:
+        return cls(f"{field} {message}", [FieldError(field=field, message=message)])
+
+
+class UpstreamFailure(RatesvcError):
+    """An upstream call failed; ``upstream`` and ``endpoint`` say which one."""
+
+    status = 502
+    code = "upstream_error"
+    leg_code = "upstream_error"
+    retryable = False
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        upstream: str = "",
+        endpoint: str = "",
+        upstream_status: int | None = None,
+        maybe_processed: bool = False,
+    ) -> None:
+        super().__init__(detail)
+        self.upstream = upstream
+        self.endpoint = endpoint
+        self.upstream_status = upstream_status
+        # True when the request may have reached upstream and been acted on (no answer read).
+        self.maybe_processed = maybe_processed
+
+
+class UpstreamError(UpstreamFailure):
+    code = "upstream_error"
+    leg_code = "upstream_error"
+    status = 502
+
+
+class UpstreamAuth(UpstreamFailure):
+    code = "upstream_auth"
+    leg_code = "upstream_auth"
+    status = 502
+
+
+class UpstreamUnavailable(UpstreamFailure):
+    code = "upstream_unavailable"
+    leg_code = "upstream_error"
+    status = 503
+    retryable = True
+
+
+class UpstreamThrottled(UpstreamUnavailable):
+    """Rate-limited: the key's window has no room before the caller's deadline."""
+
+    leg_code = "upstream_throttled"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        reset_after_s: float | None = None,
+        upstream: str = "",
+        endpoint: str = "",
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(
+            detail, upstream=upstream, endpoint=endpoint, upstream_status=upstream_status
+        )
+        self.reset_after_s = reset_after_s
+
+
+class UpstreamTimeout(UpstreamFailure):
+    code = "deadline_exceeded"
+    leg_code = "upstream_timeout"
+    status = 504
+    retryable = True

@@ -1,0 +1,13 @@
+"""Every ``web.AppKey`` of the service, typed, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ratesvc.accounts import AccountServices
+from ratesvc.config import Settings
+from ratesvc.metrics import Metrics
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+ACCOUNTS = web.AppKey("accounts", dict[str, AccountServices])

@@ -1,0 +1,214 @@
+"""Domain and public API Structs.
+
+Inbound Structs (what clients send) derive from :class:`Inbound`: unknown fields are rejected and
+strings are trimmed, so typos surface as 422s. Outbound Structs are plain frozen Structs. Wire
+formats of the upstreams never appear here; see ``ratesvc.upstreams``.
+
+Validation that a type annotation cannot express is done in ``__post_init__``, raising
+``ValueError("<field>: <message>")``; the API edge turns that into a field path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Literal
+
+import msgspec
+
+from ratesvc.countries import ISO_3166_ALPHA2
+from ratesvc.units import LengthUnit, WeightUnit, exact_decimal
+
+Confirmation = Literal["none", "delivery", "signature", "adult_signature", "direct_signature"]
+
+ShortText = Annotated[str, msgspec.Meta(max_length=200)]
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class Inbound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of request Structs: strict about fields, tolerant about surrounding white space."""
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, str) and value != value.strip():
+                msgspec.structs.force_setattr(self, name, value.strip())
+
+
+class Address(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A postal address. ``country`` is ISO 3166-1 alpha-2; ``residential`` may be unknown."""
+
+    country: Annotated[str, msgspec.Meta(max_length=10)]
+    postal_code: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+    name: ShortText | None = None
+    company: ShortText | None = None
+    street1: ShortText | None = None
+    street2: ShortText | None = None
+    street3: ShortText | None = None
+    city: ShortText | None = None
+    state: ShortText | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=40)] | None = None
+    residential: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        country = self.country.upper()
+        if country not in ISO_3166_ALPHA2:
+            raise ValueError("country: must be an ISO 3166-1 alpha-2 code such as US or DE")
+        msgspec.structs.force_setattr(self, "country", country)
+        if not self.postal_code:
+            raise ValueError("postal_code: must not be blank")
+
+
+class Weight(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``{"value": 3.5, "unit": "oz"}``; the value is kept as the decimal the client wrote."""
+
+    value: Annotated[float, msgspec.Meta(gt=0, le=100_000)]
+    unit: WeightUnit
+
+    @property
+    def amount(self) -> Decimal:
+        return exact_decimal(self.value)
+
+
+class Dimensions(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Outer box size. All three sides are > 0."""
+
+    length: Annotated[float, msgspec.Meta(gt=0, le=100_000)]
+    width: Annotated[float, msgspec.Meta(gt=0, le=100_000)]
+    height: Annotated[float, msgspec.Meta(gt=0, le=100_000)]
+    unit: LengthUnit
+
+    def sides(self) -> tuple[Decimal, Decimal, Decimal]:
+        return (exact_decimal(self.length), exact_decimal(self.width), exact_decimal(self.height))
+
+
+# --- carriers: what ShipStation has connected to the account ----------------------------------
+
+
+class ServiceInfo(msgspec.Struct, frozen=True, kw_only=True):
+    service_code: str
+    name: str
+    domestic: bool
+    international: bool
+
+
+class PackageInfo(msgspec.Struct, frozen=True, kw_only=True):
+    package_code: str
+    name: str
+    domestic: bool = True
+    international: bool = True
+
+
+class CarrierInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A connected carrier account, as ShipStation lists it."""
+
+    carrier_code: str
+    name: str
+    nickname: str | None = None
+    account_number: str | None = None
+    requires_funded_account: bool = False
+    balance: Decimal | None = None
+    primary: bool = False
+    shipping_provider_id: int | None = None
+
+
+class CarrierCatalogEntry(msgspec.Struct, frozen=True, kw_only=True):
+    carrier_code: str
+    name: str
+    nickname: str | None = None
+    services: list[ServiceInfo]
+    packages: list[PackageInfo]
+
+
+class CarriersResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/carriers``: ``refreshed_at`` says how old the cached catalogue is."""
+
+    carriers: list[CarrierCatalogEntry]
+    refreshed_at: dt.datetime
+
+
+# --- rating and labels at ShipStation (upstream-neutral) --------------------------------------
+
+
+class RateRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``getrates`` call: one carrier, optionally one service and one package type."""
+
+    carrier_code: str
+    ship_from: Address
+    ship_to: Address
+    weight: Weight
+    service_code: str | None = None
+    package_code: str | None = None
+    dimensions: Dimensions | None = None
+    confirmation: Confirmation | None = None
+
+
+class RateRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One priced service (or service + package variant) for one package."""
+
+    service_code: str
+    service_name: str
+    shipment_cost: Decimal
+    other_cost: Decimal
+
+
+class LabelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``createlabel`` call: one package. ``purchase_key`` travels in customField1."""
+
+    carrier_code: str
+    service_code: str
+    package_code: str
+    ship_date: dt.date
+    ship_from: Address
+    ship_to: Address
+    weight: Weight
+    dimensions: Dimensions | None = None
+    confirmation: Confirmation | None = None
+    test_label: bool = False
+    purchase_key: str | None = None
+
+
+class ShipmentRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A shipment (label) at ShipStation: from ``createlabel`` or the ``GET /shipments`` list."""
+
+    shipment_id: int
+    carrier_code: str | None
+    service_code: str | None
+    package_code: str | None
+    tracking_number: str | None
+    shipment_cost: Decimal
+    insurance_cost: Decimal
+    ship_date: dt.date | None
+    created_at: dt.datetime | None
+    voided: bool = False
+    label_pdf: bytes | None = None
+    ship_to_postal_code: str | None = None
+    ship_to_country: str | None = None
+    custom_field1: str | None = None
+    weight: Weight | None = None
+
+
+class ShipmentPage(msgspec.Struct, frozen=True, kw_only=True):
+    shipments: list[ShipmentRecord]
+    total: int
+    page: int
+    pages: int
+
+
+class ShipmentQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Filters of ``GET /shipments``; datetimes are UTC and converted at the edge."""
+
+    carrier_code: str | None = None
+    service_code: str | None = None
+    tracking_number: str | None = None
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+    ship_date_from: dt.date | None = None
+    page: int = 1
+    page_size: int = 100
+
+
+class VoidResult(msgspec.Struct, frozen=True, kw_only=True):
+    approved: bool
+    message: str

@@ -144,6 +144,7 @@ class UpstreamThrottled(UpstreamUnavailable):
     """Rate-limited: the key's window has no room before the caller's deadline."""
 
     leg_code = "upstream_throttled"
+    retryable = False  # the limiter already knows no turn comes in time; a 429 answer is retried
 
     def __init__(
         self,

@@ -78,6 +78,7 @@ class FixedWindow:
         self._index = -1
         self._count = 0
         self.served_per_window: Counter[int] = Counter()
+        self.throttled_per_window: Counter[int] = Counter()
         self.storm_until = 0.0
 
     def reconfigure(self, *, limit: int | None = None, window_s: float | None = None) -> None:
@@ -101,6 +102,8 @@ class FixedWindow:
         allowed = not storm and self._count <= self.limit
         if allowed:
             self.served_per_window[index] += 1
+        else:
+            self.throttled_per_window[index] += 1
         remaining = 0 if storm else max(0, self.limit - self._count)
         return allowed, {
             "X-Rate-Limit-Limit": str(self.limit),

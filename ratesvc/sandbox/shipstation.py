@@ -123,6 +123,10 @@ class ShipStationSandbox:
         if update.storm_s is not None:
             self.storm(update.storm_s)
 
+    def apply_window(self, *, limit: int | None = None, window_s: float | None = None) -> None:
+        """Change the rate limit and/or the window length (a new window starts now)."""
+        self.apply(KnobsUpdate(rate_limit=limit, window_s=window_s))
+
     def set_latency(
         self, base_ms: float, jitter_ms: float = 0.0, *, carrier: str | None = None
     ) -> None:
@@ -142,6 +146,7 @@ class ShipStationSandbox:
         self.throttled = 0
         self.unauthorized = 0
         self.window.served_per_window.clear()
+        self.window.throttled_per_window.clear()
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -150,6 +155,9 @@ class ShipStationSandbox:
             "throttled": self.throttled,
             "unauthorized": self.unauthorized,
             "served_per_window": {str(k): v for k, v in self.window.served_per_window.items()},
+            "throttled_per_window": {
+                str(k): v for k, v in self.window.throttled_per_window.items()
+            },
             "shipments": len(self.shipments),
         }
 
@@ -184,13 +192,12 @@ class ShipStationSandbox:
         if request.path.startswith(_ADMIN):
             return await handler(request)
         self.calls[request.path.lower()] += 1
-        allowed, headers = self.window.admit()
         if request.headers.get("Authorization") != self._auth:
             self.unauthorized += 1
-            response: web.StreamResponse = _json(
-                {"Message": "Authorization has been denied for this request."}, 401
-            )
-        elif not allowed:
+            return _json({"Message": "Authorization has been denied for this request."}, 401)
+        allowed, headers = self.window.admit()
+        response: web.StreamResponse
+        if not allowed:
             self.throttled += 1
             response = _json({"message": "Too Many Requests"}, 429)
         else:

@@ -37,7 +37,7 @@ class ServiceOrPackage(_Wire, kw_only=True):
     international: bool | None = None
 
 
-class Weight(_Wire, kw_only=True):
+class Weight(_Wire, kw_only=True, omit_defaults=True):
     value: Decimal
     units: str
     WeightUnits: int | None = None

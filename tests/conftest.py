@@ -1,0 +1,71 @@
+"""Shared fixtures: the ShipStation sandbox served on 127.0.0.1 and the service in front of it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from ratesvc.app import create_app
+from ratesvc.config import Settings, load_settings
+from ratesvc.sandbox.knobs import Knobs
+from ratesvc.sandbox.shipstation import ShipStationSandbox
+
+DATA = Path(__file__).parent / "data"
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SHIP_FROM = {
+    "name": "Warehouse", "street1": "2815 Exposition Blvd", "city": "Austin", "state": "TX",
+    "postal_code": "78703", "country": "US",
+}  # fmt: skip
+
+
+def load_json(name: str) -> Any:
+    return json.loads((DATA / name).read_text())
+
+
+def service_env(sandbox_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "RATESVC_API_TOKEN": TOKEN,
+        "RATESVC_SHIPSTATION_URL": sandbox_url,
+        "RATESVC_SHIPSTATION_API_KEY": "sandbox-key",
+        "RATESVC_SHIPSTATION_API_SECRET": "sandbox-secret",
+        "RATESVC_SHIP_FROM": json.dumps(SHIP_FROM),
+        "RATESVC_DATA_DIR": str(data_dir),
+        **extra,
+    }
+
+
+@pytest.fixture
+def sandbox() -> ShipStationSandbox:
+    return ShipStationSandbox(knobs=Knobs())
+
+
+@pytest.fixture
+async def sandbox_server(aiohttp_server: Any, sandbox: ShipStationSandbox) -> TestServer:
+    server: TestServer = await aiohttp_server(sandbox.app)
+    return server
+
+
+@pytest.fixture
+def sandbox_url(sandbox_server: TestServer) -> str:
+    return str(sandbox_server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+def make_settings(sandbox_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    def make(**extra: str) -> Settings:
+        return load_settings(service_env(sandbox_url, tmp_path / "data", **extra))
+
+    return make
+
+
+@pytest.fixture
+async def service(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> TestClient:
+    """The service, configured from the environment form, in front of the sandbox."""
+    client: TestClient = await aiohttp_client(create_app(make_settings()))
+    return client

@@ -1,0 +1,284 @@
+"""The per-key-pair limiter: alone (synthetic headers) and against the sandbox's fixed window."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from ratesvc.config import Secret, ShipStationConfig
+from ratesvc.errors import UpstreamThrottled
+from ratesvc.limiter import Permit, Priority, RateLimiter
+from ratesvc.models import Address, RateRequest, Weight
+from ratesvc.sandbox.knobs import Knobs
+from ratesvc.sandbox.shipstation import ShipStationSandbox
+from ratesvc.upstreams.shipstation.client import ShipStationClient
+
+
+def headers(limit: int, remaining: int, reset_s: float) -> dict[str, str]:
+    return {
+        "X-Rate-Limit-Limit": str(limit),
+        "X-Rate-Limit-Remaining": str(remaining),
+        "X-Rate-Limit-Reset": str(reset_s),
+    }
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def answered(limiter: RateLimiter, permit: Permit, status: int, hdrs: dict[str, str]) -> None:
+    limiter.observe(permit, status, hdrs)
+    limiter.release(permit)
+
+
+# --- the model, driven by hand ---------------------------------------------------------------
+
+
+async def test_the_first_call_probes_alone_and_its_headers_open_the_window() -> None:
+    limiter = RateLimiter("t", limit=40, window_s=60)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    second = asyncio.create_task(limiter.acquire(Priority.NORMAL, None))
+    await asyncio.sleep(0)
+
+    assert probe.probe
+    assert not second.done()  # waits for the probe's headers
+
+    await answered(limiter, probe, 200, headers(40, 39, 30))
+    permit = await asyncio.wait_for(second, 1)
+
+    assert not permit.probe
+    assert limiter.remaining == 38
+
+
+async def test_a_changed_limit_in_the_headers_is_adopted() -> None:
+    limiter = RateLimiter("t", limit=40, window_s=60)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, probe, 200, headers(100, 99, 50))  # a partner key
+
+    permits = [await limiter.acquire(Priority.NORMAL, None) for _ in range(99)]
+
+    assert limiter.limit == 100
+    assert limiter.remaining == 0
+    for permit in permits:
+        limiter.release(permit)
+
+
+async def test_remaining_zero_waits_for_the_reset() -> None:
+    limiter = RateLimiter("t", limit=40, window_s=60, margin_s=0.0)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, probe, 200, headers(40, 0, 0.2))  # another program used the rest
+    started = now()
+
+    permit = await limiter.acquire(Priority.NORMAL, now() + 5)
+
+    assert now() - started >= 0.19
+    assert limiter.remaining == 39
+    limiter.release(permit)
+
+
+async def test_urgent_callers_go_before_queued_quotes() -> None:
+    limiter = RateLimiter("t", limit=2, window_s=60, margin_s=0.0)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, probe, 200, headers(2, 0, 0.1))
+    order: list[str] = []
+
+    async def caller(name: str, priority: Priority) -> None:
+        permit = await limiter.acquire(priority, None)
+        order.append(name)
+        await answered(limiter, permit, 200, headers(2, 0, 0.05))
+
+    quotes = [asyncio.create_task(caller(f"quote{i}", Priority.NORMAL)) for i in range(4)]
+    await asyncio.sleep(0)
+    label = asyncio.create_task(caller("label", Priority.URGENT))
+    await asyncio.wait_for(asyncio.gather(*quotes, label), 2)
+
+    assert order[0] == "label"
+    assert order[1:3] == ["quote0", "quote1"]
+
+
+async def test_a_waiter_that_cannot_be_served_before_its_deadline_gives_up_at_once() -> None:
+    limiter = RateLimiter("t", limit=40, window_s=60, margin_s=0.0)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, probe, 200, headers(40, 0, 20))
+    started = time.perf_counter()
+
+    with pytest.raises(UpstreamThrottled) as caught:
+        await limiter.acquire(Priority.NORMAL, now() + 2)
+
+    assert time.perf_counter() - started < 1.0  # refused up front, not at the 2 s deadline
+    assert caught.value.leg_code == "upstream_throttled"
+    assert caught.value.reset_after_s is not None and caught.value.reset_after_s > 19
+
+
+async def test_a_waiter_pushed_back_by_urgent_calls_is_refused_when_that_is_known() -> None:
+    limiter = RateLimiter("t", limit=1, window_s=60, margin_s=0.0)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, probe, 200, headers(1, 0, 0.3))
+    quote = asyncio.create_task(limiter.acquire(Priority.NORMAL, now() + 0.5))
+    await asyncio.sleep(0)
+    assert not quote.done()  # one window later is within its deadline
+
+    label = asyncio.create_task(limiter.acquire(Priority.URGENT, None))
+
+    with pytest.raises(UpstreamThrottled):  # refused now, not when its deadline comes
+        await asyncio.wait_for(quote, 0.05)
+    limiter.release(await label)
+
+
+async def test_a_429_pauses_the_whole_key_and_the_next_window_starts_with_one_probe() -> None:
+    limiter = RateLimiter("t", limit=40, window_s=60, margin_s=0.0)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, probe, 200, headers(40, 39, 30))
+    first = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, first, 429, headers(40, 0, 0.2))
+    waiters = [asyncio.create_task(limiter.acquire(Priority.NORMAL, None)) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    assert not any(w.done() for w in waiters)  # nobody sends during the pause
+
+    done, pending = await asyncio.wait(waiters, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+
+    assert len(done) == 1  # the probe of the new window
+    assert next(iter(done)).result().probe
+    await answered(limiter, next(iter(done)).result(), 200, headers(40, 39, 59))
+    rest = await asyncio.wait_for(asyncio.gather(*pending), 1)
+    assert len(rest) == 4
+    for permit in rest:
+        limiter.release(permit)
+
+
+async def test_a_caller_that_leaves_after_being_granted_hands_the_call_back() -> None:
+    limiter = RateLimiter("t", limit=40, window_s=60)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, probe, 200, headers(40, 10, 30))
+    task = asyncio.create_task(limiter.acquire(Priority.NORMAL, None))
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert limiter.remaining == 10
+
+
+# --- against the sandbox's fixed window -------------------------------------------------------
+
+
+@pytest.fixture
+def tight_sandbox() -> ShipStationSandbox:
+    return ShipStationSandbox(knobs=Knobs(rate_limit=20, window_s=0.4))
+
+
+@pytest.fixture
+async def tight_client(
+    aiohttp_server: Any, tight_sandbox: ShipStationSandbox
+) -> AsyncIterator[Callable[[int], ShipStationClient]]:
+    server: TestServer = await aiohttp_server(tight_sandbox.app)
+    url = str(server.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as session:
+
+        def make(limit: int) -> ShipStationClient:
+            config = ShipStationConfig(
+                url=url, api_key=Secret("sandbox-key"), api_secret=Secret("sandbox-secret"),
+                rate_limit=limit, window_s=0.4,
+            )  # fmt: skip
+            return ShipStationClient(
+                session, config, RateLimiter("sandbox", limit=limit, window_s=0.4)
+            )
+
+        yield make
+
+
+RATE = RateRequest(
+    carrier_code="fedex",
+    ship_from=Address(postal_code="78703", country="US"),
+    ship_to=Address(postal_code="10001", country="US", state="NY"),
+    weight=Weight(value=1, unit="lb"),
+)
+
+
+async def test_200_concurrent_callers_never_exceed_the_window(
+    tight_sandbox: ShipStationSandbox, tight_client: Callable[[int], ShipStationClient]
+) -> None:
+    client = tight_client(40)  # believes 40; the sandbox says 20 and wins
+
+    results = await asyncio.gather(
+        *(client.get_rates(RATE, deadline=now() + 30) for _ in range(200))
+    )
+
+    assert all(results)
+    assert tight_sandbox.throttled == 0
+    served = tight_sandbox.window.served_per_window
+    assert sum(served.values()) == 200
+    assert max(served.values()) <= 20
+    assert client.limiter.limit == 20
+
+
+async def test_a_higher_limit_from_the_headers_is_used(
+    tight_sandbox: ShipStationSandbox, tight_client: Callable[[int], ShipStationClient]
+) -> None:
+    client = tight_client(5)  # configured for 5 per window; the key allows 20
+
+    await asyncio.gather(*(client.get_rates(RATE, deadline=now() + 30) for _ in range(40)))
+
+    assert client.limiter.limit == 20
+    assert tight_sandbox.throttled == 0
+    assert len(tight_sandbox.window.served_per_window) <= 3  # 40 calls at 20 a window
+
+
+async def test_labels_overtake_queued_quotes_at_the_sandbox(
+    tight_sandbox: ShipStationSandbox, tight_client: Callable[[int], ShipStationClient]
+) -> None:
+    client = tight_client(20)
+    finished: list[str] = []
+
+    async def quote(i: int) -> None:
+        await client.get_rates(RATE, deadline=now() + 30)
+        finished.append(f"quote{i}")
+
+    async def carriers() -> None:
+        await client.list_carriers(deadline=now() + 30, priority=Priority.URGENT)
+        finished.append("urgent")
+
+    quotes = [asyncio.create_task(quote(i)) for i in range(60)]
+    await asyncio.sleep(0.05)
+    await asyncio.gather(*quotes, carriers())
+
+    assert finished.index("urgent") <= 40  # served in the next window, ahead of 20 queued quotes
+    assert tight_sandbox.throttled == 0
+
+
+async def test_a_quote_that_cannot_get_a_turn_fails_fast_instead_of_sleeping(
+    tight_sandbox: ShipStationSandbox, tight_client: Callable[[int], ShipStationClient]
+) -> None:
+    tight_sandbox.apply_window(limit=2, window_s=5.0)
+    client = tight_client(2)
+    await asyncio.gather(*(client.get_rates(RATE, deadline=now() + 2) for _ in range(2)))
+    started = time.perf_counter()
+
+    with pytest.raises(UpstreamThrottled):
+        await client.get_rates(RATE, deadline=now() + 1.0)
+
+    assert time.perf_counter() - started < 0.5  # refused up front, not at the 1 s deadline
+    assert tight_sandbox.throttled == 0
+
+
+async def test_a_429_storm_costs_at_most_one_429_per_window(
+    tight_sandbox: ShipStationSandbox, tight_client: Callable[[int], ShipStationClient]
+) -> None:
+    client = tight_client(20)
+    tight_sandbox.storm(1.0)  # the key is exhausted by someone else for 2.5 windows
+
+    results = await asyncio.gather(
+        *(client.get_rates(RATE, deadline=now() + 10) for _ in range(50))
+    )
+
+    assert len(results) == 50
+    per_window = tight_sandbox.window.throttled_per_window
+    assert 1 <= tight_sandbox.throttled <= math.ceil(1.0 / 0.4) + 1
+    assert max(per_window.values()) == 1

@@ -74,6 +74,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as problem+json; anything unexpected is a logged 500."""
     try:
+        limit = request.app[keys.SETTINGS].max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
         return await handler(request)
     except RatesvcError as error:
         if not isinstance(error, RequestError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -63,12 +64,12 @@ def sent(upstream: Any, method: str, url: str) -> list[Any]:
 
 
 def deadline(seconds: float = 5.0) -> float:
-    import asyncio
-
     return asyncio.get_running_loop().time() + seconds
 
 
-async def test_carriers_are_listed_with_basic_auth(upstream: Any, client: ShipStationClient) -> None:
+async def test_carriers_are_listed_with_basic_auth(
+    upstream: Any, client: ShipStationClient
+) -> None:
     upstream.get(f"{BASE}/carriers", body=sample("carriers_response.json"), headers=HEADERS)
 
     carriers = await client.list_carriers(deadline=deadline())
@@ -83,7 +84,9 @@ async def test_services_and_packages_are_asked_per_carrier(
 ) -> None:
     services_url = f"{BASE}/carriers/listservices?carrierCode=stamps_com"
     packages_url = f"{BASE}/carriers/listpackages?carrierCode=stamps_com"
-    upstream.get(services_url, body=sample("listservices_stamps_com_response.json"), headers=HEADERS)
+    upstream.get(
+        services_url, body=sample("listservices_stamps_com_response.json"), headers=HEADERS
+    )
     upstream.get(
         packages_url,
         payload=[{"carrierCode": "stamps_com", "code": "medium_flat_rate_box",
@@ -244,7 +247,11 @@ async def test_errors_that_retrying_cannot_fix_are_raised_at_once(
 async def test_a_429_whose_reset_is_past_the_deadline_fails_fast_as_throttled(
     upstream: Any, client: ShipStationClient
 ) -> None:
-    throttled = {"X-Rate-Limit-Limit": "40", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": "20"}
+    throttled = {
+        "X-Rate-Limit-Limit": "40",
+        "X-Rate-Limit-Remaining": "0",
+        "X-Rate-Limit-Reset": "20",
+    }
     upstream.get(
         f"{BASE}/carriers", status=429, payload={"message": "Too Many Requests"},
         headers=throttled, repeat=True,
@@ -260,8 +267,6 @@ async def test_a_429_whose_reset_is_past_the_deadline_fails_fast_as_throttled(
 async def test_no_answer_before_the_deadline_is_a_timeout(
     upstream: Any, client: ShipStationClient
 ) -> None:
-    import asyncio
-
     async def slow(*_args: Any, **_kwargs: Any) -> None:
         await asyncio.sleep(5)
 

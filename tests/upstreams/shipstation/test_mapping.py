@@ -94,11 +94,7 @@ def test_four_and_zero_decimal_money_is_parsed_exactly() -> None:
     assert money_str(rows[1].shipment_cost + rows[1].other_cost) == "12.01"  # half-up
 
 
-@given(
-    st.decimals(
-        min_value=Decimal(0), max_value=Decimal(100000), places=4, allow_nan=False
-    )
-)
+@given(st.decimals(min_value=Decimal(0), max_value=Decimal(100000), places=4, allow_nan=False))
 def test_any_money_with_up_to_four_places_survives_the_wire(amount: Decimal) -> None:
     body = b'[{"serviceCode":"x","shipmentCost":' + str(amount).encode() + b"}]"
     (row,) = msgspec.json.decode(body, type=list[wire.Rate])
@@ -170,8 +166,10 @@ def test_weights_are_sent_in_units_shipstation_knows(
     [
         (Dimensions(length=7, width=5, height=6, unit="in"), "inches", ("7", "5", "6")),
         (Dimensions(length=20, width=10, height=8, unit="cm"), "centimeters", ("20", "10", "8")),
-        (Dimensions(length=205, width=99, height=5, unit="mm"), "centimeters", ("20.5", "9.9", "0.5")),
-        (Dimensions(length=0.4, width=0.25, height=0.125, unit="m"), "centimeters", ("40", "25", "12.5")),
+        (Dimensions(length=205, width=99, height=5, unit="mm"), "centimeters",
+         ("20.5", "9.9", "0.5")),
+        (Dimensions(length=0.4, width=0.25, height=0.125, unit="m"), "centimeters",
+         ("40", "25", "12.5")),
     ],
 )  # fmt: skip
 def test_dimensions_are_converted_without_losing_precision(
@@ -187,9 +185,11 @@ def test_label_request_matches_the_documented_wire_shape_and_carries_the_purchas
     request = LabelRequest(
         carrier_code="fedex", service_code="fedex_ground", package_code="package",
         ship_date=dt.date(2021, 4, 3),
-        ship_from=Address(name="Jason Hodges", company="ShipStation", street1="2815 Exposition Blvd",
-                          street2="Ste 2353242", city="Austin", state="TX", postal_code="78703",
-                          country="US", residential=False),
+        ship_from=Address(
+            name="Jason Hodges", company="ShipStation", street1="2815 Exposition Blvd",
+            street2="Ste 2353242", city="Austin", state="TX", postal_code="78703", country="US",
+            residential=False,
+        ),
         ship_to=ADDRESS_TO, weight=Weight(value=3, unit="oz"),
         dimensions=Dimensions(length=7, width=5, height=6, unit="in"), confirmation="delivery",
         purchase_key="acct:sale:task",

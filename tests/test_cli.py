@@ -1,0 +1,126 @@
+"""The ``ratesvc`` command as a person uses it: demo, check, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from typing import Any
+
+from ratesvc.sandbox.shipstation import ShipStationSandbox
+
+COMMAND = [sys.executable, "-m", "ratesvc"]
+
+
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def shell(command: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, command
+    return out.decode()
+
+
+async def test_demo_prints_curls_that_return_real_sandbox_data() -> None:
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, "demo", "--port", "0", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any(line.startswith("  curl") and "metrics" in line for line in lines):
+            line = await asyncio.wait_for(process.stdout.readline(), 20)
+            assert line, "the demo stopped before printing its instructions"
+            lines.append(line.decode())
+        curls = [line.strip() for line in lines if line.strip().startswith("curl")]
+        assert len(curls) == 3
+        outputs = [await shell(c) for c in curls]
+        carriers = json.loads(outputs[0])
+        assert [c["carrier_code"] for c in carriers["carriers"]] == [
+            "stamps_com", "ups", "fedex", "dhl_express_worldwide",
+        ]  # fmt: skip
+        assert json.loads(outputs[1])["status"] == "ready"
+        assert re.search(r'endpoint="carriers",status="200".* 1\.0', outputs[2])
+        assert re.search(r"API token:\s+\S{20,}", "".join(lines))
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 20)
+    assert code == 0
+
+
+async def test_check_reports_working_credentials(sandbox_url: str) -> None:
+    code, out, _ = await run(
+        "check",
+        env={
+            "RATESVC_API_TOKEN": "token-0123456789abcdef",
+            "RATESVC_SHIPSTATION_URL": sandbox_url,
+            "RATESVC_SHIPSTATION_API_KEY": "sandbox-key",
+            "RATESVC_SHIPSTATION_API_SECRET": "sandbox-secret",
+        },
+    )
+
+    assert code == 0
+    assert "account default: ShipStation OK (4 carriers connected: stamps_com, ups" in out
+
+
+async def test_check_explains_rejected_keys(sandbox_url: str, sandbox: ShipStationSandbox) -> None:
+    code, out, _ = await run(
+        "check",
+        env={
+            "RATESVC_API_TOKEN": "token-0123456789abcdef",
+            "RATESVC_SHIPSTATION_URL": sandbox_url,
+            "RATESVC_SHIPSTATION_API_KEY": "sandbox-key",
+            "RATESVC_SHIPSTATION_API_SECRET": "an-old-secret",
+        },
+    )
+
+    assert code == 1
+    (line,) = [line for line in out.splitlines() if "PROBLEM" in line]
+    assert "regenerated" in line and "RATESVC_SHIPSTATION_API_SECRET" in line
+    assert "an-old-secret" not in out
+    assert sandbox.unauthorized == 1
+
+
+async def test_check_explains_an_unreachable_shipstation() -> None:
+    code, out, _ = await run(
+        "check",
+        env={
+            "RATESVC_API_TOKEN": "token-0123456789abcdef",
+            "RATESVC_SHIPSTATION_URL": "http://127.0.0.1:9",
+            "RATESVC_SHIPSTATION_API_KEY": "k",
+            "RATESVC_SHIPSTATION_API_SECRET": "s",
+        },
+    )
+
+    assert code == 1
+    assert "cannot connect to ShipStation" in out
+
+
+async def test_serve_refuses_bad_config_with_one_line_per_problem() -> None:
+    env: dict[str, Any] = {k: v for k, v in os.environ.items() if not k.startswith("RATESVC_")}
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, "serve", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**env, "RATESVC_PORT": "nope"},
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+
+    assert process.returncode == 2
+    problems = [line for line in err.decode().splitlines() if line.startswith("  - ")]
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "  - RATESVC_API_TOKEN", "  - RATESVC_PORT", "  - RATESVC_SHIPSTATION_API_KEY",
+        "  - RATESVC_SHIPSTATION_API_SECRET",
+    ]  # fmt: skip

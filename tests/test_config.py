@@ -1,0 +1,192 @@
+"""Settings from the environment and from a TOML file; every problem reported, secrets hidden."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ratesvc.config import DEFAULT_SHIPSTATION_URL, ConfigError, load_settings
+
+MINIMAL = {
+    "RATESVC_API_TOKEN": "token-0123456789abcdef",
+    "RATESVC_SHIPSTATION_API_KEY": "ss-key-value",
+    "RATESVC_SHIPSTATION_API_SECRET": "ss-secret-value",
+}
+
+
+def problems_of(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    return caught.value.problems
+
+
+def test_the_environment_form_makes_one_default_account_with_documented_defaults() -> None:
+    settings = load_settings(MINIMAL)
+
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.data_dir == Path("./var")
+    assert settings.max_body_bytes == 1024 * 1024
+    (account,) = settings.accounts.values()
+    assert account.name == "default"
+    assert account.shipstation.url == DEFAULT_SHIPSTATION_URL
+    assert (account.shipstation.rate_limit, account.shipstation.window_s) == (40, 60.0)
+    assert (account.request_deadline_s, account.quote_ttl_s) == (10.0, 900.0)
+    assert account.cin7 is None
+    assert settings.account_for_token("token-0123456789abcdef") is account
+    assert settings.account_for_token("token-0123456789abcdeX") is None
+
+
+def test_every_variable_is_read() -> None:
+    settings = load_settings(
+        {
+            **MINIMAL,
+            "RATESVC_HOST": "0.0.0.0",
+            "RATESVC_PORT": "9000",
+            "RATESVC_DATA_DIR": "/srv/ratesvc",
+            "RATESVC_SHIPSTATION_URL": "http://127.0.0.1:8090/",
+            "RATESVC_CIN7_URL": "http://127.0.0.1:8091",
+            "RATESVC_CIN7_ACCOUNT_ID": "cin7-account",
+            "RATESVC_CIN7_APPLICATION_KEY": "cin7-key",
+            "RATESVC_SHIP_FROM": '{"postal_code": "78703", "country": "us", "city": "Austin"}',
+            "RATESVC_QUOTE_TTL_S": "300",
+            "RATESVC_REQUEST_DEADLINE_S": "8",
+            "RATESVC_LOG_LEVEL": "debug",
+            "RATESVC_SHIPSTATION_RATE_LIMIT": "100",
+            "RATESVC_SHIPSTATION_WINDOW_S": "60",
+            "RATESVC_MAX_BODY_BYTES": "2048",
+            "RATESVC_CARRIERS_TTL_S": "3600",
+        }
+    )
+
+    account = settings.accounts["default"]
+    assert (settings.host, settings.port, settings.log_level) == ("0.0.0.0", 9000, "DEBUG")
+    assert settings.data_dir == Path("/srv/ratesvc")
+    assert account.shipstation.url == "http://127.0.0.1:8090"
+    assert account.shipstation.rate_limit == 100
+    assert account.cin7 is not None and account.cin7.url == "http://127.0.0.1:8091"
+    assert account.cin7.application_key.reveal() == "cin7-key"
+    assert account.ship_from is not None and account.ship_from.country == "US"
+    assert (account.quote_ttl_s, account.request_deadline_s) == (300.0, 8.0)
+    assert (settings.max_body_bytes, settings.carriers_ttl_s) == (2048, 3600.0)
+
+
+def test_all_problems_are_reported_together_one_line_each() -> None:
+    problems = problems_of(
+        {
+            "RATESVC_PORT": "http",
+            "RATESVC_QUOTE_TTL_S": "-5",
+            "RATESVC_LOG_LEVEL": "LOUD",
+            "RATESVC_SHIP_FROM": '{"postal_code": "1", "country": "Atlantis"}',
+            "RATESVC_SHIPSTATION_URL": "ftp://example",
+        }
+    )
+
+    joined = "\n".join(problems)
+    for name in (
+        "RATESVC_API_TOKEN", "RATESVC_SHIPSTATION_API_KEY", "RATESVC_SHIPSTATION_API_SECRET",
+        "RATESVC_PORT", "RATESVC_QUOTE_TTL_S", "RATESVC_LOG_LEVEL", "RATESVC_SHIP_FROM",
+        "RATESVC_SHIPSTATION_URL",
+    ):  # fmt: skip
+        assert sum(line.startswith(name + ":") for line in problems) == 1, (name, joined)
+    assert all("\n" not in line for line in problems)
+
+
+def test_a_short_api_token_is_refused() -> None:
+    (problem,) = problems_of({**MINIMAL, "RATESVC_API_TOKEN": "short"})
+
+    assert problem.startswith("RATESVC_API_TOKEN: must be at least 16")
+
+
+def test_secrets_never_show_in_reprs_or_problems() -> None:
+    settings = load_settings(MINIMAL)
+    problems = problems_of({**MINIMAL, "RATESVC_API_TOKEN": "tiny-secret"})
+
+    text = repr(settings) + str(settings.accounts) + "\n".join(problems)
+    for secret in ("token-0123456789abcdef", "ss-key-value", "ss-secret-value", "tiny-secret"):
+        assert secret not in text
+    assert "********" in text
+
+
+TOML = """
+[service]
+port = 9100
+request_deadline_s = 9
+
+[accounts.acme]
+api_tokens = ["env:ACME_TOKEN", "acme-second-token-0123"]
+carriers = ["ups", "fedex"]
+request_deadline_s = 5
+shipstation = { api_key = "env:ACME_SS_KEY", api_secret = "env:ACME_SS_SECRET", rate_limit = 100 }
+cin7 = { account_id = "acme-cin7", application_key = "env:ACME_CIN7_KEY" }
+ship_from = { postal_code = "78703", country = "US", city = "Austin", state = "TX" }
+
+[accounts.acme.markup]
+percent = "5"
+flat = "0.50"
+per_carrier = { ups = { percent = "2.5" } }
+
+[accounts.globex]
+api_tokens = ["globex-token-0123456789"]
+shipstation = { api_key = "globex-key", api_secret = "globex-secret" }
+"""
+
+TOML_ENV = {
+    "ACME_TOKEN": "acme-token-0123456789",
+    "ACME_SS_KEY": "acme-key",
+    "ACME_SS_SECRET": "acme-secret",
+    "ACME_CIN7_KEY": "acme-cin7-key",
+}
+
+
+def test_the_toml_form_has_one_table_per_account_with_env_references(tmp_path: Path) -> None:
+    path = tmp_path / "ratesvc.toml"
+    path.write_text(TOML)
+
+    settings = load_settings({"RATESVC_CONFIG": str(path), "RATESVC_PORT": "9200", **TOML_ENV})
+
+    assert settings.port == 9200  # the environment overrides the file
+    acme, globex = settings.accounts["acme"], settings.accounts["globex"]
+    assert acme.shipstation.api_key.reveal() == "acme-key"
+    assert acme.shipstation.rate_limit == 100
+    assert acme.carriers == ("ups", "fedex")
+    assert acme.request_deadline_s == 5.0
+    assert globex.request_deadline_s == 9.0
+    assert acme.cin7 is not None and acme.cin7.application_key.reveal() == "acme-cin7-key"
+    assert acme.markup.for_carrier("fedex").percent == Decimal("5")
+    assert acme.markup.for_carrier("fedex").flat == Decimal("0.50")
+    assert acme.markup.for_carrier("ups").percent == Decimal("2.5")
+    assert settings.account_for_token("acme-token-0123456789") is acme
+    assert settings.account_for_token("acme-second-token-0123") is acme
+    assert settings.account_for_token("globex-token-0123456789") is globex
+
+
+def test_toml_problems_name_the_account_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "ratesvc.toml"
+    path.write_text(
+        TOML.replace("globex-token-0123456789", "acme-second-token-0123")
+        + '\n[accounts.broken]\napi_tokens = []\nshipstatoin = { api_key = "x" }\n'
+    )
+
+    problems = problems_of({"RATESVC_CONFIG": str(path), "ACME_TOKEN": "acme-token-0123456789"})
+
+    assert (
+        "accounts.acme.shipstation.api_key: environment variable ACME_SS_KEY is not set" in problems
+    )
+    assert any(
+        p.startswith("accounts.globex.api_tokens: a token is also used by account acme")
+        for p in problems
+    )
+    assert "accounts.broken: unknown keys shipstatoin" in problems
+    assert "accounts.broken.api_tokens: needs a list of at least one token" in problems
+
+
+def test_an_unreadable_or_invalid_toml_file_is_one_clear_line(tmp_path: Path) -> None:
+    missing = problems_of({"RATESVC_CONFIG": str(tmp_path / "nope.toml")})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[accounts\n")
+    invalid = problems_of({"RATESVC_CONFIG": str(bad)})
+
+    assert missing[0].startswith("RATESVC_CONFIG: cannot read")
+    assert invalid[0].startswith("RATESVC_CONFIG:") and "not valid TOML" in invalid[0]

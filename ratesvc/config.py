@@ -160,6 +160,9 @@ class _Reader:
             return value
         return raw
 
+    def secret(self, where: str, raw: object) -> Secret:
+        return Secret(self.text(where, raw, required=True) or "")
+
     def number(
         self, where: str, raw: object, default: float, *, minimum: float, maximum: float
     ) -> float:
@@ -319,67 +322,80 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     return settings
 
 
+_SHIPSTATION_ENV = {
+    "url": "RATESVC_SHIPSTATION_URL",
+    "api_key": "RATESVC_SHIPSTATION_API_KEY",
+    "api_secret": "RATESVC_SHIPSTATION_API_SECRET",
+    "rate_limit": "RATESVC_SHIPSTATION_RATE_LIMIT",
+    "window_s": "RATESVC_SHIPSTATION_WINDOW_S",
+}
+_CIN7_ENV = {
+    "url": "RATESVC_CIN7_URL",
+    "account_id": "RATESVC_CIN7_ACCOUNT_ID",
+    "application_key": "RATESVC_CIN7_APPLICATION_KEY",
+}
+_ACCOUNT_KEYS = frozenset(
+    {"api_tokens", "shipstation", "cin7", "ship_from", "carriers", "markup",
+     "request_deadline_s", "quote_ttl_s"}
+)  # fmt: skip
+
+
+def _shipstation(
+    reader: _Reader, values: Mapping[str, object], names: Mapping[str, str]
+) -> ShipStationConfig:
+    """One ShipStation table; ``names`` says how each key is called in problem lines."""
+    return ShipStationConfig(
+        url=reader.url(names["url"], values.get("url"), DEFAULT_SHIPSTATION_URL),
+        api_key=reader.secret(names["api_key"], values.get("api_key")),
+        api_secret=reader.secret(names["api_secret"], values.get("api_secret")),
+        rate_limit=reader.integer(
+            names["rate_limit"], values.get("rate_limit"), 40, minimum=1, maximum=10_000
+        ),
+        window_s=reader.number(
+            names["window_s"], values.get("window_s"), 60.0, minimum=0.05, maximum=3600
+        ),
+    )
+
+
+def _cin7(reader: _Reader, values: Mapping[str, object], names: Mapping[str, str]) -> Cin7Config:
+    return Cin7Config(
+        url=reader.url(names["url"], values.get("url"), DEFAULT_CIN7_URL),
+        account_id=reader.secret(names["account_id"], values.get("account_id")),
+        application_key=reader.secret(names["application_key"], values.get("application_key")),
+    )
+
+
 def _env_account(
     reader: _Reader, env: Mapping[str, str], deadline: float, quote_ttl: float
 ) -> Account:
     token = reader.text("RATESVC_API_TOKEN", env.get("RATESVC_API_TOKEN"), required=True)
     _check_token(reader, "RATESVC_API_TOKEN", token)
-    cin7: Cin7Config | None = None
-    cin7_id = env.get("RATESVC_CIN7_ACCOUNT_ID")
-    cin7_key = env.get("RATESVC_CIN7_APPLICATION_KEY")
-    if cin7_id or cin7_key:
-        cin7 = Cin7Config(
-            url=reader.url("RATESVC_CIN7_URL", env.get("RATESVC_CIN7_URL"), DEFAULT_CIN7_URL),
-            account_id=Secret(reader.text("RATESVC_CIN7_ACCOUNT_ID", cin7_id, required=True) or ""),
-            application_key=Secret(
-                reader.text("RATESVC_CIN7_APPLICATION_KEY", cin7_key, required=True) or ""
-            ),
-        )
+    cin7_values = {key: env.get(name) for key, name in _CIN7_ENV.items()}
+    has_cin7 = cin7_values["account_id"] or cin7_values["application_key"]
     return Account(
         name=DEFAULT_ACCOUNT,
         api_tokens=(Secret(token),) if token else (),
-        shipstation=ShipStationConfig(
-            url=reader.url(
-                "RATESVC_SHIPSTATION_URL",
-                env.get("RATESVC_SHIPSTATION_URL"),
-                DEFAULT_SHIPSTATION_URL,
-            ),
-            api_key=Secret(
-                reader.text(
-                    "RATESVC_SHIPSTATION_API_KEY",
-                    env.get("RATESVC_SHIPSTATION_API_KEY"),
-                    required=True,
-                )
-                or ""
-            ),
-            api_secret=Secret(
-                reader.text(
-                    "RATESVC_SHIPSTATION_API_SECRET",
-                    env.get("RATESVC_SHIPSTATION_API_SECRET"),
-                    required=True,
-                )
-                or ""
-            ),
-            rate_limit=reader.integer(
-                "RATESVC_SHIPSTATION_RATE_LIMIT",
-                env.get("RATESVC_SHIPSTATION_RATE_LIMIT"),
-                40,
-                minimum=1,
-                maximum=10_000,
-            ),
-            window_s=reader.number(
-                "RATESVC_SHIPSTATION_WINDOW_S",
-                env.get("RATESVC_SHIPSTATION_WINDOW_S"),
-                60.0,
-                minimum=0.05,
-                maximum=3600,
-            ),
+        shipstation=_shipstation(
+            reader, {key: env.get(name) for key, name in _SHIPSTATION_ENV.items()}, _SHIPSTATION_ENV
         ),
-        cin7=cin7,
+        cin7=_cin7(reader, cin7_values, _CIN7_ENV) if has_cin7 else None,
         ship_from=reader.address("RATESVC_SHIP_FROM", env.get("RATESVC_SHIP_FROM")),
         request_deadline_s=deadline,
         quote_ttl_s=quote_ttl,
     )
+
+
+def _file_table(
+    reader: _Reader, where: str, raw: object, keys: Mapping[str, str]
+) -> tuple[Mapping[str, object], dict[str, str]]:
+    """A sub-table of an account, with its keys checked and named for problem lines."""
+    if not isinstance(raw, Mapping):
+        reader.problems.append(f"{where}: must be a table with {', '.join(keys)}")
+        raw = {}
+    unknown = set(raw) - set(keys)
+    if unknown:
+        reader.problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    return raw, {key: f"{where}.{key}" for key in keys}
 
 
 def _file_account(
@@ -389,11 +405,7 @@ def _file_account(
     if not isinstance(raw, Mapping):
         reader.problems.append(f"{where}: must be a table")
         raw = {}
-    known = {
-        "api_tokens", "shipstation", "cin7", "ship_from", "carriers", "markup",
-        "request_deadline_s", "quote_ttl_s",
-    }  # fmt: skip
-    unknown = set(raw) - known
+    unknown = set(raw) - _ACCOUNT_KEYS
     if unknown:
         reader.problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
     tokens_raw = raw.get("api_tokens")
@@ -406,30 +418,9 @@ def _file_account(
         _check_token(reader, f"{where}.api_tokens[{i}]", token)
         if token:
             tokens.append(Secret(token))
-    ss_raw = raw.get("shipstation")
-    if not isinstance(ss_raw, Mapping):
-        reader.problems.append(f"{where}.shipstation: needs api_key and api_secret")
-        ss_raw = {}
     cin7: Cin7Config | None = None
-    cin7_raw = raw.get("cin7")
-    if isinstance(cin7_raw, Mapping):
-        cin7 = Cin7Config(
-            url=reader.url(f"{where}.cin7.url", cin7_raw.get("url"), DEFAULT_CIN7_URL),
-            account_id=Secret(
-                reader.text(f"{where}.cin7.account_id", cin7_raw.get("account_id"), required=True)
-                or ""
-            ),
-            application_key=Secret(
-                reader.text(
-                    f"{where}.cin7.application_key",
-                    cin7_raw.get("application_key"),
-                    required=True,
-                )
-                or ""
-            ),
-        )
-    elif cin7_raw is not None:
-        reader.problems.append(f"{where}.cin7: must be a table")
+    if raw.get("cin7") is not None:
+        cin7 = _cin7(reader, *_file_table(reader, f"{where}.cin7", raw["cin7"], _CIN7_ENV))
     carriers_raw = raw.get("carriers")
     carriers: tuple[str, ...] | None = None
     if carriers_raw is not None:
@@ -440,32 +431,9 @@ def _file_account(
     return Account(
         name=name,
         api_tokens=tuple(tokens),
-        shipstation=ShipStationConfig(
-            url=reader.url(f"{where}.shipstation.url", ss_raw.get("url"), DEFAULT_SHIPSTATION_URL),
-            api_key=Secret(
-                reader.text(f"{where}.shipstation.api_key", ss_raw.get("api_key"), required=True)
-                or ""
-            ),
-            api_secret=Secret(
-                reader.text(
-                    f"{where}.shipstation.api_secret", ss_raw.get("api_secret"), required=True
-                )
-                or ""
-            ),
-            rate_limit=reader.integer(
-                f"{where}.shipstation.rate_limit",
-                ss_raw.get("rate_limit"),
-                40,
-                minimum=1,
-                maximum=10_000,
-            ),
-            window_s=reader.number(
-                f"{where}.shipstation.window_s",
-                ss_raw.get("window_s"),
-                60.0,
-                minimum=0.05,
-                maximum=3600,
-            ),
+        shipstation=_shipstation(
+            reader,
+            *_file_table(reader, f"{where}.shipstation", raw.get("shipstation"), _SHIPSTATION_ENV),
         ),
         cin7=cin7,
         ship_from=reader.address(f"{where}.ship_from", raw.get("ship_from")),

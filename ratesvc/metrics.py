@@ -30,8 +30,8 @@ class Metrics:
         )
         self.http_latency = Histogram(
             "ratesvc_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route template and method.",
-            ("route", "method"),
+            "Time to answer an HTTP request, by route template, method and status.",
+            ("route", "method", "status"),
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )

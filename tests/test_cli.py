@@ -15,6 +15,15 @@ from ratesvc.sandbox.shipstation import ShipStationSandbox
 COMMAND = [sys.executable, "-m", "ratesvc"]
 
 
+def account_env(url: str, secret: str = "sandbox-secret") -> dict[str, str]:
+    return {
+        "RATESVC_API_TOKEN": "token-0123456789abcdef",
+        "RATESVC_SHIPSTATION_URL": url,
+        "RATESVC_SHIPSTATION_API_KEY": "sandbox-key",
+        "RATESVC_SHIPSTATION_API_SECRET": secret,
+    }
+
+
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         *COMMAND, *args,
@@ -63,30 +72,14 @@ async def test_demo_prints_curls_that_return_real_sandbox_data() -> None:
 
 
 async def test_check_reports_working_credentials(sandbox_url: str) -> None:
-    code, out, _ = await run(
-        "check",
-        env={
-            "RATESVC_API_TOKEN": "token-0123456789abcdef",
-            "RATESVC_SHIPSTATION_URL": sandbox_url,
-            "RATESVC_SHIPSTATION_API_KEY": "sandbox-key",
-            "RATESVC_SHIPSTATION_API_SECRET": "sandbox-secret",
-        },
-    )
+    code, out, _ = await run("check", env=account_env(sandbox_url))
 
     assert code == 0
     assert "account default: ShipStation OK (4 carriers connected: stamps_com, ups" in out
 
 
 async def test_check_explains_rejected_keys(sandbox_url: str, sandbox: ShipStationSandbox) -> None:
-    code, out, _ = await run(
-        "check",
-        env={
-            "RATESVC_API_TOKEN": "token-0123456789abcdef",
-            "RATESVC_SHIPSTATION_URL": sandbox_url,
-            "RATESVC_SHIPSTATION_API_KEY": "sandbox-key",
-            "RATESVC_SHIPSTATION_API_SECRET": "an-old-secret",
-        },
-    )
+    code, out, _ = await run("check", env=account_env(sandbox_url, secret="an-old-secret"))
 
     assert code == 1
     (line,) = [line for line in out.splitlines() if "PROBLEM" in line]
@@ -96,15 +89,7 @@ async def test_check_explains_rejected_keys(sandbox_url: str, sandbox: ShipStati
 
 
 async def test_check_explains_an_unreachable_shipstation() -> None:
-    code, out, _ = await run(
-        "check",
-        env={
-            "RATESVC_API_TOKEN": "token-0123456789abcdef",
-            "RATESVC_SHIPSTATION_URL": "http://127.0.0.1:9",
-            "RATESVC_SHIPSTATION_API_KEY": "k",
-            "RATESVC_SHIPSTATION_API_SECRET": "s",
-        },
-    )
+    code, out, _ = await run("check", env=account_env("http://127.0.0.1:9"))
 
     assert code == 1
     assert "cannot connect to ShipStation" in out
@@ -124,3 +109,28 @@ async def test_serve_refuses_bad_config_with_one_line_per_problem() -> None:
         "  - RATESVC_API_TOKEN", "  - RATESVC_PORT", "  - RATESVC_SHIPSTATION_API_KEY",
         "  - RATESVC_SHIPSTATION_API_SECRET",
     ]  # fmt: skip
+
+
+async def test_the_sandbox_runs_on_its_own_and_answers_like_shipstation() -> None:
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, "sandbox", "--port", "0", "--latency-ms", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        banner = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        match = re.search(r"on (http://127\.0\.0\.1:\d+)", banner)
+        assert match, banner
+        url = match[1]
+        carriers = await shell(f"curl -s -u sandbox-key:sandbox-secret {url}/carriers")
+        denied = await shell(f"curl -s -o /dev/null -w '%{{http_code}}' {url}/carriers")
+        counters = json.loads(await shell(f"curl -s {url}/__sandbox/calls"))
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 20)
+
+    assert [c["code"] for c in json.loads(carriers)][:2] == ["stamps_com", "ups"]
+    assert denied == "401"
+    assert counters["calls"] == {"/carriers": 2}
+    assert counters["unauthorized"] == 1
+    assert code == 0

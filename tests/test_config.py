@@ -167,6 +167,8 @@ def test_toml_problems_name_the_account_and_key(tmp_path: Path) -> None:
     path.write_text(
         TOML.replace("globex-token-0123456789", "acme-second-token-0123")
         + '\n[accounts.broken]\napi_tokens = []\nshipstatoin = { api_key = "x" }\n'
+        + '\n[accounts.typo]\napi_tokens = ["typo-token-0123456789"]\n'
+        + 'shipstation = { api_key = "k", api_sekret = "s" }\n'
     )
 
     problems = problems_of({"RATESVC_CONFIG": str(path), "ACME_TOKEN": "acme-token-0123456789"})
@@ -180,6 +182,8 @@ def test_toml_problems_name_the_account_and_key(tmp_path: Path) -> None:
     )
     assert "accounts.broken: unknown keys shipstatoin" in problems
     assert "accounts.broken.api_tokens: needs a list of at least one token" in problems
+    assert "accounts.typo.shipstation: unknown keys api_sekret" in problems
+    assert "accounts.typo.shipstation.api_secret: is required but not set" in problems
 
 
 def test_an_unreadable_or_invalid_toml_file_is_one_clear_line(tmp_path: Path) -> None:

@@ -67,7 +67,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         template = route.canonical if route is not None else "unmatched"
         metrics = request.app[keys.METRICS]
         metrics.http_requests.labels(template, request.method, str(status)).inc()
-        metrics.http_latency.labels(template, request.method).observe(time.perf_counter() - started)
+        metrics.http_latency.labels(template, request.method, str(status)).observe(
+            time.perf_counter() - started
+        )
 
 
 @web.middleware

@@ -155,3 +155,19 @@ async def test_no_answer_before_the_deadline_is_504(
 
     assert response.status == 504
     assert (await response.json())["code"] == "deadline_exceeded"
+
+
+async def test_a_key_throttled_past_the_deadline_is_503_at_once(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], sandbox: ShipStationSandbox
+) -> None:
+    sandbox.apply_window(limit=40, window_s=30)
+    sandbox.storm(30)
+    client = await aiohttp_client(create_app(make_settings(RATESVC_REQUEST_DEADLINE_S="5")))
+
+    response = await client.get("/v1/carriers", headers=AUTH)
+    body = await response.json()
+
+    assert response.status == 503
+    assert body["code"] == "upstream_unavailable"
+    assert "rate limit" in body["detail"]
+    assert sandbox.throttled == 1  # one probe; the 429 paused the key, nothing else was sent

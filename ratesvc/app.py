@@ -18,6 +18,8 @@ from ratesvc.api.middlewares import MIDDLEWARES
 from ratesvc.api.routes import setup_routes
 from ratesvc.config import Settings
 from ratesvc.metrics import Metrics
+from ratesvc.quotes import LegCache, QuoteStore
+from ratesvc.rating import Rater
 
 USER_AGENT = f"ratesvc/{__version__}"
 
@@ -27,6 +29,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(_rating)
     setup_routes(app)
     return app
 
@@ -47,3 +50,18 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         for services in accounts.values():
             await services.catalog.close()
         await session.close()
+
+
+async def _rating(app: web.Application) -> AsyncIterator[None]:
+    """The quote cache, in-flight calls and quote store, shared by every account."""
+    settings = app[keys.SETTINGS]
+    cache = LegCache(
+        backend=settings.quote_cache,
+        max_entries=settings.quote_cache_max_entries,
+        ttl_s=max(settings.quote_max_stale_s, *(a.quote_ttl_s for a in settings.accounts.values())),
+    )
+    app[keys.RATER] = Rater(cache=cache, store=QuoteStore(), max_stale_s=settings.quote_max_stale_s)
+    try:
+        yield
+    finally:
+        await cache.close()

@@ -5,6 +5,9 @@ once and kept for ``carriers_ttl_s`` (hours). When the kept copy is older than t
 still gets it at once and a single background task refreshes it (stale-while-revalidate); a
 failed refresh keeps the old copy and is tried again on a later request. Only the very first load
 makes a request wait, and concurrent first requests share that one load.
+
+A carrier whose services or package types cannot be listed still appears (with empty lists, so
+it is still rated); such a partial catalogue is refreshed again after a minute instead of hours.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 
-from ratesvc.errors import UpstreamTimeout
+from ratesvc.errors import UpstreamFailure, UpstreamTimeout
 from ratesvc.limiter import Priority
 from ratesvc.metrics import Metrics
 from ratesvc.models import CarrierCatalogEntry, CarriersResponse
@@ -22,6 +25,7 @@ from ratesvc.upstreams.shipstation.client import ShipStationClient
 log = logging.getLogger(__name__)
 
 _BACKGROUND_DEADLINE_S = 120.0
+_PARTIAL_RETRY_S = 60.0
 
 
 class CarrierCatalog:
@@ -80,11 +84,19 @@ class CarrierCatalog:
             if self._allowed is not None:
                 carriers = [c for c in carriers if c.carrier_code in self._allowed]
 
+            partial = False
+
             async def entry(code: str, name: str, nickname: str | None) -> CarrierCatalogEntry:
-                services, packages = await asyncio.gather(
-                    self._client.list_services(code, deadline=deadline, priority=priority),
-                    self._client.list_packages(code, deadline=deadline, priority=priority),
-                )
+                nonlocal partial
+                try:
+                    services, packages = await asyncio.gather(
+                        self._client.list_services(code, deadline=deadline, priority=priority),
+                        self._client.list_packages(code, deadline=deadline, priority=priority),
+                    )
+                except UpstreamFailure as exc:
+                    log.warning("services of %s not listed (%s); retrying soon", code, exc.detail)
+                    partial = True
+                    services, packages = [], []
                 return CarrierCatalogEntry(
                     carrier_code=code, name=name, nickname=nickname,
                     services=services, packages=packages,
@@ -99,7 +111,9 @@ class CarrierCatalog:
             )
             self._snapshot = snapshot
             self._loaded_at = asyncio.get_running_loop().time()
-            outcome = "ok"
+            if partial:
+                self._loaded_at -= max(0.0, self._ttl_s - _PARTIAL_RETRY_S)
+            outcome = "partial" if partial else "ok"
             return snapshot
         except* Exception as group:
             # TaskGroup wraps failures; surface the first so callers see a typed upstream error.

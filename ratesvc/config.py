@@ -121,6 +121,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     max_body_bytes: int = 1024 * 1024
     carriers_ttl_s: float = 6 * 3600.0
+    quote_max_stale_s: float = 24 * 3600.0
+    quote_cache: str = "memory"
+    quote_cache_max_entries: int = 100_000
     accounts: dict[str, Account] = {}
 
     def account_for_token(self, token: str) -> Account | None:
@@ -160,6 +163,13 @@ class _Reader:
             return value
         return raw
 
+    def choice(self, where: str, raw: object, choices: tuple[str, ...]) -> str:
+        value = str(raw).strip().lower() if raw not in (None, "") else choices[0]
+        if value not in choices:
+            self.problems.append(f"{where}: must be one of {', '.join(choices)}")
+            return choices[0]
+        return value
+
     def secret(self, where: str, raw: object) -> Secret:
         return Secret(self.text(where, raw, required=True) or "")
 
@@ -184,7 +194,7 @@ class _Reader:
         return int(value)
 
     def decimal(self, where: str, raw: object) -> Decimal:
-        if raw is None:
+        if raw is None or raw == "":
             return Decimal(0)
         try:
             value = Decimal(str(raw))
@@ -315,6 +325,25 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             minimum=1,
             maximum=7 * 86400,
         ),
+        quote_max_stale_s=reader.number(
+            "RATESVC_QUOTE_MAX_STALE_S",
+            service_value("RATESVC_QUOTE_MAX_STALE_S", "quote_max_stale_s"),
+            24 * 3600.0,
+            minimum=0,
+            maximum=7 * 86400,
+        ),
+        quote_cache=reader.choice(
+            "RATESVC_QUOTE_CACHE",
+            service_value("RATESVC_QUOTE_CACHE", "quote_cache"),
+            ("memory",),
+        ),
+        quote_cache_max_entries=reader.integer(
+            "RATESVC_QUOTE_CACHE_MAX_ENTRIES",
+            service_value("RATESVC_QUOTE_CACHE_MAX_ENTRIES", "quote_cache_max_entries"),
+            100_000,
+            minimum=1,
+            maximum=10_000_000,
+        ),
         accounts=accounts,
     )
     if reader.problems:
@@ -380,6 +409,12 @@ def _env_account(
         ),
         cin7=_cin7(reader, cin7_values, _CIN7_ENV) if has_cin7 else None,
         ship_from=reader.address("RATESVC_SHIP_FROM", env.get("RATESVC_SHIP_FROM")),
+        markup=Markup(
+            default=MarkupRule(
+                percent=reader.decimal("RATESVC_MARKUP_PERCENT", env.get("RATESVC_MARKUP_PERCENT")),
+                flat=reader.decimal("RATESVC_MARKUP_FLAT", env.get("RATESVC_MARKUP_FLAT")),
+            )
+        ),
         request_deadline_s=deadline,
         quote_ttl_s=quote_ttl,
     )

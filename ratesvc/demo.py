@@ -29,11 +29,19 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
     return runner, int(address[1])
 
 
+DEMO_SHIPMENT = (
+    '{"shipment": {"ship_to": {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York",'
+    ' "state": "NY", "postal_code": "10118", "country": "US", "residential": true},'
+    ' "packages": [{"weight": {"value": 2.5, "unit": "lb"},'
+    ' "dimensions": {"length": 12, "width": 9, "height": 4, "unit": "in"}}]}}'
+)
+
+
 def curl_examples(url: str, token: str) -> list[str]:
     auth = f'-H "Authorization: Bearer {token}"'
     return [
         f"curl -s {auth} {url}/v1/carriers",
-        f"curl -s {url}/readyz",
+        f"curl -s {auth} -H 'Content-Type: application/json' {url}/v1/rates -d '{DEMO_SHIPMENT}'",
         f"curl -s {url}/metrics | grep ratesvc_upstream_requests",
     ]
 

@@ -8,6 +8,7 @@
     │   ├── Unauthorized              401 unauthorized
     │   ├── NotFound                  404 not_found
     │   ├── MethodNotAllowed          405 method_not_allowed
+    │   ├── QuoteExpired              410 quote_expired
     │   ├── PayloadTooLarge           413 payload_too_large
     │   └── InvalidRequest            422 invalid_request (``errors`` lists each field)
     └── UpstreamFailure               ShipStation or Cin7 Core let us down (5xx)
@@ -76,6 +77,11 @@ class NotFound(RequestError):
 class MethodNotAllowed(RequestError):
     code = "method_not_allowed"
     status = 405
+
+
+class QuoteExpired(RequestError):
+    code = "quote_expired"
+    status = 410
 
 
 class PayloadTooLarge(RequestError):

@@ -7,7 +7,9 @@ from aiohttp import web
 from ratesvc.accounts import AccountServices
 from ratesvc.config import Settings
 from ratesvc.metrics import Metrics
+from ratesvc.rating import Rater
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 ACCOUNTS = web.AppKey("accounts", dict[str, AccountServices])
+RATER = web.AppKey("rater", Rater)

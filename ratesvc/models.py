@@ -212,3 +212,89 @@ class ShipmentQuery(msgspec.Struct, frozen=True, kw_only=True):
 class VoidResult(msgspec.Struct, frozen=True, kw_only=True):
     approved: bool
     message: str
+
+
+# --- POST /v1/rates ----------------------------------------------------------------------------
+
+
+class PackageIn(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One packed box. ``package_code`` absent means ``package``; ``null`` asks every package type
+    the carrier has (stamps_com then answers one row per service *and* package type)."""
+
+    weight: Weight
+    dimensions: Dimensions | None = None
+    package_code: Code | msgspec.UnsetType | None = msgspec.UNSET
+    box: ShortText | None = None
+
+    @property
+    def requested_package_code(self) -> str | None:
+        return "package" if self.package_code is msgspec.UNSET else self.package_code
+
+
+class ShipmentIn(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ship_to: Address
+    packages: Annotated[list[PackageIn], msgspec.Meta(min_length=1, max_length=50)]
+    ship_from: Address | None = None
+    confirmation: Confirmation = "none"
+
+
+class RatesRequest(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Exactly one of ``sale_id`` or ``shipment``."""
+
+    sale_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    shipment: ShipmentIn | None = None
+    carriers: Annotated[list[Code], msgspec.Meta(min_length=1, max_length=50)] | None = None
+    services: Annotated[list[Code], msgspec.Meta(min_length=1, max_length=200)] | None = None
+    max_age_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.sale_id is None) == (self.shipment is None):
+            raise ValueError("shipment: give exactly one of sale_id or shipment")
+        if self.task_id is not None and self.sale_id is None:
+            raise ValueError("task_id: only goes with sale_id")
+
+
+class QuotePackage(msgspec.Struct, frozen=True, kw_only=True):
+    """What one box of a multi-package quote costs."""
+
+    box: str | None
+    package_code: str | None
+    shipment_cost: str
+    other_cost: str
+
+
+class Quote(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    quote_id: str
+    carrier_code: str
+    service_code: str
+    service_name: str
+    package_code: str | None
+    shipment_cost: str
+    other_cost: str
+    markup: str
+    total: str
+    currency: str
+    packages: int
+    cached: bool
+    quoted_at: dt.datetime
+    expires_at: dt.datetime
+    stale: bool = False
+    age_s: int | None = None
+    breakdown: list[QuotePackage] = []
+
+
+class LegError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    carrier_code: str
+    code: str
+    message: str
+    box: str | None = None
+
+
+class RatesResponse(msgspec.Struct, frozen=True, kw_only=True):
+    quotes: list[Quote]
+    errors: list[LegError]
+    complete: bool
+    sale_id: str | None
+    task_id: str | None

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+from decimal import Decimal
 from typing import Any
 
 from ratesvc.sandbox.shipstation import ShipStationSandbox
@@ -62,8 +63,15 @@ async def test_demo_prints_curls_that_return_real_sandbox_data() -> None:
         assert [c["carrier_code"] for c in carriers["carriers"]] == [
             "stamps_com", "ups", "fedex", "dhl_express_worldwide",
         ]  # fmt: skip
-        assert json.loads(outputs[1])["status"] == "ready"
+        rates = json.loads(outputs[1])
+        assert rates["complete"] is True
+        assert {q["carrier_code"] for q in rates["quotes"]} == {
+            "stamps_com", "ups", "fedex", "dhl_express_worldwide",
+        }  # fmt: skip
+        totals = [Decimal(q["total"]) for q in rates["quotes"]]
+        assert totals == sorted(totals)
         assert re.search(r'endpoint="carriers",status="200".* 1\.0', outputs[2])
+        assert re.search(r'endpoint="getrates",status="200".* 4\.0', outputs[2])
         assert re.search(r"API token:\s+\S{20,}", "".join(lines))
     finally:
         process.send_signal(signal.SIGINT)

@@ -8,9 +8,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ratesvc.api import carriers, health
+from ratesvc.api import carriers, health, rates
 from ratesvc.api.openapi import Route, build_openapi
-from ratesvc.models import CarriersResponse
+from ratesvc.models import CarriersResponse, RatesRequest, RatesResponse
+from ratesvc.quotes import StoredQuote
 
 
 async def openapi(_request: web.Request) -> web.Response:
@@ -28,6 +29,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/carriers", carriers.list_carriers,
           "Connected carriers with their services and package types (cached)",
           CarriersResponse, errors=(502, 503, 504), tags=("carriers",)),
+    Route("POST", "/v1/rates", rates.post_rates,
+          "Rate-shop one shipment across the connected carriers concurrently", RatesResponse,
+          request=RatesRequest, errors=(400, 413, 422, 502, 503, 504), tags=("rates",)),
+    Route("GET", "/v1/quotes/{quote_id}", rates.get_quote,
+          "A quote handed out by POST /v1/rates, with the shipment it is for", StoredQuote,
+          errors=(404, 410), tags=("rates",)),
 )  # fmt: skip
 
 

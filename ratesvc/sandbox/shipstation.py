@@ -20,7 +20,7 @@ import itertools
 import random
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
@@ -96,6 +96,9 @@ class ShipStationSandbox:
         self.unauthorized = 0
         self.shipments: dict[int, dict[str, Any]] = {}
         self.refused_voids: set[int] = set()
+        # Canned getrates answers by carrier code (raw JSON, sent verbatim): sample payloads.
+        self.fixed_rates: dict[str, bytes] = {}
+        self.received: deque[tuple[str, Any]] = deque(maxlen=1000)  # (path, JSON body) per call
         self._ids = itertools.count(72513480)
         self._rng = random.Random(self.knobs.seed)
         self._closing: asyncio.Event | None = None
@@ -267,8 +270,13 @@ class ShipStationSandbox:
     async def _getrates(self, request: web.Request) -> web.Response:
         raw = await request.read()
         body = _object(raw)
+        self.received.append((request.path, body))
         carrier = self._carrier(body.get("carrierCode"))
         await self._behave("getrates", carrier.code)
+        if carrier.code in self.fixed_rates:
+            return web.Response(
+                body=self.fixed_rates[carrier.code], content_type="application/json"
+            )
         parcel = _Parcel.read(body)
         to_country = _required_text(body, "toCountry").upper()
         if carrier.state_required and to_country in ("US", "CA") and not body.get("toState"):
@@ -320,6 +328,7 @@ class ShipStationSandbox:
 
     async def _createlabel(self, request: web.Request) -> web.Response:
         body = _object(await request.read())
+        self.received.append((request.path, body))
         carrier = self._carrier(body.get("carrierCode"))
         await self._behave("createlabel", carrier.code)
         if "testLabel" in body and not isinstance(body["testLabel"], bool | None):

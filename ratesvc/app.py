@@ -20,6 +20,7 @@ from ratesvc.config import Settings
 from ratesvc.metrics import Metrics
 from ratesvc.quotes import LegCache, QuoteStore
 from ratesvc.rating import Rater
+from ratesvc.replay import AnswerReplay
 
 USER_AGENT = f"ratesvc/{__version__}"
 
@@ -60,7 +61,9 @@ async def _rating(app: web.Application) -> AsyncIterator[None]:
         max_entries=settings.quote_cache_max_entries,
         ttl_s=max(settings.quote_max_stale_s, *(a.quote_ttl_s for a in settings.accounts.values())),
     )
-    app[keys.RATER] = Rater(cache=cache, store=QuoteStore(), max_stale_s=settings.quote_max_stale_s)
+    store = QuoteStore()
+    app[keys.RATER] = Rater(cache=cache, store=store, max_stale_s=settings.quote_max_stale_s)
+    app[keys.REPLAY] = AnswerReplay(store)
     try:
         yield
     finally:

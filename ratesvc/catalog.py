@@ -46,6 +46,7 @@ class CarrierCatalog:
         self._snapshot: CarriersResponse | None = None
         self._loaded_at = 0.0
         self._loading: asyncio.Task[CarriersResponse] | None = None
+        self.version = 0  # goes up with every load, so answers built on an older one are known
 
     async def get(self, *, deadline: float) -> CarriersResponse:
         """The catalogue; waits (until ``deadline``) only when there is no copy at all."""
@@ -110,6 +111,7 @@ class CarrierCatalog:
                 carriers=[t.result() for t in tasks], refreshed_at=dt.datetime.now(dt.UTC)
             )
             self._snapshot = snapshot
+            self.version += 1
             self._loaded_at = asyncio.get_running_loop().time()
             if partial:
                 self._loaded_at -= max(0.0, self._ttl_s - _PARTIAL_RETRY_S)

@@ -44,16 +44,17 @@ class ConfigError(Exception):
 class Secret:
     """A string that never shows itself in logs, reprs or error messages."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_digest", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._digest = hashlib.sha256(value.encode()).digest()
 
     def reveal(self) -> str:
         return self._value
 
     def digest(self) -> bytes:
-        return hashlib.sha256(self._value.encode()).digest()
+        return self._digest
 
     def __repr__(self) -> str:
         return "Secret('********')"

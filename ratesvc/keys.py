@@ -8,8 +8,10 @@ from ratesvc.accounts import AccountServices
 from ratesvc.config import Settings
 from ratesvc.metrics import Metrics
 from ratesvc.rating import Rater
+from ratesvc.replay import AnswerReplay
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 ACCOUNTS = web.AppKey("accounts", dict[str, AccountServices])
 RATER = web.AppKey("rater", Rater)
+REPLAY = web.AppKey("replay", AnswerReplay)

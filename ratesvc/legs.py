@@ -11,7 +11,7 @@ answer to the key):
   service asked for (if any) and the package type.
 
 City, street and names do not change a rate, so they are not part of the key (the first caller's
-are sent).
+are sent). The route and each parcel are made canonical once per request and shared by the legs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ratesvc.units import convert_length, convert_weight
 WEIGHT_STEP_OZ = Decimal("0.1")
 LENGTH_STEP_IN = Decimal("0.1")
 _ZIP_PLUS_4 = re.compile(r"^(\d{5})-?\d{4}$")
+_RESIDENTIAL = {True: "res", False: "com", None: "unk"}
 
 
 def normal_postal_code(postal_code: str, country: str) -> str:
@@ -52,85 +53,89 @@ def _up(value: Decimal, step: Decimal) -> Decimal:
     return value.quantize(step, rounding=ROUND_CEILING)
 
 
-def parcel_weight_oz(package: PackageIn) -> Decimal:
-    return _up(convert_weight(package.weight.amount, package.weight.unit, "oz"), WEIGHT_STEP_OZ)
+@dataclass(frozen=True)
+class Route:
+    """Origin and destination as the key sees them; the full addresses go upstream."""
+
+    ship_from: Address
+    ship_to: Address
+    key: str
+
+    @classmethod
+    def of(cls, ship_from: Address, ship_to: Address, confirmation: str) -> Route:
+        parts = []
+        for address in (ship_from, ship_to):
+            postal = normal_postal_code(address.postal_code, address.country)
+            parts += [address.country, (address.state or "").upper(), postal]
+        parts += [_RESIDENTIAL[ship_to.residential], confirmation]
+        return cls(ship_from=ship_from, ship_to=ship_to, key="|".join(parts))
 
 
-def parcel_sides_in(package: PackageIn) -> tuple[Decimal, Decimal, Decimal] | None:
-    if package.dimensions is None:
-        return None
-    unit = package.dimensions.unit
-    a, b, c = sorted(
-        (
-            _up(convert_length(side, unit, "in"), LENGTH_STEP_IN)
-            for side in package.dimensions.sides()
-        ),
-        reverse=True,
-    )
-    return a, b, c
+@dataclass(frozen=True)
+class Parcel:
+    """One package in canonical units."""
+
+    weight_oz: Decimal
+    sides_in: tuple[Decimal, Decimal, Decimal] | None
+    package_code: str | None  # None: every package type (variants)
+    key: str
+
+    @classmethod
+    def of(cls, package: PackageIn) -> Parcel:
+        weight = _up(
+            convert_weight(package.weight.amount, package.weight.unit, "oz"), WEIGHT_STEP_OZ
+        )
+        sides: tuple[Decimal, Decimal, Decimal] | None = None
+        if package.dimensions is not None:
+            unit = package.dimensions.unit
+            a, b, c = sorted(
+                (
+                    _up(convert_length(side, unit, "in"), LENGTH_STEP_IN)
+                    for side in package.dimensions.sides()
+                ),
+                reverse=True,
+            )
+            sides = (a, b, c)
+        code = package.requested_package_code
+        dims = "x".join(str(s) for s in sides) + "in" if sides else "-"
+        return cls(weight_oz=weight, sides_in=sides, package_code=code,
+                   key=f"{code or '*'}|{weight}oz|{dims}")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Leg:
     carrier_code: str
     service_code: str | None
-    package_code: str | None
-    ship_from: Address
-    ship_to: Address
-    weight_oz: Decimal
-    sides_in: tuple[Decimal, Decimal, Decimal] | None
-    confirmation: str
+    route: Route
+    parcel: Parcel
     key: str
+
+    @property
+    def package_code(self) -> str | None:
+        return self.parcel.package_code
 
     def rate_request(self) -> RateRequest:
         dimensions = None
-        if self.sides_in is not None:
-            length, width, height = (float(side) for side in self.sides_in)
+        if self.parcel.sides_in is not None:
+            length, width, height = (float(side) for side in self.parcel.sides_in)
             dimensions = Dimensions(length=length, width=width, height=height, unit="in")
+        confirmation = self.route.key.rsplit("|", 1)[1]
         return RateRequest(
             carrier_code=self.carrier_code,
             service_code=self.service_code,
-            package_code=self.package_code,
-            ship_from=self.ship_from,
-            ship_to=self.ship_to,
-            weight=Weight(value=float(self.weight_oz), unit="oz"),
+            package_code=self.parcel.package_code,
+            ship_from=normal_address(self.route.ship_from),
+            ship_to=normal_address(self.route.ship_to),
+            weight=Weight(value=float(self.parcel.weight_oz), unit="oz"),
             dimensions=dimensions,
-            confirmation=None if self.confirmation == "none" else self.confirmation,  # type: ignore[arg-type]
+            confirmation=None if confirmation == "none" else confirmation,  # type: ignore[arg-type]
         )
 
 
 def make_leg(
-    *,
-    key_prefix: str,
-    carrier_code: str,
-    service_code: str | None,
-    package: PackageIn,
-    ship_from: Address,
-    ship_to: Address,
-    confirmation: str,
+    *, key_prefix: str, carrier_code: str, service_code: str | None, route: Route, parcel: Parcel
 ) -> Leg:
     """``key_prefix`` names the ShipStation key pair: accounts may have different rates."""
-    origin, destination = normal_address(ship_from), normal_address(ship_to)
-    weight = parcel_weight_oz(package)
-    sides = parcel_sides_in(package)
-    package_code = package.requested_package_code
-    residential = {True: "res", False: "com", None: "unk"}[destination.residential]
-    key = "|".join(
-        (
-            key_prefix, carrier_code, service_code or "*", package_code or "*",
-            origin.country, origin.state or "", origin.postal_code,
-            destination.country, destination.state or "", destination.postal_code, residential,
-            f"{weight}oz", "x".join(str(s) for s in sides) + "in" if sides else "-", confirmation,
-        )
-    )  # fmt: skip
-    return Leg(
-        carrier_code=carrier_code,
-        service_code=service_code,
-        package_code=package_code,
-        ship_from=origin,
-        ship_to=destination,
-        weight_oz=weight,
-        sides_in=sides,
-        confirmation=confirmation,
-        key=key,
-    )
+    key = f"{key_prefix}|{carrier_code}|{service_code or '*'}|{route.key}|{parcel.key}"
+    return Leg(carrier_code=carrier_code, service_code=service_code, route=route, parcel=parcel,
+               key=key)  # fmt: skip

@@ -22,6 +22,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._http_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.http_requests = Counter(
             "ratesvc_http_requests",
             "HTTP requests served, by route template, method and status.",
@@ -79,6 +80,19 @@ class Metrics:
             ("account", "outcome"),
             registry=self.registry,
         )
+
+    def http_series(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        """The request counter and latency histogram of one (route, method, status), cached:
+        looking labels up costs more than counting."""
+        key = (route, method, status)
+        series = self._http_series.get(key)
+        if series is None:
+            labels = (route, method, str(status))
+            series = self._http_series[key] = (
+                self.http_requests.labels(*labels),
+                self.http_latency.labels(*labels),
+            )
+        return series
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,8 +25,12 @@ ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
-class Inbound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of request Structs: strict about fields, tolerant about surrounding white space."""
+class Inbound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """Base of request Structs: strict about fields, tolerant about surrounding white space.
+
+    ``gc=False``: these hold only values and other Structs, never cycles, so the garbage
+    collector need not track the many thousands the quote store and caches keep alive.
+    """
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:
@@ -144,7 +148,7 @@ class RateRequest(msgspec.Struct, frozen=True, kw_only=True):
     confirmation: Confirmation | None = None
 
 
-class RateRow(msgspec.Struct, frozen=True, kw_only=True):
+class RateRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One priced service (or service + package variant) for one package."""
 
     service_code: str
@@ -256,7 +260,7 @@ class RatesRequest(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             raise ValueError("task_id: only goes with sale_id")
 
 
-class QuotePackage(msgspec.Struct, frozen=True, kw_only=True):
+class QuotePackage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What one box of a multi-package quote costs."""
 
     box: str | None
@@ -265,7 +269,7 @@ class QuotePackage(msgspec.Struct, frozen=True, kw_only=True):
     other_cost: str
 
 
-class Quote(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Quote(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     quote_id: str
     carrier_code: str
     service_code: str
@@ -285,14 +289,14 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     breakdown: list[QuotePackage] = []
 
 
-class LegError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class LegError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     carrier_code: str
     code: str
     message: str
     box: str | None = None
 
 
-class RatesResponse(msgspec.Struct, frozen=True, kw_only=True):
+class RatesResponse(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     quotes: list[Quote]
     errors: list[LegError]
     complete: bool

@@ -9,13 +9,15 @@
   is cancelled only when its last waiter leaves. A finished call is forgotten at once, so a
   failure is never handed to a later request.
 * :class:`QuoteStore` remembers every quote handed out until it expires, so ``POST /v1/labels``
-  can buy exactly what was quoted.
+  can buy exactly what was quoted. Quotes are kept per answer (one batch, one random token),
+  since the quotes of one answer share their shipment and expiry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from ratesvc.models import Address, RateRow, ShipmentIn
 T = TypeVar("T")
 
 
-class CachedLeg(msgspec.Struct, frozen=True, kw_only=True):
+class CachedLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rows: list[RateRow]
     quoted_at: dt.datetime
 
@@ -62,6 +64,10 @@ class LegCache:
     async def get(self, key: str) -> CachedLeg | None:
         value = await self._cache.get(key)
         return value if isinstance(value, CachedLeg) else None
+
+    async def get_many(self, keys: list[str]) -> list[CachedLeg | None]:
+        values = await self._cache.multi_get(keys)
+        return [value if isinstance(value, CachedLeg) else None for value in values]
 
     async def put(self, key: str, value: CachedLeg) -> None:
         await self._cache.set(key, value, ttl=self._ttl_s)
@@ -111,7 +117,7 @@ class SingleFlight(Generic[T]):
             del self._flights[key]
 
 
-class StoredQuote(msgspec.Struct, frozen=True, kw_only=True):
+class StoredQuote(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Everything needed to buy a quote later: what, for which parcels, from where to where."""
 
     quote_id: str
@@ -130,9 +136,46 @@ class StoredQuote(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str | None = None
 
 
+class QuoteLine(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    carrier_code: str
+    service_code: str
+    service_name: str
+    package_codes: list[str | None]
+    total: str
+    quoted_at: dt.datetime
+
+
+class QuoteBatch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The quotes of one ``POST /v1/rates`` answer: they share a shipment and an expiry.
+
+    Quote ids are ``qt_`` + the batch's token + the quote's index in hexadecimal.
+    """
+
+    token: str
+    account: str
+    shipment: ShipmentIn
+    ship_from: Address
+    currency: str
+    expires_at: dt.datetime
+    lines: list[QuoteLine]
+    sale_id: str | None = None
+    task_id: str | None = None
+
+
+TOKEN_LENGTH = 22  # secrets.token_urlsafe(16)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def quote_id(token: str, index: int) -> str:
+    return f"qt_{token}{index:x}"
+
+
 @dataclass
 class QuoteStore:
-    """Quotes by id, in memory, bounded by ``max_entries``.
+    """Quote batches by token, in memory, bounded by ``max_entries`` batches.
 
     An expired quote is kept for ``grace`` more, so asking for it says *expired* (410), not
     *unknown* (404).
@@ -140,21 +183,32 @@ class QuoteStore:
 
     max_entries: int = 100_000
     grace: dt.timedelta = dt.timedelta(days=1)
-    _quotes: OrderedDict[str, StoredQuote] = field(default_factory=OrderedDict)
+    _batches: OrderedDict[str, QuoteBatch] = field(default_factory=OrderedDict)
 
-    def put(self, quote: StoredQuote) -> None:
-        self._quotes[quote.quote_id] = quote
-        while len(self._quotes) > self.max_entries:
-            self._quotes.popitem(last=False)
-        self._evict_expired()
-
-    def get(self, quote_id: str) -> StoredQuote | None:
-        return self._quotes.get(quote_id)
-
-    def _evict_expired(self) -> None:
+    def put(self, batch: QuoteBatch) -> None:
+        self._batches[batch.token] = batch
+        while len(self._batches) > self.max_entries:
+            self._batches.popitem(last=False)
         now = dt.datetime.now(dt.UTC)
-        while self._quotes:
-            oldest = next(iter(self._quotes.values()))
+        while self._batches:
+            oldest = next(iter(self._batches.values()))
             if oldest.expires_at + self.grace > now:
                 return
-            self._quotes.popitem(last=False)
+            self._batches.popitem(last=False)
+
+    def get(self, quote_id: str) -> StoredQuote | None:
+        token, index = quote_id[3 : 3 + TOKEN_LENGTH], quote_id[3 + TOKEN_LENGTH :]
+        batch = self._batches.get(token)
+        if not quote_id.startswith("qt_") or batch is None:
+            return None
+        try:
+            line = batch.lines[int(index, 16)]
+        except (ValueError, IndexError):
+            return None
+        return StoredQuote(
+            quote_id=quote_id, account=batch.account, carrier_code=line.carrier_code,
+            service_code=line.service_code, service_name=line.service_name,
+            package_codes=line.package_codes, shipment=batch.shipment, ship_from=batch.ship_from,
+            total=line.total, currency=batch.currency, quoted_at=line.quoted_at,
+            expires_at=batch.expires_at, sale_id=batch.sale_id, task_id=batch.task_id,
+        )  # fmt: skip

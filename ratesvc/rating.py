@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import secrets
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
+import msgspec
+
 from ratesvc.accounts import AccountServices
+from ratesvc.config import Account, MarkupRule
 from ratesvc.errors import (
     InvalidRequest,
     UpstreamFailure,
@@ -34,9 +36,8 @@ from ratesvc.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from ratesvc.legs import Leg, make_leg
+from ratesvc.legs import Leg, Parcel, Route, make_leg
 from ratesvc.models import (
-    Address,
     CarrierCatalogEntry,
     LegError,
     Quote,
@@ -45,7 +46,17 @@ from ratesvc.models import (
     RatesResponse,
     ShipmentIn,
 )
-from ratesvc.quotes import CachedLeg, LegCache, QuoteStore, SingleFlight, StoredQuote
+from ratesvc.quotes import (
+    CachedLeg,
+    LegCache,
+    QuoteBatch,
+    QuoteLine,
+    QuoteStore,
+    SingleFlight,
+    StoredQuote,
+    new_token,
+    quote_id,
+)
 from ratesvc.units import to_cents
 
 CURRENCY = "USD"  # ShipStation v1 prices in the account's currency; US accounts are USD
@@ -53,20 +64,71 @@ CURRENCY = "USD"  # ShipStation v1 prices in the account's currency; US accounts
 
 @dataclass(frozen=True)
 class LegAnswer:
-    rows: list[RateRow]
-    quoted_at: dt.datetime
+    entry: CachedLeg  # the cache entry the rows come from (its identity keys the quote memo)
     cached: bool
     stale: bool = False
+
+    @property
+    def rows(self) -> list[RateRow]:
+        return self.entry.rows
+
+    @property
+    def quoted_at(self) -> dt.datetime:
+        return self.entry.quoted_at
+
+
+@dataclass(frozen=True)
+class _Made:
+    """What a set of leg outcomes makes: quote templates (no id or expiry), lines and errors."""
+
+    quotes: list[Quote]
+    lines: list[QuoteLine]
+    errors: list[LegError]
+
+
+class _Memo:
+    """The last ``max_entries`` things made, by key (least recently used goes first).
+
+    Keys hold ``id()`` of cache entries; the values keep those entries alive via the quotes'
+    shares, so an id cannot be reused while its key is here.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._items: OrderedDict[object, tuple[_Made, list[LegAnswer]]] = OrderedDict()
+
+    def get(self, key: object) -> _Made | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: object, made: _Made, answers: list[LegAnswer]) -> None:
+        self._items[key] = (made, answers)
+        while len(self._items) > self._max_entries:
+            self._items.popitem(last=False)
 
 
 @dataclass(frozen=True)
 class _Priced:
     """One upstream row, as one package's share of a quote."""
 
+    carrier_code: str
     row: RateRow
     package_code: str | None
     answer: LegAnswer
     variant: str  # which package variant the row is ("" when the leg asked for one package type)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """An answer, the quote batch it handed out, and whether it may be replayed."""
+
+    response: RatesResponse
+    batch: QuoteBatch
+    replayable: bool
+    fresh_until: dt.datetime
 
 
 class Rater:
@@ -77,6 +139,7 @@ class Rater:
         self._store = store
         self._flights: SingleFlight[CachedLeg] = SingleFlight()
         self._max_stale_s = max_stale_s
+        self._made = _Memo(max_entries=10_000)
 
     async def rate(
         self,
@@ -89,7 +152,7 @@ class Rater:
         deadline: float,
         sale_id: str | None = None,
         task_id: str | None = None,
-    ) -> RatesResponse:
+    ) -> Rating:
         account = services.account
         ship_from = shipment.ship_from or account.ship_from
         if ship_from is None:
@@ -98,62 +161,110 @@ class Rater:
             )
         catalog = await services.catalog.get(deadline=deadline)
         plan = _plan_carriers(catalog.carriers, carriers, service_codes)
-        legs: dict[tuple[str, int], Leg] = {}
-        for carrier_code, service_code in plan:
-            for index, package in enumerate(shipment.packages):
-                legs[carrier_code, index] = make_leg(
-                    key_prefix=account.shipstation.key_id(),
-                    carrier_code=carrier_code,
-                    service_code=service_code,
-                    package=package,
-                    ship_from=ship_from,
-                    ship_to=shipment.ship_to,
-                    confirmation=shipment.confirmation,
-                )
+        route = Route.of(ship_from, shipment.ship_to, shipment.confirmation)
+        parcels = [Parcel.of(package) for package in shipment.packages]
+        prefix = account.shipstation.key_id()
+        legs = {
+            (carrier_code, index): make_leg(
+                key_prefix=prefix, carrier_code=carrier_code, service_code=service_code,
+                route=route, parcel=parcel,
+            )
+            for carrier_code, service_code in plan
+            for index, parcel in enumerate(parcels)
+        }  # fmt: skip
         max_age = account.quote_ttl_s if max_age_s is None else max_age_s
-        outcomes = await self._run_legs(services, legs, max_age, deadline)
+        outcomes = await self._answer_legs(services, legs, max_age, deadline)
 
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        quotes: list[Quote] = []
+        token = new_token()
+        expires_at = now + dt.timedelta(seconds=account.quote_ttl_s)
+        answers = [o for o in outcomes.values() if isinstance(o, LegAnswer)]
+        memo_key: tuple[object, ...] | None = None
+        if len(answers) == len(outcomes) and not any(a.stale for a in answers):
+            memo_key = (
+                account.name, services.catalog.version, tuple(service_codes or ()),
+                tuple(p.box for p in shipment.packages),
+                tuple(plan), tuple((id(a.entry), a.cached) for a in answers),
+            )  # fmt: skip
+        made = self._made.get(memo_key) if memo_key is not None else None
+        if made is None:
+            made = self._make(
+                account, catalog.carriers, plan, legs, outcomes, shipment, service_codes, now
+            )
+            if memo_key is not None:
+                self._made.put(memo_key, made, answers)
+        templates, errors = made.quotes, made.errors
+        quotes = [
+            msgspec.structs.replace(q, quote_id=quote_id(token, i), expires_at=expires_at)
+            for i, q in enumerate(templates)
+        ]
+        batch = QuoteBatch(
+            token=token, account=account.name, shipment=shipment, ship_from=ship_from,
+            currency=CURRENCY, expires_at=expires_at, sale_id=sale_id, task_id=task_id,
+            lines=made.lines,
+        )  # fmt: skip
+        self._store.put(batch)
+        oldest = min((a.quoted_at for a in answers), default=now)
+        return Rating(
+            response=RatesResponse(quotes=quotes, errors=errors, complete=not errors,
+                                   sale_id=sale_id, task_id=task_id),
+            batch=batch,
+            replayable=not errors and all(a.cached and not a.stale for a in answers),
+            fresh_until=oldest + dt.timedelta(seconds=max_age),
+        )  # fmt: skip
+
+    def _make(
+        self,
+        account: Account,
+        carriers: list[CarrierCatalogEntry],
+        plan: list[tuple[str, str | None]],
+        legs: dict[tuple[str, int], Leg],
+        outcomes: dict[tuple[str, int], LegAnswer | UpstreamFailure],
+        shipment: ShipmentIn,
+        service_codes: list[str] | None,
+        now: dt.datetime,
+    ) -> _Made:
+        """Quotes (without id and expiry yet) and errors from the legs' outcomes."""
+        packages_by_name = {c.carrier_code: {p.name: p.package_code for p in c.packages}
+                            for c in carriers}  # fmt: skip
+        count = len(shipment.packages)
+        priced: list[list[_Priced]] = []
         errors: list[LegError] = []
         answered = 0
         timeouts_only = True
-        packages_by_name = {c.carrier_code: {p.name: p.package_code for p in c.packages}
-                            for c in catalog.carriers}  # fmt: skip
         for carrier_code, _ in plan:
-            carrier_failures = [
-                (index, outcome)
-                for (code, index), outcome in outcomes.items()
-                if code == carrier_code and isinstance(outcome, UpstreamFailure)
-            ]
-            if carrier_failures:
-                for index, failure in carrier_failures:
+            failures = [(i, outcomes[carrier_code, i]) for i in range(count)
+                        if isinstance(outcomes[carrier_code, i], UpstreamFailure)]  # fmt: skip
+            if failures:
+                for index, failure in failures:
                     assert isinstance(failure, UpstreamFailure)
                     timeouts_only &= isinstance(failure, UpstreamTimeout)
                     errors.append(_leg_error(carrier_code, failure, shipment, index))
                 continue
             answered += 1
-            per_package = [
-                _priced_rows(outcomes[carrier_code, i], legs[carrier_code, i],  # type: ignore[arg-type]
-                             packages_by_name.get(carrier_code, {}), service_codes)
-                for i in range(len(shipment.packages))
-            ]  # fmt: skip
-            for shares in _combine(per_package):
-                quote, stored = self._quote(
-                    services, carrier_code, shares, shipment, ship_from, now,
-                    sale_id=sale_id, task_id=task_id,
+            per_package = []
+            for i in range(count):
+                answer = outcomes[carrier_code, i]
+                assert isinstance(answer, LegAnswer)
+                per_package.append(
+                    _priced_rows(answer, legs[carrier_code, i],
+                                 packages_by_name.get(carrier_code, {}), service_codes)
                 )  # fmt: skip
-                quotes.append(quote)
-                self._store.put(stored)
+            priced += _combine(per_package)
         if plan and answered == 0:
             detail = "; ".join(f"{e.carrier_code}: {e.message}" for e in errors)
             if timeouts_only:
                 raise UpstreamTimeout(f"no carrier answered before the deadline ({detail})")
             raise UpstreamUnavailable(f"every carrier failed ({detail})")
-        quotes.sort(key=lambda q: (Decimal(q.total), q.carrier_code, q.service_code,
-                                   q.service_name, q.package_code or ""))  # fmt: skip
-        return RatesResponse(
-            quotes=quotes, errors=errors, complete=not errors, sale_id=sale_id, task_id=task_id
+        drafts = sorted(
+            (_draft(account.markup.for_carrier(shares[0].carrier_code), shares)
+             for shares in priced),
+            key=lambda d: d.order,
+        )  # fmt: skip
+        return _Made(
+            quotes=[d.quote("", now, now, shipment) for d in drafts],
+            lines=[d.line() for d in drafts],
+            errors=errors,
         )
 
     def stored(self, quote_id: str) -> StoredQuote | None:
@@ -161,17 +272,28 @@ class Rater:
 
     # --- legs ------------------------------------------------------------------------------------
 
-    async def _run_legs(
+    async def _answer_legs(
         self,
         services: AccountServices,
         legs: dict[tuple[str, int], Leg],
         max_age_s: float,
         deadline: float,
     ) -> dict[tuple[str, int], LegAnswer | UpstreamFailure]:
-        async def one(leg: Leg) -> LegAnswer | UpstreamFailure:
+        """Cached legs straight from the cache (one read); the rest concurrently upstream."""
+        unique = {leg.key: leg for leg in legs.values()}
+        entries = dict(zip(unique, await self._cache.get_many(list(unique)), strict=True))
+        answers: dict[str, LegAnswer | UpstreamFailure] = {}
+        missing: dict[str, CachedLeg | None] = {}
+        for key, cached in entries.items():
+            if cached is not None and _age_s(cached) <= max_age_s:
+                answers[key] = LegAnswer(entry=cached, cached=True)
+            else:
+                missing[key] = cached
+
+        async def one(leg: Leg, cached: CachedLeg | None) -> LegAnswer | UpstreamFailure:
             try:
                 async with asyncio.timeout_at(deadline):
-                    return await self._answer(services, leg, max_age_s, deadline)
+                    return await self._fetch(services, leg, cached, deadline)
             except TimeoutError:
                 return UpstreamTimeout(
                     f"no answer within {services.account.request_deadline_s:g} s",
@@ -180,76 +302,71 @@ class Rater:
             except UpstreamFailure as failure:
                 return failure
 
-        async with asyncio.TaskGroup() as group:
-            tasks = {where: group.create_task(one(leg)) for where, leg in legs.items()}
-        return {where: task.result() for where, task in tasks.items()}
+        if missing:
+            async with asyncio.TaskGroup() as group:
+                tasks = {key: group.create_task(one(unique[key], cached))
+                         for key, cached in missing.items()}  # fmt: skip
+            answers.update((key, task.result()) for key, task in tasks.items())
+        return {where: answers[leg.key] for where, leg in legs.items()}
 
-    async def _answer(
-        self, services: AccountServices, leg: Leg, max_age_s: float, deadline: float
+    async def _fetch(
+        self, services: AccountServices, leg: Leg, cached: CachedLeg | None, deadline: float
     ) -> LegAnswer:
-        cached = await self._cache.get(leg.key)
-        age = _age_s(cached)
-        if cached is not None and age <= max_age_s:
-            return LegAnswer(rows=cached.rows, quoted_at=cached.quoted_at, cached=True)
-
-        async def fetch() -> CachedLeg:
+        async def call() -> CachedLeg:
             rows = await services.shipstation.get_rates(leg.rate_request(), deadline=deadline)
             entry = CachedLeg(rows=rows, quoted_at=dt.datetime.now(dt.UTC).replace(microsecond=0))
             await self._cache.put(leg.key, entry)
             return entry
 
         try:
-            entry = await self._flights.run(leg.key, fetch)
+            entry = await self._flights.run(leg.key, call)
         except UpstreamThrottled:
-            if cached is not None and age <= self._max_stale_s:
-                return LegAnswer(
-                    rows=cached.rows, quoted_at=cached.quoted_at, cached=True, stale=True
-                )
+            if cached is not None and _age_s(cached) <= self._max_stale_s:
+                return LegAnswer(entry=cached, cached=True, stale=True)
             raise
-        return LegAnswer(rows=entry.rows, quoted_at=entry.quoted_at, cached=False)
+        return LegAnswer(entry=entry, cached=False)
 
-    # --- quotes ----------------------------------------------------------------------------------
 
-    def _quote(
-        self,
-        services: AccountServices,
-        carrier_code: str,
-        shares: list[_Priced],
-        shipment: ShipmentIn,
-        ship_from: Address,
-        now: dt.datetime,
-        *,
-        sale_id: str | None,
-        task_id: str | None,
-    ) -> tuple[Quote, StoredQuote]:
-        account = services.account
-        shipment_cost = sum((s.row.shipment_cost for s in shares), Decimal(0))
-        other_cost = sum((s.row.other_cost for s in shares), Decimal(0))
-        rule = account.markup.for_carrier(carrier_code)
-        markup = (shipment_cost + other_cost) * rule.percent / 100 + rule.flat
-        figures = [to_cents(shipment_cost), to_cents(other_cost), to_cents(markup)]
-        total = sum(figures, Decimal(0))
-        codes = [s.package_code for s in shares]
+@dataclass(frozen=True)
+class _Draft:
+    """A quote before it gets its id: figures already rounded, sort order fixed."""
+
+    carrier_code: str
+    shares: list[_Priced]
+    figures: tuple[Decimal, Decimal, Decimal, Decimal]  # shipment, other, markup, total
+
+    @property
+    def order(self) -> tuple[Decimal, str, str, str, str]:
+        row = self.shares[0].row
+        return (self.figures[3], self.carrier_code, row.service_code, row.service_name,
+                self.package_code or "")  # fmt: skip
+
+    @property
+    def package_code(self) -> str | None:
+        codes = {s.package_code for s in self.shares}
+        return codes.pop() if len(codes) == 1 else None
+
+    def line(self) -> QuoteLine:
+        row = self.shares[0].row
+        return QuoteLine(
+            carrier_code=self.carrier_code, service_code=row.service_code,
+            service_name=row.service_name, package_codes=[s.package_code for s in self.shares],
+            total=str(self.figures[3]), quoted_at=min(s.answer.quoted_at for s in self.shares),
+        )  # fmt: skip
+
+    def quote(
+        self, quote_id: str, expires_at: dt.datetime, now: dt.datetime, shipment: ShipmentIn
+    ) -> Quote:
+        row, shares = self.shares[0].row, self.shares
         quoted_at = min(s.answer.quoted_at for s in shares)
         stale = any(s.answer.stale for s in shares)
-        quote_id = "qt_" + secrets.token_urlsafe(16)
-        expires_at = now + dt.timedelta(seconds=account.quote_ttl_s)
-        quote = Quote(
-            quote_id=quote_id,
-            carrier_code=carrier_code,
-            service_code=shares[0].row.service_code,
-            service_name=shares[0].row.service_name,
-            package_code=codes[0] if len(set(codes)) == 1 else None,
-            shipment_cost=str(figures[0]),
-            other_cost=str(figures[1]),
-            markup=str(figures[2]),
-            total=str(total),
-            currency=CURRENCY,
-            packages=len(shares),
-            cached=all(s.answer.cached for s in shares),
-            quoted_at=quoted_at,
-            expires_at=expires_at,
-            stale=stale,
+        return Quote(
+            quote_id=quote_id, carrier_code=self.carrier_code, service_code=row.service_code,
+            service_name=row.service_name, package_code=self.package_code,
+            shipment_cost=str(self.figures[0]), other_cost=str(self.figures[1]),
+            markup=str(self.figures[2]), total=str(self.figures[3]), currency=CURRENCY,
+            packages=len(shares), cached=all(s.answer.cached for s in shares),
+            quoted_at=quoted_at, expires_at=expires_at, stale=stale,
             age_s=int((now - quoted_at).total_seconds()) if stale else None,
             breakdown=[
                 QuotePackage(
@@ -260,14 +377,15 @@ class Rater:
                 for package, share in zip(shipment.packages, shares, strict=True)
             ] if len(shares) > 1 else [],
         )  # fmt: skip
-        stored = StoredQuote(
-            quote_id=quote_id, account=account.name, carrier_code=carrier_code,
-            service_code=quote.service_code, service_name=quote.service_name,
-            package_codes=codes, shipment=shipment, ship_from=ship_from, total=quote.total,
-            currency=CURRENCY, quoted_at=quoted_at, expires_at=expires_at,
-            sale_id=sale_id, task_id=task_id,
-        )  # fmt: skip
-        return quote, stored
+
+
+def _draft(rule: MarkupRule, shares: list[_Priced]) -> _Draft:
+    shipment_cost = sum((s.row.shipment_cost for s in shares), Decimal(0))
+    other_cost = sum((s.row.other_cost for s in shares), Decimal(0))
+    markup = (shipment_cost + other_cost) * rule.percent / 100 + rule.flat
+    rounded = (to_cents(shipment_cost), to_cents(other_cost), to_cents(markup))
+    return _Draft(carrier_code=shares[0].carrier_code, shares=shares,
+                  figures=(*rounded, sum(rounded, Decimal(0))))  # fmt: skip
 
 
 def _age_s(cached: CachedLeg | None) -> float:
@@ -322,7 +440,10 @@ def _priced_rows(
             _, _, suffix = row.service_name.rpartition(" - ")
             code = packages_by_name.get(suffix)
             variant = code or row.service_name
-        priced.append(_Priced(row=row, package_code=code, answer=answer, variant=variant))
+        priced.append(
+            _Priced(carrier_code=leg.carrier_code, row=row, package_code=code, answer=answer,
+                    variant=variant)
+        )  # fmt: skip
     return priced
 
 

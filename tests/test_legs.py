@@ -9,7 +9,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ratesvc.legs import make_leg, normal_postal_code
+from ratesvc.legs import Parcel, Route, make_leg, normal_postal_code
 from ratesvc.models import Address, PackageIn
 from ratesvc.units import convert_length, convert_weight
 
@@ -19,10 +19,14 @@ FROM = Address(postal_code="78703", country="US", state="TX")
 def leg_key(package: dict[str, Any], to: Address, **kwargs: Any) -> str:
     leg = make_leg(
         key_prefix="k", carrier_code=kwargs.get("carrier", "ups"), service_code=None,
-        package=msgspec.convert(package, PackageIn), ship_from=FROM, ship_to=to,
-        confirmation=kwargs.get("confirmation", "none"),
+        route=Route.of(FROM, to, kwargs.get("confirmation", "none")),
+        parcel=Parcel.of(msgspec.convert(package, PackageIn)),
     )  # fmt: skip
     return leg.key
+
+
+def parcel(package: dict[str, Any]) -> Parcel:
+    return Parcel.of(msgspec.convert(package, PackageIn))
 
 
 def test_postal_codes_are_normalised_for_the_us_only() -> None:
@@ -60,33 +64,22 @@ units = st.sampled_from(["oz", "lb", "g", "kg"])
 def test_the_canonical_weight_is_never_lighter_and_at_most_a_step_heavier(
     value: Decimal, unit: str
 ) -> None:
-    to = Address(postal_code="10001", country="US")
-    leg = make_leg(
-        key_prefix="k", carrier_code="ups", service_code=None,
-        package=msgspec.convert({"weight": {"value": float(value), "unit": unit}}, PackageIn),
-        ship_from=FROM, ship_to=to, confirmation="none",
-    )  # fmt: skip
+    canonical = parcel({"weight": {"value": float(value), "unit": unit}})
 
     exact = convert_weight(value, unit, "oz")
-    assert exact <= leg.weight_oz < exact + Decimal("0.1")
-    assert leg.weight_oz == leg.weight_oz.quantize(Decimal("0.1"))
+    assert exact <= canonical.weight_oz < exact + Decimal("0.1")
+    assert canonical.weight_oz == canonical.weight_oz.quantize(Decimal("0.1"))
 
 
 @given(st.lists(st.decimals(min_value=Decimal("0.1"), max_value=Decimal(500), places=2),
                 min_size=3, max_size=3),
        st.sampled_from(["in", "cm", "mm", "m"]))  # fmt: skip
 def test_canonical_sides_are_sorted_and_never_smaller(sides: list[Decimal], unit: str) -> None:
-    to = Address(postal_code="10001", country="US")
     dims = dict(zip(("length", "width", "height"), (float(s) for s in sides), strict=True))
-    leg = make_leg(
-        key_prefix="k", carrier_code="ups", service_code=None,
-        package=msgspec.convert({"weight": {"value": 1, "unit": "lb"},
-                                 "dimensions": {**dims, "unit": unit}}, PackageIn),
-        ship_from=FROM, ship_to=to, confirmation="none",
-    )  # fmt: skip
+    canonical = parcel({"weight": {"value": 1, "unit": "lb"}, "dimensions": {**dims, "unit": unit}})
 
-    assert leg.sides_in is not None
-    assert list(leg.sides_in) == sorted(leg.sides_in, reverse=True)
+    assert canonical.sides_in is not None
+    assert list(canonical.sides_in) == sorted(canonical.sides_in, reverse=True)
     exact = sorted((convert_length(s, unit, "in") for s in sides), reverse=True)
-    for canonical, real in zip(leg.sides_in, exact, strict=True):
-        assert real <= canonical < real + Decimal("0.1")
+    for side, real in zip(canonical.sides_in, exact, strict=True):
+        assert real <= side < real + Decimal("0.1")

@@ -9,7 +9,16 @@ from decimal import Decimal
 import pytest
 
 from ratesvc.models import Address, RateRow, ShipmentIn
-from ratesvc.quotes import CachedLeg, LegCache, QuoteStore, SingleFlight, StoredQuote
+from ratesvc.quotes import (
+    TOKEN_LENGTH,
+    CachedLeg,
+    LegCache,
+    QuoteBatch,
+    QuoteLine,
+    QuoteStore,
+    SingleFlight,
+    quote_id,
+)
 
 
 class Upstream:
@@ -169,33 +178,49 @@ def test_an_unknown_cache_backend_is_refused() -> None:
         LegCache(backend="memcached", max_entries=1, ttl_s=1)
 
 
-def stored(quote_id: str, expires_in: dt.timedelta) -> StoredQuote:
+def batch(token: str, expires_in: dt.timedelta) -> QuoteBatch:
     now = dt.datetime.now(dt.UTC)
     to = Address(postal_code="10001", country="US")
-    return StoredQuote(
-        quote_id=quote_id, account="default", carrier_code="ups", service_code="ups_ground",
-        service_name="UPS Ground", package_codes=["package"],
-        shipment=ShipmentIn(ship_to=to, packages=[]), ship_from=to, total="9.99",
-        currency="USD", quoted_at=now, expires_at=now + expires_in,
+    line = QuoteLine(carrier_code="ups", service_code="ups_ground", service_name="UPS Ground",
+                     package_codes=["package"], total="9.99", quoted_at=now)  # fmt: skip
+    return QuoteBatch(
+        token=token.ljust(TOKEN_LENGTH, "x"), account="default",
+        shipment=ShipmentIn(ship_to=to, packages=[]), ship_from=to, currency="USD",
+        expires_at=now + expires_in, lines=[line, line],
     )  # fmt: skip
+
+
+def test_quotes_are_found_by_batch_token_and_index() -> None:
+    store = QuoteStore()
+    store.put(batch("b1", dt.timedelta(minutes=5)))
+    token = "b1".ljust(TOKEN_LENGTH, "x")
+
+    found = store.get(quote_id(token, 1))
+
+    assert found is not None
+    assert (found.quote_id, found.carrier_code, found.total) == (f"qt_{token}1", "ups", "9.99")
+    assert store.get(quote_id(token, 2)) is None
+    assert store.get(f"qt_{token}zz") is None
+    assert store.get("qt_short") is None
+    assert store.get("xx_" + token + "0") is None
 
 
 def test_the_quote_store_is_bounded_and_keeps_expired_quotes_for_a_grace_period() -> None:
     store = QuoteStore(max_entries=2, grace=dt.timedelta(hours=1))
-    store.put(stored("q1", dt.timedelta(minutes=5)))
-    store.put(stored("q2", dt.timedelta(minutes=-30)))  # expired, within the grace period
-    store.put(stored("q3", dt.timedelta(minutes=5)))
+    store.put(batch("q1", dt.timedelta(minutes=5)))
+    store.put(batch("q2", dt.timedelta(minutes=-30)))  # expired, within the grace period
+    store.put(batch("q3", dt.timedelta(minutes=5)))
 
-    assert store.get("q1") is None  # evicted: over max_entries
-    assert store.get("q2") is not None
-    assert store.get("q3") is not None
+    assert store.get(quote_id("q1".ljust(TOKEN_LENGTH, "x"), 0)) is None  # over max_entries
+    assert store.get(quote_id("q2".ljust(TOKEN_LENGTH, "x"), 0)) is not None
+    assert store.get(quote_id("q3".ljust(TOKEN_LENGTH, "x"), 0)) is not None
 
 
 def test_quotes_past_expiry_and_grace_are_forgotten_as_new_ones_arrive() -> None:
     store = QuoteStore(max_entries=100, grace=dt.timedelta(hours=1))
-    store.put(stored("old", dt.timedelta(hours=-2)))
+    store.put(batch("old", dt.timedelta(hours=-2)))
 
-    store.put(stored("new", dt.timedelta(minutes=5)))
+    store.put(batch("new", dt.timedelta(minutes=5)))
 
-    assert store.get("old") is None
-    assert store.get("new") is not None
+    assert store.get(quote_id("old".ljust(TOKEN_LENGTH, "x"), 0)) is None
+    assert store.get(quote_id("new".ljust(TOKEN_LENGTH, "x"), 0)) is not None

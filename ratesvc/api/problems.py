@@ -67,14 +67,23 @@ def field_error_from_validation(exc: msgspec.ValidationError) -> FieldError:
     return FieldError(field=path or "(body)", message=message)
 
 
-async def decode_body(request: web.Request, kind: type[T]) -> T:
-    """Read and validate a JSON body: 400 ``malformed_json`` or 422 ``invalid_request``."""
+async def read_json(request: web.Request) -> bytes:
+    """The raw body of a JSON request (400 ``malformed_json`` for another content type)."""
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise MalformedJson(
             f"send a JSON body with Content-Type: application/json (got {content_type})"
         )
-    raw = await request.read()
+    return await request.read()
+
+
+async def decode_body(request: web.Request, kind: type[T]) -> T:
+    """Read and validate a JSON body: 400 ``malformed_json`` or 422 ``invalid_request``."""
+    return decode_json(await read_json(request), kind)
+
+
+def decode_json(raw: bytes, kind: type[T]) -> T:
+    """Validate a JSON body: 400 ``malformed_json`` or 422 ``invalid_request``."""
     try:
         return decoder_for(kind).decode(raw)
     except msgspec.ValidationError as exc:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ratesvc import keys
 from ratesvc.api.middlewares import current_account
-from ratesvc.api.problems import decode_body
+from ratesvc.api.problems import decode_json, read_json
 from ratesvc.errors import InvalidRequest, NotFound, QuoteExpired
 from ratesvc.models import RatesRequest
 
@@ -23,13 +23,20 @@ def _json(body: object) -> web.Response:
 
 async def post_rates(request: web.Request) -> web.Response:
     services = current_account(request)
-    body = await decode_body(request, RatesRequest)
+    account = services.account
+    raw = await read_json(request)
+    catalog_version = services.catalog.version
+    replay = request.app[keys.REPLAY]
+    replayed = replay.replay(account.name, raw, catalog_version)
+    if replayed is not None:
+        return web.Response(body=replayed, content_type="application/json")
+    body = decode_json(raw, RatesRequest)
     if body.shipment is None:
         raise InvalidRequest.field(
             "sale_id", "rating a Cin7 Core sale is not available in this version; send shipment"
         )
-    deadline = asyncio.get_running_loop().time() + services.account.request_deadline_s
-    response = await request.app[keys.RATER].rate(
+    deadline = asyncio.get_running_loop().time() + account.request_deadline_s
+    rating = await request.app[keys.RATER].rate(
         services,
         body.shipment,
         carriers=body.carriers,
@@ -37,7 +44,14 @@ async def post_rates(request: web.Request) -> web.Response:
         max_age_s=body.max_age_s,
         deadline=deadline,
     )
-    return _json(response)
+    answer = _encoder.encode(rating.response)
+    if rating.replayable:
+        replay.keep(
+            account.name, raw, answer, rating.batch,
+            fresh_until=rating.fresh_until,
+            catalog_version=catalog_version,
+        )  # fmt: skip
+    return web.Response(body=answer, content_type="application/json")
 
 
 async def get_quote(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ surcharge, the delivery confirmation and a fuel surcharge. Same input, same pric
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 
 from ratesvc.units import convert_length, convert_weight
@@ -160,6 +160,66 @@ CARRIERS: dict[str, Carrier] = {
                            "direct_signature": D("5.00")},
     ),
 }  # fmt: skip
+
+# More carrier accounts seen on real ShipStation accounts, for benchmarks that rate eight at once.
+CARRIERS["ups_walleted"] = replace(
+    CARRIERS["ups"],
+    code="ups_walleted",
+    name="UPS by ShipStation",
+    account_number=None,
+    services=tuple(replace(s, base=s.base * D("0.93")) for s in CARRIERS["ups"].services),
+)
+CARRIERS["endicia"] = replace(
+    CARRIERS["stamps_com"],
+    code="endicia",
+    name="Endicia",
+    nickname=None,
+    services=tuple(replace(s, base=s.base + D("0.05")) for s in CARRIERS["stamps_com"].services),
+)
+CARRIERS["dhl_ecommerce_wallet"] = Carrier(
+    code="dhl_ecommerce_wallet",
+    name="DHL eCommerce",
+    nickname=None,
+    account_number=None,
+    requires_funded_account=True,
+    services=(
+        _svc("dhl_parcel_ground", "DHL SM Parcel Ground", True, False, "6.10", "0.74", "25"),
+        _svc("dhl_parcel_expedited", "DHL SM Parcel Expedited", True, False, "7.05", "0.81", "25"),
+        _svc(
+            "dhl_parcel_international_direct",
+            "DHL Parcel International Direct",
+            False,
+            True,
+            "17.90",
+            "4.10",
+            "44",
+        ),
+    ),
+    packages=(PackageType("package", "Package"),),
+    dim_divisor=D(166),
+    dim_threshold_in3=D(1728),
+    fuel_percent=D("0.05"),
+    residential_surcharge=D(0),
+    confirmation_fees={"signature": D("3.10")},
+)
+CARRIERS["globalpost"] = Carrier(
+    code="globalpost",
+    name="GlobalPost",
+    nickname=None,
+    account_number=None,
+    requires_funded_account=True,
+    services=(
+        _svc("gp_economy", "GlobalPost Economy", False, True, "11.60", "5.20", "44"),
+        _svc("gp_standard", "GlobalPost Standard", False, True, "15.30", "5.95", "66"),
+        _svc("gp_domestic_ground", "GlobalPost Domestic Ground", True, False, "6.80", "0.79", "70"),
+    ),
+    packages=(PackageType("package", "Package"),),
+    dim_divisor=D(166),
+    dim_threshold_in3=D(1728),
+    fuel_percent=D(0),
+    residential_surcharge=D(0),
+    confirmation_fees={"signature": D("3.30")},
+)
 
 _NEIGHBOURS = {"CA", "MX"}
 FLAT_RATE_SERVICES = frozenset({"usps_priority_mail"})

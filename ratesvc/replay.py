@@ -1,0 +1,73 @@
+"""Replaying a finished answer to a byte-identical ``POST /v1/rates`` request.
+
+Warehouse tools retry, poll and refresh screens: the same body arrives again and again. When an
+answer was built entirely from cached legs (so it says ``cached: true`` everywhere, with no errors
+and nothing stale), the same body from the same account gets the same answer for as long as those
+legs are fresh enough for the request's ``max_age_s`` and the carrier catalogue is unchanged. The
+answer is kept encoded; a replay puts a new token into its quote ids and records the quotes in the
+:class:`~ratesvc.quotes.QuoteStore` like any answer, so they stay unique and buyable. Replayed
+quotes keep the ``expires_at`` of the answer they copy: their prices are that old, and a replay
+never extends how long a price is offered. It saves decoding, validation, the cache reads and
+building the quotes again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import msgspec
+
+from ratesvc.quotes import QuoteBatch, QuoteStore, new_token
+
+
+def _rfc3339(moment: dt.datetime) -> bytes:
+    """As msgspec writes a whole-second UTC datetime: ``2026-11-29T16:00:00Z``."""
+    return moment.isoformat().replace("+00:00", "Z").encode()
+
+
+@dataclass(frozen=True)
+class _Kept:
+    answer: bytes
+    batch: QuoteBatch
+    fresh_until: dt.datetime
+    catalog_version: int
+
+
+class AnswerReplay:
+    def __init__(self, store: QuoteStore, *, max_entries: int = 10_000) -> None:
+        self._store = store
+        self._max_entries = max_entries
+        self._kept: OrderedDict[tuple[str, bytes], _Kept] = OrderedDict()
+
+    def replay(self, account: str, body: bytes, catalog_version: int) -> bytes | None:
+        """The answer to ``body`` again, with fresh quote ids, or None."""
+        kept = self._kept.get((account, body))
+        if kept is None:
+            return None
+        if kept.catalog_version != catalog_version or dt.datetime.now(dt.UTC) >= kept.fresh_until:
+            del self._kept[account, body]
+            return None
+        token = new_token()
+        self._store.put(msgspec.structs.replace(kept.batch, token=token))
+        return kept.answer.replace(kept.batch.token.encode(), token.encode())
+
+    def keep(
+        self,
+        account: str,
+        body: bytes,
+        answer: bytes,
+        batch: QuoteBatch,
+        *,
+        fresh_until: dt.datetime,
+        catalog_version: int,
+    ) -> None:
+        """Remember ``answer`` (encoded, with ``batch``'s token in its quote ids)."""
+        self._kept[account, body] = _Kept(
+            answer=answer, batch=batch, fresh_until=min(fresh_until, batch.expires_at),
+            catalog_version=catalog_version,
+        )  # fmt: skip
+        self._kept.move_to_end((account, body))
+        while len(self._kept) > self._max_entries:
+            self._kept.popitem(last=False)

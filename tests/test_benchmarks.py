@@ -1,0 +1,40 @@
+"""The benchmark scripts still run end to end (tiny sizes; the figures come from full runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import budget, coalescing, common, fanout
+
+
+@pytest.fixture(autouse=True)
+def results_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    return tmp_path
+
+
+async def test_coalescing_makes_one_call_per_leg(results_in: Path) -> None:
+    assert await coalescing.main(requests=30, carriers=4, latency_ms=20)
+
+    saved = json.loads((results_in / "coalescing.json").read_text())
+    assert saved["calls_by_carrier"] == {c: 1 for c in common.EIGHT_CARRIERS[:4]}
+
+
+async def test_budget_burst_gets_no_429(results_in: Path) -> None:
+    await budget.main(shipments=25, limit=10, window_s=0.5, latency_ms=20)
+
+    saved = json.loads((results_in / "budget.json").read_text())
+    assert saved["throttled"] == 0
+    assert sum(saved["served_per_window"].values()) == 25 + 3  # and the catalogue's 3 calls
+    assert max(saved["served_per_window"].values()) <= 10
+
+
+async def test_fanout_measures_every_carrier_count(results_in: Path) -> None:
+    await fanout.main(samples=3, latency_ms=20, jitter_ms=0)
+
+    saved = json.loads((results_in / "fanout.json").read_text())
+    assert set(saved["p50_s"]) == {"1", "4", "8"}
+    assert saved["sequential_p50_s"]["8"] > saved["p50_s"]["8"]

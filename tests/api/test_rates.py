@@ -536,3 +536,38 @@ shipstation = {{ url = "{sandbox_url}", api_key = "sandbox-key", api_secret = "s
 def test_the_sample_payload_used_above_is_the_shared_fixture() -> None:
     rows = json.loads((DATA / "shipstation" / "getrates_fedex_response.json").read_text())
     assert {r["serviceCode"] for r in rows} >= {"fedex_ground", "fedex_first_overnight"}
+
+
+# --- replaying an identical request -------------------------------------------------------------
+
+
+async def test_an_identical_request_is_replayed_with_new_buyable_quote_ids(
+    service: TestClient, sandbox: ShipStationSandbox
+) -> None:
+    await rate(service, shipment())  # computed from upstream
+    second = await rate(service, shipment())  # computed from the cache, kept for replay
+    third = await rate(service, shipment())  # replayed
+
+    assert sum(getrates_calls(sandbox).values()) == 4
+    strip = [{k: v for k, v in q.items() if k != "quote_id"} for q in second["quotes"]]
+    assert [{k: v for k, v in q.items() if k != "quote_id"} for q in third["quotes"]] == strip
+    ids = [q["quote_id"] for q in third["quotes"]]
+    assert len(set(ids)) == len(ids)
+    assert set(ids).isdisjoint(q["quote_id"] for q in second["quotes"])
+    for quote in third["quotes"][:3]:
+        stored = await (await service.get(f"/v1/quotes/{quote['quote_id']}", headers=AUTH)).json()
+        assert (stored["service_code"], stored["total"]) == (quote["service_code"], quote["total"])
+
+
+async def test_a_replay_never_serves_prices_older_than_max_age(
+    service: TestClient, sandbox: ShipStationSandbox
+) -> None:
+    body = {**shipment(), "carriers": ["ups"], "max_age_s": 1}
+    await rate(service, body)
+    await rate(service, body)  # kept for replay, fresh for one second
+    await asyncio.sleep(1.2)
+
+    again = await rate(service, body)
+
+    assert getrates_calls(sandbox) == {"ups": 2}
+    assert not any(q["cached"] for q in again["quotes"])

@@ -35,8 +35,13 @@ class _Kept:
     catalog_version: int
 
 
+MAX_BODY_BYTES = 16 * 1024  # bodies kept as keys: a real rate request is far smaller
+
+
 class AnswerReplay:
-    def __init__(self, store: QuoteStore, *, max_entries: int = 10_000) -> None:
+    """Kept answers, least recently kept first out (at most ``max_entries``, a few MB)."""
+
+    def __init__(self, store: QuoteStore, *, max_entries: int = 2_000) -> None:
         self._store = store
         self._max_entries = max_entries
         self._kept: OrderedDict[tuple[str, bytes], _Kept] = OrderedDict()
@@ -64,6 +69,8 @@ class AnswerReplay:
         catalog_version: int,
     ) -> None:
         """Remember ``answer`` (encoded, with ``batch``'s token in its quote ids)."""
+        if len(body) > MAX_BODY_BYTES:
+            return
         self._kept[account, body] = _Kept(
             answer=answer, batch=batch, fresh_until=min(fresh_until, batch.expires_at),
             catalog_version=catalog_version,

@@ -571,3 +571,32 @@ async def test_a_replay_never_serves_prices_older_than_max_age(
 
     assert getrates_calls(sandbox) == {"ups": 2}
     assert not any(q["cached"] for q in again["quotes"])
+
+
+async def test_markup_can_differ_per_carrier(
+    aiohttp_client: Any, sandbox: ShipStationSandbox, sandbox_url: str, tmp_path: Path
+) -> None:
+    rows = b'[{"serviceName":"G","serviceCode":"g","shipmentCost":10.00,"otherCost":0.50}]'
+    sandbox.fixed_rates["ups"] = rows
+    sandbox.fixed_rates["fedex"] = rows
+    config = tmp_path / "ratesvc.toml"
+    config.write_text(
+        f"""
+[accounts.acme]
+api_tokens = ["acme-token-0123456789"]
+ship_from = {{ postal_code = "78703", country = "US" }}
+shipstation = {{ url = "{sandbox_url}", api_key = "sandbox-key", api_secret = "sandbox-secret" }}
+markup = {{ percent = "10", flat = "1", per_carrier = {{ ups = {{ flat = "-0.25" }} }} }}
+"""
+    )
+    client = await aiohttp_client(create_app(load_settings({"RATESVC_CONFIG": str(config)})))
+
+    response = await client.post(
+        "/v1/rates", json={**shipment(), "carriers": ["ups", "fedex"]},
+        headers={"Authorization": "Bearer acme-token-0123456789"},
+    )  # fmt: skip
+    quotes = {q["carrier_code"]: q for q in (await response.json())["quotes"]}
+
+    assert (quotes["fedex"]["markup"], quotes["fedex"]["total"]) == ("2.05", "12.55")  # 1.05 + 1
+    assert (quotes["ups"]["markup"], quotes["ups"]["total"]) == ("-0.25", "10.25")
+    assert [q["carrier_code"] for q in (await response.json())["quotes"]] == ["ups", "fedex"]

@@ -280,20 +280,19 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     def service_value(env_name: str, key: str) -> object:
         return env.get(env_name) or file_service.get(key)
 
-    deadline = reader.number(
-        "RATESVC_REQUEST_DEADLINE_S",
-        service_value("RATESVC_REQUEST_DEADLINE_S", "request_deadline_s"),
-        10.0,
-        minimum=0.1,
-        maximum=300,
-    )
-    quote_ttl = reader.number(
-        "RATESVC_QUOTE_TTL_S",
-        service_value("RATESVC_QUOTE_TTL_S", "quote_ttl_s"),
-        900.0,
-        minimum=1,
-        maximum=7 * 86400,
-    )
+    def number(name: str, key: str, default: float, lowest: float, highest: float) -> float:
+        return reader.number(
+            name, service_value(name, key), default, minimum=lowest, maximum=highest
+        )
+
+    def whole(name: str, key: str, default: int, lowest: int, highest: int) -> int:
+        return reader.integer(
+            name, service_value(name, key), default, minimum=lowest, maximum=highest
+        )
+
+    week = 7 * 86400
+    deadline = number("RATESVC_REQUEST_DEADLINE_S", "request_deadline_s", 10.0, 0.1, 300)
+    quote_ttl = number("RATESVC_QUOTE_TTL_S", "quote_ttl_s", 900.0, 1, week)
     log_level = str(service_value("RATESVC_LOG_LEVEL", "log_level") or "INFO").upper()
     if log_level not in _LOG_LEVELS:
         reader.problems.append(f"RATESVC_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}")
@@ -307,43 +306,19 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     _check_tokens_unique(reader, accounts)
     settings = Settings(
         host=str(service_value("RATESVC_HOST", "host") or "127.0.0.1"),
-        port=reader.integer(
-            "RATESVC_PORT", service_value("RATESVC_PORT", "port"), 8080, minimum=0, maximum=65535
-        ),
+        port=whole("RATESVC_PORT", "port", 8080, 0, 65535),
         data_dir=Path(str(service_value("RATESVC_DATA_DIR", "data_dir") or "./var")),
         log_level=log_level,
-        max_body_bytes=reader.integer(
-            "RATESVC_MAX_BODY_BYTES",
-            service_value("RATESVC_MAX_BODY_BYTES", "max_body_bytes"),
-            1024 * 1024,
-            minimum=1024,
-            maximum=64 * 1024 * 1024,
-        ),
-        carriers_ttl_s=reader.number(
-            "RATESVC_CARRIERS_TTL_S",
-            service_value("RATESVC_CARRIERS_TTL_S", "carriers_ttl_s"),
-            6 * 3600.0,
-            minimum=1,
-            maximum=7 * 86400,
-        ),
-        quote_max_stale_s=reader.number(
-            "RATESVC_QUOTE_MAX_STALE_S",
-            service_value("RATESVC_QUOTE_MAX_STALE_S", "quote_max_stale_s"),
-            24 * 3600.0,
-            minimum=0,
-            maximum=7 * 86400,
+        max_body_bytes=whole("RATESVC_MAX_BODY_BYTES", "max_body_bytes", 1 << 20, 1024, 64 << 20),
+        carriers_ttl_s=number("RATESVC_CARRIERS_TTL_S", "carriers_ttl_s", 6 * 3600.0, 1, week),
+        quote_max_stale_s=number(
+            "RATESVC_QUOTE_MAX_STALE_S", "quote_max_stale_s", 86400.0, 0, week
         ),
         quote_cache=reader.choice(
-            "RATESVC_QUOTE_CACHE",
-            service_value("RATESVC_QUOTE_CACHE", "quote_cache"),
-            ("memory",),
+            "RATESVC_QUOTE_CACHE", service_value("RATESVC_QUOTE_CACHE", "quote_cache"), ("memory",)
         ),
-        quote_cache_max_entries=reader.integer(
-            "RATESVC_QUOTE_CACHE_MAX_ENTRIES",
-            service_value("RATESVC_QUOTE_CACHE_MAX_ENTRIES", "quote_cache_max_entries"),
-            100_000,
-            minimum=1,
-            maximum=10_000_000,
+        quote_cache_max_entries=whole(
+            "RATESVC_QUOTE_CACHE_MAX_ENTRIES", "quote_cache_max_entries", 100_000, 1, 10_000_000
         ),
         accounts=accounts,
     )

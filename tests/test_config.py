@@ -57,6 +57,11 @@ def test_every_variable_is_read() -> None:
             "RATESVC_SHIPSTATION_WINDOW_S": "60",
             "RATESVC_MAX_BODY_BYTES": "2048",
             "RATESVC_CARRIERS_TTL_S": "3600",
+            "RATESVC_QUOTE_MAX_STALE_S": "7200",
+            "RATESVC_QUOTE_CACHE": "memory",
+            "RATESVC_QUOTE_CACHE_MAX_ENTRIES": "5000",
+            "RATESVC_MARKUP_PERCENT": "2.5",
+            "RATESVC_MARKUP_FLAT": "0.40",
         }
     )
 
@@ -70,6 +75,10 @@ def test_every_variable_is_read() -> None:
     assert account.ship_from is not None and account.ship_from.country == "US"
     assert (account.quote_ttl_s, account.request_deadline_s) == (300.0, 8.0)
     assert (settings.max_body_bytes, settings.carriers_ttl_s) == (2048, 3600.0)
+    assert (settings.quote_max_stale_s, settings.quote_cache) == (7200.0, "memory")
+    assert settings.quote_cache_max_entries == 5000
+    assert account.markup.for_carrier("ups").percent == Decimal("2.5")
+    assert account.markup.for_carrier("ups").flat == Decimal("0.40")
 
 
 def test_all_problems_are_reported_together_one_line_each() -> None:
@@ -80,6 +89,8 @@ def test_all_problems_are_reported_together_one_line_each() -> None:
             "RATESVC_LOG_LEVEL": "LOUD",
             "RATESVC_SHIP_FROM": '{"postal_code": "1", "country": "Atlantis"}',
             "RATESVC_SHIPSTATION_URL": "ftp://example",
+            "RATESVC_QUOTE_CACHE": "redis",
+            "RATESVC_MARKUP_PERCENT": "lots",
         }
     )
 
@@ -87,7 +98,7 @@ def test_all_problems_are_reported_together_one_line_each() -> None:
     for name in (
         "RATESVC_API_TOKEN", "RATESVC_SHIPSTATION_API_KEY", "RATESVC_SHIPSTATION_API_SECRET",
         "RATESVC_PORT", "RATESVC_QUOTE_TTL_S", "RATESVC_LOG_LEVEL", "RATESVC_SHIP_FROM",
-        "RATESVC_SHIPSTATION_URL",
+        "RATESVC_SHIPSTATION_URL", "RATESVC_QUOTE_CACHE", "RATESVC_MARKUP_PERCENT",
     ):  # fmt: skip
         assert sum(line.startswith(name + ":") for line in problems) == 1, (name, joined)
     assert all("\n" not in line for line in problems)

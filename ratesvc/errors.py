@@ -13,6 +13,7 @@
     │   └── InvalidRequest            422 invalid_request (``errors`` lists each field)
     └── UpstreamFailure               ShipStation or Cin7 Core let us down (5xx)
         ├── UpstreamError             502 upstream_error: answered with an error we cannot fix
+        │   └── UpstreamNotFound      502 upstream_error: the thing asked for is not there
         ├── UpstreamAuth              502 upstream_auth: our credentials were rejected
         ├── UpstreamUnavailable       503 upstream_unavailable: down, 5xx, connection refused
         │   └── UpstreamThrottled     503 upstream_unavailable: rate-limited past the deadline
@@ -131,6 +132,10 @@ class UpstreamError(UpstreamFailure):
     code = "upstream_error"
     leg_code = "upstream_error"
     status = 502
+
+
+class UpstreamNotFound(UpstreamError):
+    """Upstream says the object does not exist; callers that asked for it by id say 404."""
 
 
 class UpstreamAuth(UpstreamFailure):

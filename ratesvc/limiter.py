@@ -108,11 +108,18 @@ class RateLimiter:
         limit: int,
         window_s: float,
         margin_s: float | None = None,
+        min_interval_s: float = 0.0,
+        throttle_pause_s: float | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        """``min_interval_s`` paces calls (Cin7 Core: about one a second, whatever the window);
+        ``throttle_pause_s`` is how long a refusal without a reset time pauses the key."""
         self.name = name
         self._limit = limit
         self._window_s = window_s
+        self._min_interval_s = min_interval_s
+        self._throttle_pause_s = throttle_pause_s if throttle_pause_s is not None else window_s
+        self._next_slot = 0.0
         # Reset headers are whole seconds at ShipStation: allow for truncation, but keep short
         # test windows usable.
         self._margin_s = margin_s if margin_s is not None else min(1.0, window_s * 0.05)
@@ -182,12 +189,23 @@ class RateLimiter:
             )
         return permit
 
-    def observe(self, permit: Permit, status: int, headers: Mapping[str, str]) -> None:
-        """Feed the limiter what upstream said about its limits in answer to ``permit``'s call."""
+    def observe(
+        self,
+        permit: Permit,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        throttled: bool | None = None,
+    ) -> None:
+        """Feed the limiter what upstream said about its limits in answer to ``permit``'s call.
+
+        ``throttled`` says the answer was a rate-limit refusal (default: the status is 429; Cin7
+        Core also refuses with 503 or a 400 whose text says so).
+        """
         permit.answered = True
         now = asyncio.get_running_loop().time()
         info = RateHeaders.parse(headers)
-        if status == 429:
+        if status == 429 if throttled is None else throttled:
             self._on_throttled(now, info)
         elif permit.epoch == self._epoch:
             self._adopt(now, info, alone=self._in_flight == 1)
@@ -203,7 +221,7 @@ class RateLimiter:
     # --- the model ----------------------------------------------------------------------------
 
     def _on_throttled(self, now: float, info: RateHeaders) -> None:
-        reset_s = info.reset_s if info.reset_s is not None else self._window_s
+        reset_s = info.reset_s if info.reset_s is not None else self._throttle_pause_s
         log.warning("%s: upstream answered 429; pausing the key for %.1f s", self.name, reset_s)
         if self._metrics is not None:
             self._metrics.limiter_throttled.labels(self.name).inc()
@@ -243,12 +261,15 @@ class RateLimiter:
         self._remaining = self._limit
         self._reset_at = now + self._window_s + self._margin_s
 
-    def _can_send(self) -> bool:
+    def _can_send(self, now: float) -> bool:
+        if now < self._next_slot:
+            return False
         if self._probing:
             return not self._probe_in_flight and (self._reset_at is None or self._remaining > 0)
         return self._remaining > 0
 
-    def _grant(self, waiter: _Waiter) -> None:
+    def _grant(self, waiter: _Waiter, now: float) -> None:
+        self._next_slot = now + self._min_interval_s
         probe = self._probing
         if probe:
             self._probe_in_flight = True
@@ -264,23 +285,24 @@ class RateLimiter:
 
     def _eta(self, position: int, now: float) -> float:
         """Earliest time the waiter at ``position`` in the queue could be sent."""
+        paced = max(now, self._next_slot) + position * self._min_interval_s
         if self._reset_at is None:
-            return now
+            return paced
         available = self._remaining if now < self._reset_at else self._limit
         if position < available:
-            return now
+            return paced
         windows_later = (position - available) // max(1, self._limit)
-        return self._reset_at + windows_later * (self._window_s + self._margin_s)
+        return max(paced, self._reset_at + windows_later * (self._window_s + self._margin_s))
 
     def _pump(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._reset_at is not None and now >= self._reset_at:
             self._rollover(now)
-        while self._waiters and self._can_send():
+        while self._waiters and self._can_send(now):
             waiter = heapq.heappop(self._waiters)
             if not waiter.future.done():
-                self._grant(waiter)
+                self._grant(waiter, now)
         live = sorted(w for w in self._waiters if not w.future.done())
         kept: list[_Waiter] = []
         for waiter in live:
@@ -309,7 +331,15 @@ class RateLimiter:
         )
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        wake_at = self._reset_at if self._waiters and self._reset_at is not None else None
+        wake_at = None
+        if self._waiters:
+            now = loop.time()
+            if self._next_slot > now:
+                wake_at = self._next_slot
+            if self._reset_at is not None and self._remaining <= 0:
+                wake_at = max(wake_at or 0.0, self._reset_at)
+            elif self._reset_at is not None and wake_at is None:
+                wake_at = self._reset_at
         if wake_at == self._timer_at:
             return
         if self._timer is not None:

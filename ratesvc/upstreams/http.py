@@ -57,9 +57,15 @@ class Answer:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+    throttled: bool = False
 
 
 ErrorMapper = Callable[[int, bytes, str], UpstreamFailure]
+ThrottleTest = Callable[[int, bytes], bool]
+
+
+def answered_429(status: int, _body: bytes) -> bool:
+    return status == 429
 
 
 class UpstreamHttp:
@@ -76,8 +82,10 @@ class UpstreamHttp:
         map_error: ErrorMapper,
         metrics: Metrics | None = None,
         retry_policy: RetryPolicy | None = None,
+        is_throttled: ThrottleTest = answered_429,
     ) -> None:
         self.upstream = upstream
+        self._is_throttled = is_throttled
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._headers = dict(headers)
@@ -113,7 +121,7 @@ class UpstreamHttp:
                 if answer.status < 400:
                     return answer
                 failure = self._map_error(answer.status, answer.body, endpoint)
-                answered_429 = answer.status == 429
+                answered_429 = answer.throttled
             attempt += 1
             if (
                 not self._may_retry(retry, failure, answered_429)
@@ -167,9 +175,13 @@ class UpstreamHttp:
                     headers=headers,
                 ) as response:
                     body = await response.read()
-                self.limiter.observe(permit, response.status, response.headers)
+                throttled = self._is_throttled(response.status, body)
+                self.limiter.observe(permit, response.status, response.headers, throttled=throttled)
                 status_label = str(response.status)
-                return Answer(status=response.status, headers=response.headers, body=body)
+                return Answer(
+                    status=response.status, headers=response.headers, body=body,
+                    throttled=throttled,
+                )  # fmt: skip
         except TimeoutError as exc:
             if not sent:
                 raise UpstreamThrottled(

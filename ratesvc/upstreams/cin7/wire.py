@@ -1,0 +1,212 @@
+"""Cin7 Core API v2 JSON, field for field. Lenient: unknown fields ignored, optional ones default.
+
+Reads say ``Boxes`` where writes say ``Box`` (ship lines). Numbers that are money or measures
+are ``Decimal``. Nothing outside ``ratesvc.upstreams.cin7`` imports this module.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+
+class _Wire(msgspec.Struct, kw_only=True):
+    pass
+
+
+class Address(_Wire, kw_only=True):
+    Line1: str | None = None
+    Line2: str | None = None
+    City: str | None = None
+    State: str | None = None
+    Postcode: str | None = None
+    Country: str | None = None
+    Company: str | None = None
+    Contact: str | None = None
+    ShipToOther: bool | None = None
+
+
+class OrderLine(_Wire, kw_only=True):
+    ProductID: str | None = None
+    SKU: str | None = None
+    Name: str | None = None
+    Quantity: Decimal = Decimal(0)
+    ProductWeight: Decimal | None = None
+    WeightUnits: str | None = None
+    ProductLength: Decimal | None = None
+    ProductWidth: Decimal | None = None
+    ProductHeight: Decimal | None = None
+    DimensionsUnits: str | None = None
+
+
+class Order(_Wire, kw_only=True):
+    SaleOrderNumber: str | None = None
+    Status: str | None = None
+    Lines: list[OrderLine] = []
+
+
+class StepLine(_Wire, kw_only=True):
+    """A Pick or Pack line."""
+
+    ProductID: str | None = None
+    SKU: str | None = None
+    Name: str | None = None
+    Quantity: Decimal = Decimal(0)
+    Box: str | None = None
+
+
+class Step(_Wire, kw_only=True):
+    Status: str = "NOT AVAILABLE"
+    Lines: list[StepLine] = []
+
+
+class ShipLineRead(_Wire, kw_only=True):
+    ID: str | None = None
+    ShipmentDate: str | None = None
+    Carrier: str | None = None
+    Boxes: str | None = None
+    Box: str | None = None
+    TrackingNumber: str | None = None
+    TrackingURL: str | None = None
+    IsShipped: bool | None = None
+
+
+class ShipStep(_Wire, kw_only=True):
+    Status: str = "NOT AVAILABLE"
+    RequireBy: str | None = None
+    ShippingAddress: Address | None = None
+    ShippingNotes: str | None = None
+    Lines: list[ShipLineRead] = []
+
+
+class Fulfilment(_Wire, kw_only=True):
+    TaskID: str
+    FulfillmentNumber: int | None = None
+    Pick: Step = msgspec.field(default_factory=Step)
+    Pack: Step = msgspec.field(default_factory=Step)
+    Ship: ShipStep = msgspec.field(default_factory=ShipStep)
+
+
+class Attachment(_Wire, kw_only=True):
+    ID: str | None = None
+    FileName: str | None = None
+    ContentType: str | None = None
+    DownloadUrl: str | None = None
+
+
+class Sale(_Wire, kw_only=True):
+    ID: str
+    Customer: str | None = None
+    Contact: str | None = None
+    Phone: str | None = None
+    Email: str | None = None
+    ShippingAddress: Address | None = None
+    Carrier: str | None = None
+    Location: str | None = None
+    Status: str | None = None
+    Order: Order = msgspec.field(default_factory=Order)
+    Fulfilments: list[Fulfilment] = []
+    Attachments: list[Attachment] = []
+
+
+class Product(_Wire, kw_only=True):
+    ID: str
+    SKU: str | None = None
+    Name: str | None = None
+    Weight: Decimal | None = None
+    WeightUnits: str | None = None
+    Length: Decimal | None = None
+    Width: Decimal | None = None
+    Height: Decimal | None = None
+    DimensionsUnits: str | None = None
+
+
+class ProductList(_Wire, kw_only=True):
+    Total: int = 0
+    Page: int = 1
+    Products: list[Product] = []
+
+
+class SaleListItem(_Wire, kw_only=True):
+    SaleID: str
+    OrderNumber: str | None = None
+    Status: str | None = None
+    Customer: str | None = None
+    Updated: str | None = None
+
+
+class SaleList(_Wire, kw_only=True):
+    Total: int = 0
+    Page: int = 1
+    SaleList: list[SaleListItem] = []
+
+
+class Location(_Wire, kw_only=True):
+    ID: str | None = None
+    Name: str
+    AddressLine1: str | None = None
+    AddressLine2: str | None = None
+    AddressCitySuburb: str | None = None
+    AddressStateProvince: str | None = None
+    AddressZipPostCode: str | None = None
+    AddressCountry: str | None = None
+
+
+class LocationList(_Wire, kw_only=True):
+    Total: int = 0
+    Page: int = 1
+    LocationList: list[Location] = []
+
+
+class ShipLineWrite(_Wire, kw_only=True):
+    ShipmentDate: str
+    Carrier: str
+    Box: str
+    TrackingNumber: str
+    TrackingURL: str
+    IsShipped: bool = True
+
+
+class ShipWrite(_Wire, kw_only=True):
+    TaskID: str
+    Status: str
+    RequireBy: str | None = None
+    ShippingAddress: Address | None = None
+    ShippingNotes: str | None = None
+    Lines: list[ShipLineWrite]
+    AddTrackingNumbers: bool | None = None
+
+
+class AttachmentWrite(_Wire, kw_only=True):
+    SaleID: str
+    FileName: str
+    Content: str
+
+
+class AttachmentAnswer(_Wire, kw_only=True):
+    SaleID: str | None = None
+    Lines: list[Attachment] = []
+
+
+class Webhook(_Wire, kw_only=True):
+    ID: str | None = None
+    Type: str
+    IsActive: bool = True
+    ExternalURL: str
+    ExternalAuthorizationType: str = "noauth"
+    ExternalUserName: str | None = None
+    ExternalPassword: str | None = None
+    ExternalBearerToken: str | None = None
+
+
+class WebhookList(_Wire, kw_only=True):
+    Webhooks: list[Webhook] = []
+
+
+class Error(_Wire, kw_only=True):
+    ErrorCode: int | None = None
+    Exception: str | None = None
+
+
+encoder = msgspec.json.Encoder(decimal_format="number")

@@ -14,6 +14,7 @@ from ratesvc.catalog import CarrierCatalog
 from ratesvc.config import Account, Settings
 from ratesvc.limiter import RateLimiter
 from ratesvc.metrics import Metrics
+from ratesvc.upstreams.cin7.client import Cin7Client, cin7_limiter
 from ratesvc.upstreams.shipstation.client import ShipStationClient
 
 
@@ -22,12 +23,19 @@ class AccountServices:
     account: Account
     shipstation: ShipStationClient
     catalog: CarrierCatalog
+    cin7: Cin7Client | None = None
 
 
 def build_accounts(
-    settings: Settings, shipstation_session: aiohttp.ClientSession, metrics: Metrics
+    settings: Settings,
+    shipstation_session: aiohttp.ClientSession,
+    metrics: Metrics,
+    cin7_session: aiohttp.ClientSession | None = None,
 ) -> dict[str, AccountServices]:
+    """Accounts sharing a ShipStation key pair share its limiter; likewise a Cin7 Core API
+    application (its account id)."""
     limiters: dict[tuple[str, str], RateLimiter] = {}
+    cin7_limiters: dict[bytes, RateLimiter] = {}
     built: dict[str, AccountServices] = {}
     for name, account in settings.accounts.items():
         ss = account.shipstation
@@ -41,6 +49,13 @@ def build_accounts(
                 metrics=metrics,
             )
         client = ShipStationClient(shipstation_session, ss, limiter, metrics=metrics)
+        cin7: Cin7Client | None = None
+        if account.cin7 is not None and cin7_session is not None:
+            application = account.cin7.account_id.digest()
+            if application not in cin7_limiters:
+                cin7_limiters[application] = cin7_limiter(application.hex()[:8], metrics=metrics)
+            limiter_7 = cin7_limiters[application]
+            cin7 = Cin7Client(cin7_session, account.cin7, limiter_7, metrics=metrics)
         built[name] = AccountServices(
             account=account,
             shipstation=client,
@@ -51,5 +66,6 @@ def build_accounts(
                 allowed=account.carriers,
                 metrics=metrics,
             ),
+            cin7=cin7,
         )
     return built

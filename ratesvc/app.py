@@ -35,22 +35,29 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     return app
 
 
-async def _upstreams(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession for ShipStation, shared by every account's client."""
-    session = aiohttp.ClientSession(
+def _session(*, connections: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=60, connect=10),
-        connector=aiohttp.TCPConnector(limit=100, limit_per_host=50, ttl_dns_cache=300),
+        connector=aiohttp.TCPConnector(limit=connections, limit_per_host=connections,
+                                       ttl_dns_cache=300),
         headers={"User-Agent": USER_AGENT},
         raise_for_status=False,
-    )
-    accounts = build_accounts(app[keys.SETTINGS], session, app[keys.METRICS])
+    )  # fmt: skip
+
+
+async def _upstreams(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession per upstream (ShipStation, Cin7 Core), shared by every account."""
+    shipstation = _session(connections=100)
+    cin7 = _session(connections=10)  # Cin7 Core is paced to about a call a second anyway
+    accounts = build_accounts(app[keys.SETTINGS], shipstation, app[keys.METRICS], cin7)
     app[keys.ACCOUNTS] = accounts
     try:
         yield
     finally:
         for services in accounts.values():
             await services.catalog.close()
-        await session.close()
+        await shipstation.close()
+        await cin7.close()
 
 
 async def _rating(app: web.Application) -> AsyncIterator[None]:

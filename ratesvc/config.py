@@ -26,6 +26,7 @@ import msgspec
 import orjson
 
 from ratesvc.models import Address
+from ratesvc.sales import Packaging
 
 DEFAULT_SHIPSTATION_URL = "https://ssapi.shipstation.com"
 DEFAULT_CIN7_URL = "https://inventory.dearsystems.com/ExternalApi/v2"
@@ -111,6 +112,7 @@ class Account(msgspec.Struct, frozen=True, kw_only=True):
     ship_from: Address | None = None
     carriers: tuple[str, ...] | None = None
     markup: Markup = Markup()
+    packaging: Packaging = Packaging()
     request_deadline_s: float = 10.0
     quote_ttl_s: float = 900.0
 
@@ -215,6 +217,15 @@ class _Reader:
         except (orjson.JSONDecodeError, msgspec.ValidationError) as exc:
             self.problems.append(f"{where}: not a valid address ({exc})")
             return None
+
+    def packaging(self, where: str, raw: object) -> Packaging:
+        if raw is None:
+            return Packaging()
+        try:
+            return msgspec.convert(raw, Packaging)
+        except msgspec.ValidationError as exc:
+            self.problems.append(f"{where}: {exc}")
+            return Packaging()
 
     def url(self, where: str, raw: object, default: str) -> str:
         value = self.text(where, raw) or default
@@ -340,7 +351,7 @@ _CIN7_ENV = {
     "application_key": "RATESVC_CIN7_APPLICATION_KEY",
 }
 _ACCOUNT_KEYS = frozenset(
-    {"api_tokens", "shipstation", "cin7", "ship_from", "carriers", "markup",
+    {"api_tokens", "shipstation", "cin7", "ship_from", "carriers", "markup", "packaging",
      "request_deadline_s", "quote_ttl_s"}
 )  # fmt: skip
 
@@ -450,6 +461,7 @@ def _file_account(
         ship_from=reader.address(f"{where}.ship_from", raw.get("ship_from")),
         carriers=carriers,
         markup=reader.markup(f"{where}.markup", raw.get("markup")),
+        packaging=reader.packaging(f"{where}.packaging", raw.get("packaging")),
         request_deadline_s=reader.number(
             f"{where}.request_deadline_s",
             raw.get("request_deadline_s"),

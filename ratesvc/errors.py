@@ -8,6 +8,8 @@
     │   ├── Unauthorized              401 unauthorized
     │   ├── NotFound                  404 not_found
     │   ├── MethodNotAllowed          405 method_not_allowed
+    │   ├── SaleNotReady              409 sale_not_ready (the fulfilment's Pack is not AUTHORISED)
+    │   ├── AlreadyShipped            409 already_shipped (tracking already on the fulfilment)
     │   ├── QuoteExpired              410 quote_expired
     │   ├── PayloadTooLarge           413 payload_too_large
     │   └── InvalidRequest            422 invalid_request (``errors`` lists each field)
@@ -78,6 +80,16 @@ class NotFound(RequestError):
 class MethodNotAllowed(RequestError):
     code = "method_not_allowed"
     status = 405
+
+
+class SaleNotReady(RequestError):
+    code = "sale_not_ready"
+    status = 409
+
+
+class AlreadyShipped(RequestError):
+    code = "already_shipped"
+    status = 409
 
 
 class QuoteExpired(RequestError):

@@ -297,8 +297,11 @@ class LegError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
 
 
 class RatesResponse(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """``defaults`` lists what had to be assumed about a sale's boxes (missing product data)."""
+
     quotes: list[Quote]
     errors: list[LegError]
     complete: bool
     sale_id: str | None
     task_id: str | None
+    defaults: list[str] = []

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ratesvc.app import create_app
 from ratesvc.config import Settings, load_settings
+from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 
@@ -28,8 +29,18 @@ def load_json(name: str) -> Any:
     return json.loads((DATA / name).read_text())
 
 
-def service_env(sandbox_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+def service_env(
+    sandbox_url: str, data_dir: Path, cin7_url: str | None = None, **extra: str
+) -> dict[str, str]:
+    cin7 = {}
+    if cin7_url is not None:
+        cin7 = {
+            "RATESVC_CIN7_URL": cin7_url,
+            "RATESVC_CIN7_ACCOUNT_ID": "sandbox-account",
+            "RATESVC_CIN7_APPLICATION_KEY": "sandbox-key",
+        }
     return {
+        **cin7,
         "RATESVC_API_TOKEN": TOKEN,
         "RATESVC_SHIPSTATION_URL": sandbox_url,
         "RATESVC_SHIPSTATION_API_KEY": "sandbox-key",
@@ -57,11 +68,32 @@ def sandbox_url(sandbox_server: TestServer) -> str:
 
 
 @pytest.fixture
+def cin7_sandbox() -> Cin7Sandbox:
+    return Cin7Sandbox()
+
+
+@pytest.fixture
+async def cin7_url(aiohttp_server: Any, cin7_sandbox: Cin7Sandbox) -> str:
+    server: TestServer = await aiohttp_server(cin7_sandbox.app)
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
 def make_settings(sandbox_url: str, tmp_path: Path) -> Callable[..., Settings]:
     def make(**extra: str) -> Settings:
         return load_settings(service_env(sandbox_url, tmp_path / "data", **extra))
 
     return make
+
+
+@pytest.fixture
+async def sale_service(
+    aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
+) -> TestClient:
+    """The service in front of both sandboxes (ShipStation and Cin7 Core)."""
+    settings = load_settings(service_env(sandbox_url, tmp_path / "data", cin7_url))
+    client: TestClient = await aiohttp_client(create_app(settings))
+    return client
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ from aiohttp import web
 from ratesvc import keys
 from ratesvc.api.middlewares import current_account
 from ratesvc.api.problems import decode_json, read_json
-from ratesvc.errors import InvalidRequest, NotFound, QuoteExpired
+from ratesvc.errors import NotFound, QuoteExpired
 from ratesvc.models import RatesRequest
+from ratesvc.sale_shipments import shipment_for_sale
 
 _encoder = msgspec.json.Encoder()
 
@@ -31,21 +32,28 @@ async def post_rates(request: web.Request) -> web.Response:
     if replayed is not None:
         return web.Response(body=replayed, content_type="application/json")
     body = decode_json(raw, RatesRequest)
-    if body.shipment is None:
-        raise InvalidRequest.field(
-            "sale_id", "rating a Cin7 Core sale is not available in this version; send shipment"
-        )
     deadline = asyncio.get_running_loop().time() + account.request_deadline_s
+    shipment, sale_id, task_id, defaults = body.shipment, None, None, []
+    if body.sale_id is not None:  # the sale is read again every time: no replay for it
+        prepared = await shipment_for_sale(services, body.sale_id, body.task_id, deadline=deadline)
+        shipment, defaults = prepared.shipment, prepared.defaults
+        sale_id, task_id = prepared.sale.sale_id, prepared.fulfilment.task_id
+    assert shipment is not None  # RatesRequest guarantees one of the two
     rating = await request.app[keys.RATER].rate(
         services,
-        body.shipment,
+        shipment,
         carriers=body.carriers,
         service_codes=body.services,
         max_age_s=body.max_age_s,
         deadline=deadline,
+        sale_id=sale_id,
+        task_id=task_id,
     )
-    answer = _encoder.encode(rating.response)
-    if rating.replayable:
+    response = rating.response
+    if defaults:
+        response = msgspec.structs.replace(response, defaults=defaults)
+    answer = _encoder.encode(response)
+    if rating.replayable and sale_id is None:
         replay.keep(
             account.name, raw, answer, rating.batch,
             fresh_until=rating.fresh_until,

@@ -1,0 +1,84 @@
+"""From a Cin7 Core sale id to the shipment to rate (or a clear refusal).
+
+The sale is read fresh from Cin7 Core every time: its state is the truth (a webhook or an old
+answer is only a hint). The fulfilment is the one named by ``task_id``, else the first whose Pack
+is AUTHORISED and whose Ship is not. Refusals: 404 when the sale (or the named fulfilment) does not
+exist, 409 ``already_shipped`` when the fulfilment has tracking or its Ship is authorised, 409
+``sale_not_ready`` when its Pack is not authorised, 422 when its address cannot be shipped to.
+Product weights and sizes come from the sale's order lines (no extra Cin7 Core calls); what had
+to be assumed is returned as ``defaults``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ratesvc.accounts import AccountServices
+from ratesvc.errors import (
+    AlreadyShipped,
+    InvalidRequest,
+    NotFound,
+    SaleNotReady,
+    UpstreamNotFound,
+)
+from ratesvc.models import ShipmentIn
+from ratesvc.sales import SHIPPED_STATES, STATUS_AUTHORISED, Fulfilment, Sale, parcels_for
+
+
+@dataclass(frozen=True)
+class SaleShipment:
+    sale: Sale
+    fulfilment: Fulfilment
+    shipment: ShipmentIn
+    defaults: list[str]
+
+
+async def shipment_for_sale(
+    services: AccountServices, sale_id: str, task_id: str | None, *, deadline: float
+) -> SaleShipment:
+    if services.cin7 is None:
+        raise InvalidRequest.field(
+            "sale_id",
+            "this account has no Cin7 Core credentials (RATESVC_CIN7_ACCOUNT_ID and "
+            "RATESVC_CIN7_APPLICATION_KEY, or the account's cin7 table)",
+        )
+    try:
+        sale = await services.cin7.get_sale(sale_id, deadline=deadline)
+    except UpstreamNotFound as exc:
+        raise NotFound(f"Cin7 Core has no sale {sale_id}") from exc
+    fulfilment = sale.fulfilment(task_id)
+    if fulfilment is None:
+        if task_id is not None:
+            raise NotFound(f"sale {sale_id} has no fulfilment {task_id}")
+        if sale.fulfilments and all(_shipped(f) for f in sale.fulfilments):
+            raise AlreadyShipped(f"every fulfilment of sale {sale_id} is already shipped")
+        raise SaleNotReady(
+            f"no fulfilment of sale {sale_id} is packed and unshipped: authorise its Pack in "
+            "Cin7 Core first"
+        )
+    if _shipped(fulfilment):
+        raise AlreadyShipped(
+            f"fulfilment {fulfilment.task_id} of sale {sale_id} already has tracking or an "
+            "authorised Ship; void its labels to ship it again"
+        )
+    if fulfilment.pack_status != STATUS_AUTHORISED:
+        raise SaleNotReady(
+            f"fulfilment {fulfilment.task_id} of sale {sale_id}: Pack is "
+            f"{fulfilment.pack_status}, it must be AUTHORISED"
+        )
+    ship_to = fulfilment.ship_to or sale.ship_to
+    if ship_to is None:
+        raise InvalidRequest.field("sale_id", f"sale {sale_id}: {sale.ship_to_problem}")
+    parcels = parcels_for(fulfilment, sale.products, services.account.packaging)
+    if not parcels.packages:
+        raise SaleNotReady(f"fulfilment {fulfilment.task_id} of sale {sale_id} packs no boxes")
+    return SaleShipment(
+        sale=sale,
+        fulfilment=fulfilment,
+        shipment=ShipmentIn(ship_to=ship_to, packages=parcels.packages),
+        defaults=parcels.defaults,
+    )
+
+
+def _shipped(fulfilment: Fulfilment) -> bool:
+    return fulfilment.has_tracking or fulfilment.ship_status in SHIPPED_STATES

@@ -41,7 +41,11 @@ def _stop_event() -> asyncio.Event:
 
 
 async def _serve(settings: Settings) -> None:
-    runner, port = await start_site(create_app(settings), settings.host, settings.port)
+    try:
+        runner, port = await start_site(create_app(settings), settings.host, settings.port)
+    except ConfigError as exc:
+        print("ratesvc: cannot start:", *exc.problems, sep="\n  - ", file=sys.stderr)
+        raise SystemExit(2) from exc
     log.info("ratesvc %s serving on http://%s:%d", __version__, settings.host, port)
     try:
         await _stop_event().wait()

@@ -7,6 +7,7 @@ by tests.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -16,11 +17,14 @@ from ratesvc import __version__, keys
 from ratesvc.accounts import build_accounts
 from ratesvc.api.middlewares import MIDDLEWARES
 from ratesvc.api.routes import setup_routes
-from ratesvc.config import Settings
+from ratesvc.config import ConfigError, Settings
+from ratesvc.labels import Labels, LabelTiming
+from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
 from ratesvc.quotes import LegCache, QuoteStore
 from ratesvc.rating import Rater
 from ratesvc.replay import AnswerReplay
+from ratesvc.writeback import WriteBackWorker
 
 USER_AGENT = f"ratesvc/{__version__}"
 
@@ -31,6 +35,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app[keys.METRICS] = metrics or Metrics()
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_rating)
+    app.cleanup_ctx.append(_labels)
     setup_routes(app)
     return app
 
@@ -75,3 +80,38 @@ async def _rating(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await cache.close()
+
+
+async def _labels(app: web.Application) -> AsyncIterator[None]:
+    """The ledger, the label purchases it records, and the write-back worker draining it.
+
+    Purchases a previous process left unfinished are resumed (reconciled) at start-up; at
+    shutdown purchases in progress get a grace period to finish before they are cancelled.
+    """
+    settings = app[keys.SETTINGS]
+    ledger = Ledger(settings.data_dir / "ledger.sqlite3")
+    try:
+        await ledger.open()
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            [f"RATESVC_DATA_DIR: cannot open the ledger {ledger.path}: {exc}"]
+        ) from exc
+    worker = WriteBackWorker(ledger, app[keys.ACCOUNTS], base_s=settings.writeback_retry_s)
+    labels = Labels(
+        ledger,
+        data_dir=settings.data_dir,
+        quotes=app[keys.RATER].quotes,
+        accounts=app[keys.ACCOUNTS],
+        timing=LabelTiming(settle_s=settings.label_settle_s),
+        on_queued=worker.nudge,
+    )
+    app[keys.LEDGER] = ledger
+    app[keys.LABELS] = labels
+    worker.start()
+    await labels.resume_unfinished()
+    try:
+        yield
+    finally:
+        await labels.close()
+        await worker.stop()
+        await ledger.close()

@@ -127,6 +127,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     quote_max_stale_s: float = 24 * 3600.0
     quote_cache: str = "memory"
     quote_cache_max_entries: int = 100_000
+    label_settle_s: float = 60.0
+    writeback_retry_s: float = 5.0
     accounts: dict[str, Account] = {}
 
     def account_for_token(self, token: str) -> Account | None:
@@ -331,6 +333,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         quote_cache_max_entries=whole(
             "RATESVC_QUOTE_CACHE_MAX_ENTRIES", "quote_cache_max_entries", 100_000, 1, 10_000_000
         ),
+        label_settle_s=number("RATESVC_LABEL_SETTLE_S", "label_settle_s", 60.0, 0, 3600),
+        writeback_retry_s=number("RATESVC_WRITEBACK_RETRY_S", "writeback_retry_s", 5.0, 0.01, 3600),
         accounts=accounts,
     )
     if reader.problems:

@@ -6,6 +6,8 @@ from aiohttp import web
 
 from ratesvc.accounts import AccountServices
 from ratesvc.config import Settings
+from ratesvc.labels import Labels
+from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
 from ratesvc.rating import Rater
 from ratesvc.replay import AnswerReplay
@@ -15,3 +17,5 @@ METRICS = web.AppKey("metrics", Metrics)
 ACCOUNTS = web.AppKey("accounts", dict[str, AccountServices])
 RATER = web.AppKey("rater", Rater)
 REPLAY = web.AppKey("replay", AnswerReplay)
+LEDGER = web.AppKey("ledger", Ledger)
+LABELS = web.AppKey("labels", Labels)

@@ -267,6 +267,10 @@ class Rater:
             errors=errors,
         )
 
+    @property
+    def quotes(self) -> QuoteStore:
+        return self._store
+
     def stored(self, quote_id: str) -> StoredQuote | None:
         return self._store.get(quote_id)
 

@@ -34,8 +34,15 @@ class SaleShipment:
 
 
 async def shipment_for_sale(
-    services: AccountServices, sale_id: str, task_id: str | None, *, deadline: float
+    services: AccountServices,
+    sale_id: str,
+    task_id: str | None,
+    *,
+    deadline: float,
+    relabel: bool = False,
 ) -> SaleShipment:
+    """``relabel``: the sale's earlier labels were voided, so a Ship left authorised without
+    tracking (Cin7 Core cannot un-authorise it) may be labelled again."""
     if services.cin7 is None:
         raise InvalidRequest.field(
             "sale_id",
@@ -47,6 +54,8 @@ async def shipment_for_sale(
     except UpstreamNotFound as exc:
         raise NotFound(f"Cin7 Core has no sale {sale_id}") from exc
     fulfilment = sale.fulfilment(task_id)
+    if relabel and task_id is None and fulfilment is None:
+        fulfilment = sale.relabelable()
     if fulfilment is None:
         if task_id is not None:
             raise NotFound(f"sale {sale_id} has no fulfilment {task_id}")
@@ -56,7 +65,7 @@ async def shipment_for_sale(
             f"no fulfilment of sale {sale_id} is packed and unshipped: authorise its Pack in "
             "Cin7 Core first"
         )
-    if _shipped(fulfilment):
+    if fulfilment.has_tracking or (fulfilment.ship_status in SHIPPED_STATES and not relabel):
         raise AlreadyShipped(
             f"fulfilment {fulfilment.task_id} of sale {sale_id} already has tracking or an "
             "authorised Ship; void its labels to ship it again"

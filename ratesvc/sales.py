@@ -96,6 +96,14 @@ class Sale(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     lines: list[SaleLine]
     products: dict[str, Product]  # from the order lines' product fields
     fulfilments: list[Fulfilment]
+    attachments: list[str] = []  # file names
+
+    def relabelable(self) -> Fulfilment | None:
+        """After a void: the first packed fulfilment without tracking, Ship authorised or not."""
+        return next(
+            (f for f in self.fulfilments
+             if f.pack_status == STATUS_AUTHORISED and not f.has_tracking), None
+        )  # fmt: skip
 
     def fulfilment(self, task_id: str | None) -> Fulfilment | None:
         """The one asked for, else the first whose Pack is AUTHORISED and Ship is not."""

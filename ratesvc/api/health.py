@@ -46,12 +46,22 @@ def _data_dir_writable(data_dir: Path) -> str:
     return "ok"
 
 
+async def _ledger_writable(request: web.Request) -> str:
+    ledger = request.app[keys.LEDGER]
+    try:
+        await ledger.writable()
+    except Exception as exc:
+        return f"error: {exc}"
+    return f"ok (schema {await ledger.version()})"
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """200 when the configuration is loaded and the data directory is writable, else 503."""
+    """200 when the configuration is loaded and the data directory and ledger are writable."""
     settings = request.app[keys.SETTINGS]
     checks = {
         "config": f"ok ({len(settings.accounts)} account(s))",
         "data_dir": await asyncio.to_thread(_data_dir_writable, settings.data_dir),
+        "ledger": await _ledger_writable(request),
     }
     ready = all(value.startswith("ok") for value in checks.values())
     return _json(

@@ -8,8 +8,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ratesvc.api import carriers, health, rates
+from ratesvc.api import carriers, health, labels, rates
 from ratesvc.api.openapi import Route, build_openapi
+from ratesvc.label_models import Label, LabelList, LabelsRequest
 from ratesvc.models import CarriersResponse, RatesRequest, RatesResponse
 from ratesvc.quotes import StoredQuote
 
@@ -36,6 +37,19 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/quotes/{quote_id}", rates.get_quote,
           "A quote handed out by POST /v1/rates, with the shipment it is for", StoredQuote,
           errors=(404, 410), tags=("rates",)),
+    Route("POST", "/v1/labels", labels.post_label,
+          "Buy labels, one per package, exactly once (Idempotency-Key header)", Label,
+          request=LabelsRequest, status=201, errors=(400, 404, 409, 410, 413, 422, 502, 503, 504),
+          tags=("labels",)),
+    Route("GET", "/v1/labels", labels.list_labels, "Labels, newest first", LabelList,
+          errors=(422,), tags=("labels",)),
+    Route("GET", "/v1/labels/{label_id}", labels.get_label, "One label", Label, errors=(404,),
+          tags=("labels",)),
+    Route("GET", "/v1/labels/{label_id}/packages/{n}/label.pdf", labels.get_label_pdf,
+          "A package's label PDF", errors=(404,), content_type="application/pdf",
+          tags=("labels",)),
+    Route("POST", "/v1/labels/{label_id}/void", labels.void_label,
+          "Void every package of a label", Label, errors=(404, 409, 502, 503), tags=("labels",)),
 )  # fmt: skip
 
 

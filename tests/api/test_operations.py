@@ -6,10 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from ratesvc.app import create_app
-from ratesvc.config import Settings
+from ratesvc.config import ConfigError, Settings
 from tests.conftest import AUTH
 
 
@@ -30,15 +31,17 @@ async def test_readyz_checks_config_and_a_writable_data_dir(
     assert response.status == 200
     assert body["status"] == "ready"
     assert body["checks"]["data_dir"] == "ok"
+    assert body["checks"]["ledger"] == "ok (schema 1)"
     assert (tmp_path / "data").is_dir()
 
 
-async def test_readyz_is_503_when_the_data_dir_cannot_be_written(
+async def test_readyz_is_503_when_the_data_dir_goes_away(
     aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    client = await aiohttp_client(create_app(make_settings(RATESVC_DATA_DIR=str(blocker / "x"))))
+    data = tmp_path / "data"
+    client = await aiohttp_client(create_app(make_settings(RATESVC_DATA_DIR=str(data))))
+    data.rename(tmp_path / "moved")
+    data.write_text("not a directory any more")  # the volume was replaced under us
 
     response = await client.get("/readyz")
     body = await response.json()
@@ -46,6 +49,19 @@ async def test_readyz_is_503_when_the_data_dir_cannot_be_written(
     assert response.status == 503
     assert body["status"] == "not_ready"
     assert body["checks"]["data_dir"].startswith("error:")
+    assert body["checks"]["ledger"].startswith("ok")  # the open ledger file is still writable
+
+
+async def test_a_data_dir_that_cannot_hold_the_ledger_stops_start_up_clearly(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+
+    with pytest.raises(ConfigError) as caught:
+        await aiohttp_client(create_app(make_settings(RATESVC_DATA_DIR=str(blocker / "x"))))
+
+    assert caught.value.problems[0].startswith("RATESVC_DATA_DIR: cannot open the ledger")
 
 
 async def test_metrics_count_requests_by_route_and_upstream_calls(service: TestClient) -> None:

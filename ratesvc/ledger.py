@@ -1,0 +1,336 @@
+"""The durable ledger: SQLite through aiosqlite (WAL, ``synchronous=FULL``). The only module that
+writes SQL.
+
+Every label purchase is recorded *before* ShipStation is called (intent), each package's result
+*before* the client is answered, and every write-back to Cin7 Core is an outbox row, so nothing is
+lost or done twice across crashes and restarts. Migrations are numbered; a database is moved
+forward one version at a time at start-up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+MIGRATIONS: list[str] = [
+    # 1: purchases, their packages, the write-back outbox
+    """
+    CREATE TABLE purchases (
+        label_id TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        idem_key TEXT,
+        request_hash TEXT NOT NULL,
+        plan BLOB NOT NULL,
+        status TEXT NOT NULL,
+        detail TEXT,
+        sale_id TEXT,
+        task_id TEXT,
+        write_back_state TEXT NOT NULL,
+        write_back_attempts INTEGER NOT NULL DEFAULT 0,
+        write_back_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        voided_at TEXT
+    );
+    CREATE UNIQUE INDEX purchases_idem ON purchases(account, idem_key) WHERE idem_key IS NOT NULL;
+    CREATE INDEX purchases_sale ON purchases(account, sale_id);
+    CREATE TABLE packages (
+        label_id TEXT NOT NULL REFERENCES purchases(label_id),
+        n INTEGER NOT NULL,
+        box TEXT,
+        purchase_key TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        attempt_at TEXT,
+        shipment_id INTEGER,
+        tracking_number TEXT,
+        cost TEXT,
+        insurance_cost TEXT,
+        pdf_path TEXT,
+        PRIMARY KEY (label_id, n)
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        label_id TEXT NOT NULL REFERENCES purchases(label_id),
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at TEXT NOT NULL,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX outbox_due ON outbox(state, next_at);
+    """,
+]
+
+
+def now_text() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class PurchaseRow:
+    label_id: str
+    account: str
+    idem_key: str | None
+    request_hash: str
+    plan: bytes
+    status: str
+    detail: str | None
+    sale_id: str | None
+    task_id: str | None
+    write_back_state: str
+    write_back_attempts: int
+    write_back_error: str | None
+    created_at: str
+    updated_at: str
+    voided_at: str | None
+
+
+@dataclass(frozen=True)
+class PackageRow:
+    label_id: str
+    n: int
+    box: str | None
+    purchase_key: str
+    state: str
+    attempt_at: str | None
+    shipment_id: int | None
+    tracking_number: str | None
+    cost: str | None
+    insurance_cost: str | None
+    pdf_path: str | None
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    label_id: str
+    kind: str
+    state: str
+    attempts: int
+    next_at: str
+    last_error: str | None
+
+
+class IdempotencyConflict(Exception):
+    """Another purchase already holds this idempotency key."""
+
+    def __init__(self, existing: PurchaseRow) -> None:
+        super().__init__(existing.label_id)
+        self.existing = existing
+
+
+class Ledger:
+    """One connection, used from one event loop; every write is its own committed transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the ledger is not open")
+        return self._db
+
+    async def _migrate(self) -> None:
+        await self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+        )
+        async with self.db.execute("SELECT MAX(version) FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row and row[0] is not None else 0
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, script.split(";")):
+                    await self.db.execute(statement)
+                await self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    async def version(self) -> int:
+        async with self.db.execute("SELECT MAX(version) FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def writable(self) -> bool:
+        """A write that is rolled back: proves the file and its directory accept writes."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        await self.db.execute("ROLLBACK")
+        return True
+
+    # --- purchases ---------------------------------------------------------------------------
+
+    async def create_purchase(
+        self,
+        row: PurchaseRow,
+        packages: Sequence[tuple[int, str | None, str]],
+    ) -> None:
+        """Record the intent to buy (``packages``: n, box, purchase key). Raises
+        :class:`IdempotencyConflict` when the account already used the idempotency key."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if row.idem_key is not None:
+                existing = await self._purchase_by_key(row.account, row.idem_key)
+                if existing is not None:
+                    await self.db.execute("ROLLBACK")
+                    raise IdempotencyConflict(existing)
+            await self.db.execute(
+                "INSERT INTO purchases VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (row.label_id, row.account, row.idem_key, row.request_hash, row.plan, row.status,
+                 row.detail, row.sale_id, row.task_id, row.write_back_state,
+                 row.write_back_attempts, row.write_back_error, row.created_at, row.updated_at,
+                 row.voided_at),
+            )  # fmt: skip
+            await self.db.executemany(
+                "INSERT INTO packages (label_id, n, box, purchase_key, state) VALUES (?,?,?,?,?)",
+                [(row.label_id, n, box, key, "pending") for n, box, key in packages],
+            )
+            await self.db.execute("COMMIT")
+        except IdempotencyConflict:
+            raise
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    async def _purchase_by_key(self, account: str, idem_key: str) -> PurchaseRow | None:
+        async with self.db.execute(
+            "SELECT * FROM purchases WHERE account = ? AND idem_key = ?", (account, idem_key)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return PurchaseRow(*row) if row else None
+
+    async def purchase(self, label_id: str) -> PurchaseRow | None:
+        async with self.db.execute("SELECT * FROM purchases WHERE label_id = ?", (label_id,)) as c:
+            row = await c.fetchone()
+        return PurchaseRow(*row) if row else None
+
+    async def purchases(
+        self,
+        account: str,
+        *,
+        sale_id: str | None = None,
+        status: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> list[PurchaseRow]:
+        """Newest first; ``after`` is the ``label_id`` the previous page ended with."""
+        sql = "SELECT * FROM purchases WHERE account = ?"
+        args: list[Any] = [account]
+        if sale_id is not None:
+            sql += " AND sale_id = ?"
+            args.append(sale_id)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if after is not None:
+            sql += " AND rowid < (SELECT rowid FROM purchases WHERE label_id = ?)"
+            args.append(after)
+        sql += " ORDER BY rowid DESC LIMIT ?"
+        args.append(limit)
+        async with self.db.execute(sql, args) as cursor:
+            return [PurchaseRow(*row) for row in await cursor.fetchall()]
+
+    async def unfinished_purchases(self) -> list[PurchaseRow]:
+        async with self.db.execute(
+            "SELECT * FROM purchases WHERE status = 'purchasing' ORDER BY rowid"
+        ) as cursor:
+            return [PurchaseRow(*row) for row in await cursor.fetchall()]
+
+    async def set_status(self, label_id: str, status: str, **fields: Any) -> None:
+        """Change the status (and any other ``fields``, e.g. ``detail``) of a purchase."""
+        columns = {"status": status, "updated_at": now_text(), **fields}
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        await self.db.execute(
+            f"UPDATE purchases SET {assignments} WHERE label_id = ?",
+            (*columns.values(), label_id),
+        )
+
+    async def release_key(self, label_id: str) -> None:
+        """Free the idempotency key (after a void or a purchase that bought nothing)."""
+        await self.db.execute(
+            "UPDATE purchases SET idem_key = NULL WHERE label_id = ?", (label_id,)
+        )
+
+    # --- packages ----------------------------------------------------------------------------
+
+    async def packages(self, label_id: str) -> list[PackageRow]:
+        async with self.db.execute(
+            "SELECT * FROM packages WHERE label_id = ? ORDER BY n", (label_id,)
+        ) as cursor:
+            return [PackageRow(*row) for row in await cursor.fetchall()]
+
+    async def set_package(self, label_id: str, n: int, **fields: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        await self.db.execute(
+            f"UPDATE packages SET {assignments} WHERE label_id = ? AND n = ?",
+            (*fields.values(), label_id, n),
+        )
+
+    # --- outbox ------------------------------------------------------------------------------
+
+    async def enqueue(self, label_id: str, kind: str) -> None:
+        stamp = now_text()
+        await self.db.execute(
+            "INSERT INTO outbox (label_id, kind, state, next_at, created_at, updated_at) "
+            "VALUES (?, ?, 'pending', ?, ?, ?)",
+            (label_id, kind, stamp, stamp, stamp),
+        )
+
+    async def due_jobs(self, limit: int = 10) -> list[OutboxRow]:
+        async with self.db.execute(
+            "SELECT id, label_id, kind, state, attempts, next_at, last_error FROM outbox "
+            "WHERE state = 'pending' AND next_at <= ? ORDER BY id LIMIT ?",
+            (now_text(), limit),
+        ) as cursor:
+            return [OutboxRow(*row) for row in await cursor.fetchall()]
+
+    async def next_due_at(self) -> str | None:
+        async with self.db.execute(
+            "SELECT MIN(next_at) FROM outbox WHERE state = 'pending'"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    async def finish_job(self, job_id: int) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET state = 'done', updated_at = ? WHERE id = ?", (now_text(), job_id)
+        )
+
+    async def retry_job(self, job_id: int, error: str, next_at: dt.datetime) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_at = ?, "
+            "updated_at = ? WHERE id = ?",
+            (error, next_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now_text(), job_id),
+        )
+
+    async def jobs(self, label_id: str) -> list[OutboxRow]:
+        async with self.db.execute(
+            "SELECT id, label_id, kind, state, attempts, next_at, last_error FROM outbox "
+            "WHERE label_id = ? ORDER BY id",
+            (label_id,),
+        ) as cursor:
+            return [OutboxRow(*row) for row in await cursor.fetchall()]

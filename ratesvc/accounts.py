@@ -53,7 +53,12 @@ def build_accounts(
         if account.cin7 is not None and cin7_session is not None:
             application = account.cin7.account_id.digest()
             if application not in cin7_limiters:
-                cin7_limiters[application] = cin7_limiter(application.hex()[:8], metrics=metrics)
+                cin7_limiters[application] = cin7_limiter(
+                    application.hex()[:8],
+                    min_interval_s=settings.cin7_min_interval_s,
+                    throttle_pause_s=settings.cin7_throttle_pause_s,
+                    metrics=metrics,
+                )
             limiter_7 = cin7_limiters[application]
             cin7 = Cin7Client(cin7_session, account.cin7, limiter_7, metrics=metrics)
         built[name] = AccountServices(

@@ -129,6 +129,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     quote_cache_max_entries: int = 100_000
     label_settle_s: float = 60.0
     writeback_retry_s: float = 5.0
+    cin7_min_interval_s: float = 1.0
+    cin7_throttle_pause_s: float = 20.0
     accounts: dict[str, Account] = {}
 
     def account_for_token(self, token: str) -> Account | None:
@@ -335,6 +337,12 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         ),
         label_settle_s=number("RATESVC_LABEL_SETTLE_S", "label_settle_s", 60.0, 0, 3600),
         writeback_retry_s=number("RATESVC_WRITEBACK_RETRY_S", "writeback_retry_s", 5.0, 0.01, 3600),
+        cin7_min_interval_s=number(
+            "RATESVC_CIN7_MIN_INTERVAL_S", "cin7_min_interval_s", 1.0, 0, 60
+        ),
+        cin7_throttle_pause_s=number(
+            "RATESVC_CIN7_THROTTLE_PAUSE_S", "cin7_throttle_pause_s", 20.0, 0.01, 600
+        ),
         accounts=accounts,
     )
     if reader.problems:

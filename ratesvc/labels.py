@@ -94,15 +94,42 @@ class Labels:
         self._accounts = accounts
         self._timing = timing
         self._units: dict[str, asyncio.Task[None]] = {}
+        self._buying: dict[tuple[str, str, str], asyncio.Task[tuple[str, bool]]] = {}
 
     # --- buying --------------------------------------------------------------------------------
 
     async def buy(
         self, services: AccountServices, request: LabelsRequest, idem_key: str | None
     ) -> tuple[Label, bool]:
-        """(the label, True when this call created it)."""
-        account = services.account
+        """(the label, True when this call created it).
+
+        Identical requests (same account, body and key) arriving together share one attempt:
+        the first creates the label, the others wait for it and get it as a replay, without
+        reading the sale again.
+        """
         request_hash = hashlib.sha256(msgspec.json.encode(request)).hexdigest()
+        together = (services.account.name, idem_key or "", request_hash)
+        running = self._buying.get(together)
+        if running is not None:
+            label_id, _ = await asyncio.shield(running)
+            return await self.view(label_id, services.account.name), False
+        task = asyncio.create_task(self._buy(services, request, idem_key, request_hash))
+        self._buying[together] = task
+        try:
+            label_id, created = await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._buying.pop(together, None)
+        return await self.view(label_id, services.account.name), created
+
+    async def _buy(
+        self,
+        services: AccountServices,
+        request: LabelsRequest,
+        idem_key: str | None,
+        request_hash: str,
+    ) -> tuple[str, bool]:
+        account = services.account
         plan = await self._plan(services, request)
         key = idem_key or (f"sale:{plan.sale_id}:{plan.task_id}" if plan.sale_id else None)
         label_id = "lb_" + secrets.token_urlsafe(12)
@@ -131,9 +158,9 @@ class Labels:
                     "this Idempotency-Key was used with a different request body"
                 ) from None
             await self._wait(existing.label_id, services)
-            return await self.view(existing.label_id, account.name), False
+            return existing.label_id, False
         await self._wait(label_id, services)
-        return await self.view(label_id, account.name), True
+        return label_id, True
 
     async def _plan(self, services: AccountServices, request: LabelsRequest) -> LabelPlan:
         account = services.account

@@ -96,6 +96,9 @@ class ShipStationSandbox:
         self.unauthorized = 0
         self.shipments: dict[int, dict[str, Any]] = {}
         self.refused_voids: set[int] = set()
+        # After buying a label: "drop" closes the connection without answering, "hang" answers
+        # only after knobs.hang_s. The label is bought either way (an unknown outcome).
+        self.label_fault: str | None = None
         # Canned getrates answers by carrier code (raw JSON, sent verbatim): sample payloads.
         self.fixed_rates: dict[str, bytes] = {}
         self.received: deque[tuple[str, Any]] = deque(maxlen=1000)  # (path, JSON body) per call
@@ -376,6 +379,14 @@ class ShipStationSandbox:
             "labelData": None, "formData": None,
         }  # fmt: skip
         self.shipments[shipment_id] = record
+        if self.label_fault == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            return _json({"Message": "connection lost"}, 500)
+        if self.label_fault == "hang":
+            assert self._closing is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.knobs.hang_s)
         return _json({**record, "labelData": base64.b64encode(pdf).decode(), "shipTo": None,
                       "weight": None, "dimensions": None, "advancedOptions": None})  # fmt: skip
 

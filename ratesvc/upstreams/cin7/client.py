@@ -36,11 +36,19 @@ def _decode(body: bytes, kind: type[T], endpoint: str) -> T:
         ) from exc
 
 
-def cin7_limiter(name: str, *, metrics: Metrics | None = None) -> RateLimiter:
-    """60 calls per 60 s, about one a second; a refusal (no reset time given) pauses 20 s."""
+def cin7_limiter(
+    name: str,
+    *,
+    min_interval_s: float = 1.0,
+    throttle_pause_s: float = 20.0,
+    metrics: Metrics | None = None,
+) -> RateLimiter:
+    """60 calls per 60 s, about one a second; a refusal (Cin7 Core gives no reset time) pauses
+    the whole application for ``throttle_pause_s`` (inferred: long enough for a sliding minute
+    to drain a little, short enough not to stall write-backs)."""
     return RateLimiter(
-        f"cin7:{name}", limit=60, window_s=60.0, min_interval_s=1.0, throttle_pause_s=20.0,
-        metrics=metrics,
+        f"cin7:{name}", limit=60, window_s=60.0, min_interval_s=min_interval_s,
+        throttle_pause_s=throttle_pause_s, metrics=metrics,
     )  # fmt: skip
 
 

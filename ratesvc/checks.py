@@ -9,6 +9,7 @@ import aiohttp
 from ratesvc.config import Settings
 from ratesvc.errors import UpstreamFailure
 from ratesvc.limiter import RateLimiter
+from ratesvc.upstreams.cin7.client import Cin7Client, cin7_limiter
 from ratesvc.upstreams.shipstation.client import ShipStationClient
 
 
@@ -49,4 +50,18 @@ async def check_accounts(settings: Settings, *, timeout_s: float = 15.0) -> tupl
                     )
             if account.cin7 is None:
                 lines.append(f"account {name}: Cin7 Core not configured (sale-based features off)")
+                continue
+            cin7 = Cin7Client(session, account.cin7, cin7_limiter(f"check:{name}"))
+            try:
+                locations = await cin7.locations(
+                    deadline=asyncio.get_running_loop().time() + timeout_s
+                )
+            except UpstreamFailure as exc:
+                ok = False
+                lines.append(
+                    f"account {name}: Cin7 Core at {account.cin7.url}: PROBLEM: {exc.detail}"
+                )
+                continue
+            names = ", ".join(location.Name for location in locations) or "none"
+            lines.append(f"account {name}: Cin7 Core OK ({len(locations)} locations: {names})")
     return ok, lines

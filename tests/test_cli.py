@@ -142,3 +142,17 @@ async def test_the_sandbox_runs_on_its_own_and_answers_like_shipstation() -> Non
     assert counters["calls"] == {"/carriers": 2}
     assert counters["unauthorized"] == 1
     assert code == 0
+
+
+async def test_check_verifies_cin7_core_too(sandbox_url: str, cin7_url: str) -> None:
+    cin7 = {"RATESVC_CIN7_URL": cin7_url, "RATESVC_CIN7_ACCOUNT_ID": "sandbox-account"}
+    good = await run("check", env={**account_env(sandbox_url), **cin7,
+                                   "RATESVC_CIN7_APPLICATION_KEY": "sandbox-key"})  # fmt: skip
+    bad = await run("check", env={**account_env(sandbox_url), **cin7,
+                                  "RATESVC_CIN7_APPLICATION_KEY": "deleted-app"})  # fmt: skip
+
+    assert good[0] == 0
+    assert "account default: Cin7 Core OK (1 locations: Main Warehouse)" in good[1]
+    assert bad[0] == 1
+    assert "Cin7 Core" in bad[1] and "RATESVC_CIN7_APPLICATION_KEY" in bad[1]
+    assert "deleted-app" not in bad[1]

@@ -371,7 +371,7 @@ class Cin7Sandbox:
 
     async def _post_webhook(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        hook = {"ID": str(uuid.uuid4()), "IsActive": True, **body}
+        hook = {"IsActive": True, **body, "ID": str(uuid.uuid4())}
         self.webhooks.append(hook)
         return _json(hook)
 

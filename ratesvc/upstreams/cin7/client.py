@@ -141,6 +141,20 @@ class Cin7Client:
             deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(body),
         )  # fmt: skip
 
+    async def locations(self, *, deadline: float | None) -> list[wire.Location]:
+        answer = await self._http.call(
+            "GET", "/ref/location", endpoint="location", priority=Priority.NORMAL,
+            deadline=deadline, retry=Retry.SAFE,
+        )  # fmt: skip
+        return _decode(answer.body, wire.LocationList, "location").LocationList
+
+    async def subscribe(self, hook: wire.Webhook, *, deadline: float | None) -> wire.Webhook:
+        answer = await self._http.call(
+            "POST", "/webhooks", endpoint="webhooks", priority=Priority.NORMAL, deadline=deadline,
+            retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(hook),
+        )  # fmt: skip
+        return _decode(answer.body, wire.Webhook, "webhooks")
+
     async def webhooks(self, *, deadline: float | None) -> list[wire.Webhook]:
         answer = await self._http.call(
             "GET", "/webhooks", endpoint="webhooks", priority=Priority.NORMAL, deadline=deadline,

@@ -189,7 +189,7 @@ class AttachmentAnswer(_Wire, kw_only=True):
     Lines: list[Attachment] = []
 
 
-class Webhook(_Wire, kw_only=True):
+class Webhook(_Wire, kw_only=True, omit_defaults=True):
     ID: str | None = None
     Type: str
     IsActive: bool = True

@@ -111,3 +111,21 @@ async def test_calls_are_paced_about_one_a_second(cin7_url: str, cin7_sandbox: C
 
     assert now() - started >= 0.6  # 4 calls, 0.2 s apart
     assert cin7_sandbox.calls["GET /product"] == 4
+
+
+async def test_locations_and_webhook_subscriptions(
+    client: Cin7Client, cin7_sandbox: Cin7Sandbox
+) -> None:
+    hook = wire.Webhook(Type="Sale/PackAuthorised", ExternalURL="https://example.test/hook",
+                        ExternalAuthorizationType="bearerauth", ExternalBearerToken="t0k3n")  # fmt: skip
+
+    locations = await client.locations(deadline=now() + 5)
+    created = await client.subscribe(hook, deadline=now() + 5)
+    listed = await client.webhooks(deadline=now() + 5)
+
+    assert [location.Name for location in locations] == ["Main Warehouse"]
+    assert created.ID is not None and created.IsActive
+    assert [(h.Type, h.ExternalURL) for h in listed] == [
+        ("Sale/PackAuthorised", "https://example.test/hook")
+    ]
+    assert cin7_sandbox.webhooks[0]["ExternalBearerToken"] == "t0k3n"

@@ -116,8 +116,12 @@ async def test_calls_are_paced_about_one_a_second(cin7_url: str, cin7_sandbox: C
 async def test_locations_and_webhook_subscriptions(
     client: Cin7Client, cin7_sandbox: Cin7Sandbox
 ) -> None:
-    hook = wire.Webhook(Type="Sale/PackAuthorised", ExternalURL="https://example.test/hook",
-                        ExternalAuthorizationType="bearerauth", ExternalBearerToken="t0k3n")  # fmt: skip
+    hook = wire.Webhook(
+        Type="Sale/PackAuthorised",
+        ExternalURL="https://example.test/hook",
+        ExternalAuthorizationType="bearerauth",
+        ExternalBearerToken="t0k3n",
+    )
 
     locations = await client.locations(deadline=now() + 5)
     created = await client.subscribe(hook, deadline=now() + 5)

@@ -43,7 +43,7 @@ class Stack:
     session: aiohttp.ClientSession
 
 
-async def _site(app: web.Application) -> tuple[web.AppRunner, str]:
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -58,7 +58,7 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     """The ShipStation sandbox and the service in front of it, both on 127.0.0.1."""
     sandbox = ShipStationSandbox(knobs=knobs, carriers=tuple(carriers))
-    sandbox_runner, sandbox_url = await _site(sandbox.app)
+    sandbox_runner, sandbox_url = await serve_app(sandbox.app)
     with tempfile.TemporaryDirectory(prefix="ratesvc-bench-") as data_dir:
         settings = load_settings(
             {
@@ -72,7 +72,7 @@ async def stack(
                 **env,
             }
         )
-        runner, url = await _site(create_app(settings))
+        runner, url = await serve_app(create_app(settings))
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             try:

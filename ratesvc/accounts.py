@@ -57,6 +57,7 @@ def build_accounts(
                     application.hex()[:8],
                     min_interval_s=settings.cin7_min_interval_s,
                     throttle_pause_s=settings.cin7_throttle_pause_s,
+                    window_s=settings.cin7_window_s,
                     metrics=metrics,
                 )
             limiter_7 = cin7_limiters[application]

@@ -131,6 +131,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     writeback_retry_s: float = 5.0
     cin7_min_interval_s: float = 1.0
     cin7_throttle_pause_s: float = 20.0
+    cin7_window_s: float = 60.0
     accounts: dict[str, Account] = {}
 
     def account_for_token(self, token: str) -> Account | None:
@@ -343,6 +344,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         cin7_throttle_pause_s=number(
             "RATESVC_CIN7_THROTTLE_PAUSE_S", "cin7_throttle_pause_s", 20.0, 0.01, 600
         ),
+        cin7_window_s=number("RATESVC_CIN7_WINDOW_S", "cin7_window_s", 60.0, 0.1, 3600),
         accounts=accounts,
     )
     if reader.problems:

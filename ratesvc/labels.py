@@ -43,6 +43,7 @@ from ratesvc.errors import (
     RatesvcError,
     RequestError,
     UpstreamFailure,
+    UpstreamThrottled,
 )
 from ratesvc.label_models import Label, LabelPackage, LabelPlan, LabelsRequest, WriteBack
 from ratesvc.ledger import IdempotencyConflict, Ledger, PackageRow, PurchaseRow, now_text
@@ -53,6 +54,9 @@ from ratesvc.tracking import tracking_url
 from ratesvc.units import money_str
 
 log = logging.getLogger(__name__)
+
+
+MAX_ATTEMPTS = 5  # createlabel calls for one package before a person must look
 
 
 class IdempotencyKeyReused(RequestError):
@@ -95,6 +99,7 @@ class Labels:
         self._timing = timing
         self._units: dict[str, asyncio.Task[None]] = {}
         self._buying: dict[tuple[str, str, str], asyncio.Task[tuple[str, bool]]] = {}
+        self._attempts: dict[str, int] = {}  # createlabel calls per purchase key, this process
 
     # --- buying --------------------------------------------------------------------------------
 
@@ -203,6 +208,7 @@ class Labels:
                 )
             ship_from = ship_from_or_none
             codes = [request.package_code or "package"] * len(shipment.packages)
+            await self._check_offered(services, carrier, service, codes[0], deadline)
         return LabelPlan(
             carrier_code=carrier, service_code=service, package_codes=codes, ship_from=ship_from,
             ship_to=shipment.ship_to, packages=shipment.packages,
@@ -211,6 +217,23 @@ class Labels:
             write_back=sale_id is not None if request.write_back is None else request.write_back,
             sale_id=sale_id, task_id=task_id, quote_id=request.quote_id,
         )  # fmt: skip
+
+    @staticmethod
+    async def _check_offered(
+        services: AccountServices, carrier: str, service: str, package: str, deadline: float
+    ) -> None:
+        """Refuse, before buying, what the carrier catalogue says cannot be bought."""
+        catalog = await services.catalog.get(deadline=deadline)
+        entry = next((c for c in catalog.carriers if c.carrier_code == carrier), None)
+        if entry is None:
+            connected = ", ".join(c.carrier_code for c in catalog.carriers)
+            raise InvalidRequest.field(
+                "carrier_code", f"{carrier!r} is not connected to this account ({connected})"
+            )
+        if entry.services and service not in {s.service_code for s in entry.services}:
+            raise InvalidRequest.field("service_code", f"{carrier} offers no service {service!r}")
+        if entry.packages and package not in {p.package_code for p in entry.packages}:
+            raise InvalidRequest.field("package_code", f"{carrier} has no package type {package!r}")
 
     async def _wait(self, label_id: str, services: AccountServices) -> None:
         unit = self._unit(label_id, services)
@@ -296,13 +319,32 @@ class Labels:
             test_label=plan.test_label, purchase_key=package.purchase_key,
         )  # fmt: skip
         deadline = asyncio.get_running_loop().time() + 60
+        attempts = self._attempts[package.purchase_key] = (
+            self._attempts.get(package.purchase_key, 0) + 1
+        )
         try:
             record = await services.shipstation.create_label(request, deadline=deadline)
+        except UpstreamThrottled:
+            # ShipStation answered 429 or the limiter said no: nothing was bought, try again
+            await self._ledger.set_package(label_id, n, state="pending")
+            await asyncio.sleep(1.0)
+            return next(p for p in await self._ledger.packages(label_id) if p.n == n)
         except UpstreamFailure as exc:
-            if exc.maybe_processed:
+            server_side = (exc.upstream_status or 0) >= 500
+            if (exc.maybe_processed or server_side) and attempts < MAX_ATTEMPTS:
+                # A 5xx may come after the carrier sold the label: find out before buying again
                 await self._ledger.set_package(label_id, n, state="unknown")
                 log.warning("label %s package %d: outcome unknown (%s)", label_id, n, exc.detail)
                 return next(p for p in await self._ledger.packages(label_id) if p.n == n)
+            if server_side:  # the last of several 5xx: a person should look at ShipStation
+                await self._ledger.set_package(label_id, n, state="unknown")
+                raise UpstreamFailure(
+                    f"package {n}: ShipStation failed {attempts} times ({exc.detail}); check "
+                    f"ShipStation for purchase key {package.purchase_key} before buying again",
+                    upstream="shipstation",
+                    endpoint="createlabel",
+                    maybe_processed=True,
+                ) from exc
             await self._ledger.set_package(label_id, n, state="pending")
             raise
         pdf_path = None

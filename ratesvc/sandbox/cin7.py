@@ -171,6 +171,11 @@ class Cin7Sandbox:
             ]
         self.sales[sale_id]["Status"] = "PACKED"
 
+    def apply_limit(self, limit: int) -> None:
+        """Allow ``limit`` calls per window from now on (a tighter Cin7 Core)."""
+        self.knobs.rate_limit = limit
+        self.window.reconfigure(limit=limit)
+
     def counters(self) -> dict[str, Any]:
         return {"calls": dict(self.calls), "throttled": self.throttled, "forbidden": self.forbidden,
                 "attachments": {k: len(v) for k, v in self.attachments.items()}}  # fmt: skip

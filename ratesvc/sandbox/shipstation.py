@@ -97,7 +97,8 @@ class ShipStationSandbox:
         self.shipments: dict[int, dict[str, Any]] = {}
         self.refused_voids: set[int] = set()
         # After buying a label: "drop" closes the connection without answering, "hang" answers
-        # only after knobs.hang_s. The label is bought either way (an unknown outcome).
+        # only after knobs.hang_s (the label is bought either way: an unknown outcome).
+        # "refuse": a 400 before anything is bought.
         self.label_fault: str | None = None
         # Canned getrates answers by carrier code (raw JSON, sent verbatim): sample payloads.
         self.fixed_rates: dict[str, bytes] = {}
@@ -334,6 +335,8 @@ class ShipStationSandbox:
         self.received.append((request.path, body))
         carrier = self._carrier(body.get("carrierCode"))
         await self._behave("createlabel", carrier.code)
+        if self.label_fault == "refuse":
+            raise _model_state("shipTo.address", "The address could not be validated.")
         if "testLabel" in body and not isinstance(body["testLabel"], bool | None):
             raise _model_state(
                 "testlabel", f"The value '{body['testLabel']}' is not valid for Boolean."

@@ -158,14 +158,63 @@ async def test_unknown_and_expired_quotes(labels: TestClient) -> None:
 async def test_a_refused_purchase_buys_nothing_and_frees_the_key(
     labels: TestClient, sandbox: ShipStationSandbox
 ) -> None:
-    bad = {**EXPLICIT, "service_code": "ups_teleport"}
+    sandbox.label_fault = "refuse"
+    label = await buy(labels, EXPLICIT, key="k1")
+    sandbox.label_fault = None
 
-    label = await buy(labels, bad, key="k1")
     retried = await buy(labels, EXPLICIT, key="k1")
 
     assert label["status"] == "failed"
-    assert "Invalid serviceCode" in label["detail"]
+    assert "The address could not be validated." in label["detail"]
     assert retried["status"] == "completed"
+    assert len(sandbox.shipments) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"carrier_code": "usps"}, "carrier_code"), ({"service_code": "ups_teleport"}, "service_code"),
+     ({"package_code": "crate"}, "package_code")],
+)  # fmt: skip
+async def test_what_the_carrier_does_not_offer_is_refused_before_buying(
+    labels: TestClient, sandbox: ShipStationSandbox, change: dict[str, str], field: str
+) -> None:
+    problem = await buy(labels, {**EXPLICIT, **change}, status=422)
+
+    assert problem["errors"][0]["field"] == field
+    assert createlabel_calls(sandbox) == 0
+
+
+async def test_a_5xx_from_createlabel_is_checked_before_buying_again(
+    aiohttp_client: Any, sandbox: ShipStationSandbox, sandbox_url: str, tmp_path: Path
+) -> None:
+    env = service_env(sandbox_url, tmp_path / "data", RATESVC_LABEL_SETTLE_S="0.3")
+    labels = await aiohttp_client(create_app(load_settings(env)))
+    await labels.get("/v1/carriers", headers=AUTH)
+    sandbox.knobs.error_rate = {"ups": 1.0}
+    failing = asyncio.create_task(buy(labels, EXPLICIT))
+    while createlabel_calls(sandbox) < 2:  # noqa: ASYNC110 - two attempts failed, bounded below
+        await asyncio.sleep(0.02)
+    sandbox.knobs.error_rate = {}
+
+    label = await asyncio.wait_for(failing, 10)
+
+    assert label["status"] == "completed"
+    assert len(sandbox.shipments) == 1
+    assert sandbox.calls["/shipments"] >= 2  # looked before each new attempt
+
+
+async def test_a_carrier_failing_every_time_leaves_the_label_for_a_person(
+    labels: TestClient, sandbox: ShipStationSandbox
+) -> None:
+    await labels.get("/v1/carriers", headers=AUTH)
+    sandbox.knobs.error_rate = {"ups": 1.0}
+
+    label = await buy(labels, EXPLICIT)
+
+    assert label["status"] == "attention"
+    assert "failed 5 times" in label["detail"]
+    assert createlabel_calls(sandbox) == 5
+    assert not sandbox.shipments
 
 
 # --- sales: exactly once, written back --------------------------------------------------------

@@ -41,13 +41,14 @@ def cin7_limiter(
     *,
     min_interval_s: float = 1.0,
     throttle_pause_s: float = 20.0,
+    window_s: float = 60.0,
     metrics: Metrics | None = None,
 ) -> RateLimiter:
     """60 calls per 60 s, about one a second; a refusal (Cin7 Core gives no reset time) pauses
     the whole application for ``throttle_pause_s`` (inferred: long enough for a sliding minute
     to drain a little, short enough not to stall write-backs)."""
     return RateLimiter(
-        f"cin7:{name}", limit=60, window_s=60.0, min_interval_s=min_interval_s,
+        f"cin7:{name}", limit=60, window_s=window_s, min_interval_s=min_interval_s,
         throttle_pause_s=throttle_pause_s, metrics=metrics,
     )  # fmt: skip
 

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
+from ratesvc.sandbox.cin7 import Cin7Knobs, Cin7Sandbox
 from ratesvc.sandbox.knobs import Knobs, Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 
@@ -37,12 +38,18 @@ DEMO_SHIPMENT = (
 )
 
 
+DEMO_SALE_LABEL = (
+    '{"sale_id": "sale-multibox", "carrier_code": "ups", "service_code": "ups_ground"}'
+)
+
+
 def curl_examples(url: str, token: str) -> list[str]:
-    auth = f'-H "Authorization: Bearer {token}"'
+    """Rate a shipment; rate a packed Cin7 Core sale; buy its labels (written back to the sale)."""
+    auth = f'-H "Authorization: Bearer {token}" -H "Content-Type: application/json"'
     return [
-        f"curl -s {auth} {url}/v1/carriers",
-        f"curl -s {auth} -H 'Content-Type: application/json' {url}/v1/rates -d '{DEMO_SHIPMENT}'",
-        f"curl -s {url}/metrics | grep ratesvc_upstream_requests",
+        f"curl -s {auth} {url}/v1/rates -d '{DEMO_SHIPMENT}'",
+        f"""curl -s {auth} {url}/v1/rates -d '{{"sale_id": "sale-simple"}}'""",
+        f"curl -s {auth} {url}/v1/labels -d '{DEMO_SALE_LABEL}'",
     ]
 
 
@@ -53,6 +60,9 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
         knobs=Knobs(latency=Latency(base_ms=120, jitter_ms=40)),
     )
     sandbox_runner, sandbox_port = await start_site(sandbox.app, "127.0.0.1", 0)
+    cin7 = Cin7Sandbox(account_id="demo-account", application_key="demo-app-key",
+                       knobs=Cin7Knobs(latency=Latency(base_ms=60, jitter_ms=20)))  # fmt: skip
+    cin7_runner, cin7_port = await start_site(cin7.app, "127.0.0.1", 0)
     token = secrets.token_urlsafe(24)
     settings = load_settings(
         {
@@ -61,6 +71,9 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
             "RATESVC_SHIPSTATION_API_KEY": "demo-key",
             "RATESVC_SHIPSTATION_API_SECRET": "demo-secret",
             "RATESVC_SHIP_FROM": DEMO_SHIP_FROM,
+            "RATESVC_CIN7_URL": f"http://127.0.0.1:{cin7_port}",
+            "RATESVC_CIN7_ACCOUNT_ID": "demo-account",
+            "RATESVC_CIN7_APPLICATION_KEY": "demo-app-key",
             "RATESVC_DATA_DIR": str(data_dir or tempfile.mkdtemp(prefix="ratesvc-demo-")),
         }
     )
@@ -70,7 +83,9 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
         "",
         "ratesvc demo is running (Ctrl-C to stop)",
         f"  service:              {url}   (API docs: {url}/openapi.json)",
-        f"  ShipStation sandbox:  http://127.0.0.1:{sandbox_port}",
+        f"  ShipStation sandbox:  http://127.0.0.1:{sandbox_port}   (knobs: /__sandbox/knobs)",
+        f"  Cin7 Core sandbox:    http://127.0.0.1:{cin7_port}   (sales: sale-simple, "
+        "sale-multibox, sale-international, sale-shipped, sale-unpacked)",
         f"  API token:            {token}",
         f"  data directory:       {settings.data_dir}",
         "",
@@ -84,3 +99,4 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
     finally:
         await runner.cleanup()
         await sandbox_runner.cleanup()
+        await cin7_runner.cleanup()

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
@@ -72,6 +73,9 @@ class Cin7Knobs:
     window_s: float = 60.0
     down: bool = False
     seed: int = 11
+    # Cin7 Core retries a failed delivery 6 times (1, 5, 10, 15, 20, 25 min apart), then turns
+    # the webhook off. Tests shorten the delays.
+    webhook_retry_delays_s: tuple[float, ...] = (60, 300, 600, 900, 1200, 1500)
 
 
 class Cin7Sandbox:
@@ -98,6 +102,11 @@ class Cin7Sandbox:
         self.writes: deque[tuple[str, str, Any]] = deque(maxlen=1000)  # (method, path, body)
         self._rng = random.Random(self.knobs.seed)
         self._ids = itertools.count(1)
+        self.deliveries: deque[tuple[str, str, int | None]] = deque(
+            maxlen=1000
+        )  # url, event, status
+        self._session: aiohttp.ClientSession | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
         if seed:
             self.seed()
         self.app = self._make_app()
@@ -109,6 +118,11 @@ class Cin7Sandbox:
             self.products[product_id] = {"ID": product_id, "Type": "Stock", **fields}
         for sale_id, number, customer, address, items, pack, ship in cin7_data.SALES:
             self.add_sale(sale_id, number, customer, address, items, pack=pack, ship=ship)
+        # An advanced sale: its first fulfilment shipped, the second packed and waiting.
+        self.add_sale("sale-advanced", "SO-1006", "Empire Goods LLC", cin7_data.ADDRESS_NY,
+                      [("p-mug", 2, "Box 1")], ship="AUTHORISED")  # fmt: skip
+        self.sales["sale-advanced"]["Type"] = "Advanced Sale"
+        self.add_fulfilment("sale-advanced", [("p-flour", 1, "Carton A"), ("p-mug", 2, "Carton B")])
 
     def add_sale(
         self,
@@ -158,18 +172,93 @@ class Cin7Sandbox:
         self.sales[sale_id] = sale
         return sale
 
+    def add_fulfilment(
+        self, sale_id: str, items: list[tuple[str, int, str]], *, pack: str = "AUTHORISED"
+    ) -> dict[str, Any]:
+        """Another fulfilment on a sale (an advanced sale ships in several)."""
+        sale = self.sales[sale_id]
+        picked = [{"ProductID": pid, "SKU": self.products[pid]["SKU"], "Quantity": qty,
+                   "Location": "Main Warehouse"} for pid, qty, _ in items]  # fmt: skip
+        packed = [{**line, "Box": box} for line, (*_, box) in zip(picked, items, strict=True)]
+        number = len(sale["Fulfilments"]) + 1
+        fulfilment = {
+            "TaskID": f"task-{sale_id}-{number}", "FulfillmentNumber": number,
+            "Pick": {"Status": "AUTHORISED", "Lines": picked},
+            "Pack": {"Status": pack, "Lines": packed},
+            "Ship": {"Status": "NOT AVAILABLE", "RequireBy": None, "ShippingNotes": "",
+                     "ShippingAddress": dict(sale["ShippingAddress"]), "Lines": []},
+        }  # fmt: skip
+        sale["Fulfilments"].append(fulfilment)
+        return fulfilment
+
     def fulfilment(self, sale_id: str) -> dict[str, Any]:
         fulfilment: dict[str, Any] = self.sales[sale_id]["Fulfilments"][0]
         return fulfilment
 
     def authorise_pack(self, sale_id: str) -> None:
+        """Authorise the sale's pack and, like Cin7 Core, announce it to the subscribed webhooks
+        (delivered in the background when an event loop runs)."""
         fulfilment = self.fulfilment(sale_id)
         fulfilment["Pack"]["Status"] = "AUTHORISED"
         if not fulfilment["Pack"]["Lines"]:
             fulfilment["Pack"]["Lines"] = [
                 {**line, "Box": "Box 1"} for line in fulfilment["Pick"]["Lines"]
             ]
-        self.sales[sale_id]["Status"] = "PACKED"
+        sale = self.sales[sale_id]
+        sale["Status"] = "PACKED"
+        self.announce("Sale/PackAuthorised", {
+            "SaleID": sale["ID"], "SaleOrderNumber": sale["Order"]["SaleOrderNumber"],
+            "TaskID": fulfilment["TaskID"], "CustomerName": sale["Customer"],
+        })  # fmt: skip
+
+    def announce(self, event: str, payload: dict[str, Any]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for hook in self.webhooks:
+            if hook.get("Type") == event and hook.get("IsActive", True):
+                task = loop.create_task(self._deliver(hook, {**payload, "EventType": event}))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, hook: dict[str, Any], payload: dict[str, Any]) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {str(h["Key"]): str(h["Value"]) for h in hook.get("ExternalHeaders") or []}
+        auth = None
+        kind = hook.get("ExternalAuthorizationType", "noauth")
+        if kind == "bearerauth":
+            headers["Authorization"] = f"Bearer {hook.get('ExternalBearerToken', '')}"
+        elif kind == "basicauth":
+            auth = aiohttp.BasicAuth(
+                hook.get("ExternalUserName", ""), hook.get("ExternalPassword", "")
+            )
+        for delay in (0.0, *self.knobs.webhook_retry_delays_s):
+            await asyncio.sleep(delay)
+            status: int | None = None
+            try:
+                async with self._session.post(
+                    hook["ExternalURL"],
+                    json=payload,
+                    headers=headers,
+                    auth=auth,
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as response:
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError):
+                status = None
+            self.deliveries.append((hook["ExternalURL"], payload["EventType"], status))
+            if status is not None and 200 <= status < 300:
+                return
+        hook["IsActive"] = False  # six failed retries: Cin7 Core silently deactivates the hook
+
+    async def close(self) -> None:
+        for task in list(self._deliveries):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
 
     def apply_limit(self, limit: int) -> None:
         """Allow ``limit`` calls per window from now on (a tighter Cin7 Core)."""
@@ -184,6 +273,7 @@ class Cin7Sandbox:
 
     def _make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._gate])
+        app.on_cleanup.append(self._on_cleanup)
         app.router.add_put(_ADMIN + "knobs", self._put_knobs)
         app.router.add_get(_ADMIN + "calls", self._get_calls)
         app.router.add_post(_ADMIN + "sales/{sale_id}/pack", self._post_pack)
@@ -381,6 +471,9 @@ class Cin7Sandbox:
         return _json(hook)
 
     # --- admin ---------------------------------------------------------------------------------
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        await self.close()
 
     async def _put_knobs(self, request: web.Request) -> web.Response:
         try:

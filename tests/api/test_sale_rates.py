@@ -147,3 +147,12 @@ boxes = {{ "Box 1" = {{ length = 12, width = 10, height = 6, unit = "in" }} }}
     (sent,) = [b for p, b in sandbox.received if p == "/shipments/getrates"]
     assert sent["weight"] == {"value": 35.8, "units": "ounces"}  # 31.75 oz + 4 oz tare
     assert sent["dimensions"] == {"units": "inches", "length": 12, "width": 10, "height": 6}
+
+
+async def test_an_advanced_sale_is_rated_from_its_packed_unshipped_fulfilment(
+    sale_service: TestClient,
+) -> None:
+    body = await rate(sale_service, {"sale_id": "sale-advanced", "carriers": ["ups"]})
+
+    assert body["task_id"] == "task-sale-advanced-2"
+    assert [b["box"] for b in body["quotes"][0]["breakdown"]] == ["Carton A", "Carton B"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from ratesvc.sandbox.cin7 import Cin7Knobs, Cin7Sandbox
@@ -61,7 +63,7 @@ async def test_ready_for_shipping_lists_packed_unshipped_sales(c7: TestClient) -
     ).json()
 
     assert sorted(s["SaleID"] for s in body["SaleList"]) == [
-        "sale-international", "sale-multibox", "sale-simple",
+        "sale-advanced", "sale-international", "sale-multibox", "sale-simple",
     ]  # fmt: skip
 
 
@@ -150,3 +152,61 @@ async def test_knobs_take_it_down_and_pack_a_sale(
     assert packed.status == 200
     assert cin7_sandbox.fulfilment("sale-unpacked")["Pack"]["Status"] == "AUTHORISED"
     assert (await c7.put("/__sandbox/knobs", json={"latency_ms": 1})).status == 400
+
+
+async def test_authorising_a_pack_posts_the_event_to_subscribed_webhooks(
+    aiohttp_server: Any, c7: TestClient, cin7_sandbox: Cin7Sandbox
+) -> None:
+    received: list[tuple[str | None, dict[str, Any]]] = []
+    arrived = asyncio.Event()
+
+    async def receiver(request: web.Request) -> web.Response:
+        received.append((request.headers.get("Authorization"), await request.json()))
+        arrived.set()
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/hook", receiver)
+    server = await aiohttp_server(app)
+    hook = {"Type": "Sale/PackAuthorised", "IsActive": True,
+            "ExternalURL": str(server.make_url("/hook")), "ExternalAuthorizationType": "bearerauth",
+            "ExternalBearerToken": "hook-secret"}  # fmt: skip
+    await c7.post("/webhooks", json=hook, headers=AUTH)
+
+    await c7.post("/__sandbox/sales/sale-unpacked/pack")
+    await asyncio.wait_for(arrived.wait(), 5)
+
+    ((authorization, payload),) = received
+    assert authorization == "Bearer hook-secret"
+    assert payload == {"SaleID": "sale-unpacked", "SaleOrderNumber": "SO-1005",
+                       "TaskID": "task-sale-unpacked", "CustomerName": "Lone Star Bakers",
+                       "EventType": "Sale/PackAuthorised"}  # fmt: skip
+
+
+async def test_a_webhook_failing_six_retries_is_switched_off(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    sandbox = Cin7Sandbox(knobs=Cin7Knobs(webhook_retry_delays_s=(0.01,) * 6))
+    c7 = await aiohttp_client(sandbox.app)
+    calls = 0
+
+    async def broken(_request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/hook", broken)
+    server = await aiohttp_server(app)
+    hook = {"Type": "Sale/PackAuthorised", "ExternalURL": str(server.make_url("/hook")),
+            "ExternalAuthorizationType": "noauth"}  # fmt: skip
+    await c7.post("/webhooks", json=hook, headers=AUTH)
+
+    sandbox.authorise_pack("sale-unpacked")
+    for _ in range(200):
+        if not sandbox.webhooks[0]["IsActive"]:
+            break
+        await asyncio.sleep(0.01)
+
+    assert calls == 7  # the delivery and six retries
+    assert sandbox.webhooks[0]["IsActive"] is False

@@ -113,6 +113,7 @@ class Account(msgspec.Struct, frozen=True, kw_only=True):
     carriers: tuple[str, ...] | None = None
     markup: Markup = Markup()
     packaging: Packaging = Packaging()
+    invoice_shipping: bool = False  # also add the shipping charge to the sale's draft invoice
     request_deadline_s: float = 10.0
     quote_ttl_s: float = 900.0
 
@@ -222,6 +223,18 @@ class _Reader:
         except (orjson.JSONDecodeError, msgspec.ValidationError) as exc:
             self.problems.append(f"{where}: not a valid address ({exc})")
             return None
+
+    def flag(self, where: str, raw: object) -> bool:
+        if raw is None or raw == "":
+            return False
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text not in ("0", "false", "no", "off"):
+            self.problems.append(f"{where}: must be true or false")
+        return False
 
     def packaging(self, where: str, raw: object) -> Packaging:
         if raw is None:
@@ -366,7 +379,7 @@ _CIN7_ENV = {
 }
 _ACCOUNT_KEYS = frozenset(
     {"api_tokens", "shipstation", "cin7", "ship_from", "carriers", "markup", "packaging",
-     "request_deadline_s", "quote_ttl_s"}
+     "invoice_shipping", "request_deadline_s", "quote_ttl_s"}
 )  # fmt: skip
 
 
@@ -410,6 +423,9 @@ def _env_account(
         ),
         cin7=_cin7(reader, cin7_values, _CIN7_ENV) if has_cin7 else None,
         ship_from=reader.address("RATESVC_SHIP_FROM", env.get("RATESVC_SHIP_FROM")),
+        invoice_shipping=reader.flag(
+            "RATESVC_INVOICE_SHIPPING", env.get("RATESVC_INVOICE_SHIPPING")
+        ),
         markup=Markup(
             default=MarkupRule(
                 percent=reader.decimal("RATESVC_MARKUP_PERCENT", env.get("RATESVC_MARKUP_PERCENT")),
@@ -476,6 +492,7 @@ def _file_account(
         carriers=carriers,
         markup=reader.markup(f"{where}.markup", raw.get("markup")),
         packaging=reader.packaging(f"{where}.packaging", raw.get("packaging")),
+        invoice_shipping=reader.flag(f"{where}.invoice_shipping", raw.get("invoice_shipping")),
         request_deadline_s=reader.number(
             f"{where}.request_deadline_s",
             raw.get("request_deadline_s"),

@@ -59,6 +59,7 @@ class LabelPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sale_id: str | None = None
     task_id: str | None = None
     quote_id: str | None = None
+    charge: str | None = None  # what the customer was quoted (markup included), when quoted
 
 
 class LabelPackage(msgspec.Struct, frozen=True, kw_only=True):

@@ -183,6 +183,7 @@ class Labels:
             carrier, service = stored.carrier_code, stored.service_code
             codes = [code or "package" for code in stored.package_codes]
             sale_id, task_id = stored.sale_id, stored.task_id
+            charge: str | None = stored.total
             if sale_id is not None:  # the sale may have moved on since it was quoted
                 await shipment_for_sale(
                     services, sale_id, task_id, deadline=deadline,
@@ -191,6 +192,7 @@ class Labels:
         else:
             carrier, service = request.carrier_code or "", request.service_code or ""
             sale_id = task_id = None
+            charge = None
             if request.sale_id is not None:
                 prepared = await shipment_for_sale(
                     services, request.sale_id, request.task_id, deadline=deadline,
@@ -215,7 +217,7 @@ class Labels:
             confirmation=shipment.confirmation, ship_date=ship_date,
             test_label=request.test_label,
             write_back=sale_id is not None if request.write_back is None else request.write_back,
-            sale_id=sale_id, task_id=task_id, quote_id=request.quote_id,
+            sale_id=sale_id, task_id=task_id, quote_id=request.quote_id, charge=charge,
         )  # fmt: skip
 
     @staticmethod

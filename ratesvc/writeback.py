@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+from decimal import Decimal
 from pathlib import Path
 
 import msgspec
@@ -33,6 +34,7 @@ from ratesvc.ledger import Ledger, OutboxRow, PackageRow
 from ratesvc.sales import SHIPPED_STATES
 from ratesvc.tracking import carrier_name, tracking_url
 from ratesvc.upstreams.cin7 import wire
+from ratesvc.upstreams.cin7.client import Cin7Client
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,40 @@ class WriteBackWorker:
             if package.pdf_path and name not in attached:
                 content = await asyncio.to_thread(Path(package.pdf_path).read_bytes)
                 await cin7.attach(plan.sale_id, name, content, deadline=deadline)
+        if services.account.invoice_shipping:
+            await self._charge(cin7, plan, packages, deadline)
+
+    @staticmethod
+    async def _charge(
+        cin7: Cin7Client, plan: LabelPlan, packages: list[PackageRow], deadline: float
+    ) -> None:
+        """Add the shipping charge to the sale's draft invoice once (its comment names the label).
+
+        ``POST /sale/invoice`` rewrites every line, so the invoice goes back whole, with ours
+        added to its additional charges.
+        """
+        assert plan.sale_id is not None
+        label_id = packages[0].label_id
+        invoices = await cin7.invoices(plan.sale_id, deadline=deadline)
+        if any(c.Comment == label_id for i in invoices for c in i.AdditionalCharges):
+            return
+        draft = next((i for i in invoices if i.Status == "DRAFT"), None)
+        if draft is None:
+            raise NeedsAPerson(
+                f"sale {plan.sale_id} has no draft invoice to add the shipping charge to"
+            )
+        amount = Decimal(plan.charge) if plan.charge else sum(
+            (Decimal(p.cost) for p in packages if p.cost), Decimal(0)
+        )  # fmt: skip
+        tracking = ", ".join(p.tracking_number for p in packages if p.tracking_number)
+        charge = wire.InvoiceCharge(
+            Description=f"Shipping - {carrier_name(plan.carrier_code)} ({tracking})",
+            Quantity=Decimal(1), Price=amount, Total=amount, Comment=label_id,
+        )  # fmt: skip
+        await cin7.rewrite_invoice(
+            msgspec.structs.replace(draft, AdditionalCharges=[*draft.AdditionalCharges, charge]),
+            deadline=deadline,
+        )
 
     async def _correct(
         self, services: AccountServices, plan: LabelPlan, packages: list[PackageRow]

@@ -36,6 +36,7 @@ from ratesvc.sandbox.knobs import FixedWindow, Latency
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _encoder = msgspec.json.Encoder()
 _ADMIN = "/__sandbox/"
+_INVOICE_FIELDS = ("ProductID", "SKU", "Name", "Quantity", "Price", "Total")
 _COUNTRY_NAMES = {"US": "United States", "CA": "Canada", "AU": "Australia", "GB": "United Kingdom"}
 
 
@@ -98,6 +99,7 @@ class Cin7Sandbox:
         self.sales: dict[str, dict[str, Any]] = {}
         self.products: dict[str, dict[str, Any]] = {}
         self.attachments: dict[str, list[dict[str, Any]]] = {}
+        self.invoices: dict[str, list[dict[str, Any]]] = {}
         self.webhooks: list[dict[str, Any]] = []
         self.writes: deque[tuple[str, str, Any]] = deque(maxlen=1000)  # (method, path, body)
         self._rng = random.Random(self.knobs.seed)
@@ -170,6 +172,12 @@ class Cin7Sandbox:
             }],
         }  # fmt: skip
         self.sales[sale_id] = sale
+        self.invoices[sale_id] = [{
+            "TaskID": f"invoice-{sale_id}", "InvoiceNumber": f"INV-{number[3:]}", "Status": "DRAFT",
+            "InvoiceDate": "2026-11-29", "InvoiceDueDate": "2026-12-29",
+            "Lines": [{k: line[k] for k in _INVOICE_FIELDS} for line in lines],
+            "AdditionalCharges": [],
+        }]  # fmt: skip
         return sale
 
     def add_fulfilment(
@@ -327,6 +335,8 @@ class Cin7Sandbox:
             ("PUT", "/sale/fulfilment/ship"): self._put_ship,
             ("POST", "/sale/attachment"): self._post_attachment,
             ("GET", "/sale/attachment"): self._get_attachments,
+            ("GET", "/sale/invoice"): self._get_invoices,
+            ("POST", "/sale/invoice"): self._post_invoice,
             ("GET", "/webhooks"): self._get_webhooks,
             ("POST", "/webhooks"): self._post_webhook,
         }
@@ -460,6 +470,23 @@ class Cin7Sandbox:
             for a in self.attachments.get(sale["ID"], [])
         ]
         return _json({"SaleID": sale["ID"], "Lines": listed})
+
+    async def _get_invoices(self, request: web.Request) -> web.Response:
+        sale = self._sale(request.query.get("SaleID"))
+        return _json({"SaleID": sale["ID"], "Invoices": self.invoices.get(sale["ID"], [])})
+
+    async def _post_invoice(self, request: web.Request) -> web.Response:
+        """Rewrites the invoice's lines and charges with the ones sent (as Cin7 Core does)."""
+        body = await self._body(request)
+        for invoices in self.invoices.values():
+            for invoice in invoices:
+                if invoice["TaskID"] == body.get("TaskID"):
+                    if invoice["Status"] != "DRAFT":
+                        raise Cin7Fault(400, "Invoice is already authorised")
+                    invoice["Lines"] = list(body.get("Lines") or [])
+                    invoice["AdditionalCharges"] = list(body.get("AdditionalCharges") or [])
+                    return _json(invoice)
+        raise Cin7Fault(400, f"Invoice task {body.get('TaskID')} not found", code=404)
 
     async def _get_webhooks(self, _request: web.Request) -> web.Response:
         return _json({"Webhooks": self.webhooks})

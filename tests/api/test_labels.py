@@ -391,3 +391,45 @@ async def test_labels_are_listed_newest_first_with_a_cursor(labels: TestClient) 
     assert rest["next_cursor"] is None
     assert bad.status == 422
     assert (await labels.get("/v1/labels/lb_nope", headers=AUTH)).status == 404
+
+
+async def test_the_shipping_charge_goes_on_the_draft_invoice_once_when_the_account_asks(
+    aiohttp_client: Any, sandbox_url: str, cin7_url: str, cin7_sandbox: Cin7Sandbox,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    env = service_env(
+        sandbox_url, tmp_path / "data", cin7_url, RATESVC_INVOICE_SHIPPING="true",
+        RATESVC_WRITEBACK_RETRY_S="0.05", RATESVC_CIN7_MIN_INTERVAL_S="0.01",
+    )  # fmt: skip
+    client = await aiohttp_client(create_app(load_settings(env)))
+    lines_before = list(cin7_sandbox.invoices["sale-simple"][0]["Lines"])
+    rates = await (await client.post(
+        "/v1/rates", json={"sale_id": "sale-simple", "carriers": ["ups"]}, headers=AUTH
+    )).json()  # fmt: skip
+    quote = rates["quotes"][0]
+
+    label = await buy(client, {"quote_id": quote["quote_id"]})
+
+    async def completed() -> bool:
+        return (await label_of(client, label["label_id"]))["status"] == "completed"
+
+    await until(completed)
+    invoice = cin7_sandbox.invoices["sale-simple"][0]
+    (charge,) = invoice["AdditionalCharges"]
+    assert charge["Price"] == float(quote["total"])  # what the customer was quoted
+    assert charge["Comment"] == label["label_id"]
+    assert label["packages"][0]["tracking_number"] in charge["Description"]
+    assert invoice["Lines"] == lines_before  # the rewrite kept every existing line
+
+
+async def test_without_the_setting_the_invoice_is_left_alone(
+    labels: TestClient, cin7_sandbox: Cin7Sandbox
+) -> None:
+    label = await buy(labels, {"sale_id": "sale-simple", "carrier_code": "ups",
+                               "service_code": "ups_ground"})  # fmt: skip
+
+    async def completed() -> bool:
+        return (await label_of(labels, label["label_id"]))["status"] == "completed"
+
+    await until(completed)
+    assert cin7_sandbox.invoices["sale-simple"][0]["AdditionalCharges"] == []

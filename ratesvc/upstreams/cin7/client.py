@@ -142,6 +142,20 @@ class Cin7Client:
             deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(body),
         )  # fmt: skip
 
+    async def invoices(self, sale_id: str, *, deadline: float | None) -> list[wire.Invoice]:
+        answer = await self._http.call(
+            "GET", "/sale/invoice", endpoint="invoice", priority=Priority.URGENT,
+            deadline=deadline, retry=Retry.SAFE, params={"SaleID": sale_id},
+        )  # fmt: skip
+        return _decode(answer.body, wire.Invoices, "invoice").Invoices
+
+    async def rewrite_invoice(self, invoice: wire.Invoice, *, deadline: float | None) -> None:
+        """``POST /sale/invoice`` replaces every line: pass the invoice with all of them."""
+        await self._http.call(
+            "POST", "/sale/invoice", endpoint="invoice", priority=Priority.URGENT,
+            deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(invoice),
+        )  # fmt: skip
+
     async def locations(self, *, deadline: float | None) -> list[wire.Location]:
         answer = await self._http.call(
             "GET", "/ref/location", endpoint="location", priority=Priority.NORMAL,

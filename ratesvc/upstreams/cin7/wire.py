@@ -189,6 +189,37 @@ class AttachmentAnswer(_Wire, kw_only=True):
     Lines: list[Attachment] = []
 
 
+class InvoiceCharge(_Wire, kw_only=True, omit_defaults=True):
+    """An additional charge on a sale invoice (shapes inferred from the public v2 reference)."""
+
+    Description: str
+    Quantity: Decimal = Decimal(1)
+    Price: Decimal
+    Discount: Decimal | None = None
+    Tax: Decimal | None = None
+    Total: Decimal | None = None
+    TaxRule: str | None = None
+    Account: str | None = None
+    Comment: str | None = None
+
+
+class Invoice(_Wire, kw_only=True):
+    """Lines are kept as they came: a POST rewrites all lines, so they are sent back unchanged."""
+
+    TaskID: str
+    InvoiceNumber: str | None = None
+    Status: str = "DRAFT"
+    InvoiceDate: str | None = None
+    InvoiceDueDate: str | None = None
+    Lines: list[dict[str, object]] = []
+    AdditionalCharges: list[InvoiceCharge] = []
+
+
+class Invoices(_Wire, kw_only=True):
+    SaleID: str | None = None
+    Invoices: list[Invoice] = []
+
+
 class Webhook(_Wire, kw_only=True, omit_defaults=True):
     ID: str | None = None
     Type: str

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import (
     AlreadyShipped,
@@ -21,7 +23,7 @@ from ratesvc.errors import (
     SaleNotReady,
     UpstreamNotFound,
 )
-from ratesvc.models import ShipmentIn
+from ratesvc.models import Address, ShipmentIn
 from ratesvc.sales import SHIPPED_STATES, STATUS_AUTHORISED, Fulfilment, Sale, parcels_for
 
 
@@ -81,12 +83,34 @@ async def shipment_for_sale(
     parcels = parcels_for(fulfilment, sale.products, services.account.packaging)
     if not parcels.packages:
         raise SaleNotReady(f"fulfilment {fulfilment.task_id} of sale {sale_id} packs no boxes")
+    ship_from = None
+    if services.account.ship_from is None and sale.location:
+        ship_from = await _location_address(services, sale.location, deadline)
     return SaleShipment(
         sale=sale,
         fulfilment=fulfilment,
-        shipment=ShipmentIn(ship_to=ship_to, packages=parcels.packages),
+        shipment=ShipmentIn(ship_to=ship_to, packages=parcels.packages, ship_from=ship_from),
         defaults=parcels.defaults,
     )
+
+
+async def _location_address(
+    services: AccountServices, location: str, deadline: float
+) -> Address | None:
+    """The sale's warehouse address, when the account sets no ship-from of its own."""
+    assert services.cin7 is not None
+    for item in await services.cin7.locations(deadline=deadline):
+        if item.Name.lower() == location.lower() and item.AddressZipPostCode:
+            try:
+                return msgspec.convert(
+                    {"name": item.Name, "street1": item.AddressLine1, "street2": item.AddressLine2,
+                     "city": item.AddressCitySuburb, "state": item.AddressStateProvince,
+                     "postal_code": item.AddressZipPostCode, "country": item.AddressCountry or ""},
+                    Address,
+                )  # fmt: skip
+            except msgspec.ValidationError:
+                return None
+    return None
 
 
 def _shipped(fulfilment: Fulfilment) -> bool:

@@ -132,6 +132,13 @@ class WriteBackWorker:
                     job.label_id, status, write_back_state="failed", write_back_error=exc.detail,
                     write_back_attempts=attempts,
                 )  # fmt: skip
+            elif job.kind == "void_correction" and attempts >= self._attention_after:
+                await self._ledger.finish_job(job.id)
+                await self._ledger.set_status(
+                    job.label_id, "attention",
+                    detail="voided, but its tracking could not be cleared in Cin7 Core: "
+                    + exc.detail,
+                )  # fmt: skip
             return
         await self._ledger.finish_job(job.id)
         if job.kind == "write_back" and row.status != "voided":

@@ -12,7 +12,7 @@ from ratesvc.app import create_app
 from ratesvc.config import load_settings
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
-from tests.conftest import AUTH
+from tests.conftest import AUTH, service_env
 
 
 async def rate(client: TestClient, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
@@ -156,3 +156,22 @@ async def test_an_advanced_sale_is_rated_from_its_packed_unshipped_fulfilment(
 
     assert body["task_id"] == "task-sale-advanced-2"
     assert [b["box"] for b in body["quotes"][0]["breakdown"]] == ["Carton A", "Carton B"]
+
+
+async def test_without_an_account_ship_from_the_sale_location_is_the_origin(
+    aiohttp_client: Any, sandbox: ShipStationSandbox, sandbox_url: str, cin7_url: str,
+    tmp_path: Any,
+) -> None:  # fmt: skip
+    env = service_env(sandbox_url, tmp_path / "data", cin7_url)
+    del env["RATESVC_SHIP_FROM"]
+    client = await aiohttp_client(create_app(load_settings(env)))
+
+    body = await rate(client, {"sale_id": "sale-simple", "carriers": ["ups"]})
+
+    assert body["quotes"]
+    (sent,) = [b for p, b in sandbox.received if p == "/shipments/getrates"]
+    assert (sent["fromPostalCode"], sent["fromCity"], sent["fromState"]) == (
+        "78703",
+        "Austin",
+        "TX",
+    )

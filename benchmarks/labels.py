@@ -47,10 +47,12 @@ def free_port() -> int:
 
 
 async def start_service(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``ratesvc serve``; its log goes to ``service.log`` in the data directory."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RATESVC_")}
+    log = open(os.path.join(env["RATESVC_DATA_DIR"], "service.log"), "ab")  # noqa: ASYNC230, SIM115
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ratesvc", "serve", env={**clean, **env},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        stdout=log, stderr=log,
     )  # fmt: skip
 
 
@@ -82,7 +84,7 @@ async def main(sales: int, window_s: float, fault_rate: float) -> bool:
         "RATESVC_CIN7_MIN_INTERVAL_S": str(window_s / 60),
         "RATESVC_CIN7_THROTTLE_PAUSE_S": str(window_s / 2),
         "RATESVC_WRITEBACK_RETRY_S": "0.2", "RATESVC_LABEL_SETTLE_S": "0.5",
-        "RATESVC_REQUEST_DEADLINE_S": str(window_s * 10), "RATESVC_LOG_LEVEL": "ERROR",
+        "RATESVC_REQUEST_DEADLINE_S": str(window_s * 10), "RATESVC_LOG_LEVEL": "INFO",
     }  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     service = await start_service(env)

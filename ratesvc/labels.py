@@ -47,7 +47,7 @@ from ratesvc.errors import (
 )
 from ratesvc.label_models import Label, LabelPackage, LabelPlan, LabelsRequest, WriteBack
 from ratesvc.ledger import IdempotencyConflict, Ledger, PackageRow, PurchaseRow, now_text
-from ratesvc.models import LabelRequest, ShipmentQuery
+from ratesvc.models import LabelRequest, ShipmentQuery, ShipmentRecord
 from ratesvc.quotes import QuoteStore
 from ratesvc.sale_shipments import shipment_for_sale
 from ratesvc.tracking import tracking_url
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 
 MAX_ATTEMPTS = 5  # createlabel calls for one package before a person must look
+MAX_PAGES = 20  # shipment list pages (of 500) read when reconciling one package
 
 
 class IdempotencyKeyReused(RequestError):
@@ -368,18 +369,8 @@ class Labels:
         attempt = attempt.replace(tzinfo=dt.UTC)
         loop = asyncio.get_running_loop()
         while True:
-            query = ShipmentQuery(
-                carrier_code=plan.carrier_code,
-                created_from=attempt - dt.timedelta(minutes=10),
-                created_to=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10),
-            )
-            listed_all = True
             try:
-                page = await services.shipstation.list_shipments(query, deadline=loop.time() + 30)
-                found = next(
-                    (s for s in page.shipments if s.custom_field1 == package.purchase_key), None
-                )
-                listed_all = page.pages <= 1
+                found, listed_all = await self._find(plan, package, attempt, services)
             except UpstreamFailure as exc:
                 log.warning("reconciling %s: %s", package.purchase_key, exc.detail)
                 found, listed_all = None, False
@@ -408,6 +399,29 @@ class Labels:
                     upstream="shipstation", endpoint="shipments", maybe_processed=True,
                 )  # fmt: skip
             await asyncio.sleep(min(5.0, max(0.05, self._timing.settle_s - age)))
+
+    @staticmethod
+    async def _find(
+        plan: LabelPlan, package: PackageRow, attempt: dt.datetime, services: AccountServices
+    ) -> tuple[ShipmentRecord | None, bool]:
+        """(the shipment bought with this purchase key, or None; whether every page was read)."""
+        loop = asyncio.get_running_loop()
+        for number in range(1, MAX_PAGES + 1):
+            query = ShipmentQuery(
+                carrier_code=plan.carrier_code,
+                service_code=plan.service_code,
+                created_from=attempt - dt.timedelta(minutes=10),
+                created_to=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10),
+                page=number,
+                page_size=500,
+            )
+            page = await services.shipstation.list_shipments(query, deadline=loop.time() + 30)
+            found = next(
+                (s for s in page.shipments if s.custom_field1 == package.purchase_key), None
+            )
+            if found is not None or number >= page.pages:
+                return found, True
+        return None, False
 
     def _save_pdf(self, label_id: str, n: int, pdf: bytes) -> str:
         folder = self._dir / label_id

@@ -9,6 +9,7 @@ forward one version at a time at start-up.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,11 +128,24 @@ class IdempotencyConflict(Exception):
 
 
 class Ledger:
-    """One connection, used from one event loop; every write is its own committed transaction."""
+    """One connection, used from one event loop; every write is its own committed transaction.
+
+    Everything goes through one lock: on a shared connection, a statement issued while another
+    coroutine's transaction is open would join that transaction (and share its fate).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        async with self._lock:
+            await self.db.execute(sql, args)
+
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        async with self._lock, self.db.execute(sql, args) as cursor:
+            return list(await cursor.fetchall())
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,14 +186,14 @@ class Ledger:
                 raise
 
     async def version(self) -> int:
-        async with self.db.execute("SELECT MAX(version) FROM schema_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        rows = await self._fetch("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     async def writable(self) -> bool:
         """A write that is rolled back: proves the file and its directory accept writes."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        await self.db.execute("ROLLBACK")
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            await self.db.execute("ROLLBACK")
         return True
 
     # --- purchases ---------------------------------------------------------------------------
@@ -191,6 +205,12 @@ class Ledger:
     ) -> None:
         """Record the intent to buy (``packages``: n, box, purchase key). Raises
         :class:`IdempotencyConflict` when the account already used the idempotency key."""
+        async with self._lock:
+            await self._create_purchase(row, packages)
+
+    async def _create_purchase(
+        self, row: PurchaseRow, packages: Sequence[tuple[int, str | None, str]]
+    ) -> None:
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             if row.idem_key is not None:
@@ -224,9 +244,8 @@ class Ledger:
         return PurchaseRow(*row) if row else None
 
     async def purchase(self, label_id: str) -> PurchaseRow | None:
-        async with self.db.execute("SELECT * FROM purchases WHERE label_id = ?", (label_id,)) as c:
-            row = await c.fetchone()
-        return PurchaseRow(*row) if row else None
+        rows = await self._fetch("SELECT * FROM purchases WHERE label_id = ?", (label_id,))
+        return PurchaseRow(*rows[0]) if rows else None
 
     async def purchases(
         self,
@@ -251,41 +270,38 @@ class Ledger:
             args.append(after)
         sql += " ORDER BY rowid DESC LIMIT ?"
         args.append(limit)
-        async with self.db.execute(sql, args) as cursor:
-            return [PurchaseRow(*row) for row in await cursor.fetchall()]
+        return [PurchaseRow(*row) for row in await self._fetch(sql, args)]
 
     async def unfinished_purchases(self) -> list[PurchaseRow]:
-        async with self.db.execute(
+        rows = await self._fetch(
             "SELECT * FROM purchases WHERE status = 'purchasing' ORDER BY rowid"
-        ) as cursor:
-            return [PurchaseRow(*row) for row in await cursor.fetchall()]
+        )
+        return [PurchaseRow(*row) for row in rows]
 
     async def set_status(self, label_id: str, status: str, **fields: Any) -> None:
         """Change the status (and any other ``fields``, e.g. ``detail``) of a purchase."""
         columns = {"status": status, "updated_at": now_text(), **fields}
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        await self.db.execute(
+        await self._execute(
             f"UPDATE purchases SET {assignments} WHERE label_id = ?",
             (*columns.values(), label_id),
         )
 
     async def release_key(self, label_id: str) -> None:
         """Free the idempotency key (after a void or a purchase that bought nothing)."""
-        await self.db.execute(
-            "UPDATE purchases SET idem_key = NULL WHERE label_id = ?", (label_id,)
-        )
+        await self._execute("UPDATE purchases SET idem_key = NULL WHERE label_id = ?", (label_id,))
 
     # --- packages ----------------------------------------------------------------------------
 
     async def packages(self, label_id: str) -> list[PackageRow]:
-        async with self.db.execute(
+        rows = await self._fetch(
             "SELECT * FROM packages WHERE label_id = ? ORDER BY n", (label_id,)
-        ) as cursor:
-            return [PackageRow(*row) for row in await cursor.fetchall()]
+        )
+        return [PackageRow(*row) for row in rows]
 
     async def set_package(self, label_id: str, n: int, **fields: Any) -> None:
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        await self.db.execute(
+        await self._execute(
             f"UPDATE packages SET {assignments} WHERE label_id = ? AND n = ?",
             (*fields.values(), label_id, n),
         )
@@ -294,43 +310,40 @@ class Ledger:
 
     async def enqueue(self, label_id: str, kind: str) -> None:
         stamp = now_text()
-        await self.db.execute(
+        await self._execute(
             "INSERT INTO outbox (label_id, kind, state, next_at, created_at, updated_at) "
             "VALUES (?, ?, 'pending', ?, ?, ?)",
             (label_id, kind, stamp, stamp, stamp),
         )
 
     async def due_jobs(self, limit: int = 10) -> list[OutboxRow]:
-        async with self.db.execute(
+        rows = await self._fetch(
             "SELECT id, label_id, kind, state, attempts, next_at, last_error FROM outbox "
             "WHERE state = 'pending' AND next_at <= ? ORDER BY id LIMIT ?",
             (now_text(), limit),
-        ) as cursor:
-            return [OutboxRow(*row) for row in await cursor.fetchall()]
+        )
+        return [OutboxRow(*row) for row in rows]
 
     async def next_due_at(self) -> str | None:
-        async with self.db.execute(
-            "SELECT MIN(next_at) FROM outbox WHERE state = 'pending'"
-        ) as cursor:
-            row = await cursor.fetchone()
-        return str(row[0]) if row and row[0] else None
+        rows = await self._fetch("SELECT MIN(next_at) FROM outbox WHERE state = 'pending'")
+        return str(rows[0][0]) if rows and rows[0][0] else None
 
     async def finish_job(self, job_id: int) -> None:
-        await self.db.execute(
+        await self._execute(
             "UPDATE outbox SET state = 'done', updated_at = ? WHERE id = ?", (now_text(), job_id)
         )
 
     async def retry_job(self, job_id: int, error: str, next_at: dt.datetime) -> None:
-        await self.db.execute(
+        await self._execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_at = ?, "
             "updated_at = ? WHERE id = ?",
             (error, next_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now_text(), job_id),
         )
 
     async def jobs(self, label_id: str) -> list[OutboxRow]:
-        async with self.db.execute(
+        rows = await self._fetch(
             "SELECT id, label_id, kind, state, attempts, next_at, last_error FROM outbox "
             "WHERE label_id = ? ORDER BY id",
             (label_id,),
-        ) as cursor:
-            return [OutboxRow(*row) for row in await cursor.fetchall()]
+        )
+        return [OutboxRow(*row) for row in rows]

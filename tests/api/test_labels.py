@@ -433,3 +433,22 @@ async def test_without_the_setting_the_invoice_is_left_alone(
 
     await until(completed)
     assert cin7_sandbox.invoices["sale-simple"][0]["AdditionalCharges"] == []
+
+
+async def test_reconciliation_reads_every_page_of_shipments(
+    labels: TestClient, sandbox: ShipStationSandbox
+) -> None:
+    await buy(labels, EXPLICIT)  # one real shipment to copy
+    (template,) = sandbox.shipments.values()
+    for n in range(1, 700):  # other shipments of the day: more than one page of 500
+        sandbox.shipments[template["shipmentId"] + n] = {
+            **template, "shipmentId": template["shipmentId"] + n,
+            "advancedOptions": {"customField1": f"someone-else:{n}"},
+        }  # fmt: skip
+    sandbox.label_fault = "drop"
+
+    label = await buy(labels, EXPLICIT)
+
+    assert label["status"] == "completed"
+    assert createlabel_calls(sandbox) == 2  # adopted from page 2, not bought again
+    assert sandbox.calls["/shipments"] >= 2

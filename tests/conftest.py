@@ -25,6 +25,30 @@ SHIP_FROM = {
 }  # fmt: skip
 
 
+ACME_AUTH = {"Authorization": "Bearer acme-token-0123456789"}
+
+
+def acme_settings(
+    tmp_path: Path, sandbox_url: str, extra: str = "", *, cin7_url: str | None = None
+) -> Settings:
+    """A one-account TOML configuration (account ``acme``), with ``extra`` lines in its table."""
+    cin7 = (
+        f'cin7 = {{ url = "{cin7_url}", account_id = "sandbox-account", '
+        'application_key = "sandbox-key" }\n'
+        if cin7_url
+        else ""
+    )
+    config = tmp_path / "ratesvc.toml"
+    config.write_text(
+        "[accounts.acme]\n"
+        'api_tokens = ["acme-token-0123456789"]\n'
+        'ship_from = { postal_code = "78703", country = "US" }\n'
+        f'shipstation = {{ url = "{sandbox_url}", api_key = "sandbox-key", '
+        'api_secret = "sandbox-secret" }\n' + cin7 + extra
+    )
+    return load_settings({"RATESVC_CONFIG": str(config), "RATESVC_DATA_DIR": str(tmp_path / "d")})
+
+
 def load_json(name: str) -> Any:
     return json.loads((DATA / name).read_text())
 

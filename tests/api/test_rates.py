@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from ratesvc.app import create_app
 from ratesvc.config import Settings, load_settings
 from ratesvc.sandbox.shipstation import ShipStationSandbox
-from tests.conftest import AUTH, DATA, service_env
+from tests.conftest import ACME_AUTH, AUTH, DATA, acme_settings, service_env
 
 TO = {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York", "state": "NY",
       "postal_code": "10118", "country": "US", "residential": False}  # fmt: skip
@@ -579,21 +579,12 @@ async def test_markup_can_differ_per_carrier(
     rows = b'[{"serviceName":"G","serviceCode":"g","shipmentCost":10.00,"otherCost":0.50}]'
     sandbox.fixed_rates["ups"] = rows
     sandbox.fixed_rates["fedex"] = rows
-    config = tmp_path / "ratesvc.toml"
-    config.write_text(
-        f"""
-[accounts.acme]
-api_tokens = ["acme-token-0123456789"]
-ship_from = {{ postal_code = "78703", country = "US" }}
-shipstation = {{ url = "{sandbox_url}", api_key = "sandbox-key", api_secret = "sandbox-secret" }}
-markup = {{ percent = "10", flat = "1", per_carrier = {{ ups = {{ flat = "-0.25" }} }} }}
-"""
-    )
-    client = await aiohttp_client(create_app(load_settings({"RATESVC_CONFIG": str(config)})))
+    markup = 'markup = { percent = "10", flat = "1", per_carrier = { ups = { flat = "-0.25" } } }'
+    client = await aiohttp_client(create_app(acme_settings(tmp_path, sandbox_url, markup)))
 
     response = await client.post(
         "/v1/rates", json={**shipment(), "carriers": ["ups", "fedex"]},
-        headers={"Authorization": "Bearer acme-token-0123456789"},
+        headers=ACME_AUTH,
     )  # fmt: skip
     quotes = {q["carrier_code"]: q for q in (await response.json())["quotes"]}
 

@@ -12,7 +12,7 @@ from ratesvc.app import create_app
 from ratesvc.config import load_settings
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
-from tests.conftest import AUTH, service_env
+from tests.conftest import ACME_AUTH, AUTH, acme_settings, service_env
 
 
 async def rate(client: TestClient, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
@@ -120,25 +120,17 @@ async def test_the_box_catalogue_and_tare_come_from_the_account(
     aiohttp_client: Any, sandbox: ShipStationSandbox, sandbox_url: str, cin7_url: str,
     tmp_path: Any,
 ) -> None:  # fmt: skip
-    config = tmp_path / "ratesvc.toml"
-    config.write_text(
-        f"""
-[accounts.acme]
-api_tokens = ["acme-token-0123456789"]
-ship_from = {{ postal_code = "78703", country = "US" }}
-shipstation = {{ url = "{sandbox_url}", api_key = "sandbox-key", api_secret = "sandbox-secret" }}
-cin7 = {{ url = "{cin7_url}", account_id = "sandbox-account", application_key = "sandbox-key" }}
-
-[accounts.acme.packaging]
-tare = {{ value = 4, unit = "oz" }}
-boxes = {{ "Box 1" = {{ length = 12, width = 10, height = 6, unit = "in" }} }}
-"""
+    packaging = (
+        "[accounts.acme.packaging]\n"
+        'tare = { value = 4, unit = "oz" }\n'
+        'boxes = { "Box 1" = { length = 12, width = 10, height = 6, unit = "in" } }\n'
     )
-    client = await aiohttp_client(create_app(load_settings({"RATESVC_CONFIG": str(config)})))
+    settings = acme_settings(tmp_path, sandbox_url, packaging, cin7_url=cin7_url)
+    client = await aiohttp_client(create_app(settings))
 
     response = await client.post(
         "/v1/rates", json={"sale_id": "sale-simple", "carriers": ["ups"]},
-        headers={"Authorization": "Bearer acme-token-0123456789"},
+        headers=ACME_AUTH,
     )  # fmt: skip
     body = await response.json()
 

@@ -10,9 +10,12 @@
     │   ├── MethodNotAllowed          405 method_not_allowed
     │   ├── SaleNotReady              409 sale_not_ready (the fulfilment's Pack is not AUTHORISED)
     │   ├── AlreadyShipped            409 already_shipped (tracking already on the fulfilment)
+    │   ├── AlreadyVoided             409 already_voided
+    │   ├── VoidRejected              409 void_rejected (the carrier's message in ``detail``)
     │   ├── QuoteExpired              410 quote_expired
     │   ├── PayloadTooLarge           413 payload_too_large
-    │   └── InvalidRequest            422 invalid_request (``errors`` lists each field)
+    │   ├── InvalidRequest            422 invalid_request (``errors`` lists each field)
+    │   └── IdempotencyKeyReused      422 idempotency_key_reused
     └── UpstreamFailure               ShipStation or Cin7 Core let us down (5xx)
         ├── UpstreamError             502 upstream_error: answered with an error we cannot fix
         │   └── UpstreamNotFound      502 upstream_error: the thing asked for is not there
@@ -90,6 +93,21 @@ class SaleNotReady(RequestError):
 class AlreadyShipped(RequestError):
     code = "already_shipped"
     status = 409
+
+
+class AlreadyVoided(RequestError):
+    code = "already_voided"
+    status = 409
+
+
+class VoidRejected(RequestError):
+    code = "void_rejected"
+    status = 409
+
+
+class IdempotencyKeyReused(RequestError):
+    code = "idempotency_key_reused"
+    status = 422
 
 
 class QuoteExpired(RequestError):

@@ -37,13 +37,16 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import (
+    AlreadyShipped,
+    AlreadyVoided,
+    IdempotencyKeyReused,
     InvalidRequest,
     NotFound,
     QuoteExpired,
     RatesvcError,
-    RequestError,
     UpstreamFailure,
     UpstreamThrottled,
+    VoidRejected,
 )
 from ratesvc.label_models import Label, LabelPackage, LabelPlan, LabelsRequest, WriteBack
 from ratesvc.ledger import IdempotencyConflict, Ledger, PackageRow, PurchaseRow, now_text
@@ -58,19 +61,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5  # createlabel calls for one package before a person must look
 MAX_PAGES = 20  # shipment list pages (of 500) read when reconciling one package
-
-
-class IdempotencyKeyReused(RequestError):
-    code = "idempotency_key_reused"
-    status = 422
-
-
-class Conflict(RequestError):
-    status = 409
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -155,8 +145,7 @@ class Labels:
             existing = conflict.existing
             if existing.request_hash != request_hash:
                 if idem_key is None:
-                    raise Conflict(
-                        "already_shipped",
+                    raise AlreadyShipped(
                         f"fulfilment {plan.task_id} of sale {plan.sale_id} is already labelled "
                         f"by {existing.label_id}; void it to label again",
                     ) from None
@@ -469,16 +458,16 @@ class Labels:
         if row is None or row.account != services.account.name:
             raise NotFound(f"no label {label_id}")
         if row.status == "voided":
-            raise Conflict("already_voided", f"label {label_id} was voided at {row.voided_at}")
+            raise AlreadyVoided(f"label {label_id} was voided at {row.voided_at}")
         if row.status == "purchasing":
-            raise Conflict("void_rejected", f"label {label_id} is still being bought; try again")
+            raise VoidRejected(f"label {label_id} is still being bought; try again shortly")
         deadline = asyncio.get_running_loop().time() + services.account.request_deadline_s
         for package in await self._ledger.packages(label_id):
             if package.state != "bought" or package.shipment_id is None:
                 continue
             result = await services.shipstation.void_label(package.shipment_id, deadline=deadline)
             if not result.approved:
-                raise Conflict("void_rejected", result.message or "the carrier refused the void")
+                raise VoidRejected(result.message or "the carrier refused the void")
             await self._ledger.set_package(label_id, package.n, state="voided")
         await self._ledger.set_status(label_id, "voided", voided_at=now_text())
         await self._ledger.release_key(label_id)

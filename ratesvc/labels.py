@@ -160,6 +160,8 @@ class Labels:
     async def _plan(self, services: AccountServices, request: LabelsRequest) -> LabelPlan:
         account = services.account
         ship_date = request.ship_date or dt.datetime.now(dt.UTC).date()
+        if request.write_back and request.sale_id is None and request.quote_id is None:
+            raise InvalidRequest.field("write_back", "only goes with a sale_id (or its quote)")
         if ship_date < dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1):
             raise InvalidRequest.field("ship_date", "must not be in the past")
         deadline = asyncio.get_running_loop().time() + account.request_deadline_s
@@ -206,7 +208,7 @@ class Labels:
             ship_to=shipment.ship_to, packages=shipment.packages,
             confirmation=shipment.confirmation, ship_date=ship_date,
             test_label=request.test_label,
-            write_back=sale_id is not None if request.write_back is None else request.write_back,
+            write_back=sale_id is not None and request.write_back is not False,
             sale_id=sale_id, task_id=task_id, quote_id=request.quote_id, charge=charge,
         )  # fmt: skip
 

@@ -83,19 +83,32 @@ class WriteBackWorker:
 
     async def _run(self) -> None:
         while True:
-            jobs = await self._ledger.due_jobs()
-            for job in jobs:
+            try:
+                await self._round()
+            except Exception:  # the ledger itself failing: say so, then keep trying
+                log.exception("write-back worker round failed")
+                await asyncio.sleep(1.0)
+
+    async def _round(self) -> None:
+        """Do every due job, or sleep until the next one is due (or new work is queued)."""
+        jobs = await self._ledger.due_jobs()
+        for job in jobs:
+            try:
                 await self._do(job)
-            if jobs:
-                continue
-            self._wake.clear()
-            next_at = await self._ledger.next_due_at()
-            timeout = 60.0
-            if next_at is not None:
-                due = dt.datetime.strptime(next_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
-                timeout = max(0.0, min(60.0, (due - dt.datetime.now(dt.UTC)).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            except Exception as exc:  # a bug must not stop every other write-back
+                log.exception("write-back job %d of %s failed unexpectedly", job.id, job.label_id)
+                later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._max_s)
+                await self._ledger.retry_job(job.id, f"internal error: {exc!r}", later)
+        if jobs:
+            return
+        self._wake.clear()
+        next_at = await self._ledger.next_due_at()
+        timeout = 60.0
+        if next_at is not None:
+            due = dt.datetime.strptime(next_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+            timeout = max(0.0, min(60.0, (due - dt.datetime.now(dt.UTC)).total_seconds()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _do(self, job: OutboxRow) -> None:
         row = await self._ledger.purchase(job.label_id)

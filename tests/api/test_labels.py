@@ -452,3 +452,10 @@ async def test_reconciliation_reads_every_page_of_shipments(
     assert label["status"] == "completed"
     assert createlabel_calls(sandbox) == 2  # adopted from page 2, not bought again
     assert sandbox.calls["/shipments"] >= 2
+
+
+async def test_write_back_needs_a_sale(labels: TestClient, sandbox: ShipStationSandbox) -> None:
+    problem = await buy(labels, {**EXPLICIT, "write_back": True}, status=422)
+
+    assert problem["errors"][0]["field"] == "write_back"
+    assert createlabel_calls(sandbox) == 0

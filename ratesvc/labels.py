@@ -243,8 +243,16 @@ class Labels:
         if unit is None or unit.done():
             unit = asyncio.create_task(self._purchase(label_id, services))
             self._units[label_id] = unit
-            unit.add_done_callback(lambda _: self._units.pop(label_id, None))
+            unit.add_done_callback(lambda done: self._unit_done(label_id, done))
         return unit
+
+    def _unit_done(self, label_id: str, unit: asyncio.Task[None]) -> None:
+        self._units.pop(label_id, None)
+        if not unit.cancelled() and unit.exception() is not None:
+            log.error(
+                "purchase of %s stopped unexpectedly; it is resumed at the next start",
+                label_id, exc_info=unit.exception(),
+            )  # fmt: skip
 
     async def resume_unfinished(self) -> int:
         """At start-up: finish (reconcile, then buy what is provably missing) every purchase a

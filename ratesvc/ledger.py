@@ -339,11 +339,3 @@ class Ledger:
             "updated_at = ? WHERE id = ?",
             (error, next_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now_text(), job_id),
         )
-
-    async def jobs(self, label_id: str) -> list[OutboxRow]:
-        rows = await self._fetch(
-            "SELECT id, label_id, kind, state, attempts, next_at, last_error FROM outbox "
-            "WHERE label_id = ? ORDER BY id",
-            (label_id,),
-        )
-        return [OutboxRow(*row) for row in rows]

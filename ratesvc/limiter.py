@@ -59,7 +59,6 @@ class _Waiter:
     priority: int
     seq: int
     deadline: float = field(compare=False)
-    enqueued_at: float = field(compare=False)
     future: asyncio.Future[Permit] = field(compare=False)
 
 
@@ -145,15 +144,6 @@ class RateLimiter:
     def remaining(self) -> int:
         return self._remaining
 
-    @property
-    def queued(self) -> int:
-        return sum(1 for w in self._waiters if not w.future.done())
-
-    def seconds_until_reset(self) -> float | None:
-        if self._reset_at is None:
-            return None
-        return max(0.0, self._reset_at - asyncio.get_running_loop().time())
-
     @asynccontextmanager
     async def slot(self, priority: Priority, deadline: float | None) -> AsyncIterator[Permit]:
         """Wait for a turn, yield the permit for one call, then hand the slot back."""
@@ -170,7 +160,6 @@ class RateLimiter:
             priority=int(priority),
             seq=next(self._seq),
             deadline=deadline if deadline is not None else float("inf"),
-            enqueued_at=now,
             future=loop.create_future(),
         )
         heapq.heappush(self._waiters, waiter)

@@ -1,4 +1,4 @@
-"""The ``ratesvc`` command: ``serve`` | ``demo`` | ``sandbox`` | ``check``."""
+"""The ``ratesvc`` command: ``serve`` | ``demo`` | ``sandbox`` | ``check`` | ``cin7``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from ratesvc import __version__
 from ratesvc.app import create_app
 from ratesvc.checks import check_accounts
+from ratesvc.cin7_commands import subscribe_command, webhooks_command
 from ratesvc.config import ConfigError, Settings, load_settings
 from ratesvc.demo import run_demo, start_site
 from ratesvc.sandbox.knobs import Knobs, Latency
@@ -87,6 +88,16 @@ async def _check(settings: Settings) -> int:
     return 0 if ok else 1
 
 
+async def _cin7(settings: Settings, args: argparse.Namespace) -> int:
+    if args.cin7_command == "subscribe":
+        code, lines = await subscribe_command(settings, args.account, args.url)
+    else:
+        code, lines = await webhooks_command(settings, args.account)
+    for line in lines:
+        print(line, file=sys.stderr if line.startswith(("!!!", "no account")) else sys.stdout)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ratesvc", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ratesvc {__version__}")
@@ -105,9 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox.add_argument("--rate-limit", type=int, default=40)
     sandbox.add_argument("--window-s", type=float, default=60.0)
     commands.add_parser("check", help="verify each account's upstream credentials")
+    cin7 = commands.add_parser("cin7", help="Cin7 Core webhook subscriptions")
+    cin7_commands = cin7.add_subparsers(dest="cin7_command", required=True)
+    subscribe = cin7_commands.add_parser(
+        "subscribe", help="register (or update) the Sale/PackAuthorised webhook"
+    )
+    subscribe.add_argument("--account", default="default", help="account name (default: default)")
+    subscribe.add_argument("--url", required=True,
+                           help="public URL of POST /v1/webhooks/cin7/<account>")  # fmt: skip
+    listing = cin7_commands.add_parser("webhooks", help="list webhooks and whether they are active")
+    listing.add_argument("--account", default=None, help="one account (default: every account)")
     args = parser.parse_args(argv)
 
-    if args.command in ("serve", "check"):
+    if args.command in ("serve", "check", "cin7"):
         settings = _settings_or_exit()
         level = settings.log_level
     else:
@@ -123,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "check":
             assert settings is not None
             return asyncio.run(_check(settings))
+        elif args.command == "cin7":
+            assert settings is not None
+            return asyncio.run(_cin7(settings, args))
         elif args.command == "demo":
             asyncio.run(_demo(args))
         else:

@@ -17,6 +17,8 @@ from ratesvc import __version__, keys
 from ratesvc.accounts import build_accounts
 from ratesvc.api.middlewares import MIDDLEWARES
 from ratesvc.api.routes import setup_routes
+from ratesvc.automation.poller import Poller
+from ratesvc.automation.worker import Automation
 from ratesvc.config import ConfigError, Settings
 from ratesvc.labels import Labels, LabelTiming
 from ratesvc.ledger import Ledger
@@ -36,6 +38,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_rating)
     app.cleanup_ctx.append(_labels)
+    app.cleanup_ctx.append(_automation)
     setup_routes(app)
     return app
 
@@ -115,3 +118,22 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
         await labels.close()
         await worker.stop()
         await ledger.close()
+
+
+async def _automation(app: web.Application) -> AsyncIterator[None]:
+    """Webhook events and the ReadyForShipping poller; events a previous process recorded but
+    did not finish are due at once and processed now."""
+    settings = app[keys.SETTINGS]
+    automation = Automation(
+        app[keys.LEDGER], app[keys.ACCOUNTS], labels=app[keys.LABELS], rater=app[keys.RATER],
+        metrics=app[keys.METRICS], retry_s=settings.automation_retry_s,
+    )  # fmt: skip
+    poller = Poller(app[keys.LEDGER], app[keys.ACCOUNTS], automation, app[keys.METRICS])
+    app[keys.AUTOMATION] = automation
+    automation.start()
+    poller.start()
+    try:
+        yield
+    finally:
+        await poller.stop()
+        await automation.stop()

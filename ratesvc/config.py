@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -102,6 +102,43 @@ class Cin7Config(msgspec.Struct, frozen=True, kw_only=True):
     application_key: Secret
 
 
+WebhookKind = Literal["bearer", "basic", "header"]
+AutoShip = Literal["off", "cheapest", "sale_carrier"]
+AUTOSHIP_RULES: tuple[str, ...] = ("off", "cheapest", "sale_carrier")
+
+
+class WebhookCredential(msgspec.Struct, frozen=True, kw_only=True):
+    """What Cin7 Core must send with each webhook delivery: a bearer token, basic auth
+    (``username`` + ``secret`` as the password) or the header ``header`` with ``secret``."""
+
+    kind: WebhookKind
+    secret: Secret
+    username: str | None = None
+    header: str | None = None
+
+
+class ShipRule(msgspec.Struct, frozen=True, kw_only=True):
+    """How an account ships packed sales automatically (see :mod:`ratesvc.automation`).
+
+    ``autoship``: ``off``; ``cheapest`` (among ``services`` when that list is not empty);
+    ``sale_carrier`` (the sale's ``Carrier`` text looked up in ``carrier_map``, else
+    ``fallback``). Nothing costing more than ``max_cost`` is bought.
+    """
+
+    autoship: AutoShip = "off"
+    services: tuple[str, ...] = ()
+    carrier_map: dict[str, tuple[str, str]] = {}  # lower-cased sale Carrier text → codes
+    fallback: Literal["cheapest", "attention"] = "cheapest"
+    max_cost: Decimal | None = None
+    test_labels: bool = False
+    allow_default_weights: bool = False  # buy although a product weight had to be assumed
+    poll_interval_s: float = 120.0  # 0: no polling for this account
+
+    @property
+    def on(self) -> bool:
+        return self.autoship != "off"
+
+
 class Account(msgspec.Struct, frozen=True, kw_only=True):
     """One Cin7 Core organisation with its ShipStation key pair and its own rules."""
 
@@ -116,6 +153,8 @@ class Account(msgspec.Struct, frozen=True, kw_only=True):
     invoice_shipping: bool = False  # also add the shipping charge to the sale's draft invoice
     request_deadline_s: float = 10.0
     quote_ttl_s: float = 900.0
+    webhook: WebhookCredential | None = None
+    rule: ShipRule = ShipRule()
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +172,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cin7_min_interval_s: float = 1.0
     cin7_throttle_pause_s: float = 20.0
     cin7_window_s: float = 60.0
+    automation_retry_s: float = 30.0
     accounts: dict[str, Account] = {}
 
     def account_for_token(self, token: str) -> Account | None:
@@ -244,6 +284,94 @@ class _Reader:
         except msgspec.ValidationError as exc:
             self.problems.append(f"{where}: {exc}")
             return Packaging()
+
+    def strings(self, where: str, raw: object) -> tuple[str, ...]:
+        """A list of strings (TOML) or a comma-separated string (environment)."""
+        if raw is None or raw == "":
+            return ()
+        if isinstance(raw, str):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if isinstance(raw, list) and all(isinstance(item, str) and item.strip() for item in raw):
+            return tuple(item.strip() for item in raw)
+        self.problems.append(f"{where}: must be a list of non-empty strings")
+        return ()
+
+    def carrier_map(self, where: str, raw: object) -> dict[str, tuple[str, str]]:
+        """``{"UPS Ground": "ups/ups_ground"}`` (a TOML table, or JSON in the environment)."""
+        if raw is None or raw == "":
+            return {}
+        if isinstance(raw, str):
+            try:
+                raw = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                self.problems.append(f"{where}: must be a JSON object of text → carrier/service")
+                return {}
+        if not isinstance(raw, Mapping):
+            self.problems.append(f"{where}: must be a table of sale Carrier text → carrier/service")
+            return {}
+        mapped: dict[str, tuple[str, str]] = {}
+        for text, target in raw.items():
+            parts = target.split("/") if isinstance(target, str) else []
+            if len(parts) != 2 or not all(part.strip() for part in parts):
+                self.problems.append(
+                    f"{where}.{text}: must be written carrier_code/service_code "
+                    "(e.g. ups/ups_ground)"
+                )
+                continue
+            mapped[" ".join(str(text).split()).lower()] = (parts[0].strip(), parts[1].strip())
+        return mapped
+
+    def max_cost(self, where: str, raw: object) -> Decimal | None:
+        if raw is None or raw == "":
+            return None
+        try:
+            value = Decimal(str(raw))
+        except InvalidOperation:
+            value = Decimal("NaN")
+        if not value.is_finite() or not Decimal(0) < value <= Decimal(100_000):
+            self.problems.append(f"{where}: must be an amount above 0 and at most 100000")
+            return None
+        return value
+
+    def rule(self, values: Mapping[str, object], names: Mapping[str, str]) -> ShipRule:
+        autoship = self.choice(names["autoship"], values.get("autoship"), AUTOSHIP_RULES)
+        fallback = self.choice(names["fallback"], values.get("fallback"), ("cheapest", "attention"))
+        carrier_map = self.carrier_map(names["carrier_map"], values.get("carrier_map"))
+        if autoship == "sale_carrier" and not carrier_map:
+            self.problems.append(f"{names['carrier_map']}: the sale_carrier rule needs a mapping")
+        return ShipRule(
+            autoship=autoship,  # type: ignore[arg-type]  # checked by choice()
+            services=self.strings(names["services"], values.get("services")),
+            carrier_map=carrier_map,
+            fallback=fallback,  # type: ignore[arg-type]
+            max_cost=self.max_cost(names["max_cost"], values.get("max_cost")),
+            test_labels=self.flag(names["test_labels"], values.get("test_labels")),
+            allow_default_weights=self.flag(
+                names["allow_default_weights"], values.get("allow_default_weights")
+            ),
+            poll_interval_s=self.number(
+                names["poll_interval_s"], values.get("poll_interval_s"), 120.0,
+                minimum=0, maximum=86400,
+            ),
+        )  # fmt: skip
+
+    def webhook(self, values: Mapping[str, object], names: Mapping[str, str]) -> WebhookCredential:
+        kind = self.choice(names["type"], values.get("type"), ("bearer", "basic", "header"))
+        if kind == "bearer":
+            secret = self.text(names["token"], values.get("token"), required=True)
+            _check_token(self, names["token"], secret)
+            return WebhookCredential(kind="bearer", secret=Secret(secret or ""))
+        if kind == "basic":
+            username = self.text(names["username"], values.get("username"), required=True)
+            password = self.text(names["password"], values.get("password"), required=True)
+            _check_token(self, names["password"], password)
+            return WebhookCredential(kind="basic", secret=Secret(password or ""), username=username)
+        header = self.text(names["header"], values.get("header"), required=True)
+        value = self.text(names["value"], values.get("value"), required=True)
+        _check_token(self, names["value"], value)
+        if header is not None and (not header.isascii() or not header.replace("-", "").isalnum()):
+            self.problems.append(f"{names['header']}: must be a header name such as X-Webhook-Key")
+        return WebhookCredential(kind="header", secret=Secret(value or ""), header=header)
 
     def url(self, where: str, raw: object, default: str) -> str:
         value = self.text(where, raw) or default
@@ -358,6 +486,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "RATESVC_CIN7_THROTTLE_PAUSE_S", "cin7_throttle_pause_s", 20.0, 0.01, 600
         ),
         cin7_window_s=number("RATESVC_CIN7_WINDOW_S", "cin7_window_s", 60.0, 0.1, 3600),
+        automation_retry_s=number(
+            "RATESVC_AUTOMATION_RETRY_S", "automation_retry_s", 30.0, 0.01, 3600
+        ),
         accounts=accounts,
     )
     if reader.problems:
@@ -377,10 +508,28 @@ _CIN7_ENV = {
     "account_id": "RATESVC_CIN7_ACCOUNT_ID",
     "application_key": "RATESVC_CIN7_APPLICATION_KEY",
 }
+_RULE_ENV = {
+    "autoship": "RATESVC_AUTOSHIP",
+    "services": "RATESVC_AUTOSHIP_SERVICES",
+    "carrier_map": "RATESVC_AUTOSHIP_CARRIER_MAP",
+    "fallback": "RATESVC_AUTOSHIP_FALLBACK",
+    "max_cost": "RATESVC_AUTOSHIP_MAX_COST",
+    "test_labels": "RATESVC_AUTOSHIP_TEST_LABELS",
+    "allow_default_weights": "RATESVC_AUTOSHIP_ALLOW_DEFAULT_WEIGHTS",
+    "poll_interval_s": "RATESVC_POLL_INTERVAL_S",
+}
+_WEBHOOK_KEYS = ("type", "token", "username", "password", "header", "value")
 _ACCOUNT_KEYS = frozenset(
     {"api_tokens", "shipstation", "cin7", "ship_from", "carriers", "markup", "packaging",
-     "invoice_shipping", "request_deadline_s", "quote_ttl_s"}
+     "invoice_shipping", "request_deadline_s", "quote_ttl_s", "webhook", "automation"}
 )  # fmt: skip
+
+
+def _check_rule(reader: _Reader, where: str, rule: ShipRule, cin7: Cin7Config | None) -> None:
+    if rule.on and cin7 is None:
+        reader.problems.append(
+            f"{where}: autoship {rule.autoship!r} needs the account's Cin7 Core credentials"
+        )
 
 
 def _shipstation(
@@ -415,13 +564,22 @@ def _env_account(
     _check_token(reader, "RATESVC_API_TOKEN", token)
     cin7_values = {key: env.get(name) for key, name in _CIN7_ENV.items()}
     has_cin7 = cin7_values["account_id"] or cin7_values["application_key"]
+    cin7 = _cin7(reader, cin7_values, _CIN7_ENV) if has_cin7 else None
+    rule = reader.rule({k: env.get(n) for k, n in _RULE_ENV.items()}, _RULE_ENV)
+    _check_rule(reader, "RATESVC_AUTOSHIP", rule, cin7)
+    webhook = None
+    if env.get("RATESVC_CIN7_WEBHOOK_TOKEN"):
+        webhook = reader.webhook(
+            {"type": "bearer", "token": env["RATESVC_CIN7_WEBHOOK_TOKEN"]},
+            {key: "RATESVC_CIN7_WEBHOOK_TOKEN" for key in _WEBHOOK_KEYS},
+        )
     return Account(
         name=DEFAULT_ACCOUNT,
         api_tokens=(Secret(token),) if token else (),
         shipstation=_shipstation(
             reader, {key: env.get(name) for key, name in _SHIPSTATION_ENV.items()}, _SHIPSTATION_ENV
         ),
-        cin7=_cin7(reader, cin7_values, _CIN7_ENV) if has_cin7 else None,
+        cin7=cin7,
         ship_from=reader.address("RATESVC_SHIP_FROM", env.get("RATESVC_SHIP_FROM")),
         invoice_shipping=reader.flag(
             "RATESVC_INVOICE_SHIPPING", env.get("RATESVC_INVOICE_SHIPPING")
@@ -434,6 +592,8 @@ def _env_account(
         ),
         request_deadline_s=deadline,
         quote_ttl_s=quote_ttl,
+        webhook=webhook,
+        rule=rule,
     )
 
 
@@ -480,9 +640,22 @@ def _file_account(
             reader.problems.append(f"{where}.carriers: must be a list of carrier codes")
         else:
             carriers = tuple(carriers_raw)
+    rule = ShipRule()
+    if raw.get("automation") is not None:
+        rule = reader.rule(
+            *_file_table(reader, f"{where}.automation", raw["automation"], _RULE_ENV),
+        )
+        _check_rule(reader, f"{where}.automation.autoship", rule, cin7)
+    webhook = None
+    if raw.get("webhook") is not None:
+        webhook = reader.webhook(
+            *_file_table(reader, f"{where}.webhook", raw["webhook"], {k: k for k in _WEBHOOK_KEYS}),
+        )
     return Account(
         name=name,
         api_tokens=tuple(tokens),
+        webhook=webhook,
+        rule=rule,
         shipstation=_shipstation(
             reader,
             *_file_table(reader, f"{where}.shipstation", raw.get("shipstation"), _SHIPSTATION_ENV),

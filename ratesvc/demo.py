@@ -7,13 +7,16 @@ import secrets
 import tempfile
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from ratesvc.app import create_app
-from ratesvc.config import load_settings
+from ratesvc.automation.subscriptions import subscribe
+from ratesvc.config import DEFAULT_ACCOUNT, Settings, load_settings
 from ratesvc.sandbox.cin7 import Cin7Knobs, Cin7Sandbox
 from ratesvc.sandbox.knobs import Knobs, Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
+from ratesvc.upstreams.cin7.client import Cin7Client, cin7_limiter
 
 DEMO_SHIP_FROM = (
     '{"name": "Demo Warehouse", "company": "ratesvc demo", "street1": "2815 Exposition Blvd",'
@@ -43,6 +46,16 @@ DEMO_SALE_LABEL = (
 )
 
 
+def pack_command(cin7_url: str, sale_id: str = "sale-unpacked") -> str:
+    """Authorise a pack in the Cin7 Core sandbox, wait for the label PDF to reach the sale, show
+    the sale."""
+    sale = f"{cin7_url}/__sandbox/sales/{sale_id}"
+    return (
+        f"curl -s -X POST {sale}/pack >/dev/null; for i in $(seq 30); do sleep 1; "
+        f'curl -s {sale} | grep -q \'"Attachments":\\["\' && break; done; curl -s {sale}'
+    )
+
+
 def curl_examples(url: str, token: str) -> list[str]:
     """Rate a shipment; rate a packed Cin7 Core sale; buy its labels (written back to the sale)."""
     auth = f'-H "Authorization: Bearer {token}" -H "Content-Type: application/json"'
@@ -51,6 +64,17 @@ def curl_examples(url: str, token: str) -> list[str]:
         f"""curl -s {auth} {url}/v1/rates -d '{{"sale_id": "sale-simple"}}'""",
         f"curl -s {auth} {url}/v1/labels -d '{DEMO_SALE_LABEL}'",
     ]
+
+
+async def _subscribe(settings: Settings, target: str) -> None:
+    """Subscribe the Cin7 Core sandbox's Sale/PackAuthorised webhook to this service."""
+    account = settings.accounts[DEFAULT_ACCOUNT]
+    assert account.cin7 is not None
+    assert account.webhook is not None
+    async with aiohttp.ClientSession() as session:
+        cin7 = Cin7Client(session, account.cin7, cin7_limiter("demo"))
+        deadline = asyncio.get_running_loop().time() + 10
+        await subscribe(cin7, DEFAULT_ACCOUNT, account.webhook, target, deadline=deadline)
 
 
 async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> None:
@@ -64,6 +88,7 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
                        knobs=Cin7Knobs(latency=Latency(base_ms=60, jitter_ms=20)))  # fmt: skip
     cin7_runner, cin7_port = await start_site(cin7.app, "127.0.0.1", 0)
     token = secrets.token_urlsafe(24)
+    webhook_token = secrets.token_urlsafe(24)
     settings = load_settings(
         {
             "RATESVC_API_TOKEN": token,
@@ -75,10 +100,17 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
             "RATESVC_CIN7_ACCOUNT_ID": "demo-account",
             "RATESVC_CIN7_APPLICATION_KEY": "demo-app-key",
             "RATESVC_DATA_DIR": str(data_dir or tempfile.mkdtemp(prefix="ratesvc-demo-")),
+            # Packed sales are shipped by the cheapest rule as Cin7 Core announces them. The
+            # poller is off so that the seeded packed sales wait for the curls below.
+            "RATESVC_AUTOSHIP": "cheapest",
+            "RATESVC_AUTOSHIP_TEST_LABELS": "true",
+            "RATESVC_CIN7_WEBHOOK_TOKEN": webhook_token,
+            "RATESVC_POLL_INTERVAL_S": "0",
         }
     )
     runner, bound = await start_site(create_app(settings), "127.0.0.1", port)
     url = f"http://127.0.0.1:{bound}"
+    await _subscribe(settings, f"{url}/v1/webhooks/cin7/{DEFAULT_ACCOUNT}")
     lines = [
         "",
         "ratesvc demo is running (Ctrl-C to stop)",
@@ -91,6 +123,10 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
         "",
         "Try:",
         *(f"  {command}" for command in curl_examples(url, token)),
+        "",
+        "Pack a sale in Cin7 Core and watch its label arrive (webhook → rate → buy → write-back):",
+        f"  {pack_command(f'http://127.0.0.1:{cin7_port}')}",
+        f'  (then: curl -s -H "Authorization: Bearer {token}" {url}/v1/automation/events)',
         "",
     ]
     print("\n".join(lines), flush=True)

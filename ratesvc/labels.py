@@ -95,13 +95,19 @@ class Labels:
     # --- buying --------------------------------------------------------------------------------
 
     async def buy(
-        self, services: AccountServices, request: LabelsRequest, idem_key: str | None
+        self,
+        services: AccountServices,
+        request: LabelsRequest,
+        idem_key: str | None,
+        *,
+        sale_checked: bool = False,
     ) -> tuple[Label, bool]:
         """(the label, True when this call created it).
 
         Identical requests (same account, body and key) arriving together share one attempt:
         the first creates the label, the others wait for it and get it as a replay, without
-        reading the sale again.
+        reading the sale again. ``sale_checked``: the caller read the quoted sale moments ago
+        (automation), so it is not read again before buying.
         """
         request_hash = hashlib.sha256(msgspec.json.encode(request)).hexdigest()
         together = (services.account.name, idem_key or "", request_hash)
@@ -109,7 +115,9 @@ class Labels:
         if running is not None:
             label_id, _ = await asyncio.shield(running)
             return await self.view(label_id, services.account.name), False
-        task = asyncio.create_task(self._buy(services, request, idem_key, request_hash))
+        task = asyncio.create_task(
+            self._buy(services, request, idem_key, request_hash, sale_checked)
+        )
         self._buying[together] = task
         try:
             label_id, created = await asyncio.shield(task)
@@ -124,9 +132,10 @@ class Labels:
         request: LabelsRequest,
         idem_key: str | None,
         request_hash: str,
+        sale_checked: bool,
     ) -> tuple[str, bool]:
         account = services.account
-        plan = await self._plan(services, request)
+        plan = await self._plan(services, request, sale_checked)
         key = idem_key or (f"sale:{plan.sale_id}:{plan.task_id}" if plan.sale_id else None)
         label_id = "lb_" + secrets.token_urlsafe(12)
         stamp = now_text()
@@ -157,7 +166,9 @@ class Labels:
         await self._wait(label_id, services)
         return label_id, True
 
-    async def _plan(self, services: AccountServices, request: LabelsRequest) -> LabelPlan:
+    async def _plan(
+        self, services: AccountServices, request: LabelsRequest, sale_checked: bool
+    ) -> LabelPlan:
         account = services.account
         ship_date = request.ship_date or dt.datetime.now(dt.UTC).date()
         if request.write_back and request.sale_id is None and request.quote_id is None:
@@ -176,7 +187,7 @@ class Labels:
             codes = [code or "package" for code in stored.package_codes]
             sale_id, task_id = stored.sale_id, stored.task_id
             charge: str | None = stored.total
-            if sale_id is not None:  # the sale may have moved on since it was quoted
+            if sale_id is not None and not sale_checked:  # it may have moved on since quoted
                 await shipment_for_sale(
                     services, sale_id, task_id, deadline=deadline,
                     relabel=await self._relabel_allowed(account.name, sale_id),

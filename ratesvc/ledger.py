@@ -67,6 +67,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_due ON outbox(state, next_at);
     """,
+    # 2: automation events (Cin7 Core webhooks and what the poller found)
+    """
+    CREATE TABLE events (
+        event_id TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        source TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        dedup_key TEXT NOT NULL,
+        sale_id TEXT,
+        task_id TEXT,
+        order_number TEXT,
+        sale_updated TEXT,
+        status TEXT NOT NULL,
+        reason TEXT,
+        label_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        received_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX events_dedup ON events(account, dedup_key);
+    CREATE INDEX events_due ON events(status, next_at);
+    CREATE INDEX events_sale ON events(account, sale_id);
+    """,
 ]
 
 
@@ -117,6 +142,30 @@ class OutboxRow:
     attempts: int
     next_at: str
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    event_id: str
+    account: str
+    source: str  # webhook | poller
+    event_type: str
+    dedup_key: str
+    sale_id: str | None
+    task_id: str | None
+    order_number: str | None
+    sale_updated: str | None  # the sale list's Updated stamp, for events the poller found
+    status: str  # see ratesvc.automation.EVENT_STATUSES
+    reason: str | None
+    label_id: str | None
+    attempts: int
+    next_at: str
+    payload: bytes
+    received_at: str
+    updated_at: str
+
+
+OPEN_EVENT_STATUSES = ("received", "failed")  # still to be processed (now or after a back-off)
 
 
 class IdempotencyConflict(Exception):
@@ -339,3 +388,98 @@ class Ledger:
             "updated_at = ? WHERE id = ?",
             (error, next_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now_text(), job_id),
         )
+
+    async def purchases_for_sales(self, account: str, sale_ids: Sequence[str]) -> list[PurchaseRow]:
+        """Every purchase of these sales (one query, for the poller)."""
+        if not sale_ids:
+            return []
+        marks = ",".join("?" * len(sale_ids))
+        rows = await self._fetch(
+            f"SELECT * FROM purchases WHERE account = ? AND sale_id IN ({marks})",
+            (account, *sale_ids),
+        )
+        return [PurchaseRow(*row) for row in rows]
+
+    # --- automation events -------------------------------------------------------------------
+
+    async def record_event(self, row: EventRow) -> tuple[EventRow, bool]:
+        """(the event, True) when new; (the one recorded earlier, False) for a repeat of it."""
+        async with self._lock:
+            cursor = await self.db.execute(
+                "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (row.event_id, row.account, row.source, row.event_type, row.dedup_key, row.sale_id,
+                 row.task_id, row.order_number, row.sale_updated, row.status, row.reason,
+                 row.label_id, row.attempts, row.next_at, row.payload, row.received_at,
+                 row.updated_at),
+            )  # fmt: skip
+            if cursor.rowcount == 1:
+                return row, True
+            async with self.db.execute(
+                "SELECT * FROM events WHERE account = ? AND dedup_key = ?",
+                (row.account, row.dedup_key),
+            ) as found:
+                existing = await found.fetchone()
+        assert existing is not None  # the insert was ignored because this row exists
+        return EventRow(*existing), False
+
+    async def event(self, event_id: str) -> EventRow | None:
+        rows = await self._fetch("SELECT * FROM events WHERE event_id = ?", (event_id,))
+        return EventRow(*rows[0]) if rows else None
+
+    async def set_event(self, event_id: str, **fields: Any) -> None:
+        columns = {**fields, "updated_at": now_text()}
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        await self._execute(
+            f"UPDATE events SET {assignments} WHERE event_id = ?", (*columns.values(), event_id)
+        )
+
+    async def due_events(self, limit: int = 20) -> list[EventRow]:
+        marks = ",".join("?" * len(OPEN_EVENT_STATUSES))
+        rows = await self._fetch(
+            f"SELECT * FROM events WHERE status IN ({marks}) AND next_at <= ? "
+            "ORDER BY next_at, rowid LIMIT ?",
+            (*OPEN_EVENT_STATUSES, now_text(), limit),
+        )
+        return [EventRow(*row) for row in rows]
+
+    async def next_event_due_at(self) -> str | None:
+        marks = ",".join("?" * len(OPEN_EVENT_STATUSES))
+        rows = await self._fetch(
+            f"SELECT MIN(next_at) FROM events WHERE status IN ({marks})", OPEN_EVENT_STATUSES
+        )
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
+    async def events(
+        self,
+        account: str,
+        *,
+        status: str | None = None,
+        sale_id: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> list[EventRow]:
+        """Newest first; ``after`` is the ``event_id`` the previous page ended with."""
+        sql = "SELECT * FROM events WHERE account = ?"
+        args: list[Any] = [account]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if sale_id is not None:
+            sql += " AND sale_id = ?"
+            args.append(sale_id)
+        if after is not None:
+            sql += " AND rowid < (SELECT rowid FROM events WHERE event_id = ?)"
+            args.append(after)
+        sql += " ORDER BY rowid DESC LIMIT ?"
+        args.append(limit)
+        return [EventRow(*row) for row in await self._fetch(sql, args)]
+
+    async def events_for_sales(self, account: str, sale_ids: Sequence[str]) -> list[EventRow]:
+        if not sale_ids:
+            return []
+        marks = ",".join("?" * len(sale_ids))
+        rows = await self._fetch(
+            f"SELECT * FROM events WHERE account = ? AND sale_id IN ({marks})",
+            (account, *sale_ids),
+        )
+        return [EventRow(*row) for row in rows]

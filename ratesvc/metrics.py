@@ -81,6 +81,43 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.automation_received = Counter(
+            "ratesvc_automation_events_received",
+            "Automation events recorded, by source (webhook, poller) and event type.",
+            ("source", "event_type"),
+            registry=self.registry,
+        )
+        self.automation_deduplicated = Counter(
+            "ratesvc_automation_events_deduplicated",
+            "Repeated deliveries of an event already recorded (acknowledged, not processed again).",
+            ("source",),
+            registry=self.registry,
+        )
+        self.automation_finished = Counter(
+            "ratesvc_automation_events_processed",
+            "Automation events settled, by outcome (processed, ignored, attention).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.automation_failed = Counter(
+            "ratesvc_automation_events_failed",
+            "Failed attempts at an automation event, by what follows (retry, attention).",
+            ("then",),
+            registry=self.registry,
+        )
+        self.automation_polls = Counter(
+            "ratesvc_automation_polls",
+            "ReadyForShipping polls, by account and outcome (ok, failed).",
+            ("account", "outcome"),
+            registry=self.registry,
+        )
+        self.automation_polled_sales = Counter(
+            "ratesvc_automation_polled_sales",
+            "Sales the poller listed, by account and what it did (recorded, skipped).",
+            ("account", "action"),
+            registry=self.registry,
+        )
+
     def http_series(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
         """The request counter and latency histogram of one (route, method, status), cached:
         looking labels up costs more than counting."""

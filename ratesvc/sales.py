@@ -97,6 +97,11 @@ class Sale(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     products: dict[str, Product]  # from the order lines' product fields
     fulfilments: list[Fulfilment]
     attachments: list[str] = []  # file names
+    status: str | None = None  # the sale's status in Cin7 Core (e.g. PACKED, VOIDED)
+
+    @property
+    def voided(self) -> bool:
+        return (self.status or "").upper() == "VOIDED"
 
     def relabelable(self) -> Fulfilment | None:
         """After a void: the first packed fulfilment without tracking, Ship authorised or not."""

@@ -46,6 +46,12 @@ class NeedsAPerson(RatesvcError):
     status = 409
 
 
+SALE_VOIDED = (
+    "the sale was voided in Cin7 Core before this label was written back; void the label to "
+    "have its cost refunded"
+)
+
+
 def pdf_name(tracking_number: str | None, n: int) -> str:
     return f"label-{tracking_number or n}.pdf"
 
@@ -116,6 +122,9 @@ class WriteBackWorker:
         if row is None or services is None or services.cin7 is None:
             await self._ledger.finish_job(job.id)
             return
+        if job.kind == "write_back" and row.write_back_state == "cancelled":
+            await self._ledger.finish_job(job.id)  # the sale was voided (see automation)
+            return
         try:
             packages = await self._ledger.packages(job.label_id)
             plan = msgspec.json.decode(row.plan, type=LabelPlan)
@@ -169,6 +178,8 @@ class WriteBackWorker:
         assert plan.task_id is not None
         deadline = asyncio.get_running_loop().time() + 60
         sale = await cin7.get_sale(plan.sale_id, deadline=deadline)
+        if sale.voided:
+            raise NeedsAPerson(SALE_VOIDED)
         fulfilment = sale.fulfilment(plan.task_id)
         if fulfilment is None:
             raise NeedsAPerson(f"sale {plan.sale_id} no longer has fulfilment {plan.task_id}")

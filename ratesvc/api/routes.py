@@ -8,8 +8,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ratesvc.api import carriers, health, labels, rates
+from ratesvc.api import automation, carriers, health, labels, rates, webhooks
 from ratesvc.api.openapi import Route, build_openapi
+from ratesvc.automation.events import EventList, WebhookReceipt
 from ratesvc.label_models import Label, LabelList, LabelsRequest
 from ratesvc.models import CarriersResponse, RatesRequest, RatesResponse
 from ratesvc.quotes import StoredQuote
@@ -50,6 +51,15 @@ ROUTES: tuple[Route, ...] = (
           tags=("labels",)),
     Route("POST", "/v1/labels/{label_id}/void", labels.void_label,
           "Void every package of a label", Label, errors=(404, 409, 502, 503), tags=("labels",)),
+    Route("POST", "/v1/webhooks/cin7/{account}", webhooks.cin7_webhook,
+          "Cin7 Core webhook target: records the event (202; a repeat answers 200) and ships "
+          "packed sales in the background by the account's rule. Authenticated with the account's "
+          "webhook credential (bearer, basic or a custom header), not an API token",
+          WebhookReceipt, status=202, errors=(400, 401, 404, 413), auth=False,
+          tags=("automation",)),
+    Route("GET", "/v1/automation/events", automation.list_events,
+          "Automation events (webhooks and the poller), newest first, with their status and "
+          "reason", EventList, errors=(422,), tags=("automation",)),
 )  # fmt: skip
 
 

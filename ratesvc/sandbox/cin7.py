@@ -103,6 +103,7 @@ class Cin7Sandbox:
         self.webhooks: list[dict[str, Any]] = []
         self.writes: deque[tuple[str, str, Any]] = deque(maxlen=1000)  # (method, path, body)
         self._rng = random.Random(self.knobs.seed)
+        self._last_stamp = dt.datetime(2026, 1, 1)
         self._ids = itertools.count(1)
         self.deliveries: deque[tuple[str, str, int | None]] = deque(
             maxlen=1000
@@ -161,7 +162,7 @@ class Cin7Sandbox:
             "ID": sale_id, "Customer": customer, "Contact": address.get("Contact"),
             "Phone": "+1 512 555 0100", "Email": "orders@example.com",
             "ShippingAddress": dict(address), "Carrier": "UPS Ground", "Location": "Main Warehouse",
-            "Status": "PACKED" if pack == "AUTHORISED" else "ORDERED",
+            "Status": "PACKED" if pack == "AUTHORISED" else "ORDERED", "Updated": self._stamp(),
             "Order": {"SaleOrderNumber": number, "Status": "AUTHORISED", "Lines": lines},
             "Fulfilments": [{
                 "TaskID": f"task-{sale_id}", "FulfillmentNumber": 1,
@@ -197,7 +198,17 @@ class Cin7Sandbox:
                      "ShippingAddress": dict(sale["ShippingAddress"]), "Lines": []},
         }  # fmt: skip
         sale["Fulfilments"].append(fulfilment)
+        sale["Updated"] = self._stamp()
         return fulfilment
+
+    def _stamp(self) -> str:
+        """An ``Updated`` stamp, strictly later than every earlier one."""
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        self._last_stamp = max(now, self._last_stamp + dt.timedelta(microseconds=1))
+        return self._last_stamp.isoformat(timespec="microseconds")
+
+    def touch(self, sale: dict[str, Any]) -> None:
+        sale["Updated"] = self._stamp()
 
     def fulfilment(self, sale_id: str) -> dict[str, Any]:
         fulfilment: dict[str, Any] = self.sales[sale_id]["Fulfilments"][0]
@@ -214,10 +225,35 @@ class Cin7Sandbox:
             ]
         sale = self.sales[sale_id]
         sale["Status"] = "PACKED"
+        self.touch(sale)
         self.announce("Sale/PackAuthorised", {
             "SaleID": sale["ID"], "SaleOrderNumber": sale["Order"]["SaleOrderNumber"],
             "TaskID": fulfilment["TaskID"], "CustomerName": sale["Customer"],
         })  # fmt: skip
+
+    def void_sale(self, sale_id: str) -> None:
+        """Void the sale and announce ``Sale/Voided`` to the subscribed webhooks."""
+        sale = self.sales[sale_id]
+        sale["Status"] = "VOIDED"
+        self.touch(sale)
+        number = sale["Order"]["SaleOrderNumber"]
+        self.announce("Sale/Voided", {"SaleID": sale["ID"], "SaleOrderNumber": number})
+
+    def summary(self, sale_id: str) -> dict[str, Any]:
+        """What a person sees on the sale: each fulfilment's Pack/Ship and tracking, attachments."""
+        sale = self.sales[sale_id]
+        return {
+            "SaleID": sale["ID"], "OrderNumber": sale["Order"]["SaleOrderNumber"],
+            "Status": sale["Status"],
+            "Fulfilments": [
+                {"TaskID": f["TaskID"], "Pack": f["Pack"]["Status"], "Ship": f["Ship"]["Status"],
+                 "Tracking": [{"Box": line["Boxes"], "Carrier": line["Carrier"],
+                               "TrackingNumber": line["TrackingNumber"]}
+                              for line in f["Ship"]["Lines"]]}
+                for f in sale["Fulfilments"]
+            ],
+            "Attachments": [a["FileName"] for a in self.attachments.get(sale["ID"], [])],
+        }  # fmt: skip
 
     def announce(self, event: str, payload: dict[str, Any]) -> None:
         try:
@@ -285,6 +321,8 @@ class Cin7Sandbox:
         app.router.add_put(_ADMIN + "knobs", self._put_knobs)
         app.router.add_get(_ADMIN + "calls", self._get_calls)
         app.router.add_post(_ADMIN + "sales/{sale_id}/pack", self._post_pack)
+        app.router.add_post(_ADMIN + "sales/{sale_id}/void", self._post_void)
+        app.router.add_get(_ADMIN + "sales/{sale_id}", self._get_summary)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         return app
 
@@ -339,6 +377,7 @@ class Cin7Sandbox:
             ("POST", "/sale/invoice"): self._post_invoice,
             ("GET", "/webhooks"): self._get_webhooks,
             ("POST", "/webhooks"): self._post_webhook,
+            ("PUT", "/webhooks"): self._put_webhook,
         }
         handler = routes.get((request.method, path))
         if handler is None:
@@ -383,7 +422,7 @@ class Cin7Sandbox:
         limit = min(1000, max(1, int(request.query.get("Limit", "100"))))
         items = [
             {"SaleID": s["ID"], "OrderNumber": s["Order"]["SaleOrderNumber"], "Status": s["Status"],
-             "Customer": s["Customer"]}
+             "Customer": s["Customer"], "Updated": s["Updated"]}
             for s in self.sales.values()
             if not ready or any(_ready(f) for f in s["Fulfilments"])
         ]  # fmt: skip
@@ -402,6 +441,11 @@ class Cin7Sandbox:
                     fulfilment_dict: dict[str, Any] = fulfilment
                     return fulfilment_dict
         raise Cin7Fault(400, f"Fulfilment task {task_id} not found", code=404)
+
+    def _touch_task(self, fulfilment: dict[str, Any]) -> None:
+        for sale in self.sales.values():
+            if any(f is fulfilment for f in sale["Fulfilments"]):
+                self.touch(sale)
 
     async def _post_ship(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -426,6 +470,7 @@ class Cin7Sandbox:
                           "IsShipped": bool(line.get("IsShipped"))})  # fmt: skip
         status = body.get("Status") if body.get("Status") in ("AUTHORISED", "DRAFT") else "DRAFT"
         fulfilment["Ship"].update(Status=status, Lines=lines)
+        self._touch_task(fulfilment)
         return _json({"TaskID": fulfilment["TaskID"], "Status": status, "Lines": lines})
 
     async def _put_ship(self, request: web.Request) -> web.Response:
@@ -442,6 +487,7 @@ class Cin7Sandbox:
                 raise Cin7Fault(400, f"{box} has no shipment line")
             by_box[box].update(TrackingNumber=line.get("TrackingNumber", ""),
                                Carrier=line.get("Carrier", by_box[box]["Carrier"]))  # fmt: skip
+        self._touch_task(fulfilment)
         return _json({"TaskID": fulfilment["TaskID"], "Status": "AUTHORISED",
                       "Lines": fulfilment["Ship"]["Lines"]})  # fmt: skip
 
@@ -458,6 +504,7 @@ class Cin7Sandbox:
                 "DownloadUrl": f"https://sandbox.invalid/{sale['ID']}/{body.get('FileName')}",
                 "Content": content}  # fmt: skip
         self.attachments.setdefault(sale["ID"], []).append(item)
+        self.touch(sale)
         listed = [
             {k: v for k, v in a.items() if k != "Content"} for a in self.attachments[sale["ID"]]
         ]
@@ -497,6 +544,15 @@ class Cin7Sandbox:
         self.webhooks.append(hook)
         return _json(hook)
 
+    async def _put_webhook(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        for hook in self.webhooks:
+            if str(hook["ID"]).lower() == str(body.get("ID", "")).lower():
+                hook.clear()
+                hook.update({"IsActive": True, **body})
+                return _json(hook)
+        raise Cin7Fault(400, f"Webhook with ID {body.get('ID')} not found", code=404)
+
     # --- admin ---------------------------------------------------------------------------------
 
     async def _on_cleanup(self, _app: web.Application) -> None:
@@ -531,3 +587,16 @@ class Cin7Sandbox:
         self.authorise_pack(sale_id)
         return _json({"SaleID": sale_id, "Pack": "AUTHORISED",
                       "at": dt.datetime.now(dt.UTC).isoformat()})  # fmt: skip
+
+    async def _post_void(self, request: web.Request) -> web.Response:
+        sale_id = request.match_info["sale_id"]
+        if sale_id not in self.sales:
+            return _json({"message": f"no sale {sale_id}"}, 404)
+        self.void_sale(sale_id)
+        return _json(self.summary(sale_id))
+
+    async def _get_summary(self, request: web.Request) -> web.Response:
+        sale_id = request.match_info["sale_id"]
+        if sale_id not in self.sales:
+            return _json({"message": f"no sale {sale_id}"}, 404)
+        return _json(self.summary(sale_id))

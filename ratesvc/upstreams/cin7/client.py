@@ -170,6 +170,14 @@ class Cin7Client:
         )  # fmt: skip
         return _decode(answer.body, wire.Webhook, "webhooks")
 
+    async def update_webhook(self, hook: wire.Webhook, *, deadline: float | None) -> wire.Webhook:
+        """``PUT /webhooks`` with the subscription's ``ID``: new URL, credential, IsActive."""
+        answer = await self._http.call(
+            "PUT", "/webhooks", endpoint="webhooks", priority=Priority.NORMAL, deadline=deadline,
+            retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(hook),
+        )  # fmt: skip
+        return _decode(answer.body, wire.Webhook, "webhooks")
+
     async def webhooks(self, *, deadline: float | None) -> list[wire.Webhook]:
         answer = await self._http.call(
             "GET", "/webhooks", endpoint="webhooks", priority=Priority.NORMAL, deadline=deadline,

@@ -83,6 +83,7 @@ def sale_from_wire(sale: wire.Sale) -> Sale:
         products=products,
         fulfilments=[_fulfilment(f, sale) for f in sale.Fulfilments],
         attachments=[a.FileName for a in sale.Attachments if a.FileName],
+        status=sale.Status,
     )
 
 

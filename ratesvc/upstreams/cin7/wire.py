@@ -220,6 +220,11 @@ class Invoices(_Wire, kw_only=True):
     Invoices: list[Invoice] = []
 
 
+class WebhookHeader(_Wire, kw_only=True):
+    Key: str
+    Value: str
+
+
 class Webhook(_Wire, kw_only=True, omit_defaults=True):
     ID: str | None = None
     Type: str
@@ -229,6 +234,7 @@ class Webhook(_Wire, kw_only=True, omit_defaults=True):
     ExternalUserName: str | None = None
     ExternalPassword: str | None = None
     ExternalBearerToken: str | None = None
+    ExternalHeaders: list[WebhookHeader] = []
 
 
 class WebhookList(_Wire, kw_only=True):

@@ -1,0 +1,158 @@
+"""The safety net: every interval, list the sales Cin7 Core says are ready for shipping.
+
+Webhooks need a paid Cin7 Core module and are switched off silently after six failed deliveries,
+so for each account with automation on the poller reads ``saleList?ReadyForShipping=true`` (pages
+of :data:`PAGE_SIZE`, at the limiter's *background* priority: write-backs and people go first) and
+records a ``Sale/PackAuthorised`` event for every listed sale nobody has handled yet.
+
+It must be cheap when nothing changed: one call per interval per account, and the decision to skip
+a listed sale is taken from the ledger alone, without reading the sale:
+
+* an event for the sale is still waiting or being retried → skip (it is being handled);
+* a purchase of the sale is in flight or waiting for its write-back → skip;
+* an event for the sale needs attention → skip until the sale changes (its ``Updated`` stamp), so a
+  person is not overtaken by the same failure every interval;
+* otherwise the event's key is the sale and its ``Updated`` stamp: a sale seen before and not
+  changed since is not recorded again. A sale that changed (for instance a second fulfilment was
+  packed after the first was shipped) is recorded and processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import orjson
+
+from ratesvc.accounts import AccountServices
+from ratesvc.automation.events import PACK_AUTHORISED, Cin7Event
+from ratesvc.automation.worker import Automation
+from ratesvc.errors import UpstreamFailure
+from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, PurchaseRow
+from ratesvc.metrics import Metrics
+from ratesvc.upstreams.cin7 import wire
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000
+MAX_PAGES = 50
+_IN_FLIGHT = ("purchasing", "purchased", "write_back_failed")
+
+
+@dataclass(frozen=True)
+class PollResult:
+    listed: int
+    recorded: int
+    skipped: int
+    calls: int
+
+
+class Poller:
+    def __init__(
+        self,
+        ledger: Ledger,
+        accounts: dict[str, AccountServices],
+        automation: Automation,
+        metrics: Metrics,
+    ) -> None:
+        self._ledger = ledger
+        self._accounts = accounts
+        self._automation = automation
+        self._metrics = metrics
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for services in self._accounts.values():
+            rule = services.account.rule
+            if rule.on and services.cin7 is not None and rule.poll_interval_s > 0:
+                self._tasks.append(asyncio.create_task(self._loop(services)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _loop(self, services: AccountServices) -> None:
+        interval = services.account.rule.poll_interval_s
+        name = services.account.name
+        while True:
+            try:
+                result = await self.poll(services)
+            except UpstreamFailure as exc:
+                self._metrics.automation_polls.labels(name, "failed").inc()
+                log.warning("polling Cin7 Core for %s failed: %s", name, exc.detail)
+            except Exception:  # a bug must not end polling for good
+                self._metrics.automation_polls.labels(name, "failed").inc()
+                log.exception("polling Cin7 Core for %s failed unexpectedly", name)
+            else:
+                self._metrics.automation_polls.labels(name, "ok").inc()
+                if result.recorded:
+                    log.info("poll of %s: %d ready, %d new", name, result.listed, result.recorded)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.sleep(interval)
+
+    async def poll(self, services: AccountServices) -> PollResult:
+        """One poll of one account; records what is new and wakes the worker."""
+        cin7 = services.cin7
+        assert cin7 is not None
+        account = services.account
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(10.0, account.rule.poll_interval_s)
+        items: list[wire.SaleListItem] = []
+        calls = 0
+        for page in range(1, MAX_PAGES + 1):
+            answer = await cin7.ready_for_shipping(page=page, limit=PAGE_SIZE, deadline=deadline)
+            calls += 1
+            items += answer.SaleList
+            if len(answer.SaleList) < PAGE_SIZE or len(items) >= answer.Total:
+                break
+        ids = list(dict.fromkeys(item.SaleID for item in items))
+        events: dict[str, list[EventRow]] = defaultdict(list)
+        for event in await self._ledger.events_for_sales(account.name, ids):
+            if event.sale_id is not None:
+                events[event.sale_id].append(event)
+        purchases: dict[str, list[PurchaseRow]] = defaultdict(list)
+        for purchase in await self._ledger.purchases_for_sales(account.name, ids):
+            if purchase.sale_id is not None:
+                purchases[purchase.sale_id].append(purchase)
+        recorded = skipped = 0
+        for item in {item.SaleID: item for item in items}.values():
+            if _handled(item, events[item.SaleID], purchases[item.SaleID]):
+                skipped += 1
+                continue
+            _, created = await self._automation.receive(
+                account,
+                Cin7Event(event_type=PACK_AUTHORISED, sale_id=item.SaleID, task_id=None,
+                          order_number=item.OrderNumber),
+                orjson.dumps({"SaleID": item.SaleID, "OrderNumber": item.OrderNumber,
+                              "Updated": item.Updated, "Source": "saleList?ReadyForShipping"}),
+                source="poller",
+                dedup_key=f"poll|{item.SaleID.lower()}|{item.Updated or ''}",
+                sale_updated=item.Updated,
+            )  # fmt: skip
+            if created:
+                recorded += 1
+            else:
+                skipped += 1
+        self._metrics.automation_polled_sales.labels(account.name, "recorded").inc(recorded)
+        self._metrics.automation_polled_sales.labels(account.name, "skipped").inc(skipped)
+        return PollResult(listed=len(ids), recorded=recorded, skipped=skipped, calls=calls)
+
+
+def _handled(item: wire.SaleListItem, events: list[EventRow], purchases: list[PurchaseRow]) -> bool:
+    """Whether a listed sale is being (or was) handled; decided from the ledger alone."""
+    if any(e.status in OPEN_EVENT_STATUSES for e in events):
+        return True
+    if any(
+        p.status in _IN_FLIGHT or (p.status == "attention" and p.write_back_state != "done")
+        for p in purchases
+    ):
+        return True
+    return any(
+        e.status == "attention" and (e.source != "poller" or e.sale_updated == item.Updated)
+        for e in events
+    )

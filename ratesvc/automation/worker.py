@@ -1,0 +1,384 @@
+"""Recording Cin7 Core events durably and processing them in the background.
+
+:meth:`Automation.receive` writes the event to the ledger (one row per account + dedup key, so a
+repeated delivery finds the row already there) and wakes the worker; the caller answers at once.
+
+The worker processes due events a few at a time, one at a time per sale:
+
+1. ``Sale/PackAuthorised``: re-read the sale (the payload is only a hint) and its packed
+   fulfilment; a fulfilment already labelled in the ledger, shipped, or not packed needs nothing;
+   rate it with only what the rule could buy; pick (:mod:`.rules`); buy through
+   :meth:`ratesvc.labels.Labels.buy` with no idempotency key, so the key is account + sale +
+   task, exactly as for a person calling ``POST /v1/labels`` with the sale: webhook, poller and
+   person can never buy twice. The write-back outbox then puts tracking and PDFs on the sale.
+2. ``Sale/Voided``: labels of the sale not yet written back go to ``attention`` (their write-back
+   is cancelled: the sale cannot take it), and the sale's waiting events are dropped.
+
+Failures that may pass (an upstream down, throttled, late; a rating missing a carrier) are retried
+with exponential back-off; after :data:`MAX_ATTEMPTS` tries, or at once for what retrying cannot
+fix (a cost cap, missing weights, a rejected credential), the event goes to ``attention`` with a
+reason a person can act on. An event being processed when the process stops is still
+``received``/``failed`` in the ledger and is processed again after the restart; buying stays
+exactly-once because of the purchase key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ratesvc.accounts import AccountServices
+from ratesvc.automation.events import PACK_AUTHORISED, SALE_VOIDED, Cin7Event
+from ratesvc.automation.rules import Choice, choose, cost, mapped_service, rating_filters
+from ratesvc.config import Account, ShipRule
+from ratesvc.errors import (
+    AlreadyShipped,
+    NotFound,
+    RatesvcError,
+    SaleNotReady,
+    UpstreamAuth,
+    UpstreamError,
+    UpstreamFailure,
+)
+from ratesvc.label_models import LabelsRequest
+from ratesvc.labels import Labels
+from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, now_text
+from ratesvc.metrics import Metrics
+from ratesvc.rating import Rater
+from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
+from ratesvc.units import money_str
+from ratesvc.writeback import SALE_VOIDED as SALE_VOIDED_DETAIL
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 6
+MAX_BACKOFF_S = 3600.0
+_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+_SETTLED = ("voided", "failed")  # purchases that no longer hold their sale
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # processed | ignored | attention
+    reason: str
+    label_id: str | None = None
+
+
+class _TryAgain(Exception):
+    """The event could not be processed now for a reason that may pass."""
+
+
+class Automation:
+    """Every account's automation events: recording, the worker, and their metrics."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        accounts: dict[str, AccountServices],
+        *,
+        labels: Labels,
+        rater: Rater,
+        metrics: Metrics,
+        retry_s: float,
+        concurrency: int = 4,
+    ) -> None:
+        self._ledger = ledger
+        self._accounts = accounts
+        self._labels = labels
+        self._rater = rater
+        self._metrics = metrics
+        self._retry_s = retry_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._sale_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- recording -----------------------------------------------------------------------------
+
+    async def receive(
+        self,
+        account: Account,
+        event: Cin7Event,
+        payload: bytes,
+        *,
+        source: str = "webhook",
+        dedup_key: str | None = None,
+        sale_updated: str | None = None,
+    ) -> tuple[EventRow, bool]:
+        """Record an event: (the row, True) when new, (the earlier row, False) for a repeat."""
+        status, reason = _initial(account, event)
+        stamp = now_text()
+        row = EventRow(
+            event_id="ev_" + secrets.token_urlsafe(12), account=account.name, source=source,
+            event_type=event.event_type, dedup_key=dedup_key or event.dedup_key,
+            sale_id=event.sale_id, task_id=event.task_id, order_number=event.order_number,
+            sale_updated=sale_updated, status=status, reason=reason, label_id=None, attempts=0,
+            next_at=stamp, payload=payload, received_at=stamp, updated_at=stamp,
+        )  # fmt: skip
+        recorded, created = await self._ledger.record_event(row)
+        kind = event.event_type if event.event_type in (PACK_AUTHORISED, SALE_VOIDED) else "other"
+        if created:
+            self._metrics.automation_received.labels(source, kind).inc()
+            log.info(
+                "%s event %s for sale %s (task %s) from %s: %s%s", account.name, event.event_type,
+                event.sale_id, event.task_id, source, status, f" ({reason})" if reason else "",
+            )  # fmt: skip
+            if status == "received":
+                self.nudge()
+        else:
+            self._metrics.automation_deduplicated.labels(source).inc()
+        return recorded, created
+
+    # --- the worker ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop taking work; events being processed are cancelled (they stay due in the
+        ledger and are processed again at the next start)."""
+        tasks = [t for t in (self._task, *self._running.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until no event is being processed (tests, benchmarks)."""
+        while self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._round()
+            except Exception:  # the ledger itself failing: say so, then keep trying
+                log.exception("automation worker round failed")
+                await asyncio.sleep(1.0)
+
+    async def _round(self) -> None:
+        self._wake.clear()
+        due = [
+            e for e in await self._ledger.due_events(limit=50) if e.event_id not in self._running
+        ]
+        for row in due:
+            task = asyncio.create_task(self._process(row))
+            self._running[row.event_id] = task
+            task.add_done_callback(functools.partial(self._done, row.event_id))
+        timeout = 60.0
+        next_at = await self._ledger.next_event_due_at()
+        if next_at is not None:
+            due_at = dt.datetime.strptime(next_at, _STAMP).replace(tzinfo=dt.UTC)
+            timeout = min(60.0, (due_at - dt.datetime.now(dt.UTC)).total_seconds())
+            if timeout <= 0 and (self._running or due):
+                timeout = 60.0  # what is due is being processed; its end wakes the loop
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _done(self, event_id: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(event_id, None)
+        self.nudge()
+
+    @contextlib.asynccontextmanager
+    async def _sale_lock(self, account: str, sale: str) -> AsyncIterator[None]:
+        key = (account, sale.lower())
+        lock = self._sale_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._sale_locks.get(key) is lock:
+                del self._sale_locks[key]
+
+    async def _process(self, row: EventRow) -> None:
+        async with self._slots:
+            attempts = row.attempts + 1
+            try:
+                outcome = await self._outcome(row, attempts)
+            except _TryAgain as exc:
+                await self._failed(row, attempts, str(exc))
+                return
+            except (UpstreamAuth, UpstreamError) as exc:  # retrying the same call cannot help
+                outcome = Outcome("attention", exc.detail)
+            except UpstreamFailure as exc:
+                await self._failed(row, attempts, exc.detail)
+                return
+            except RatesvcError as exc:
+                outcome = Outcome("attention", exc.detail)
+            except Exception as exc:  # a bug: log it, keep the event, try again later
+                log.exception("automation event %s failed unexpectedly", row.event_id)
+                await self._failed(row, attempts, f"internal error: {exc!r}")
+                return
+            if outcome is None:
+                return
+            await self._ledger.set_event(
+                row.event_id, status=outcome.status, reason=outcome.reason,
+                label_id=outcome.label_id, attempts=attempts,
+            )  # fmt: skip
+            self._metrics.automation_finished.labels(outcome.status).inc()
+            if outcome.status == "attention":
+                log.warning("event %s needs attention: %s", row.event_id, outcome.reason)
+
+    async def _failed(self, row: EventRow, attempts: int, reason: str) -> None:
+        if attempts >= MAX_ATTEMPTS:
+            reason = f"gave up after {attempts} attempts: {reason}"
+            await self._ledger.set_event(
+                row.event_id, status="attention", reason=reason, attempts=attempts
+            )
+            self._metrics.automation_failed.labels("attention").inc()
+            log.warning("event %s needs attention: %s", row.event_id, reason)
+            return
+        delay = min(MAX_BACKOFF_S, self._retry_s * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+        next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+        await self._ledger.set_event(
+            row.event_id, status="failed", reason=reason, attempts=attempts,
+            next_at=next_at.strftime(_STAMP),
+        )  # fmt: skip
+        self._metrics.automation_failed.labels("retry").inc()
+        log.info("event %s failed (%s); retry in %.1f s", row.event_id, reason, delay)
+
+    async def _outcome(self, row: EventRow, attempts: int) -> Outcome | None:
+        services = self._accounts.get(row.account)
+        if services is None:
+            return Outcome("ignored", f"account {row.account} is no longer configured")
+        if row.sale_id is None:
+            return Outcome("ignored", "the payload names no SaleID")
+        async with self._sale_lock(row.account, row.sale_id):
+            current = await self._ledger.event(row.event_id)
+            if current is None or current.status not in OPEN_EVENT_STATUSES:
+                return None  # settled while it waited for the sale (the sale was voided)
+            if row.event_type == SALE_VOIDED:
+                return await self._voided(services, row.sale_id)
+            return await self._ship(services, row, last_try=attempts >= MAX_ATTEMPTS)
+
+    # --- Sale/PackAuthorised -------------------------------------------------------------------
+
+    async def _ship(self, services: AccountServices, row: EventRow, *, last_try: bool) -> Outcome:
+        account = services.account
+        rule = account.rule
+        if not rule.on:
+            return Outcome("ignored", "automation is off for this account")
+        assert row.sale_id is not None
+        deadline = asyncio.get_running_loop().time() + max(30.0, account.request_deadline_s)
+        try:
+            prepared = await shipment_for_sale(
+                services, row.sale_id, row.task_id, deadline=deadline
+            )
+        except AlreadyShipped as exc:
+            return Outcome("processed", f"nothing to do: {exc.detail}")
+        except (SaleNotReady, NotFound) as exc:
+            return Outcome("ignored", exc.detail)
+        if prepared.sale.voided:
+            return Outcome("ignored", f"sale {row.sale_id} is voided")
+        task_id = prepared.fulfilment.task_id
+        labelled = await self._active_label(account.name, prepared.sale.sale_id, task_id)
+        if labelled is not None:
+            return Outcome("processed", f"already labelled by {labelled}", labelled)
+        guessed = [d for d in prepared.defaults if "no weight for" in d]
+        if guessed and not rule.allow_default_weights:
+            return Outcome("attention", "product weights missing: " + "; ".join(guessed))
+        mapped = mapped_service(rule, prepared.sale.carrier)
+        if rule.autoship == "sale_carrier" and mapped is None and rule.fallback == "attention":
+            return Outcome(
+                "attention", f"the sale's carrier {prepared.sale.carrier or '(none)'!r} is not "
+                "in the account's carrier map",
+            )  # fmt: skip
+        choice = await self._rate_and_choose(services, prepared, rule, mapped, deadline, last_try)
+        if choice.quote is None and mapped is not None and rule.fallback == "cheapest":
+            choice = await self._rate_and_choose(services, prepared, rule, None, deadline, last_try)
+        quote = choice.quote
+        if quote is None:
+            return Outcome("attention", choice.reason or "no quote could be chosen")
+        request = LabelsRequest(quote_id=quote.quote_id, test_label=rule.test_labels,
+                                write_back=True)  # fmt: skip
+        try:
+            label, _ = await self._labels.buy(services, request, None, sale_checked=True)
+        except AlreadyShipped as exc:  # a person or another event bought it meanwhile
+            return Outcome("processed", f"nothing to do: {exc.detail}")
+        if label.status == "failed":  # nothing was bought and the key is free again
+            raise _TryAgain(f"label purchase failed: {label.detail}")
+        if label.status == "attention":
+            return Outcome("attention", f"label {label.label_id}: {label.detail}", label.label_id)
+        test = " (test label)" if rule.test_labels else ""
+        return Outcome(
+            "processed",
+            f"bought {quote.carrier_code}/{quote.service_code} for {money_str(cost(quote))} "
+            f"{quote.currency}{test}, {len(label.packages)} package(s)",
+            label.label_id,
+        )
+
+    async def _rate_and_choose(
+        self,
+        services: AccountServices,
+        prepared: SaleShipment,
+        rule: ShipRule,
+        mapped: tuple[str, str] | None,
+        deadline: float,
+        last_try: bool,
+    ) -> Choice:
+        carriers, service_codes = rating_filters(rule, mapped)
+        rating = await self._rater.rate(
+            services, prepared.shipment, carriers=carriers, service_codes=service_codes,
+            max_age_s=None, deadline=deadline, sale_id=prepared.sale.sale_id,
+            task_id=prepared.fulfilment.task_id,
+        )  # fmt: skip
+        answer = rating.response
+        if answer.errors and not last_try:  # the cheapest may be among those that failed
+            failed = ", ".join(f"{e.carrier_code}: {e.message}" for e in answer.errors)
+            raise _TryAgain(f"rating incomplete ({failed})")
+        return choose(rule, answer.quotes, mapped=mapped)
+
+    async def _active_label(self, account: str, sale_id: str, task_id: str) -> str | None:
+        for row in await self._ledger.purchases(account, sale_id=sale_id, limit=200):
+            if (row.task_id or "").lower() == task_id.lower() and row.status not in _SETTLED:
+                return row.label_id
+        return None
+
+    # --- Sale/Voided ---------------------------------------------------------------------------
+
+    async def _voided(self, services: AccountServices, sale_id: str) -> Outcome:
+        account = services.account.name
+        stuck = [
+            row.label_id
+            for row in await self._ledger.purchases(account, sale_id=sale_id, limit=200)
+            if row.status not in ("voided", "failed", "purchasing")
+            and row.write_back_state in ("pending", "failed")
+        ]
+        for label_id in stuck:
+            await self._ledger.set_status(
+                label_id, "attention", detail=SALE_VOIDED_DETAIL, write_back_state="cancelled"
+            )
+        for event in await self._ledger.events_for_sales(account, [sale_id]):
+            if event.status in OPEN_EVENT_STATUSES and event.event_type != SALE_VOIDED:
+                await self._ledger.set_event(
+                    event.event_id, status="ignored", reason="the sale was voided in Cin7 Core"
+                )
+        if not stuck:
+            return Outcome("ignored", "no label of this sale was waiting to be written back")
+        return Outcome(
+            "processed", f"labels not yet written back set to attention: {', '.join(stuck)}"
+        )
+
+
+def _initial(account: Account, event: Cin7Event) -> tuple[str, str | None]:
+    """(status, reason) of an event as it is recorded."""
+    if event.event_type == PACK_AUTHORISED:
+        if not account.rule.on:
+            return "ignored", "automation is off for this account (autoship = off)"
+        if event.sale_id is None:
+            return "ignored", "the payload names no SaleID"
+        return "received", None
+    if event.event_type == SALE_VOIDED and event.sale_id is not None:
+        return "received", None
+    return "ignored", f"acknowledged; ratesvc acts on {PACK_AUTHORISED} and {SALE_VOIDED} only"

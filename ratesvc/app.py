@@ -130,6 +130,7 @@ async def _automation(app: web.Application) -> AsyncIterator[None]:
     )  # fmt: skip
     poller = Poller(app[keys.LEDGER], app[keys.ACCOUNTS], automation, app[keys.METRICS])
     app[keys.AUTOMATION] = automation
+    app[keys.POLLER] = poller
     automation.start()
     poller.start()
     try:

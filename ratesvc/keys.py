@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ratesvc.accounts import AccountServices
+from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import Settings
 from ratesvc.labels import Labels
@@ -21,3 +22,4 @@ REPLAY = web.AppKey("replay", AnswerReplay)
 LEDGER = web.AppKey("ledger", Ledger)
 LABELS = web.AppKey("labels", Labels)
 AUTOMATION = web.AppKey("automation", Automation)
+POLLER = web.AppKey("poller", Poller)

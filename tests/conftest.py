@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +125,34 @@ async def service(aiohttp_client: Any, make_settings: Callable[..., Settings]) -
     """The service, configured from the environment form, in front of the sandbox."""
     client: TestClient = await aiohttp_client(create_app(make_settings()))
     return client
+
+
+# --- automation: the service with autoship on and a webhook credential ---
+
+HOOK_TOKEN = "hook-token-0123456789"
+HOOK = {"Authorization": f"Bearer {HOOK_TOKEN}"}
+WEBHOOK_URL = "/v1/webhooks/cin7/default"
+
+MakeService = Callable[..., Awaitable[TestClient]]
+
+
+def automation_env(sandbox_url: str, cin7_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    settings = {
+        "RATESVC_AUTOSHIP": "cheapest", "RATESVC_CIN7_WEBHOOK_TOKEN": HOOK_TOKEN,
+        "RATESVC_POLL_INTERVAL_S": "0", "RATESVC_LABEL_SETTLE_S": "0",
+        "RATESVC_WRITEBACK_RETRY_S": "0.05", "RATESVC_CIN7_MIN_INTERVAL_S": "0.01",
+        "RATESVC_CIN7_THROTTLE_PAUSE_S": "0.1", "RATESVC_AUTOMATION_RETRY_S": "0.05",
+    }  # fmt: skip
+    return service_env(sandbox_url, data_dir, cin7_url, **{**settings, **extra})
+
+
+@pytest.fixture
+def make_automated(
+    aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
+) -> MakeService:
+    async def make(**extra: str) -> TestClient:
+        settings = load_settings(automation_env(sandbox_url, cin7_url, tmp_path / "data", **extra))
+        client: TestClient = await aiohttp_client(create_app(settings))
+        return client
+
+    return make

@@ -205,3 +205,98 @@ def test_an_unreadable_or_invalid_toml_file_is_one_clear_line(tmp_path: Path) ->
 
     assert missing[0].startswith("RATESVC_CONFIG: cannot read")
     assert invalid[0].startswith("RATESVC_CONFIG:") and "not valid TOML" in invalid[0]
+
+
+CIN7 = {"RATESVC_CIN7_ACCOUNT_ID": "cin7-account", "RATESVC_CIN7_APPLICATION_KEY": "cin7-key"}
+
+
+def test_automation_is_off_by_default_and_configured_from_the_environment() -> None:
+    off = load_settings(MINIMAL).accounts["default"]
+    on = load_settings({
+        **MINIMAL, **CIN7, "RATESVC_AUTOSHIP": "sale_carrier",
+        "RATESVC_AUTOSHIP_CARRIER_MAP": '{"UPS  Ground": "ups/ups_ground"}',
+        "RATESVC_AUTOSHIP_FALLBACK": "attention", "RATESVC_AUTOSHIP_SERVICES": "ups_ground, x",
+        "RATESVC_AUTOSHIP_MAX_COST": "25", "RATESVC_AUTOSHIP_TEST_LABELS": "yes",
+        "RATESVC_AUTOSHIP_ALLOW_DEFAULT_WEIGHTS": "true", "RATESVC_POLL_INTERVAL_S": "30",
+        "RATESVC_CIN7_WEBHOOK_TOKEN": "hook-token-0123456789", "RATESVC_AUTOMATION_RETRY_S": "5",
+    })  # fmt: skip
+
+    assert (off.rule.on, off.webhook) == (False, None)
+    rule = on.accounts["default"].rule
+    assert rule.autoship == "sale_carrier"
+    assert rule.carrier_map == {"ups ground": ("ups", "ups_ground")}
+    assert (rule.fallback, rule.services, rule.max_cost) == ("attention", ("ups_ground", "x"), 25)
+    assert (rule.test_labels, rule.allow_default_weights, rule.poll_interval_s) == (True, True, 30)
+    webhook = on.accounts["default"].webhook
+    assert webhook is not None
+    assert (webhook.kind, webhook.secret.reveal()) == ("bearer", "hook-token-0123456789")
+    assert on.automation_retry_s == 5
+
+
+def test_automation_problems_are_reported_one_line_each() -> None:
+    problems = problems_of({
+        **MINIMAL, "RATESVC_AUTOSHIP": "fastest", "RATESVC_AUTOSHIP_MAX_COST": "-3",
+        "RATESVC_AUTOSHIP_CARRIER_MAP": '{"UPS": "ups"}', "RATESVC_POLL_INTERVAL_S": "soon",
+        "RATESVC_CIN7_WEBHOOK_TOKEN": "short",
+    })  # fmt: skip
+
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "RATESVC_AUTOSHIP", "RATESVC_AUTOSHIP_CARRIER_MAP.UPS", "RATESVC_AUTOSHIP_MAX_COST",
+        "RATESVC_CIN7_WEBHOOK_TOKEN", "RATESVC_POLL_INTERVAL_S",
+    ]  # fmt: skip
+    assert problems_of({**MINIMAL, "RATESVC_AUTOSHIP": "cheapest"}) == [
+        "RATESVC_AUTOSHIP: autoship 'cheapest' needs the account's Cin7 Core credentials"
+    ]
+
+
+def test_the_toml_form_takes_basic_and_custom_header_webhook_credentials(tmp_path: Path) -> None:
+    config = tmp_path / "ratesvc.toml"
+    common = (
+        'shipstation = { api_key = "k-123", api_secret = "s-123" }\n'
+        'cin7 = { account_id = "a-1", application_key = "k-1" }\n'
+    )
+    config.write_text(
+        '[accounts.one]\napi_tokens = ["token-one-0123456789"]\n' + common +
+        '[accounts.one.webhook]\ntype = "basic"\nusername = "cin7"\npassword = "env:HOOK_PASS"\n'
+        '[accounts.one.automation]\nautoship = "cheapest"\nservices = ["ups_ground"]\n'
+        'max_cost = "25.00"\n'
+        '[accounts.two]\napi_tokens = ["token-two-0123456789"]\n' + common +
+        '[accounts.two.webhook]\ntype = "header"\nheader = "X-Hook-Key"\n'
+        'value = "hook-value-0123456789"\n'
+        '[accounts.two.automation]\nautoship = "sale_carrier"\n'
+        'carrier_map = { "UPS Ground" = "ups/ups_ground" }\n'
+    )  # fmt: skip
+
+    settings = load_settings({"RATESVC_CONFIG": str(config), "HOOK_PASS": "hook-pass-0123456789"})
+
+    one, two = settings.accounts["one"], settings.accounts["two"]
+    assert one.webhook is not None
+    assert (one.webhook.kind, one.webhook.username) == ("basic", "cin7")
+    assert one.webhook.secret.reveal() == "hook-pass-0123456789"
+    assert (one.rule.autoship, one.rule.services, one.rule.max_cost) == (
+        "cheapest", ("ups_ground",), Decimal("25.00"),
+    )  # fmt: skip
+    assert two.webhook is not None
+    assert (two.webhook.kind, two.webhook.header) == ("header", "X-Hook-Key")
+    assert two.rule.carrier_map == {"ups ground": ("ups", "ups_ground")}
+
+
+def test_toml_automation_problems_name_the_account_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "ratesvc.toml"
+    config.write_text(
+        '[accounts.one]\napi_tokens = ["token-one-0123456789"]\n'
+        'shipstation = { api_key = "k-123", api_secret = "s-123" }\n'
+        '[accounts.one.webhook]\ntype = "header"\nheader = "X Bad"\nvalue = "v"\n'
+        '[accounts.one.automation]\nautoship = "sale_carrier"\nspeed = 3\n'
+    )
+
+    problems = problems_of({"RATESVC_CONFIG": str(config)})
+
+    assert problems == [
+        "accounts.one.automation: unknown keys speed",
+        "accounts.one.automation.carrier_map: the sale_carrier rule needs a mapping",
+        "accounts.one.automation.autoship: autoship 'sale_carrier' needs the account's Cin7 Core "
+        "credentials",
+        "accounts.one.webhook.value: must be at least 16 characters long",
+        "accounts.one.webhook.header: must be a header name such as X-Webhook-Key",
+    ]

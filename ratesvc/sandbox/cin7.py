@@ -63,6 +63,7 @@ class Cin7KnobsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_limit: int | None = None
     window_s: float | None = None
     down: bool | None = None
+    writes_down: bool | None = None
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Cin7Knobs:
     rate_limit: int = 60
     window_s: float = 60.0
     down: bool = False
+    writes_down: bool = False  # reads work, every write answers 503 (a half-broken Cin7 Core)
     seed: int = 11
     # Cin7 Core retries a failed delivery 6 times (1, 5, 10, 15, 20, 25 min apart), then turns
     # the webhook off. Tests shorten the delays.
@@ -139,16 +141,7 @@ class Cin7Sandbox:
         ship: str = "NOT AVAILABLE",
     ) -> dict[str, Any]:
         """A sale with one fulfilment; ``items`` are (product id, quantity, box name)."""
-        lines = []
-        for product_id, quantity, _ in items:
-            p = self.products[product_id]
-            lines.append({
-                "ProductID": product_id, "SKU": p["SKU"], "Name": p["Name"], "Quantity": quantity,
-                "Price": 10, "Total": 10 * quantity, "ProductWeight": p["Weight"],
-                "WeightUnits": p["WeightUnits"], "ProductLength": p["Length"],
-                "ProductWidth": p["Width"], "ProductHeight": p["Height"],
-                "DimensionsUnits": p["DimensionsUnits"],
-            })  # fmt: skip
+        lines = [self._order_line(product_id, quantity) for product_id, quantity, _ in items]
         picked = [{"ProductID": pid, "SKU": self.products[pid]["SKU"], "Quantity": qty,
                    "Location": "Main Warehouse"} for pid, qty, _ in items]  # fmt: skip
         packed = [{**line, "Box": box} for line, (_, _, box) in zip(picked, items, strict=True)]
@@ -181,11 +174,27 @@ class Cin7Sandbox:
         }]  # fmt: skip
         return sale
 
+    def _order_line(self, product_id: str, quantity: int) -> dict[str, Any]:
+        p = self.products[product_id]
+        return {
+            "ProductID": product_id, "SKU": p["SKU"], "Name": p["Name"], "Quantity": quantity,
+            "Price": 10, "Total": 10 * quantity, "ProductWeight": p["Weight"],
+            "WeightUnits": p["WeightUnits"], "ProductLength": p["Length"],
+            "ProductWidth": p["Width"], "ProductHeight": p["Height"],
+            "DimensionsUnits": p["DimensionsUnits"],
+        }  # fmt: skip
+
     def add_fulfilment(
         self, sale_id: str, items: list[tuple[str, int, str]], *, pack: str = "AUTHORISED"
     ) -> dict[str, Any]:
-        """Another fulfilment on a sale (an advanced sale ships in several)."""
+        """Another fulfilment on a sale (an advanced sale ships in several); products not yet on
+        the order are added to its lines."""
         sale = self.sales[sale_id]
+        ordered = {line["ProductID"] for line in sale["Order"]["Lines"]}
+        for product_id, quantity, _ in items:
+            if product_id not in ordered:
+                ordered.add(product_id)
+                sale["Order"]["Lines"].append(self._order_line(product_id, quantity))
         picked = [{"ProductID": pid, "SKU": self.products[pid]["SKU"], "Quantity": qty,
                    "Location": "Main Warehouse"} for pid, qty, _ in items]  # fmt: skip
         packed = [{**line, "Box": box} for line, (*_, box) in zip(picked, items, strict=True)]
@@ -339,7 +348,7 @@ class Cin7Sandbox:
         ) != self._credentials:
             self.forbidden += 1
             return _json([{"ErrorCode": 403, "Exception": "Incorrect credentials!"}], 403)
-        if self.knobs.down:
+        if self.knobs.down or (self.knobs.writes_down and request.method != "GET"):
             return _json([{"ErrorCode": 503, "Exception": "Service is under maintenance"}], 503)
         allowed, _ = self.window.admit()
         if not allowed:
@@ -568,7 +577,7 @@ class Cin7Sandbox:
 
     def apply(self, update: Cin7KnobsUpdate) -> None:
         k = self.knobs
-        for name in ("latency", "error_rate", "throttle_style", "down"):
+        for name in ("latency", "error_rate", "throttle_style", "down", "writes_down"):
             value = getattr(update, name)
             if value is not None:
                 setattr(k, name, value)

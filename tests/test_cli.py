@@ -11,6 +11,7 @@ import sys
 from decimal import Decimal
 from typing import Any
 
+from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 
 COMMAND = [sys.executable, "-m", "ratesvc"]
@@ -39,7 +40,7 @@ async def shell(command: str) -> str:
     process = await asyncio.create_subprocess_exec(
         "bash", "-c", command, stdout=asyncio.subprocess.PIPE
     )
-    out, _ = await asyncio.wait_for(process.communicate(), 20)
+    out, _ = await asyncio.wait_for(process.communicate(), 40)
     assert process.returncode == 0, command
     return out.decode()
 
@@ -52,13 +53,13 @@ async def test_demo_prints_curls_that_return_real_sandbox_data() -> None:
     assert process.stdout is not None
     lines: list[str] = []
     try:
-        while sum(line.startswith("  curl") for line in lines) < 3:
+        while not any(line.startswith("  (then: curl") for line in lines):
             line = await asyncio.wait_for(process.stdout.readline(), 20)
             assert line, "the demo stopped before printing its instructions"
             lines.append(line.decode())
-        curls = [line.strip() for line in lines if line.strip().startswith("curl")]
-        assert len(curls) == 3
-        rates, sale_rates, label = [json.loads(await shell(c)) for c in curls]
+        commands = [line.strip() for line in lines if line.strip().startswith("curl")]
+        assert len(commands) == 4
+        rates, sale_rates, label = [json.loads(await shell(c)) for c in commands[:3]]
         assert rates["complete"] is True
         assert {q["carrier_code"] for q in rates["quotes"]} == {
             "stamps_com", "ups", "fedex", "dhl_express_worldwide",
@@ -71,6 +72,17 @@ async def test_demo_prints_curls_that_return_real_sandbox_data() -> None:
         assert [p["box"] for p in label["packages"]] == ["Box 1", "Box 2"]
         assert all(p["tracking_number"].startswith("1Z") for p in label["packages"])
         assert re.search(r"API token:\s+\S{20,}", "".join(lines))
+
+        # Pack a sale: the webhook ships it, and the command shows the label on the sale.
+        sale = json.loads(await shell(commands[3]))
+        (fulfilment,) = sale["Fulfilments"]
+        assert (fulfilment["Pack"], fulfilment["Ship"]) == ("AUTHORISED", "AUTHORISED")
+        (tracking,) = fulfilment["Tracking"]
+        assert sale["Attachments"] == [f"label-{tracking['TrackingNumber']}.pdf"]
+        then = next(line for line in lines if line.startswith("  (then: curl"))
+        events = json.loads(await shell(then.strip()[len("(then: ") : -1]))
+        (event,) = events["events"]
+        assert (event["sale_id"], event["status"]) == ("sale-unpacked", "processed")
     finally:
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), 20)
@@ -154,3 +166,61 @@ async def test_check_verifies_cin7_core_too(sandbox_url: str, cin7_url: str) -> 
     assert bad[0] == 1
     assert "Cin7 Core" in bad[1] and "RATESVC_CIN7_APPLICATION_KEY" in bad[1]
     assert "deleted-app" not in bad[1]
+
+
+def cin7_env(sandbox_url: str, cin7_url: str) -> dict[str, str]:
+    return {
+        **account_env(sandbox_url), "RATESVC_CIN7_URL": cin7_url,
+        "RATESVC_CIN7_ACCOUNT_ID": "sandbox-account", "RATESVC_CIN7_APPLICATION_KEY": "sandbox-key",
+        "RATESVC_CIN7_WEBHOOK_TOKEN": "hook-token-0123456789",
+    }  # fmt: skip
+
+
+async def test_cin7_subscribe_registers_then_updates_the_pack_authorised_webhook(
+    sandbox_url: str, cin7_url: str, cin7_sandbox: Cin7Sandbox
+) -> None:
+    env = cin7_env(sandbox_url, cin7_url)
+    url = "https://ratesvc.example.com/v1/webhooks/cin7/default"
+
+    first = await run("cin7", "subscribe", "--url", url, env=env)
+    cin7_sandbox.webhooks[0]["IsActive"] = False  # six failed deliveries later...
+    again = await run("cin7", "subscribe", "--url", url, env=env)
+
+    assert first[0] == 0, first
+    assert "subscribed: Sale/PackAuthorised → " + url + " (bearerauth) active" in first[1]
+    assert again[0] == 0, again
+    assert "updated (and re-activated)" in again[1]
+    (hook,) = cin7_sandbox.webhooks  # updated in place, not a second subscription
+    assert (hook["IsActive"], hook["ExternalURL"]) == (True, url)
+    assert hook["ExternalBearerToken"] == "hook-token-0123456789"
+    assert "hook-token-0123456789" not in first[1] + again[1]
+
+
+async def test_cin7_webhooks_reports_a_deactivated_webhook_loudly(
+    sandbox_url: str, cin7_url: str, cin7_sandbox: Cin7Sandbox
+) -> None:
+    env = cin7_env(sandbox_url, cin7_url)
+    cin7_sandbox.webhooks.append({
+        "ID": "h-1", "Type": "Sale/PackAuthorised", "IsActive": False,
+        "ExternalURL": "https://ratesvc.example.com/v1/webhooks/cin7/default",
+        "ExternalAuthorizationType": "bearerauth", "ExternalBearerToken": "x",
+    })  # fmt: skip
+
+    code, out, err = await run("cin7", "webhooks", env=env)
+
+    assert code == 1
+    assert "account default: Sale/PackAuthorised → https://ratesvc.example.com" in out
+    assert "DEACTIVATED" in out
+    assert err.startswith("!!! account default: Cin7 Core DEACTIVATED the Sale/PackAuthorised")
+    assert "ratesvc cin7 subscribe --account default --url https://ratesvc.example.com" in err
+
+
+async def test_cin7_subscribe_needs_a_webhook_credential(sandbox_url: str, cin7_url: str) -> None:
+    env = {**cin7_env(sandbox_url, cin7_url), "RATESVC_CIN7_WEBHOOK_TOKEN": ""}
+
+    code, out, _ = await run(
+        "cin7", "subscribe", "--url", "https://x.example/v1/webhooks/cin7/default", env=env
+    )
+
+    assert code == 2
+    assert "RATESVC_CIN7_WEBHOOK_TOKEN" in out

@@ -417,3 +417,47 @@ async def test_with_automation_off_a_pack_is_recorded_but_nothing_is_bought(
         "ignored", "automation is off for this account (autoship = off)",
     )  # fmt: skip
     assert createlabel_calls(sandbox) == 0
+
+
+async def test_polls_skip_sales_already_handled_without_reading_them_again(
+    make_automated: MakeService, cin7_sandbox: Cin7Sandbox, sandbox: ShipStationSandbox
+) -> None:
+    for sale_id in ("sale-simple", "sale-international", "sale-advanced"):
+        cin7_sandbox.sales.pop(sale_id)  # left ready for shipping: sale-multibox alone
+    client = await make_automated()
+    poller, services = client.app[keys.POLLER], client.app[keys.ACCOUNTS]["default"]
+    automation = client.app[keys.AUTOMATION]
+
+    first = await poller.poll(services)
+    await until(lambda: _has_status(client, "attention"))  # its weights are missing
+    await automation.idle()
+    reads = cin7_sandbox.calls["GET /sale"]
+    later = [await poller.poll(services) for _ in range(3)]
+
+    assert (first.listed, first.recorded, first.calls) == (1, 1, 1)
+    assert [(p.listed, p.recorded, p.skipped, p.calls) for p in later] == [(1, 0, 1, 1)] * 3
+    assert cin7_sandbox.calls["GET /sale"] == reads  # decided from the ledger alone
+    assert len(await events(client)) == 1
+    cin7_sandbox.touch(cin7_sandbox.sales["sale-multibox"])  # a person edits the sale
+    changed = await poller.poll(services)
+    assert changed.recorded == 1  # looked at again
+    assert createlabel_calls(sandbox) == 0
+
+
+async def test_the_poller_ships_the_next_fulfilment_of_an_advanced_sale(
+    make_automated: MakeService, cin7_sandbox: Cin7Sandbox, sandbox: ShipStationSandbox
+) -> None:
+    for sale_id in ("sale-simple", "sale-multibox", "sale-international"):
+        cin7_sandbox.sales.pop(sale_id)
+    client = await make_automated()
+    poller, services = client.app[keys.POLLER], client.app[keys.ACCOUNTS]["default"]
+
+    await poller.poll(services)
+
+    second = cin7_sandbox.sales["sale-advanced"]["Fulfilments"][1]
+    await until(lambda: bool(second["Ship"]["Lines"]) and second["Ship"]["Status"] == "AUTHORISED")
+    (event,) = await events(client)
+    assert (event["task_id"], event["status"]) == (None, "processed")  # the list names no task
+    label = await label_of(client, event["label_id"])
+    assert label["task_id"] == "task-sale-advanced-2"
+    assert [p["box"] for p in label["packages"]] == ["Carton A", "Carton B"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import budget, coalescing, common, fanout
+from benchmarks import automation, budget, coalescing, common, fanout
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +38,11 @@ async def test_fanout_measures_every_carrier_count(results_in: Path) -> None:
     saved = json.loads((results_in / "fanout.json").read_text())
     assert set(saved["p50_s"]) == {"1", "4", "8"}
     assert saved["sequential_p50_s"]["8"] > saved["p50_s"]["8"]
+
+
+async def test_automation_ships_every_packed_sale_once(results_in: Path) -> None:
+    assert await automation.main(deliveries=20, sales=3, latency_ms=10)
+
+    saved = json.loads((results_in / "automation.json").read_text())
+    assert (saved["shipped"], saved["createlabel_calls"]) == (3, 3)
+    assert saved["poller"]["shipped"] == saved["poller"]["sales"] == 1

@@ -41,6 +41,7 @@ class Route:
     response: type | None = None
     request: type | None = None
     status: int = 200
+    also: tuple[int, ...] = ()  # other success statuses with the same body (e.g. a replay)
     errors: tuple[int, ...] = ()
     auth: bool = True
     content_type: str = "application/json"
@@ -75,7 +76,8 @@ def build_openapi(routes: Sequence[Route]) -> dict[str, Any]:
             ok["content"] = {route.content_type: {"schema": by_type[route.response]}}
         elif route.content_type != "application/json":
             ok["content"] = {route.content_type: {"schema": {"type": "string"}}}
-        operation["responses"][str(route.status)] = ok
+        for status in (route.status, *route.also):
+            operation["responses"][str(status)] = ok
         statuses = set(route.errors) | ({401} if route.auth else set())
         for status in sorted(statuses):
             operation["responses"][str(status)] = {

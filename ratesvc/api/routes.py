@@ -40,8 +40,8 @@ ROUTES: tuple[Route, ...] = (
           errors=(404, 410), tags=("rates",)),
     Route("POST", "/v1/labels", labels.post_label,
           "Buy labels, one per package, exactly once (Idempotency-Key header)", Label,
-          request=LabelsRequest, status=201, errors=(400, 404, 409, 410, 413, 422, 502, 503, 504),
-          tags=("labels",)),
+          request=LabelsRequest, status=201, also=(200,),
+          errors=(400, 404, 409, 410, 413, 422, 502, 503, 504), tags=("labels",)),
     Route("GET", "/v1/labels", labels.list_labels, "Labels, newest first", LabelList,
           errors=(422,), tags=("labels",)),
     Route("GET", "/v1/labels/{label_id}", labels.get_label, "One label", Label, errors=(404,),
@@ -55,7 +55,7 @@ ROUTES: tuple[Route, ...] = (
           "Cin7 Core webhook target: records the event (202; a repeat answers 200) and ships "
           "packed sales in the background by the account's rule. Authenticated with the account's "
           "webhook credential (bearer, basic or a custom header), not an API token",
-          WebhookReceipt, status=202, errors=(400, 401, 404, 413), auth=False,
+          WebhookReceipt, status=202, also=(200,), errors=(400, 401, 404, 413), auth=False,
           tags=("automation",)),
     Route("GET", "/v1/automation/events", automation.list_events,
           "Automation events (webhooks and the poller), newest first, with their status and "

@@ -102,3 +102,18 @@ async def test_openapi_describes_every_route_with_generated_schemas(service: Tes
     problem = document["components"]["schemas"]["Problem"]
     assert {"type", "title", "status", "code", "detail"} <= set(problem["properties"])
     assert document["paths"]["/healthz"]["get"]["security"] == []
+
+
+async def test_openapi_describes_the_webhook_without_bearer_auth(service: TestClient) -> None:
+    document = await (await service.get("/openapi.json")).json()
+
+    webhook = document["paths"]["/v1/webhooks/cin7/{account}"]["post"]
+    events = document["paths"]["/v1/automation/events"]["get"]
+
+    assert webhook["security"] == []
+    assert {"200", "202", "400", "401", "404"} <= set(webhook["responses"])
+    assert "401" in events["responses"]
+    ref = events["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert set(document["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]) == {
+        "events", "next_cursor",
+    }  # fmt: skip

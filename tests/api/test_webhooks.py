@@ -29,7 +29,7 @@ async def listed(client: TestClient, headers: dict[str, str], query: str = "") -
         (b'["Sale/PackAuthorised"]', "application/json"),
         (b'{"SaleID": "s-1"}', "application/json"),
         (b'{"EventType": "Sale/PackAuthorised"}', "application/json"),
-        (b'{"EventType": "Sale/PackAuthorised", "SaleID": "s-1"}', "text/plain"),
+        (b"", "text/plain"),
     ],
 )
 async def test_a_malformed_or_unknown_payload_is_400_and_nothing_is_recorded(
@@ -45,6 +45,18 @@ async def test_a_malformed_or_unknown_payload_is_400_and_nothing_is_recorded(
     assert problem["code"] == "malformed_json"
     assert problem["detail"]
     assert (await listed(client, AUTH))[1]["events"] == []
+
+
+async def test_a_json_event_is_accepted_whatever_its_content_type(
+    make_automated: MakeService,
+) -> None:
+    client = await make_automated(RATESVC_AUTOSHIP="off")
+    body = b'{"EventType": "Sale/PackAuthorised", "SaleID": "s-1", "TaskID": "t-1"}'
+
+    response = await client.post(URL, data=body, headers={**HOOK, "Content-Type": "text/plain"})
+
+    assert response.status == 202
+    assert (await response.json())["status"] == "ignored"
 
 
 async def test_an_unknown_account_is_404_and_an_account_without_credential_is_401(

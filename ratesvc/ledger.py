@@ -306,20 +306,26 @@ class Ledger:
         limit: int = 50,
     ) -> list[PurchaseRow]:
         """Newest first; ``after`` is the ``label_id`` the previous page ended with."""
-        sql = "SELECT * FROM purchases WHERE account = ?"
+        rows = await self._page("purchases", "label_id", account, sale_id, status, after, limit)
+        return [PurchaseRow(*row) for row in rows]
+
+    async def _page(
+        self, table: str, id_column: str, account: str, sale_id: str | None,
+        status: str | None, after: str | None, limit: int,
+    ) -> list[Any]:  # fmt: skip
+        """One page of an account's rows of ``table`` (a name from this module), newest first."""
+        sql = f"SELECT * FROM {table} WHERE account = ?"
         args: list[Any] = [account]
-        if sale_id is not None:
-            sql += " AND sale_id = ?"
-            args.append(sale_id)
-        if status is not None:
-            sql += " AND status = ?"
-            args.append(status)
+        for column, value in (("sale_id", sale_id), ("status", status)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
         if after is not None:
-            sql += " AND rowid < (SELECT rowid FROM purchases WHERE label_id = ?)"
+            sql += f" AND rowid < (SELECT rowid FROM {table} WHERE {id_column} = ?)"
             args.append(after)
         sql += " ORDER BY rowid DESC LIMIT ?"
         args.append(limit)
-        return [PurchaseRow(*row) for row in await self._fetch(sql, args)]
+        return await self._fetch(sql, args)
 
     async def unfinished_purchases(self) -> list[PurchaseRow]:
         rows = await self._fetch(
@@ -459,20 +465,8 @@ class Ledger:
         limit: int = 50,
     ) -> list[EventRow]:
         """Newest first; ``after`` is the ``event_id`` the previous page ended with."""
-        sql = "SELECT * FROM events WHERE account = ?"
-        args: list[Any] = [account]
-        if status is not None:
-            sql += " AND status = ?"
-            args.append(status)
-        if sale_id is not None:
-            sql += " AND sale_id = ?"
-            args.append(sale_id)
-        if after is not None:
-            sql += " AND rowid < (SELECT rowid FROM events WHERE event_id = ?)"
-            args.append(after)
-        sql += " ORDER BY rowid DESC LIMIT ?"
-        args.append(limit)
-        return [EventRow(*row) for row in await self._fetch(sql, args)]
+        rows = await self._page("events", "event_id", account, sale_id, status, after, limit)
+        return [EventRow(*row) for row in rows]
 
     async def events_for_sales(self, account: str, sale_ids: Sequence[str]) -> list[EventRow]:
         if not sale_ids:

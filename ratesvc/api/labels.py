@@ -7,6 +7,7 @@ from aiohttp import web
 
 from ratesvc import keys
 from ratesvc.api.middlewares import current_account
+from ratesvc.api.paging import list_query
 from ratesvc.api.problems import decode_body
 from ratesvc.errors import InvalidRequest
 from ratesvc.label_models import LabelList, LabelsRequest
@@ -41,18 +42,10 @@ async def get_label(request: web.Request) -> web.Response:
 async def list_labels(request: web.Request) -> web.Response:
     services = current_account(request)
     query = request.query
-    unknown = set(query) - {"sale_id", "status", "limit", "cursor"}
-    if unknown:
-        raise InvalidRequest.field(sorted(unknown)[0], "is not a known query parameter")
-    status = query.get("status")
-    if status is not None and status not in _STATUSES:
-        raise InvalidRequest.field("status", f"must be one of {', '.join(_STATUSES)}")
-    raw_limit = query.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 200:
-        raise InvalidRequest.field("limit", "must be a whole number from 1 to 200")
+    status, limit = list_query(query, filters=("sale_id",), statuses=_STATUSES)
     labels, cursor = await request.app[keys.LABELS].page(
         services.account.name, sale_id=query.get("sale_id"), status=status,
-        limit=int(raw_limit), cursor=query.get("cursor"),
+        limit=limit, cursor=query.get("cursor"),
     )  # fmt: skip
     return _json(LabelList(labels=labels, next_cursor=cursor))
 

@@ -32,7 +32,7 @@ import logging
 import random
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ratesvc.accounts import AccountServices
 from ratesvc.automation.events import PACK_AUTHORISED, SALE_VOIDED, Cin7Event
@@ -71,6 +71,12 @@ class Outcome:
     label_id: str | None = None
 
 
+@dataclass
+class _SaleLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding or waiting
+
+
 class _TryAgain(Exception):
     """The event could not be processed now for a reason that may pass."""
 
@@ -97,7 +103,7 @@ class Automation:
         self._retry_s = retry_s
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._sale_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._sale_locks: dict[tuple[str, str], _SaleLock] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -192,13 +198,18 @@ class Automation:
 
     @contextlib.asynccontextmanager
     async def _sale_lock(self, account: str, sale: str) -> AsyncIterator[None]:
+        """One event at a time per sale; the lock is forgotten when nobody holds or awaits it."""
         key = (account, sale.lower())
-        lock = self._sale_locks.setdefault(key, asyncio.Lock())
+        entry = self._sale_locks.get(key)
+        if entry is None:
+            entry = self._sale_locks[key] = _SaleLock()
+        entry.users += 1
         try:
-            async with lock:
+            async with entry.lock:
                 yield
         finally:
-            if not lock.locked() and self._sale_locks.get(key) is lock:
+            entry.users -= 1
+            if entry.users == 0:
                 del self._sale_locks[key]
 
     async def _process(self, row: EventRow) -> None:

@@ -57,12 +57,12 @@ async def webhooks_command(settings: Settings, account_name: str | None) -> tupl
     async with aiohttp.ClientSession() as session:
         for name in names:
             account = settings.accounts.get(name)
-            if account is None or account.cin7 is None:
-                lines.append(
-                    f"account {name}: "
-                    + ("no such account" if account is None else "Cin7 Core is not configured")
-                )
-                status = 2 if account is None else status
+            if account is None:
+                lines.append(f"account {name}: no such account")
+                status = 2
+                continue
+            if account.cin7 is None:
+                lines.append(f"account {name}: Cin7 Core is not configured")
                 continue
             cin7 = Cin7Client(session, account.cin7, cin7_limiter(f"cli:{name}"))
             deadline = asyncio.get_running_loop().time() + TIMEOUT_S

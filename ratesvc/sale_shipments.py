@@ -4,7 +4,8 @@ The sale is read fresh from Cin7 Core every time: its state is the truth (a webh
 answer is only a hint). The fulfilment is the one named by ``task_id``, else the first whose Pack
 is AUTHORISED and whose Ship is not. Refusals: 404 when the sale (or the named fulfilment) does not
 exist, 409 ``already_shipped`` when the fulfilment has tracking or its Ship is authorised, 409
-``sale_not_ready`` when its Pack is not authorised, 422 when its address cannot be shipped to.
+``sale_not_ready`` when its Pack is not authorised or the sale is voided, 422 when its address
+cannot be shipped to.
 Product weights and sizes come from the sale's order lines (no extra Cin7 Core calls); what had
 to be assumed is returned as ``defaults``.
 """
@@ -55,6 +56,8 @@ async def shipment_for_sale(
         sale = await services.cin7.get_sale(sale_id, deadline=deadline)
     except UpstreamNotFound as exc:
         raise NotFound(f"Cin7 Core has no sale {sale_id}") from exc
+    if sale.voided:
+        raise SaleNotReady(f"sale {sale_id} is voided in Cin7 Core: nothing may be shipped for it")
     fulfilment = sale.fulfilment(task_id)
     if relabel and task_id is None and fulfilment is None:
         fulfilment = sale.relabelable()

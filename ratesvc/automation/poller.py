@@ -20,7 +20,6 @@ a listed sale is taken from the ledger alone, without reading the sale:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -92,8 +91,7 @@ class Poller:
                 self._metrics.automation_polls.labels(name, "ok").inc()
                 if result.recorded:
                     log.info("poll of %s: %d ready, %d new", name, result.listed, result.recorded)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.sleep(interval)
+            await asyncio.sleep(interval)
 
     async def poll(self, services: AccountServices) -> PollResult:
         """One poll of one account; records what is new and wakes the worker."""
@@ -110,7 +108,8 @@ class Poller:
             items += answer.SaleList
             if len(answer.SaleList) < PAGE_SIZE or len(items) >= answer.Total:
                 break
-        ids = list(dict.fromkeys(item.SaleID for item in items))
+        listed = {item.SaleID: item for item in items}  # a sale may move between pages
+        ids = list(listed)
         events: dict[str, list[EventRow]] = defaultdict(list)
         for event in await self._ledger.events_for_sales(account.name, ids):
             if event.sale_id is not None:
@@ -120,7 +119,7 @@ class Poller:
             if purchase.sale_id is not None:
                 purchases[purchase.sale_id].append(purchase)
         recorded = skipped = 0
-        for item in {item.SaleID: item for item in items}.values():
+        for item in listed.values():
             if _handled(item, events[item.SaleID], purchases[item.SaleID]):
                 skipped += 1
                 continue

@@ -290,8 +290,6 @@ class Automation:
             return Outcome("processed", f"nothing to do: {exc.detail}")
         except (SaleNotReady, NotFound) as exc:
             return Outcome("ignored", exc.detail)
-        if prepared.sale.voided:
-            return Outcome("ignored", f"sale {row.sale_id} is voided")
         task_id = prepared.fulfilment.task_id
         labelled = await self._active_label(account.name, prepared.sale.sale_id, task_id)
         if labelled is not None:

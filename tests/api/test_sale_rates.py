@@ -87,6 +87,22 @@ async def test_sales_that_cannot_be_rated_are_refused_with_the_right_code(
     assert sandbox.carrier_calls == {}
 
 
+async def test_a_voided_sale_is_neither_rated_nor_labelled(
+    sale_service: TestClient, cin7_sandbox: Cin7Sandbox, sandbox: ShipStationSandbox
+) -> None:
+    cin7_sandbox.void_sale("sale-simple")  # its Pack stays authorised, as in Cin7 Core
+    label = {"sale_id": "sale-simple", "carrier_code": "ups", "service_code": "ups_ground"}
+
+    rated = await rate(sale_service, {"sale_id": "sale-simple"}, status=409)
+    bought = await sale_service.post("/v1/labels", json=label, headers=AUTH)
+
+    assert rated["code"] == "sale_not_ready"
+    assert "voided" in rated["detail"]
+    assert bought.status == 409
+    assert (await bought.json())["code"] == "sale_not_ready"
+    assert sandbox.calls["/shipments/getrates"] == sandbox.calls["/shipments/createlabel"] == 0
+
+
 async def test_packing_a_sale_makes_it_rateable(
     sale_service: TestClient, cin7_sandbox: Cin7Sandbox
 ) -> None:

@@ -54,6 +54,19 @@ async def events(client: TestClient, query: str = "") -> list[dict[str, Any]]:
     return listed
 
 
+async def label_of(client: TestClient, label_id: str) -> dict[str, Any]:
+    label: dict[str, Any] = await (await client.get(f"/v1/labels/{label_id}", headers=AUTH)).json()
+    return label
+
+
+async def label_status(client: TestClient, label_id: str, status: str) -> bool:
+    return bool((await label_of(client, label_id))["status"] == status)
+
+
+async def has_status(client: TestClient, status: str) -> bool:
+    return bool(await events(client, f"?status={status}"))
+
+
 def shipped(cin7: Cin7Sandbox, sale_id: str) -> bool:
     ship = cin7.fulfilment(sale_id)["Ship"]
     tracked = all(line["TrackingNumber"] for line in ship["Lines"])
@@ -102,15 +115,10 @@ async def test_a_pack_authorised_in_cin7_core_ships_the_sale_with_no_other_call(
     assert event["status"] == "processed"
     assert event["source"] == "webhook"
     assert (event["sale_id"], event["order_number"]) == ("sale-unpacked", "SO-1005")
-    label = await (await client.get(f"/v1/labels/{event['label_id']}", headers=AUTH)).json()
+    label = await label_of(client, event["label_id"])
     await until(lambda: label_status(client, event["label_id"], "completed"))
     assert label["task_id"] == "task-sale-unpacked"
     assert label["packages"][0]["tracking_number"] == line["TrackingNumber"]
-
-
-async def label_status(client: TestClient, label_id: str, status: str) -> bool:
-    label = await (await client.get(f"/v1/labels/{label_id}", headers=AUTH)).json()
-    return bool(label["status"] == status)
 
 
 async def test_the_cheapest_service_is_bought_as_the_rates_api_shows_it(
@@ -129,7 +137,7 @@ async def test_the_cheapest_service_is_bought_as_the_rates_api_shows_it(
 
     await until(lambda: shipped(cin7_sandbox, "sale-simple"))
     (event,) = await events(client)
-    label = await (await client.get(f"/v1/labels/{event['label_id']}", headers=AUTH)).json()
+    label = await label_of(client, event["label_id"])
     assert (label["carrier_code"], label["service_code"]) == (
         cheapest["carrier_code"], cheapest["service_code"],
     )  # fmt: skip
@@ -215,16 +223,12 @@ async def test_a_cost_cap_exceeded_needs_attention_and_buys_nothing(
 
     await client.post(URL, json=pack_payload(cin7_sandbox, "sale-simple"), headers=HOOK)
 
-    await until(lambda: _has_status(client, "attention"))
+    await until(lambda: has_status(client, "attention"))
     (event,) = await events(client, "?status=attention")
     assert event["reason"].startswith("no service under the 1.00 USD cap (cheapest: ")
     assert event["label_id"] is None
     assert createlabel_calls(sandbox) == 0
     assert cin7_sandbox.fulfilment("sale-simple")["Ship"]["Status"] == "NOT AVAILABLE"
-
-
-async def _has_status(client: TestClient, status: str) -> bool:
-    return bool(await events(client, f"?status={status}"))
 
 
 async def test_events_recorded_but_not_processed_are_processed_after_a_restart(
@@ -255,7 +259,7 @@ async def test_product_weights_missing_needs_attention_before_anything_is_bought
 
     await client.post(URL, json=pack_payload(cin7_sandbox, "sale-multibox"), headers=HOOK)
 
-    await until(lambda: _has_status(client, "attention"))
+    await until(lambda: has_status(client, "attention"))
     (event,) = await events(client)
     assert event["reason"] == (
         "product weights missing: Box 2: no weight for GiftCard; assumed 1 lb each"
@@ -275,7 +279,7 @@ async def test_the_sale_carrier_rule_buys_what_the_sale_asks_for(
 
     await until(lambda: shipped(cin7_sandbox, "sale-simple"))
     (event,) = await events(client)
-    label = await (await client.get(f"/v1/labels/{event['label_id']}", headers=AUTH)).json()
+    label = await label_of(client, event["label_id"])
     assert (label["carrier_code"], label["service_code"]) == ("ups", "ups_ground")
     rated = [body["carrierCode"] for path, body in sandbox.received if path.endswith("getrates")]
     assert set(rated) == {"ups"}  # only what the rule could buy was rated
@@ -292,7 +296,7 @@ async def test_a_carrier_text_not_in_the_map_can_require_a_person(
 
     await client.post(URL, json=pack_payload(cin7_sandbox, "sale-simple"), headers=HOOK)
 
-    await until(lambda: _has_status(client, "attention"))
+    await until(lambda: has_status(client, "attention"))
     (event,) = await events(client)
     assert event["reason"] == "the sale's carrier 'Pigeon Post' is not in the account's carrier map"
     assert createlabel_calls(sandbox) == 0
@@ -307,7 +311,7 @@ async def test_test_labels_are_bought_when_the_rule_says_so(
 
     await until(lambda: shipped(cin7_sandbox, "sale-simple"))
     (event,) = await events(client)
-    label = await (await client.get(f"/v1/labels/{event['label_id']}", headers=AUTH)).json()
+    label = await label_of(client, event["label_id"])
     assert label["test_label"] is True
     (body,) = [body for path, body in sandbox.received if path == "/shipments/createlabel"]
     assert body["testLabel"] is True
@@ -321,7 +325,7 @@ async def test_an_upstream_outage_is_retried_with_back_off_then_succeeds(
 
     await client.post(URL, json=pack_payload(cin7_sandbox, "sale-simple"), headers=HOOK)
 
-    await until(lambda: _has_status(client, "failed"))
+    await until(lambda: has_status(client, "failed"))
     (failed,) = await events(client, "?status=failed")
     assert failed["attempts"] >= 1
     assert failed["next_attempt_at"] is not None
@@ -344,7 +348,7 @@ async def test_a_person_and_the_automation_never_buy_the_same_sale_twice(
 
     await client.post(URL, json=pack_payload(cin7_sandbox, "sale-simple"), headers=HOOK)
 
-    await until(lambda: _has_status(client, "processed"))
+    await until(lambda: has_status(client, "processed"))
     (event,) = await events(client)
     label = await by_hand.json()
     assert (event["label_id"], event["reason"]) == (
@@ -370,10 +374,10 @@ async def test_a_voided_sale_with_labels_not_written_back_needs_attention(
     cin7_sandbox.void_sale("sale-simple")
 
     await until(lambda: label_status(client, label["label_id"], "attention"))
-    voided = await (await client.get(f"/v1/labels/{label['label_id']}", headers=AUTH)).json()
+    voided = await label_of(client, label["label_id"])
     assert voided["detail"].startswith("the sale was voided in Cin7 Core")
     assert voided["write_back"]["state"] == "cancelled"
-    await until(lambda: _has_status(client, "processed"))
+    await until(lambda: has_status(client, "processed"))
     (event,) = await events(client)
     assert event["event_type"] == "Sale/Voided"
     assert event["reason"] == f"labels not yet written back set to attention: {label['label_id']}"
@@ -381,11 +385,6 @@ async def test_a_voided_sale_with_labels_not_written_back_needs_attention(
     await asyncio.sleep(0.3)  # the outbox's next attempts find the write-back cancelled
     assert cin7_sandbox.fulfilment("sale-simple")["Ship"]["Status"] == "NOT AVAILABLE"
     assert (await label_of(client, label["label_id"]))["status"] == "attention"
-
-
-async def label_of(client: TestClient, label_id: str) -> dict[str, Any]:
-    label: dict[str, Any] = await (await client.get(f"/v1/labels/{label_id}", headers=AUTH)).json()
-    return label
 
 
 async def test_other_events_are_acknowledged_and_recorded_as_ignored(
@@ -429,7 +428,7 @@ async def test_polls_skip_sales_already_handled_without_reading_them_again(
     automation = client.app[keys.AUTOMATION]
 
     first = await poller.poll(services)
-    await until(lambda: _has_status(client, "attention"))  # its weights are missing
+    await until(lambda: has_status(client, "attention"))  # its weights are missing
     await automation.idle()
     reads = cin7_sandbox.calls["GET /sale"]
     later = [await poller.poll(services) for _ in range(3)]

@@ -20,13 +20,12 @@ from ratesvc.api.routes import setup_routes
 from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import ConfigError, Settings
-from ratesvc.labels import Labels, LabelTiming
+from ratesvc.labels import Labels, LabelTiming, WriteBackWorker
 from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
 from ratesvc.quotes import LegCache, QuoteStore
 from ratesvc.rating import Rater
 from ratesvc.replay import AnswerReplay
-from ratesvc.writeback import WriteBackWorker
 
 USER_AGENT = f"ratesvc/{__version__}"
 
@@ -107,12 +106,13 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
         accounts=app[keys.ACCOUNTS],
         timing=LabelTiming(settle_s=settings.label_settle_s),
         on_queued=worker.nudge,
+        retention_days=settings.retention_days,
     )
     app[keys.LEDGER] = ledger
     app[keys.LABELS] = labels
-    worker.start()
-    await labels.resume_unfinished()
     try:
+        await worker.start()
+        await labels.start()
         yield
     finally:
         await labels.close()

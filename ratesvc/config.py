@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -155,6 +156,7 @@ class Account(msgspec.Struct, frozen=True, kw_only=True):
     quote_ttl_s: float = 900.0
     webhook: WebhookCredential | None = None
     rule: ShipRule = ShipRule()
+    timezone: str | None = None  # IANA name for "today" (default ship date); None: the machine's
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -173,6 +175,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cin7_throttle_pause_s: float = 20.0
     cin7_window_s: float = 60.0
     automation_retry_s: float = 30.0
+    retention_days: float = 90.0  # finished events, outbox rows and label PDFs are kept this long
     accounts: dict[str, Account] = {}
 
     def account_for_token(self, token: str) -> Account | None:
@@ -263,6 +266,20 @@ class _Reader:
         except (orjson.JSONDecodeError, msgspec.ValidationError) as exc:
             self.problems.append(f"{where}: not a valid address ({exc})")
             return None
+
+    def timezone(self, where: str, raw: object) -> str | None:
+        """An IANA time zone name (``America/Chicago``), checked against the zone database."""
+        name = self.text(where, raw)
+        if name is None:
+            return None
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            self.problems.append(
+                f"{where}: {name!r} is not an IANA time zone (e.g. America/Chicago)"
+            )
+            return None
+        return name
 
     def flag(self, where: str, raw: object) -> bool:
         if raw is None or raw == "":
@@ -489,6 +506,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         automation_retry_s=number(
             "RATESVC_AUTOMATION_RETRY_S", "automation_retry_s", 30.0, 0.01, 3600
         ),
+        retention_days=number("RATESVC_RETENTION_DAYS", "retention_days", 90.0, 1, 36500),
         accounts=accounts,
     )
     if reader.problems:
@@ -521,7 +539,8 @@ _RULE_ENV = {
 _WEBHOOK_KEYS = ("type", "token", "username", "password", "header", "value")
 _ACCOUNT_KEYS = frozenset(
     {"api_tokens", "shipstation", "cin7", "ship_from", "carriers", "markup", "packaging",
-     "invoice_shipping", "request_deadline_s", "quote_ttl_s", "webhook", "automation"}
+     "invoice_shipping", "request_deadline_s", "quote_ttl_s", "webhook", "automation",
+     "timezone"}
 )  # fmt: skip
 
 
@@ -594,6 +613,7 @@ def _env_account(
         quote_ttl_s=quote_ttl,
         webhook=webhook,
         rule=rule,
+        timezone=reader.timezone("RATESVC_TIMEZONE", env.get("RATESVC_TIMEZONE")),
     )
 
 
@@ -676,6 +696,7 @@ def _file_account(
         quote_ttl_s=reader.number(
             f"{where}.quote_ttl_s", raw.get("quote_ttl_s"), quote_ttl, minimum=1, maximum=7 * 86400
         ),
+        timezone=reader.timezone(f"{where}.timezone", raw.get("timezone")),
     )
 
 

@@ -10,6 +10,9 @@
     │   ├── MethodNotAllowed          405 method_not_allowed
     │   ├── SaleNotReady              409 sale_not_ready (the fulfilment's Pack is not AUTHORISED)
     │   ├── AlreadyShipped            409 already_shipped (tracking already on the fulfilment)
+    │   ├── AlreadyLabelled           409 already_labelled (a live label holds the fulfilment)
+    │   ├── SaleChanged               409 sale_changed (boxes or ship-to changed since quoted)
+    │   ├── Reconciling               409 reconciling (a purchase's outcome is still unknown)
     │   ├── AlreadyVoided             409 already_voided
     │   ├── VoidRejected              409 void_rejected (the carrier's message in ``detail``)
     │   ├── QuoteExpired              410 quote_expired
@@ -45,14 +48,15 @@ class FieldError(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RatesvcError(Exception):
-    """Base of every error reported to clients."""
+    """Base of every error reported to clients; ``label_id`` names the label it is about."""
 
     code: str = "internal_error"
     status: int = 500
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, label_id: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.label_id = label_id
 
     @property
     def title(self) -> str:
@@ -92,6 +96,21 @@ class SaleNotReady(RequestError):
 
 class AlreadyShipped(RequestError):
     code = "already_shipped"
+    status = 409
+
+
+class AlreadyLabelled(RequestError):
+    code = "already_labelled"
+    status = 409
+
+
+class SaleChanged(RequestError):
+    code = "sale_changed"
+    status = 409
+
+
+class Reconciling(RequestError):
+    code = "reconciling"
     status = 409
 
 

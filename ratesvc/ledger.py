@@ -10,8 +10,10 @@ forward one version at a time at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +94,28 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_due ON events(status, next_at);
     CREATE INDEX events_sale ON events(account, sale_id);
     """,
+    # 3: a sale label claims its fulfilment as well as the client's key; purchase attempts are
+    # durable; a package "buying" when the process stopped has an unknown outcome
+    """
+    ALTER TABLE purchases ADD COLUMN fulfilment_key TEXT;
+    UPDATE purchases SET fulfilment_key = 'sale:' || sale_id || ':' || task_id
+        WHERE sale_id IS NOT NULL AND task_id IS NOT NULL
+          AND status NOT IN ('voided', 'failed')
+          AND rowid = (SELECT MAX(p.rowid) FROM purchases p
+                       WHERE p.account = purchases.account AND p.sale_id = purchases.sale_id
+                         AND p.task_id = purchases.task_id
+                         AND p.status NOT IN ('voided', 'failed'));
+    UPDATE purchases SET idem_key = NULL WHERE idem_key LIKE 'sale:%';
+    CREATE UNIQUE INDEX purchases_fulfilment ON purchases(account, fulfilment_key)
+        WHERE fulfilment_key IS NOT NULL;
+    ALTER TABLE packages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    UPDATE packages SET state = 'unknown' WHERE state = 'buying';
+    CREATE INDEX outbox_label ON outbox(label_id);
+    CREATE INDEX purchases_status ON purchases(status);
+    """,
 ]
+
+SQLITE_MAX_VARIABLES = 500  # stay well under SQLite's limit on "?" in one statement
 
 
 def now_text() -> str:
@@ -116,6 +139,7 @@ class PurchaseRow:
     created_at: str
     updated_at: str
     voided_at: str | None
+    fulfilment_key: str | None = None  # "sale:<sale>:<task>" while the label holds it
 
 
 @dataclass(frozen=True)
@@ -131,6 +155,7 @@ class PackageRow:
     cost: str | None
     insurance_cost: str | None
     pdf_path: str | None
+    attempts: int = 0  # createlabel calls that may have reached ShipStation
 
 
 @dataclass(frozen=True)
@@ -138,10 +163,22 @@ class OutboxRow:
     id: int
     label_id: str
     kind: str
-    state: str
+    state: str  # pending | running | done | cancelled
     attempts: int
     next_at: str
     last_error: str | None
+    account: str = ""
+    sale_id: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What happens to an outbox job in the same transaction as a label's status change."""
+
+    id: int
+    state: str  # done | pending (retry at next_at) | cancelled
+    error: str | None = None
+    next_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -169,11 +206,33 @@ OPEN_EVENT_STATUSES = ("received", "failed")  # still to be processed (now or af
 
 
 class IdempotencyConflict(Exception):
-    """Another purchase already holds this idempotency key."""
+    """Another purchase already holds this idempotency key (``by_key``) or this fulfilment."""
 
-    def __init__(self, existing: PurchaseRow) -> None:
+    def __init__(self, existing: PurchaseRow, *, by_key: bool = True) -> None:
         super().__init__(existing.label_id)
         self.existing = existing
+        self.by_key = by_key
+
+
+class IllegalTransition(Exception):
+    """The row was not in a state the change may start from; nothing was written."""
+
+    def __init__(self, label_id: str, current: str | None, to: str) -> None:
+        super().__init__(f"{label_id}: {current} -> {to} is not allowed")
+        self.label_id = label_id
+        self.current = current
+        self.to = to
+
+
+def _stamp(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def chunks(values: Sequence[str]) -> list[Sequence[str]]:
+    """``values`` cut in pieces small enough for one ``IN (...)`` list."""
+    return [
+        values[i : i + SQLITE_MAX_VARIABLES] for i in range(0, len(values), SQLITE_MAX_VARIABLES)
+    ]
 
 
 class Ledger:
@@ -247,50 +306,71 @@ class Ledger:
 
     # --- purchases ---------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the lock; rolled back on any exception."""
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def _one(self, sql: str, args: Sequence[Any]) -> Any:
+        async with self.db.execute(sql, args) as cursor:
+            return await cursor.fetchone()
+
     async def create_purchase(
         self,
         row: PurchaseRow,
         packages: Sequence[tuple[int, str | None, str]],
     ) -> None:
-        """Record the intent to buy (``packages``: n, box, purchase key). Raises
-        :class:`IdempotencyConflict` when the account already used the idempotency key."""
-        async with self._lock:
-            await self._create_purchase(row, packages)
+        """Record the intent to buy (``packages``: n, box, purchase key) in one transaction.
 
-    async def _create_purchase(
-        self, row: PurchaseRow, packages: Sequence[tuple[int, str | None, str]]
-    ) -> None:
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        Raises :class:`IdempotencyConflict` when the account already used the client's key
+        (``by_key``), or when a live label already holds the fulfilment (``by_key=False``).
+        """
+        async with self._transaction() as db:
             if row.idem_key is not None:
-                existing = await self._purchase_by_key(row.account, row.idem_key)
+                existing = await self._one(
+                    "SELECT * FROM purchases WHERE account = ? AND idem_key = ?",
+                    (row.account, row.idem_key),
+                )
                 if existing is not None:
-                    await self.db.execute("ROLLBACK")
-                    raise IdempotencyConflict(existing)
-            await self.db.execute(
-                "INSERT INTO purchases VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (row.label_id, row.account, row.idem_key, row.request_hash, row.plan, row.status,
-                 row.detail, row.sale_id, row.task_id, row.write_back_state,
-                 row.write_back_attempts, row.write_back_error, row.created_at, row.updated_at,
-                 row.voided_at),
-            )  # fmt: skip
-            await self.db.executemany(
+                    raise IdempotencyConflict(PurchaseRow(*existing))
+            if row.fulfilment_key is not None:
+                holder = await self._one(
+                    "SELECT * FROM purchases WHERE account = ? AND fulfilment_key = ?",
+                    (row.account, row.fulfilment_key),
+                )
+                if holder is not None:
+                    raise IdempotencyConflict(PurchaseRow(*holder), by_key=False)
+            columns = ", ".join(f.name for f in dataclasses.fields(PurchaseRow))
+            values = dataclasses.astuple(row)
+            await db.execute(
+                f"INSERT INTO purchases ({columns}) VALUES ({','.join('?' * len(values))})",
+                values,
+            )
+            await db.executemany(
                 "INSERT INTO packages (label_id, n, box, purchase_key, state) VALUES (?,?,?,?,?)",
                 [(row.label_id, n, box, key, "pending") for n, box, key in packages],
             )
-            await self.db.execute("COMMIT")
-        except IdempotencyConflict:
-            raise
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
 
-    async def _purchase_by_key(self, account: str, idem_key: str) -> PurchaseRow | None:
-        async with self.db.execute(
+    async def purchase_by_key(self, account: str, idem_key: str) -> PurchaseRow | None:
+        rows = await self._fetch(
             "SELECT * FROM purchases WHERE account = ? AND idem_key = ?", (account, idem_key)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return PurchaseRow(*row) if row else None
+        )
+        return PurchaseRow(*rows[0]) if rows else None
+
+    async def purchase_by_fulfilment(self, account: str, fulfilment_key: str) -> PurchaseRow | None:
+        """The live label holding this fulfilment, if any."""
+        rows = await self._fetch(
+            "SELECT * FROM purchases WHERE account = ? AND fulfilment_key = ?",
+            (account, fulfilment_key),
+        )
+        return PurchaseRow(*rows[0]) if rows else None
 
     async def purchase(self, label_id: str) -> PurchaseRow | None:
         rows = await self._fetch("SELECT * FROM purchases WHERE label_id = ?", (label_id,))
@@ -328,23 +408,105 @@ class Ledger:
         return await self._fetch(sql, args)
 
     async def unfinished_purchases(self) -> list[PurchaseRow]:
+        """Purchases a unit must still drive: buying, or with a package whose outcome is
+        unknown (whatever the label's status)."""
         rows = await self._fetch(
-            "SELECT * FROM purchases WHERE status = 'purchasing' ORDER BY rowid"
+            "SELECT * FROM purchases WHERE status = 'purchasing' OR (status = 'attention' AND "
+            "label_id IN (SELECT label_id FROM packages WHERE state = 'unknown')) ORDER BY rowid"
         )
         return [PurchaseRow(*row) for row in rows]
 
-    async def set_status(self, label_id: str, status: str, **fields: Any) -> None:
-        """Change the status (and any other ``fields``, e.g. ``detail``) of a purchase."""
-        columns = {"status": status, "updated_at": now_text(), **fields}
+    async def transition(
+        self,
+        label_id: str,
+        to: str,
+        allowed_from: Collection[str],
+        *,
+        fields: Mapping[str, Any] | None = None,
+        enqueue: str | None = None,
+        job: JobResult | None = None,
+        release: bool = False,
+        cancel_write_back: bool = False,
+    ) -> PurchaseRow:
+        """Move a purchase to ``to`` in one transaction with what goes with it: other
+        ``fields``, an outbox job queued (``enqueue``: its kind) or settled (``job``), pending
+        write-back jobs cancelled, and, with ``release``, the fulfilment and client key given
+        up. Raises :class:`IllegalTransition` (writing nothing) when the current status is not
+        in ``allowed_from``."""
+        async with self._transaction() as db:
+            current = await self._one(
+                "SELECT status FROM purchases WHERE label_id = ?", (label_id,)
+            )
+            if current is None or current[0] not in allowed_from:
+                raise IllegalTransition(label_id, current[0] if current else None, to)
+            columns: dict[str, Any] = {"status": to, "updated_at": now_text(), **(fields or {})}
+            if release:
+                columns.update(fulfilment_key=None, idem_key=None)
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            await db.execute(
+                f"UPDATE purchases SET {assignments} WHERE label_id = ?",
+                (*columns.values(), label_id),
+            )
+            if enqueue is not None:
+                await self._enqueue(label_id, enqueue)
+            if job is not None:
+                await self._settle_job(job)
+            if cancel_write_back:
+                await db.execute(
+                    "UPDATE outbox SET state = 'cancelled', updated_at = ? "
+                    "WHERE label_id = ? AND kind = 'write_back' AND state = 'pending'",
+                    (now_text(), label_id),
+                )
+            row = await self._one("SELECT * FROM purchases WHERE label_id = ?", (label_id,))
+        return PurchaseRow(*row)
+
+    async def void(self, label_id: str, allowed_from: Collection[str]) -> tuple[PurchaseRow, bool]:
+        """The void's transaction: the label ``voided`` (its fulfilment released; the client's
+        key stays bound to it, so a replay answers the voided label), its bought packages
+        ``voided``, a write-back that never started cancelled, and the correction of one that
+        did (running, done, or tried before) queued. (the row, whether a correction was queued)."""
+        async with self._transaction() as db:
+            current = await self._one(
+                "SELECT status, write_back_state FROM purchases WHERE label_id = ?", (label_id,)
+            )
+            if current is None or current[0] not in allowed_from:
+                raise IllegalTransition(label_id, current[0] if current else None, "voided")
+            started = await self._one(
+                "SELECT COUNT(*) FROM outbox WHERE label_id = ? AND kind = 'write_back' AND "
+                "(state IN ('running', 'done') OR attempts > 0)",
+                (label_id,),
+            )
+            await db.execute(
+                "UPDATE outbox SET state = 'cancelled', updated_at = ? "
+                "WHERE label_id = ? AND kind = 'write_back' AND state = 'pending'",
+                (now_text(), label_id),
+            )
+            corrected = bool(started[0])
+            write_back = current[1]
+            if corrected:
+                await self._enqueue(label_id, "void_correction")
+            elif write_back in ("pending", "failed"):
+                write_back = "cancelled"
+            stamp = now_text()
+            await db.execute(
+                "UPDATE purchases SET status = 'voided', voided_at = ?, updated_at = ?, "
+                "fulfilment_key = NULL, write_back_state = ? WHERE label_id = ?",
+                (stamp, stamp, write_back, label_id),
+            )
+            await db.execute(
+                "UPDATE packages SET state = 'voided' WHERE label_id = ? AND state = 'bought'",
+                (label_id,),
+            )
+            row = await self._one("SELECT * FROM purchases WHERE label_id = ?", (label_id,))
+        return PurchaseRow(*row), corrected
+
+    async def set_detail(self, label_id: str, detail: str | None, **fields: Any) -> None:
+        """Annotate a purchase without changing its status (``detail``, write-back counters)."""
+        columns = {"detail": detail, "updated_at": now_text(), **fields}
         assignments = ", ".join(f"{name} = ?" for name in columns)
         await self._execute(
-            f"UPDATE purchases SET {assignments} WHERE label_id = ?",
-            (*columns.values(), label_id),
+            f"UPDATE purchases SET {assignments} WHERE label_id = ?", (*columns.values(), label_id)
         )
-
-    async def release_key(self, label_id: str) -> None:
-        """Free the idempotency key (after a void or a purchase that bought nothing)."""
-        await self._execute("UPDATE purchases SET idem_key = NULL WHERE label_id = ?", (label_id,))
 
     # --- packages ----------------------------------------------------------------------------
 
@@ -354,57 +516,157 @@ class Ledger:
         )
         return [PackageRow(*row) for row in rows]
 
-    async def set_package(self, label_id: str, n: int, **fields: Any) -> None:
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        await self._execute(
-            f"UPDATE packages SET {assignments} WHERE label_id = ? AND n = ?",
-            (*fields.values(), label_id, n),
-        )
+    async def packages_of(self, label_ids: Sequence[str]) -> dict[str, list[PackageRow]]:
+        """The packages of several purchases (one query per chunk of ids)."""
+        found: dict[str, list[PackageRow]] = {label_id: [] for label_id in label_ids}
+        for part in chunks(label_ids):
+            rows = await self._fetch(
+                f"SELECT * FROM packages WHERE label_id IN ({','.join('?' * len(part))}) "
+                "ORDER BY label_id, n",
+                part,
+            )
+            for row in rows:
+                found[row[0]].append(PackageRow(*row))
+        return found
+
+    async def move_package(
+        self, label_id: str, n: int, to: str, allowed_from: Collection[str], **fields: Any
+    ) -> PackageRow:
+        """Move one package to ``to`` (with ``fields``) if it is in ``allowed_from``; raises
+        :class:`IllegalTransition` otherwise."""
+        columns = {"state": to, **fields}
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        marks = ",".join("?" * len(allowed_from))
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                f"UPDATE packages SET {assignments} WHERE label_id = ? AND n = ? "
+                f"AND state IN ({marks})",
+                (*columns.values(), label_id, n, *allowed_from),
+            )
+            row = await self._one(
+                "SELECT * FROM packages WHERE label_id = ? AND n = ?", (label_id, n)
+            )
+            if cursor.rowcount != 1:
+                raise IllegalTransition(f"{label_id}:{n}", row[4] if row else None, to)
+        return PackageRow(*row)
 
     # --- outbox ------------------------------------------------------------------------------
 
-    async def enqueue(self, label_id: str, kind: str) -> None:
+    async def _enqueue(self, label_id: str, kind: str) -> None:
         stamp = now_text()
-        await self._execute(
+        await self.db.execute(
             "INSERT INTO outbox (label_id, kind, state, next_at, created_at, updated_at) "
             "VALUES (?, ?, 'pending', ?, ?, ?)",
             (label_id, kind, stamp, stamp, stamp),
         )
 
-    async def due_jobs(self, limit: int = 10) -> list[OutboxRow]:
-        rows = await self._fetch(
-            "SELECT id, label_id, kind, state, attempts, next_at, last_error FROM outbox "
-            "WHERE state = 'pending' AND next_at <= ? ORDER BY id LIMIT ?",
-            (now_text(), limit),
-        )
-        return [OutboxRow(*row) for row in rows]
+    async def _settle_job(self, job: JobResult) -> None:
+        if job.state == "pending":
+            assert job.next_at is not None
+            await self.db.execute(
+                "UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?, "
+                "next_at = ?, updated_at = ? WHERE id = ?",
+                (job.error, _stamp(job.next_at), now_text(), job.id),
+            )
+        else:
+            await self.db.execute(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "updated_at = ? WHERE id = ?",
+                (job.state, job.error, now_text(), job.id),
+            )
+
+    async def settle_job(self, job: JobResult) -> None:
+        """Settle a job that changes no label status."""
+        async with self._transaction():
+            await self._settle_job(job)
+
+    async def claim_jobs(self, limit: int = 10) -> list[OutboxRow]:
+        """Due jobs, at most one per sale and none of a sale that has one running, oldest first;
+        each is marked ``running`` (a later job of a sale waits for the earlier ones)."""
+        now = now_text()
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT o.id, o.label_id, o.kind, o.state, o.attempts, o.next_at, o.last_error, "
+                "p.account, p.sale_id FROM outbox o JOIN purchases p ON p.label_id = o.label_id "
+                "WHERE o.state IN ('pending', 'running') ORDER BY o.id LIMIT 5000"
+            ) as cursor:
+                rows = [OutboxRow(*row) for row in await cursor.fetchall()]
+            seen: set[tuple[str, str]] = set()
+            claimed: list[OutboxRow] = []
+            for job in rows:
+                sale = (job.account, job.sale_id or job.label_id)
+                if sale in seen:
+                    continue
+                seen.add(sale)
+                if job.state == "pending" and job.next_at <= now and len(claimed) < limit:
+                    await db.execute(
+                        "UPDATE outbox SET state = 'running', updated_at = ? WHERE id = ?",
+                        (now, job.id),
+                    )
+                    claimed.append(dataclasses.replace(job, state="running"))
+        return claimed
+
+    async def release_running_jobs(self) -> int:
+        """At start-up: jobs a previous process was running are due again (each step of a job
+        looks before it writes, so doing one again is harmless)."""
+        async with self._transaction() as db:
+            cursor = await db.execute("UPDATE outbox SET state = 'pending' WHERE state = 'running'")
+            return cursor.rowcount
 
     async def next_due_at(self) -> str | None:
         rows = await self._fetch("SELECT MIN(next_at) FROM outbox WHERE state = 'pending'")
         return str(rows[0][0]) if rows and rows[0][0] else None
 
-    async def finish_job(self, job_id: int) -> None:
-        await self._execute(
-            "UPDATE outbox SET state = 'done', updated_at = ? WHERE id = ?", (now_text(), job_id)
+    async def jobs(self, label_id: str) -> list[OutboxRow]:
+        rows = await self._fetch(
+            "SELECT id, label_id, kind, state, attempts, next_at, last_error FROM outbox "
+            "WHERE label_id = ? ORDER BY id",
+            (label_id,),
         )
-
-    async def retry_job(self, job_id: int, error: str, next_at: dt.datetime) -> None:
-        await self._execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_at = ?, "
-            "updated_at = ? WHERE id = ?",
-            (error, next_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now_text(), job_id),
-        )
+        return [OutboxRow(*row) for row in rows]
 
     async def purchases_for_sales(self, account: str, sale_ids: Sequence[str]) -> list[PurchaseRow]:
-        """Every purchase of these sales (one query, for the poller)."""
-        if not sale_ids:
-            return []
-        marks = ",".join("?" * len(sale_ids))
-        rows = await self._fetch(
-            f"SELECT * FROM purchases WHERE account = ? AND sale_id IN ({marks})",
-            (account, *sale_ids),
-        )
-        return [PurchaseRow(*row) for row in rows]
+        """Every purchase of these sales (one query per chunk, for the poller)."""
+        found: list[PurchaseRow] = []
+        for part in chunks(sale_ids):
+            rows = await self._fetch(
+                f"SELECT * FROM purchases WHERE account = ? AND sale_id IN "
+                f"({','.join('?' * len(part))})",
+                (account, *part),
+            )
+            found.extend(PurchaseRow(*row) for row in rows)
+        return found
+
+    # --- retention ---------------------------------------------------------------------------
+
+    async def purge(self, before: dt.datetime) -> tuple[int, int, list[str]]:
+        """Forget what finished before ``before``: settled events and outbox jobs are deleted;
+        (events, jobs, PDF paths of finished labels to delete) — the paths are cleared here."""
+        cutoff = _stamp(before)
+        async with self._transaction() as db:
+            events = await db.execute(
+                "DELETE FROM events WHERE status IN ('processed', 'ignored') AND updated_at < ?",
+                (cutoff,),
+            )
+            jobs = await db.execute(
+                "DELETE FROM outbox WHERE state IN ('done', 'cancelled') AND updated_at < ?",
+                (cutoff,),
+            )
+            finished = (
+                "SELECT label_id FROM purchases WHERE status IN ('completed', 'voided', "
+                "'failed') AND updated_at < ? AND label_id NOT IN "
+                "(SELECT label_id FROM outbox WHERE state IN ('pending', 'running'))"
+            )
+            async with db.execute(
+                f"SELECT pdf_path FROM packages WHERE pdf_path IS NOT NULL AND label_id IN "
+                f"({finished})",
+                (cutoff,),
+            ) as cursor:
+                paths = [str(row[0]) for row in await cursor.fetchall()]
+            await db.execute(
+                f"UPDATE packages SET pdf_path = NULL WHERE label_id IN ({finished})", (cutoff,)
+            )
+        return events.rowcount, jobs.rowcount, paths
 
     # --- automation events -------------------------------------------------------------------
 
@@ -469,11 +731,12 @@ class Ledger:
         return [EventRow(*row) for row in rows]
 
     async def events_for_sales(self, account: str, sale_ids: Sequence[str]) -> list[EventRow]:
-        if not sale_ids:
-            return []
-        marks = ",".join("?" * len(sale_ids))
-        rows = await self._fetch(
-            f"SELECT * FROM events WHERE account = ? AND sale_id IN ({marks})",
-            (account, *sale_ids),
-        )
-        return [EventRow(*row) for row in rows]
+        found: list[EventRow] = []
+        for part in chunks(sale_ids):
+            rows = await self._fetch(
+                f"SELECT * FROM events WHERE account = ? AND sale_id IN "
+                f"({','.join('?' * len(part))})",
+                (account, *part),
+            )
+            found.extend(EventRow(*row) for row in rows)
+        return found

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from ratesvc.ledger import MIGRATIONS, IdempotencyConflict, Ledger, PurchaseRow, now_text
+from ratesvc.ledger import (
+    MIGRATIONS,
+    IdempotencyConflict,
+    IllegalTransition,
+    Ledger,
+    PurchaseRow,
+    now_text,
+)
 
 
 def purchase(label_id: str, key: str | None = "k1", account: str = "acme") -> PurchaseRow:
@@ -45,7 +53,7 @@ async def test_an_idempotency_key_belongs_to_one_purchase_per_account(tmp_path: 
     with pytest.raises(IdempotencyConflict) as caught:
         await ledger.create_purchase(purchase("lb_2"), [(1, "Box 1", "lb_2:1")])
     await ledger.create_purchase(purchase("lb_3", account="globex"), [(1, None, "lb_3:1")])
-    await ledger.release_key("lb_1")
+    await ledger.transition("lb_1", "failed", {"purchasing"}, release=True)  # bought nothing
     await ledger.create_purchase(purchase("lb_4"), [(1, None, "lb_4:1")])
 
     assert caught.value.existing.label_id == "lb_1"
@@ -62,11 +70,60 @@ async def test_concurrent_writers_never_interleave_inside_a_transaction(tmp_path
     await asyncio.gather(
         *(ledger.create_purchase(purchase(f"lb_{i}", key=f"k{i}"), [(1, None, f"lb_{i}:1")])
           for i in range(1, 30)),
-        *(ledger.set_package("lb_0", 1, state="bought", tracking_number=f"T{i}")
+        *(ledger.move_package("lb_0", 1, "unknown", {"pending", "unknown"}, attempts=i)
           for i in range(30)),
-        *(ledger.set_status("lb_0", "completed", detail=str(i)) for i in range(30)),
+        *(ledger.transition("lb_0", "purchasing", {"purchasing"}, fields={"detail": str(i)})
+          for i in range(30)),
     )  # fmt: skip
 
     assert len(await ledger.purchases("acme", limit=100)) == 30
-    assert (await ledger.packages("lb_0"))[0].state == "bought"
+    assert (await ledger.packages("lb_0"))[0].state == "unknown"
+    await ledger.close()
+
+
+async def test_a_fulfilment_is_held_by_one_live_purchase(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    await ledger.open()
+    held = dataclasses.replace(purchase("lb_1", key="a"), fulfilment_key="sale:s:t")
+    await ledger.create_purchase(held, [(1, None, "lb_1:1")])
+
+    with pytest.raises(IdempotencyConflict) as caught:
+        other = dataclasses.replace(purchase("lb_2", key="b"), fulfilment_key="sale:s:t")
+        await ledger.create_purchase(other, [(1, None, "lb_2:1")])
+    await ledger.transition("lb_1", "completed", {"purchasing"})
+    voided, corrected = await ledger.void("lb_1", {"completed"})
+    await ledger.create_purchase(other, [(1, None, "lb_2:1")])
+
+    assert caught.value.existing.label_id == "lb_1" and not caught.value.by_key
+    assert voided.status == "voided" and voided.fulfilment_key is None
+    assert voided.idem_key == "a"  # a replay with the key answers the voided label
+    assert not corrected  # no write-back ever ran
+    await ledger.close()
+
+
+async def test_an_illegal_transition_writes_nothing(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    await ledger.open()
+    await ledger.create_purchase(purchase("lb_1"), [(1, None, "lb_1:1")])
+    await ledger.transition("lb_1", "completed", {"purchasing"})
+    await ledger.void("lb_1", {"completed"})
+
+    with pytest.raises(IllegalTransition):
+        await ledger.transition(
+            "lb_1", "completed", {"purchased"}, fields={"detail": "late"}, enqueue="write_back"
+        )
+
+    row = await ledger.purchase("lb_1")
+    assert row is not None and row.status == "voided" and row.detail is None
+    assert await ledger.jobs("lb_1") == []
+    await ledger.close()
+
+
+async def test_in_lists_longer_than_sqlite_allows_are_cut(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    await ledger.open()
+    sale_ids = [f"sale-{i}" for i in range(40_000)]  # SQLite allows 32,766 "?" at most
+
+    assert await ledger.purchases_for_sales("acme", sale_ids) == []
+    assert await ledger.events_for_sales("acme", sale_ids) == []
     await ledger.close()

@@ -10,11 +10,10 @@ from ratesvc.api.middlewares import current_account
 from ratesvc.api.paging import list_query
 from ratesvc.api.problems import decode_body
 from ratesvc.errors import InvalidRequest
-from ratesvc.label_models import LabelList, LabelsRequest
+from ratesvc.labels import LabelList, LabelsRequest, LabelStatus
 
 _encoder = msgspec.json.Encoder()
-_STATUSES = ("purchasing", "purchased", "completed", "write_back_failed", "voided", "attention",
-             "failed")  # fmt: skip
+_STATUSES = tuple(LabelStatus)
 
 
 def _json(body: object, status: int = 200) -> web.Response:

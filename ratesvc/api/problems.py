@@ -29,6 +29,7 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     detail: str
     errors: list[FieldError] = []
     request_id: str | None = None
+    label_id: str | None = None
 
 
 def problem_response(error: RatesvcError, request_id: str | None) -> web.Response:
@@ -41,6 +42,7 @@ def problem_response(error: RatesvcError, request_id: str | None) -> web.Respons
         detail=error.detail,
         errors=errors,
         request_id=request_id,
+        label_id=error.label_id,
     )
     response = web.Response(body=_encoder.encode(problem), status=error.status)
     response.content_type = PROBLEM_TYPE

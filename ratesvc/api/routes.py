@@ -11,7 +11,7 @@ from aiohttp import web
 from ratesvc.api import automation, carriers, health, labels, rates, webhooks
 from ratesvc.api.openapi import Route, build_openapi
 from ratesvc.automation.events import EventList, WebhookReceipt
-from ratesvc.label_models import Label, LabelList, LabelsRequest
+from ratesvc.labels import Label, LabelList, LabelsRequest
 from ratesvc.models import CarriersResponse, RatesRequest, RatesResponse
 from ratesvc.quotes import StoredQuote
 

@@ -30,6 +30,7 @@ from ratesvc.accounts import AccountServices
 from ratesvc.automation.events import PACK_AUTHORISED, Cin7Event
 from ratesvc.automation.worker import Automation
 from ratesvc.errors import UpstreamFailure
+from ratesvc.labels.lifecycle import IN_FLIGHT
 from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, PurchaseRow
 from ratesvc.metrics import Metrics
 from ratesvc.upstreams.cin7 import wire
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
 MAX_PAGES = 50
-_IN_FLIGHT = ("purchasing", "purchased", "write_back_failed")
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def _handled(item: wire.SaleListItem, events: list[EventRow], purchases: list[Pu
     if any(e.status in OPEN_EVENT_STATUSES for e in events):
         return True
     if any(
-        p.status in _IN_FLIGHT or (p.status == "attention" and p.write_back_state != "done")
+        p.status in IN_FLIGHT or (p.status == "attention" and p.write_back_state != "done")
         for p in purchases
     ):
         return True

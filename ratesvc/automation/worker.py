@@ -39,29 +39,30 @@ from ratesvc.automation.events import PACK_AUTHORISED, SALE_VOIDED, Cin7Event
 from ratesvc.automation.rules import Choice, choose, cost, mapped_service, rating_filters
 from ratesvc.config import Account, ShipRule
 from ratesvc.errors import (
+    AlreadyLabelled,
     AlreadyShipped,
     NotFound,
     RatesvcError,
+    Reconciling,
     SaleNotReady,
     UpstreamAuth,
     UpstreamError,
     UpstreamFailure,
 )
-from ratesvc.label_models import LabelsRequest
-from ratesvc.labels import Labels
+from ratesvc.labels import SALE_VOIDED as SALE_VOIDED_DETAIL
+from ratesvc.labels import Labels, LabelsRequest
+from ratesvc.labels.lifecycle import SETTLED
 from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, now_text
 from ratesvc.metrics import Metrics
 from ratesvc.rating import Rater
 from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
 from ratesvc.units import money_str
-from ratesvc.writeback import SALE_VOIDED as SALE_VOIDED_DETAIL
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 6
 MAX_BACKOFF_S = 3600.0
 _STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
-_SETTLED = ("voided", "failed")  # purchases that no longer hold their sale
 
 
 @dataclass(frozen=True)
@@ -313,8 +314,10 @@ class Automation:
                                 write_back=True)  # fmt: skip
         try:
             label, _ = await self._labels.buy(services, request, None, sale_checked=True)
-        except AlreadyShipped as exc:  # a person or another event bought it meanwhile
-            return Outcome("processed", f"nothing to do: {exc.detail}")
+        except (AlreadyShipped, AlreadyLabelled) as exc:  # bought meanwhile by someone else
+            return Outcome("processed", f"nothing to do: {exc.detail}", exc.label_id)
+        except Reconciling as exc:
+            raise _TryAgain(exc.detail) from exc
         if label.status == "failed":  # nothing was bought and the key is free again
             raise _TryAgain(f"label purchase failed: {label.detail}")
         if label.status == "attention":
@@ -350,7 +353,7 @@ class Automation:
 
     async def _active_label(self, account: str, sale_id: str, task_id: str) -> str | None:
         for row in await self._ledger.purchases(account, sale_id=sale_id, limit=200):
-            if (row.task_id or "").lower() == task_id.lower() and row.status not in _SETTLED:
+            if (row.task_id or "").lower() == task_id.lower() and row.status not in SETTLED:
                 return row.label_id
         return None
 
@@ -358,16 +361,7 @@ class Automation:
 
     async def _voided(self, services: AccountServices, sale_id: str) -> Outcome:
         account = services.account.name
-        stuck = [
-            row.label_id
-            for row in await self._ledger.purchases(account, sale_id=sale_id, limit=200)
-            if row.status not in ("voided", "failed", "purchasing")
-            and row.write_back_state in ("pending", "failed")
-        ]
-        for label_id in stuck:
-            await self._ledger.set_status(
-                label_id, "attention", detail=SALE_VOIDED_DETAIL, write_back_state="cancelled"
-            )
+        stuck = await self._labels.hold_for_voided_sale(account, sale_id, SALE_VOIDED_DETAIL)
         for event in await self._ledger.events_for_sales(account, [sale_id]):
             if event.status in OPEN_EVENT_STATUSES and event.event_type != SALE_VOIDED:
                 await self._ledger.set_event(

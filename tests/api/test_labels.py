@@ -203,16 +203,20 @@ async def test_a_5xx_from_createlabel_is_checked_before_buying_again(
     assert sandbox.calls["/shipments"] >= 2  # looked before each new attempt
 
 
-async def test_a_carrier_failing_every_time_leaves_the_label_for_a_person(
+async def test_a_carrier_failing_every_time_fails_the_label_once_nothing_was_bought(
     labels: TestClient, sandbox: ShipStationSandbox
 ) -> None:
+    """Each 5xx is reconciled against ShipStation's list before the next attempt; after five
+    attempts provably bought nothing, the label is ``failed`` (nothing to void) and the
+    packages say ``pending`` (not bought), never ``unknown``."""
     await labels.get("/v1/carriers", headers=AUTH)
     sandbox.knobs.error_rate = {"ups": 1.0}
 
     label = await buy(labels, EXPLICIT)
 
-    assert label["status"] == "attention"
-    assert "failed 5 times" in label["detail"]
+    assert label["status"] == "failed"
+    assert "failed 5 times and bought nothing" in label["detail"]
+    assert [p["state"] for p in label["packages"]] == ["pending"]
     assert createlabel_calls(sandbox) == 5
     assert not sandbox.shipments
 
@@ -273,7 +277,8 @@ async def test_a_labelled_sale_is_not_labelled_again(
 
     other_service = await buy(labels, {**body, "service_code": "ups_2nd_day_air"}, status=409)
 
-    assert other_service["code"] == "already_shipped"
+    assert other_service["code"] == "already_labelled"
+    assert other_service["label_id"] == first["label_id"]
     assert first["label_id"] in other_service["detail"]
     assert createlabel_calls(sandbox) == 1
 

@@ -13,6 +13,13 @@ they write, so repeating a job (after a crash, a time-out, or a retry) never dup
 A failed job is retried with exponential backoff (``base_s`` doubling up to ``max_s``) through
 throttling and outages; the label says ``write_back_failed`` meanwhile. A Ship authorised with
 someone else's tracking cannot be fixed by retrying: the label goes to ``attention``.
+
+A job is ``running`` while a worker does it (jobs left running by a process that stopped are due
+again at start-up). A void while a write-back is ``pending`` and untried cancels it; while it is
+running, or after it ran, the void queues a ``void_correction`` behind it (see
+:meth:`ratesvc.ledger.Ledger.void`), and the write-back's own outcome no longer moves the label.
+A correction that keeps failing is retried for as long as it takes (the voided label stays
+``voided``; its ``detail`` says the correction is late).
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import RatesvcError, UpstreamFailure
-from ratesvc.label_models import LabelPlan
-from ratesvc.ledger import Ledger, OutboxRow, PackageRow
+from ratesvc.labels.lifecycle import JobKind, LabelStatus, sources
+from ratesvc.labels.models import LabelPlan
+from ratesvc.ledger import IllegalTransition, JobResult, Ledger, OutboxRow, PackageRow
 from ratesvc.sales import SHIPPED_STATES
 from ratesvc.tracking import carrier_name, tracking_url
 from ratesvc.upstreams.cin7 import wire
@@ -52,11 +60,20 @@ SALE_VOIDED = (
 )
 
 
+_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+_WRITABLE = frozenset({LabelStatus.PURCHASED, LabelStatus.WRITE_BACK_FAILED})
+"""A write-back job may only run, and settle, for a label in one of these statuses."""
+
+
 def pdf_name(tracking_number: str | None, n: int) -> str:
     return f"label-{tracking_number or n}.pdf"
 
 
 class WriteBackWorker:
+    """Runs due outbox jobs: several sales (and accounts) at once, one job per sale at a time,
+    in the order they were queued (a void's correction runs after the write-back it corrects).
+    Each job's outcome and the label's status change commit together."""
+
     def __init__(
         self,
         ledger: Ledger,
@@ -65,16 +82,20 @@ class WriteBackWorker:
         base_s: float = 5.0,
         max_s: float = 600.0,
         attention_after: int = 50,
+        concurrency: int = 8,
     ) -> None:
         self._ledger = ledger
         self._accounts = accounts
         self._base_s = base_s
         self._max_s = max_s
         self._attention_after = attention_after
+        self._concurrency = concurrency
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self._ledger.release_running_jobs()
         self._task = asyncio.create_task(self._run())
 
     def nudge(self) -> None:
@@ -82,10 +103,10 @@ class WriteBackWorker:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        tasks = [t for t in (self._task, *self._running) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
@@ -96,78 +117,108 @@ class WriteBackWorker:
                 await asyncio.sleep(1.0)
 
     async def _round(self) -> None:
-        """Do every due job, or sleep until the next one is due (or new work is queued)."""
-        jobs = await self._ledger.due_jobs()
-        for job in jobs:
-            try:
-                await self._do(job)
-            except Exception as exc:  # a bug must not stop every other write-back
-                log.exception("write-back job %d of %s failed unexpectedly", job.id, job.label_id)
-                later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._max_s)
-                await self._ledger.retry_job(job.id, f"internal error: {exc!r}", later)
-        if jobs:
-            return
+        """Start every due job there is room for, then sleep until the next is due, new work is
+        queued, or a running job ends (its sale's next job may be due)."""
         self._wake.clear()
-        next_at = await self._ledger.next_due_at()
+        room = self._concurrency - len(self._running)
+        if room > 0:
+            for job in await self._ledger.claim_jobs(limit=room):
+                task = asyncio.create_task(self._guarded(job))
+                self._running.add(task)
+                task.add_done_callback(self._finished)
         timeout = 60.0
+        next_at = await self._ledger.next_due_at()
         if next_at is not None:
-            due = dt.datetime.strptime(next_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+            due = dt.datetime.strptime(next_at, _STAMP).replace(tzinfo=dt.UTC)
             timeout = max(0.0, min(60.0, (due - dt.datetime.now(dt.UTC)).total_seconds()))
+        if len(self._running) >= self._concurrency:
+            timeout = 60.0
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            await asyncio.wait_for(self._wake.wait(), max(timeout, 0.01))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wake.set()
+
+    async def _guarded(self, job: OutboxRow) -> None:
+        try:
+            await self._do(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not stop every other write-back
+            log.exception("write-back job %d of %s failed unexpectedly", job.id, job.label_id)
+            later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._max_s)
+            await self._ledger.settle_job(
+                JobResult(job.id, "pending", f"internal error: {exc!r}", later)
+            )
 
     async def _do(self, job: OutboxRow) -> None:
         row = await self._ledger.purchase(job.label_id)
         services = self._accounts.get(row.account) if row else None
         if row is None or services is None or services.cin7 is None:
-            await self._ledger.finish_job(job.id)
+            await self._ledger.settle_job(JobResult(job.id, "cancelled", "no such label/account"))
             return
-        if job.kind == "write_back" and row.write_back_state == "cancelled":
-            await self._ledger.finish_job(job.id)  # the sale was voided (see automation)
+        if job.kind == JobKind.WRITE_BACK and row.status not in _WRITABLE:
+            # voided (its correction is queued if needed), or held for a person
+            await self._ledger.settle_job(JobResult(job.id, "cancelled", f"label {row.status}"))
             return
         try:
             packages = await self._ledger.packages(job.label_id)
             plan = msgspec.json.decode(row.plan, type=LabelPlan)
-            if job.kind == "void_correction":
+            if job.kind == JobKind.VOID_CORRECTION:
                 await self._correct(services, plan, packages)
             else:
                 await self._write(services, plan, packages)
         except NeedsAPerson as exc:
-            await self._ledger.finish_job(job.id)
-            await self._ledger.set_status(
-                job.label_id, "attention", detail=exc.detail, write_back_state="failed",
-                write_back_error=exc.detail, write_back_attempts=job.attempts + 1,
-            )  # fmt: skip
+            await self._outcome(job, LabelStatus.ATTENTION, JobResult(job.id, "done", exc.detail),
+                                detail=exc.detail, write_back_state="failed",
+                                write_back_error=exc.detail)  # fmt: skip
             return
         except UpstreamFailure as exc:
-            attempts = job.attempts + 1
             delay = min(self._max_s, self._base_s * 2**job.attempts) * random.uniform(0.8, 1.2)
-            log.info(
-                "write-back of %s failed (%s); retry in %.1f s", job.label_id, exc.detail, delay
+            log.info("%s of %s failed (%s); retry in %.1f s", job.kind, job.label_id, exc.detail,
+                     delay)  # fmt: skip
+            later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+            retry = JobResult(job.id, "pending", exc.detail, later)
+            attempts = job.attempts + 1
+            if job.kind == JobKind.VOID_CORRECTION:
+                await self._ledger.settle_job(retry)
+                if attempts >= self._attention_after:
+                    await self._ledger.set_detail(
+                        job.label_id,
+                        "voided, but its tracking could not be cleared in Cin7 Core yet (still "
+                        f"retrying): {exc.detail}",
+                        write_back_error=exc.detail,
+                    )
+                return
+            status = (
+                LabelStatus.ATTENTION
+                if attempts >= self._attention_after
+                else LabelStatus.WRITE_BACK_FAILED
             )
-            await self._ledger.retry_job(
-                job.id, exc.detail, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
-            )
-            if job.kind == "write_back" and row.status != "voided":
-                status = "attention" if attempts >= self._attention_after else "write_back_failed"
-                await self._ledger.set_status(
-                    job.label_id, status, write_back_state="failed", write_back_error=exc.detail,
-                    write_back_attempts=attempts,
-                )  # fmt: skip
-            elif job.kind == "void_correction" and attempts >= self._attention_after:
-                await self._ledger.finish_job(job.id)
-                await self._ledger.set_status(
-                    job.label_id, "attention",
-                    detail="voided, but its tracking could not be cleared in Cin7 Core: "
-                    + exc.detail,
-                )  # fmt: skip
+            await self._outcome(job, status, retry, write_back_state="failed",
+                                write_back_error=exc.detail)  # fmt: skip
             return
-        await self._ledger.finish_job(job.id)
-        if job.kind == "write_back" and row.status != "voided":
-            await self._ledger.set_status(
-                job.label_id, "completed", write_back_state="done", write_back_error=None,
-                write_back_attempts=job.attempts + 1,
-            )  # fmt: skip
+        if job.kind == JobKind.VOID_CORRECTION:
+            await self._ledger.settle_job(JobResult(job.id, "done"))
+            return
+        await self._outcome(job, LabelStatus.COMPLETED, JobResult(job.id, "done"),
+                            write_back_state="done", write_back_error=None)  # fmt: skip
+
+    async def _outcome(
+        self, job: OutboxRow, to: LabelStatus, result: JobResult, **fields: object
+    ) -> None:
+        """The job's result and the label's new status, in one transaction. A label voided
+        meanwhile keeps its status: the job is settled alone (cancelled, as the void queued the
+        correction of whatever it wrote)."""
+        fields["write_back_attempts"] = job.attempts + 1
+        try:
+            await self._ledger.transition(
+                job.label_id, to, _WRITABLE & sources(to), fields=fields, job=result
+            )
+        except IllegalTransition as exc:
+            log.info("write-back of %s: label no longer takes it (%s)", job.label_id, exc.current)
+            await self._ledger.settle_job(JobResult(job.id, "cancelled", f"label {exc.current}"))
 
     async def _write(
         self, services: AccountServices, plan: LabelPlan, packages: list[PackageRow]
@@ -250,8 +301,18 @@ class WriteBackWorker:
     async def _correct(
         self, services: AccountServices, plan: LabelPlan, packages: list[PackageRow]
     ) -> None:
+        """Clear the voided tracking numbers from the Ship, if any of them are there."""
         assert services.cin7 is not None
+        assert plan.sale_id is not None
         assert plan.task_id is not None
+        deadline = asyncio.get_running_loop().time() + 60
+        sale = await services.cin7.get_sale(plan.sale_id, deadline=deadline)
+        fulfilment = sale.fulfilment(plan.task_id)
+        ours = {p.tracking_number for p in packages if p.tracking_number}
+        if fulfilment is None or not ours & {
+            line.tracking_number for line in fulfilment.ship_lines if line.tracking_number
+        }:
+            return
         lines = [
             wire.ShipLineWrite(
                 ShipmentDate=f"{plan.ship_date.isoformat()}T00:00:00",
@@ -260,6 +321,5 @@ class WriteBackWorker:
             )
             for p in packages
         ]  # fmt: skip
-        deadline = asyncio.get_running_loop().time() + 60
         await services.cin7.ship(plan.task_id, lines, authorise=True, add_tracking=True,
                                  deadline=deadline)  # fmt: skip

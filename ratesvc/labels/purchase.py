@@ -1,0 +1,267 @@
+"""The purchase unit: drives one recorded label from ``purchasing`` to bought (or to a person).
+
+One unit runs per label in this process (a tracked task, so a client that disconnects cannot cut
+it in half). It reads top to bottom: each package is advanced by the function for its state until
+it is ``bought``; then the label moves on (:func:`_finish`). A package's state is written *before*
+anything is asked of ShipStation:
+
+* ``pending`` → :meth:`PurchaseUnit._buy`: the package becomes ``unknown`` (attempt counted, time
+  stamped) *before* ``createlabel`` is called, so a crash at any point leaves an outcome to
+  reconcile, never a package believed unbought. A throttled call (the limiter said no, or a 429)
+  reached nothing: the package goes back to ``pending`` and the attempt is not counted.
+* ``unknown`` → :meth:`PurchaseUnit._settle`: ShipStation's shipments are listed around the attempt
+  and matched on the purchase key (``advancedOptions.customField1``). Found: adopted. Provably
+  absent (every page listed, ``settle_s`` after the attempt): ``pending`` again. Otherwise it waits
+  and looks again — for as long as it takes; after ``give_up_s`` the label goes to ``attention``
+  (a person should look) but the package stays ``unknown`` and the unit keeps looking, so a label
+  ShipStation may have sold is never taken for unbought.
+
+After :data:`MAX_ATTEMPTS` calls that provably bought nothing, or a refusal ShipStation will
+repeat, the unit stops: ``failed`` when nothing at all was bought (the fulfilment is free again),
+``attention`` when some packages were (a person voids or finishes them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from ratesvc.accounts import AccountServices
+from ratesvc.errors import UpstreamFailure, UpstreamThrottled
+from ratesvc.labels.lifecycle import LabelStatus, PackageState, package_sources, sources
+from ratesvc.labels.models import LabelPlan
+from ratesvc.labels.reconcile import find_shipment
+from ratesvc.ledger import IllegalTransition, Ledger, PackageRow, now_text
+from ratesvc.models import LabelRequest, ShipmentRecord
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5  # createlabel calls for one package that provably bought nothing
+_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+P = PackageState
+S = LabelStatus
+
+
+@dataclass(frozen=True)
+class LabelTiming:
+    settle_s: float = 60.0  # how long after an attempt a missing shipment counts as absent
+    give_up_s: float = 3600.0  # an unknown outcome unresolved this long asks for a person
+    wait_s: float = 30.0  # how long a request waits for its purchase before answering as is
+    throttle_pause_s: float = 1.0  # first pause after a throttled createlabel (doubles, ≤ 30 s)
+
+
+class Stop(Exception):
+    """The unit stops buying this label; ``detail`` says why."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class PurchaseUnit:
+    """Buys (or resumes buying) one label."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        services: AccountServices,
+        label_id: str,
+        *,
+        pdf_dir: Path,
+        timing: LabelTiming,
+        on_queued: Callable[[], None],
+    ) -> None:
+        self._ledger = ledger
+        self._services = services
+        self._label_id = label_id
+        self._pdf_dir = pdf_dir
+        self._timing = timing
+        self._on_queued = on_queued
+        self._started = 0.0
+        self._asked_for_a_person = False
+
+    async def run(self) -> None:
+        row = await self._ledger.purchase(self._label_id)
+        if row is None or row.status not in (S.PURCHASING, S.ATTENTION):
+            return
+        plan = msgspec.json.decode(row.plan, type=LabelPlan)
+        self._asked_for_a_person = row.status == S.ATTENTION
+        self._started = asyncio.get_running_loop().time()
+        try:
+            for recorded in await self._ledger.packages(self._label_id):
+                package = recorded
+                while package.state != P.BOUGHT:
+                    package = await self._advance(plan, package)
+        except Stop as stop:
+            await self._stop(stop.detail)
+            return
+        await self._finish(plan)
+
+    async def _advance(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
+        if package.state == P.PENDING:
+            return await self._buy(plan, package)
+        if package.state == P.UNKNOWN:
+            return await self._settle(plan, package)
+        raise Stop(f"package {package.n} is {package.state}")
+
+    # --- pending: buy it -----------------------------------------------------------------------
+
+    async def _buy(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
+        if self._asked_for_a_person:
+            raise Stop(f"package {package.n} was not bought")
+        if package.attempts >= MAX_ATTEMPTS:
+            raise Stop(
+                f"package {package.n}: ShipStation failed {package.attempts} times and bought "
+                "nothing (checked in its shipment list)"
+            )
+        n = package.n
+        package = await self._move(package, P.UNKNOWN, attempt_at=now_text(),
+                                   attempts=package.attempts + 1)  # fmt: skip
+        parcel = plan.packages[n - 1]
+        request = LabelRequest(
+            carrier_code=plan.carrier_code, service_code=plan.service_code,
+            package_code=plan.package_codes[n - 1], ship_date=plan.ship_date,
+            ship_from=plan.ship_from, ship_to=plan.ship_to, weight=parcel.weight,
+            dimensions=parcel.dimensions,
+            confirmation=None if plan.confirmation == "none" else plan.confirmation,
+            test_label=plan.test_label, purchase_key=package.purchase_key,
+        )  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + 60
+        try:
+            record = await self._services.shipstation.create_label(request, deadline=deadline)
+        except UpstreamThrottled as exc:
+            # The limiter said no, or ShipStation answered 429: nothing was bought, and the
+            # attempt does not count.
+            pause = min(30.0, self._timing.throttle_pause_s * 2 ** min(package.attempts, 5))
+            await asyncio.sleep(max(pause, exc.reset_after_s or 0.0))
+            return await self._move(package, P.PENDING, attempts=package.attempts - 1)
+        except UpstreamFailure as exc:
+            if exc.maybe_processed or (exc.upstream_status or 0) >= 500:
+                # A 5xx may come after the carrier sold the label: find out before buying again
+                log.warning("label %s package %d: outcome unknown (%s)", self._label_id, n,
+                            exc.detail)  # fmt: skip
+                return package
+            await self._move(package, P.FAILED)
+            raise Stop(f"package {n}: {exc.detail}") from exc
+        return await self._bought(package, record, pdf=record.label_pdf)
+
+    # --- unknown: find out ---------------------------------------------------------------------
+
+    async def _settle(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
+        """Look for the last attempt at ShipStation until it is found or provably absent."""
+        stamp = package.attempt_at or now_text()
+        attempt = dt.datetime.strptime(stamp, _STAMP).replace(tzinfo=dt.UTC)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                found, listed_all = await find_shipment(
+                    self._services, plan, package.purchase_key, attempt
+                )
+            except UpstreamFailure as exc:
+                log.warning("reconciling %s: %s", package.purchase_key, exc.detail)
+                found, listed_all = None, False
+            if found is not None:
+                await self._ledger.set_detail(
+                    self._label_id,
+                    "a label was recovered from ShipStation after an unknown outcome; reprint "
+                    "its PDF from ShipStation",
+                )
+                return await self._bought(package, found, pdf=None)
+            age = (dt.datetime.now(dt.UTC) - attempt).total_seconds()
+            if listed_all and age >= self._timing.settle_s:
+                return await self._move(package, P.PENDING)
+            waited = loop.time() - self._started
+            if waited > self._timing.give_up_s and not self._asked_for_a_person:
+                await self._ask_for_a_person(
+                    f"package {package.n}: could not find out whether ShipStation bought it "
+                    f"(purchase key {package.purchase_key}); still checking — nothing more is "
+                    "bought or voided until it is settled"
+                )
+            pause = 5.0 if waited <= self._timing.give_up_s else 60.0
+            await asyncio.sleep(min(pause, max(0.05, self._timing.settle_s - age)))
+
+    # --- the label as a whole ------------------------------------------------------------------
+
+    async def _finish(self, plan: LabelPlan) -> None:
+        if plan.write_back:
+            await self._transition(S.PURCHASED, write_back_state="pending", enqueue="write_back")
+            self._on_queued()
+        else:
+            await self._transition(S.COMPLETED)
+
+    async def _stop(self, detail: str) -> None:
+        packages = await self._ledger.packages(self._label_id)
+        if any(p.state == P.UNKNOWN for p in packages):
+            await self._ask_for_a_person(detail)
+        elif not any(p.state == P.BOUGHT for p in packages):
+            await self._transition(S.FAILED, detail=detail, release=True)
+        else:
+            bought = ", ".join(str(p.n) for p in packages if p.state == P.BOUGHT)
+            await self._transition(
+                S.ATTENTION,
+                detail=f"{detail}; package(s) {bought} were bought: void the label, or buy the "
+                "rest by hand",
+            )
+
+    async def _ask_for_a_person(self, detail: str) -> None:
+        self._asked_for_a_person = True
+        await self._transition(S.ATTENTION, detail=detail)
+
+    async def _transition(
+        self,
+        to: LabelStatus,
+        *,
+        detail: str | None = None,
+        enqueue: str | None = None,
+        release: bool = False,
+        write_back_state: str | None = None,
+    ) -> None:
+        fields: dict[str, object] = {}
+        if detail is not None:
+            fields["detail"] = detail
+        if write_back_state is not None:
+            fields["write_back_state"] = write_back_state
+        try:
+            await self._ledger.transition(
+                self._label_id, to, sources(to), fields=fields, enqueue=enqueue, release=release
+            )
+        except IllegalTransition as exc:
+            log.error("refused: %s", exc)
+
+    # --- packages ------------------------------------------------------------------------------
+
+    async def _move(self, package: PackageRow, to: PackageState, **fields: object) -> PackageRow:
+        return await self._ledger.move_package(
+            self._label_id, package.n, to, package_sources(to), **fields
+        )
+
+    async def _bought(
+        self, package: PackageRow, record: ShipmentRecord, *, pdf: bytes | None
+    ) -> PackageRow:
+        path = None
+        if pdf:
+            path = await asyncio.to_thread(self._save_pdf, package.n, pdf)
+        return await self._move(
+            package, P.BOUGHT, shipment_id=record.shipment_id,
+            tracking_number=record.tracking_number, cost=str(record.shipment_cost),
+            insurance_cost=str(record.insurance_cost), pdf_path=path,
+        )  # fmt: skip
+
+    def _save_pdf(self, n: int, pdf: bytes) -> str:
+        folder = self._pdf_dir / self._label_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{n}.pdf"
+        temporary = path.with_suffix(".tmp")
+        with temporary.open("wb") as handle:
+            handle.write(pdf)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+        return str(path)

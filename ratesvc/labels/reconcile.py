@@ -1,0 +1,38 @@
+"""Finding out what happened to a ``createlabel`` call whose answer never came.
+
+ShipStation does not look labels up by our key, but it lists shipments by carrier, service and
+creation time, and each carries the purchase key ratesvc sent in ``advancedOptions.customField1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from ratesvc.accounts import AccountServices
+from ratesvc.labels.models import LabelPlan
+from ratesvc.models import ShipmentQuery, ShipmentRecord
+
+MAX_PAGES = 20  # shipment list pages (of 500) read when reconciling one package
+WINDOW = dt.timedelta(minutes=10)  # around the attempt: clocks differ, ShipStation stamps late
+
+
+async def find_shipment(
+    services: AccountServices, plan: LabelPlan, purchase_key: str, attempt: dt.datetime
+) -> tuple[ShipmentRecord | None, bool]:
+    """(the shipment bought with ``purchase_key``, or None; whether every page was read)."""
+    loop = asyncio.get_running_loop()
+    for number in range(1, MAX_PAGES + 1):
+        query = ShipmentQuery(
+            carrier_code=plan.carrier_code,
+            service_code=plan.service_code,
+            created_from=attempt - WINDOW,
+            created_to=dt.datetime.now(dt.UTC) + WINDOW,
+            page=number,
+            page_size=500,
+        )
+        page = await services.shipstation.list_shipments(query, deadline=loop.time() + 30)
+        found = next((s for s in page.shipments if s.custom_field1 == purchase_key), None)
+        if found is not None or number >= page.pages:
+            return found, True
+    return None, False

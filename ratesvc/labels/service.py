@@ -1,0 +1,427 @@
+"""Buying labels exactly once; reading, voiding and forgetting them.
+
+A purchase is recorded before anything is bought: one ledger row holding the plan, the request's
+hash, the client's ``Idempotency-Key`` (if any) and — for a sale — the *fulfilment claim*
+(account + sale + task), each unique among live labels; one row per package with its purchase key
+(``<label>:<n>``). Then one :class:`PurchaseUnit` per label buys it (see :mod:`.purchase`).
+
+The rules, in the order they are applied (the first two from the ledger alone, before any
+upstream call, so they hold while ShipStation or Cin7 Core is down, after a restart, after the
+quote expired and after the sale shipped):
+
+1. **Replay.** The client's key names a label: the same body gets that label (200, whatever its
+   status, voided included); another body is ``idempotency_key_reused``. Without a key, the same
+   body naming the same fulfilment as the live label holding it is a replay too.
+2. **One live label per fulfilment.** A request for a fulfilment a live label holds is
+   ``already_labelled`` (naming it) — or ``reconciling`` while that label's outcome at ShipStation
+   is unknown. A void or a purchase that bought nothing (``failed``) releases the fulfilment.
+3. Otherwise the plan is made (:mod:`.plan`: the sale is read, what changed since quoting is
+   ``sale_changed``), recorded, and bought. Identical requests arriving together share one
+   attempt.
+
+A purchase that bought nothing also frees the client's key, so a retry with it tries again; a
+voided label keeps its key (a replay answers the voided label; relabel with a new key or none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from ratesvc.accounts import AccountServices
+from ratesvc.errors import (
+    AlreadyLabelled,
+    AlreadyVoided,
+    IdempotencyKeyReused,
+    NotFound,
+    Reconciling,
+    VoidRejected,
+)
+from ratesvc.labels.lifecycle import SETTLED, VOIDABLE, LabelStatus, PackageState
+from ratesvc.labels.models import Label, LabelsRequest
+from ratesvc.labels.plan import fulfilment_key, make_plan, stored_quote
+from ratesvc.labels.purchase import LabelTiming, PurchaseUnit
+from ratesvc.labels.views import label_view
+from ratesvc.ledger import IdempotencyConflict, IllegalTransition, Ledger, PurchaseRow, now_text
+from ratesvc.quotes import QuoteStore
+
+log = logging.getLogger(__name__)
+
+S = LabelStatus
+HOUSEKEEPING_S = 3600.0
+
+
+class Labels:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        data_dir: Path,
+        quotes: QuoteStore,
+        accounts: dict[str, AccountServices],
+        timing: LabelTiming,
+        on_queued: Callable[[], None] = lambda: None,
+        retention_days: float = 90.0,
+    ) -> None:
+        """``on_queued`` is called when a write-back job was queued (to wake the worker)."""
+        self._on_queued = on_queued
+        self._ledger = ledger
+        self._dir = data_dir / "labels"
+        self._quotes = quotes
+        self._accounts = accounts
+        self._timing = timing
+        self._retention = dt.timedelta(days=retention_days)
+        self._units: dict[str, asyncio.Task[None]] = {}
+        self._together: dict[tuple[str, str, str], asyncio.Task[tuple[str, bool]]] = {}
+        self._void_locks: dict[str, asyncio.Lock] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    # --- buying --------------------------------------------------------------------------------
+
+    async def buy(
+        self,
+        services: AccountServices,
+        request: LabelsRequest,
+        idem_key: str | None,
+        *,
+        sale_checked: bool = False,
+    ) -> tuple[Label, bool]:
+        """(the label, True when this call created it).
+
+        Identical requests (same account, body and key) arriving together share one attempt.
+        ``sale_checked``: the caller read the quoted sale moments ago (automation), so it is not
+        read again before buying.
+        """
+        request_hash = hashlib.sha256(msgspec.json.encode(request)).hexdigest()
+        together = (services.account.name, idem_key or "", request_hash)
+        task = self._together.get(together)
+        first = task is None
+        if task is None:
+            task = asyncio.create_task(
+                self._buy(services, request, idem_key, request_hash, sale_checked)
+            )
+            self._together[together] = task
+            task.add_done_callback(lambda _: self._together.pop(together, None))
+        label_id, created = await asyncio.shield(task)
+        return await self.view(label_id, services.account.name), created and first
+
+    async def _buy(
+        self,
+        services: AccountServices,
+        request: LabelsRequest,
+        idem_key: str | None,
+        request_hash: str,
+        sale_checked: bool,
+    ) -> tuple[str, bool]:
+        account = services.account.name
+        known = await self._known(services, request, idem_key, request_hash)
+        if known is not None:
+            await self._wait(known, services)
+            return known, False
+        relabel = request.sale_id is not None or request.quote_id is not None
+        plan = await make_plan(
+            services, request, self._quotes, sale_checked=sale_checked,
+            relabel=relabel and await self._relabel_allowed(services, request),
+        )  # fmt: skip
+        label_id = "lb_" + secrets.token_urlsafe(12)
+        stamp = now_text()
+        row = PurchaseRow(
+            label_id=label_id, account=account, idem_key=idem_key, request_hash=request_hash,
+            plan=msgspec.json.encode(plan), status=S.PURCHASING, detail=None,
+            sale_id=plan.sale_id, task_id=plan.task_id,
+            write_back_state="pending" if plan.write_back else "not_requested",
+            write_back_attempts=0, write_back_error=None, created_at=stamp, updated_at=stamp,
+            voided_at=None,
+            fulfilment_key=fulfilment_key(plan.sale_id, plan.task_id)
+            if plan.sale_id and plan.task_id else None,
+        )  # fmt: skip
+        packages = [(n, p.box, f"{label_id}:{n}") for n, p in enumerate(plan.packages, start=1)]
+        try:
+            await self._ledger.create_purchase(row, packages)
+        except IdempotencyConflict as conflict:
+            existing = conflict.existing
+            await self._refuse_unless_replay(existing, idem_key, request_hash)
+            await self._wait(existing.label_id, services)
+            return existing.label_id, False
+        await self._wait(label_id, services)
+        return label_id, True
+
+    async def _known(
+        self,
+        services: AccountServices,
+        request: LabelsRequest,
+        idem_key: str | None,
+        request_hash: str,
+    ) -> str | None:
+        """From the ledger alone: the label this request replays (or a refusal), or None when
+        the request is new. Nothing upstream is called."""
+        account = services.account.name
+        if idem_key is not None:
+            existing = await self._ledger.purchase_by_key(account, idem_key)
+            if existing is not None:
+                await self._refuse_unless_replay(existing, idem_key, request_hash)
+                return existing.label_id
+        claim = self._claimed_fulfilment(services, request)
+        if claim is None:
+            return None
+        holder = await self._ledger.purchase_by_fulfilment(account, claim)
+        if holder is None:
+            return None
+        await self._refuse_unless_replay(holder, idem_key, request_hash)
+        return holder.label_id
+
+    def _claimed_fulfilment(self, services: AccountServices, request: LabelsRequest) -> str | None:
+        """The fulfilment the request names without reading the sale (a quote of a sale, or a
+        sale with its task), or None."""
+        if request.quote_id is not None:
+            quote = self._quotes.get(request.quote_id)
+            if quote is None or quote.account != services.account.name:
+                return None
+            if quote.sale_id is None or quote.task_id is None:
+                return None
+            return fulfilment_key(quote.sale_id, quote.task_id)
+        if request.sale_id is not None and request.task_id is not None:
+            return fulfilment_key(request.sale_id, request.task_id)
+        return None
+
+    async def _refuse_unless_replay(
+        self, existing: PurchaseRow, idem_key: str | None, request_hash: str
+    ) -> None:
+        """``existing`` was found by this request's key or fulfilment: return if the request
+        replays it, raise the refusal otherwise."""
+        if idem_key is not None and existing.idem_key == idem_key:
+            if existing.request_hash != request_hash:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used with a different request body",
+                    label_id=existing.label_id,
+                )
+            return
+        if existing.idem_key is None and idem_key is None and existing.request_hash == request_hash:
+            return
+        if await self._unknown_outcome(existing.label_id):
+            raise Reconciling(
+                f"label {existing.label_id} of fulfilment {existing.task_id} of sale "
+                f"{existing.sale_id} has a purchase whose outcome at ShipStation is still "
+                "unknown; nothing more is bought until it is settled",
+                label_id=existing.label_id,
+            )
+        raise AlreadyLabelled(
+            f"fulfilment {existing.task_id} of sale {existing.sale_id} already has label "
+            f"{existing.label_id} ({existing.status}); void it to label the fulfilment again",
+            label_id=existing.label_id,
+        )
+
+    async def _unknown_outcome(self, label_id: str) -> bool:
+        packages = await self._ledger.packages(label_id)
+        return any(p.state == PackageState.UNKNOWN for p in packages)
+
+    async def _relabel_allowed(self, services: AccountServices, request: LabelsRequest) -> bool:
+        """A sale whose earlier labels were voided may be labelled again although its Ship stays
+        authorised (Cin7 Core cannot un-authorise it; the void cleared the tracking)."""
+        sale_id = request.sale_id
+        if sale_id is None and request.quote_id is not None:
+            with contextlib.suppress(Exception):
+                sale_id = stored_quote(self._quotes, services.account, request.quote_id).sale_id
+        if sale_id is None:
+            return False
+        voided = await self._ledger.purchases(
+            services.account.name, sale_id=sale_id, status=S.VOIDED, limit=1
+        )
+        return bool(voided)
+
+    async def _wait(self, label_id: str, services: AccountServices) -> None:
+        unit = self._unit(label_id, services)
+        try:
+            async with asyncio.timeout(self._timing.wait_s):
+                await asyncio.shield(unit)
+        except TimeoutError:
+            log.info("label %s still purchasing; answering with its current state", label_id)
+
+    def _unit(self, label_id: str, services: AccountServices) -> asyncio.Task[None]:
+        """The one task that buys (or resumes buying) a label in this process."""
+        unit = self._units.get(label_id)
+        if unit is None or unit.done():
+            purchase = PurchaseUnit(
+                self._ledger, services, label_id, pdf_dir=self._dir, timing=self._timing,
+                on_queued=self._on_queued,
+            )  # fmt: skip
+            unit = asyncio.create_task(purchase.run())
+            self._units[label_id] = unit
+            unit.add_done_callback(lambda done: self._unit_done(label_id, done))
+        return unit
+
+    def _unit_done(self, label_id: str, unit: asyncio.Task[None]) -> None:
+        if self._units.get(label_id) is unit:
+            del self._units[label_id]
+        if not unit.cancelled() and unit.exception() is not None:
+            log.error(
+                "purchase of %s stopped unexpectedly; it is resumed at the next start",
+                label_id, exc_info=unit.exception(),
+            )  # fmt: skip
+
+    # --- life of the service -------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Resume every purchase a previous process left unsettled (buying, or with an unknown
+        outcome), and start forgetting what is older than the retention period."""
+        rows = await self._ledger.unfinished_purchases()
+        for row in rows:
+            services = self._accounts.get(row.account)
+            if services is not None:
+                self._unit(row.label_id, services)
+        self._housekeeping = asyncio.create_task(self._keep_house())
+        return len(rows)
+
+    async def close(self, grace_s: float = 30.0) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        units = list(self._units.values())
+        if units:
+            _, pending = await asyncio.wait(units, timeout=grace_s)
+            for unit in pending:
+                unit.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _keep_house(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except Exception:
+                log.exception("retention: purging old records failed; trying again later")
+            await asyncio.sleep(HOUSEKEEPING_S)
+
+    async def purge(self) -> tuple[int, int, int]:
+        """Forget finished events, outbox jobs and label PDFs older than the retention period:
+        (events, jobs, PDF files) removed. A label's row itself is kept (it is the proof of
+        what was bought)."""
+        before = dt.datetime.now(dt.UTC) - self._retention
+        events, jobs, paths = await self._ledger.purge(before)
+        removed = await asyncio.to_thread(_unlink_all, paths)
+        if events or jobs or removed:
+            log.info("retention: forgot %d events, %d outbox jobs, %d label PDFs", events, jobs,
+                     removed)  # fmt: skip
+        return events, jobs, removed
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def view(self, label_id: str, account: str) -> Label:
+        row = await self._ledger.purchase(label_id)
+        if row is None or row.account != account:
+            raise NotFound(f"no label {label_id}")
+        return label_view(row, await self._ledger.packages(label_id))
+
+    async def pdf(self, label_id: str, account: str, n: int) -> bytes:
+        row = await self._ledger.purchase(label_id)
+        if row is None or row.account != account:
+            raise NotFound(f"no label {label_id}")
+        package = next((p for p in await self._ledger.packages(label_id) if p.n == n), None)
+        if package is None or package.pdf_path is None:
+            raise NotFound(f"label {label_id} has no PDF for package {n}")
+        try:
+            return await asyncio.to_thread(Path(package.pdf_path).read_bytes)
+        except FileNotFoundError:
+            raise NotFound(f"the PDF of label {label_id} package {n} is gone") from None
+
+    async def page(
+        self, account: str, *, sale_id: str | None, status: str | None, limit: int,
+        cursor: str | None,
+    ) -> tuple[list[Label], str | None]:  # fmt: skip
+        rows = await self._ledger.purchases(
+            account, sale_id=sale_id, status=status, after=cursor, limit=limit + 1
+        )
+        shown = rows[:limit]
+        packages = await self._ledger.packages_of([row.label_id for row in shown])
+        labels = [label_view(row, packages[row.label_id]) for row in shown]
+        return labels, rows[limit - 1].label_id if len(rows) > limit else None
+
+    # --- voiding -------------------------------------------------------------------------------
+
+    async def void(self, services: AccountServices, label_id: str) -> Label:
+        """Void every bought package at ShipStation, then, in one transaction: the label
+        ``voided``, its fulfilment released, a write-back that never started cancelled and one
+        that did corrected (see :meth:`Ledger.void`). One void at a time per label."""
+        lock = self._void_locks.setdefault(label_id, asyncio.Lock())
+        try:
+            async with lock:
+                await self._void(services, label_id)
+        finally:
+            if not lock.locked() and self._void_locks.get(label_id) is lock:
+                del self._void_locks[label_id]
+        return await self.view(label_id, services.account.name)
+
+    async def _void(self, services: AccountServices, label_id: str) -> None:
+        row = await self._ledger.purchase(label_id)
+        if row is None or row.account != services.account.name:
+            raise NotFound(f"no label {label_id}")
+        if row.status == S.VOIDED:
+            raise AlreadyVoided(f"label {label_id} was voided at {row.voided_at}")
+        packages = await self._ledger.packages(label_id)
+        if any(p.state == PackageState.UNKNOWN for p in packages):
+            raise Reconciling(
+                f"label {label_id}: whether ShipStation bought some of its packages is still "
+                "being checked; void it once that is settled",
+                label_id=label_id,
+            )
+        if row.status == S.PURCHASING:
+            raise VoidRejected(f"label {label_id} is still being bought; try again shortly")
+        if row.status in SETTLED:
+            raise VoidRejected(f"label {label_id} bought nothing ({row.status}): nothing to void")
+        deadline = asyncio.get_running_loop().time() + services.account.request_deadline_s
+        for package in packages:
+            if package.state != PackageState.BOUGHT or package.shipment_id is None:
+                continue
+            result = await services.shipstation.void_label(package.shipment_id, deadline=deadline)
+            if not result.approved:
+                raise VoidRejected(result.message or "the carrier refused the void")
+            await self._ledger.move_package(
+                label_id, package.n, PackageState.VOIDED, {PackageState.BOUGHT}
+            )
+        try:
+            _, corrected = await self._ledger.void(label_id, VOIDABLE)
+        except IllegalTransition as exc:
+            log.error("refused: %s", exc)
+            raise VoidRejected(
+                f"label {label_id} changed while it was being voided ({exc.current}); try again"
+            ) from None
+        if corrected:
+            self._on_queued()
+
+    async def hold_for_voided_sale(self, account: str, sale_id: str, detail: str) -> list[str]:
+        """The sale was voided in Cin7 Core: its labels bought but not yet written back go to
+        ``attention`` with their write-back cancelled (in one transaction each). Their ids."""
+        held = []
+        for row in await self._ledger.purchases(account, sale_id=sale_id, limit=200):
+            if row.status not in (S.PURCHASED, S.WRITE_BACK_FAILED):
+                continue
+            try:
+                await self._ledger.transition(
+                    row.label_id, S.ATTENTION, {S.PURCHASED, S.WRITE_BACK_FAILED},
+                    fields={"detail": detail, "write_back_state": "cancelled"},
+                    cancel_write_back=True,
+                )  # fmt: skip
+            except IllegalTransition as exc:
+                log.info("not held: %s", exc)
+                continue
+            held.append(row.label_id)
+        return held
+
+
+def _unlink_all(paths: list[str]) -> int:
+    removed = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            Path(path).unlink()
+            removed += 1
+        with contextlib.suppress(OSError):
+            Path(path).parent.rmdir()  # the label's folder, once empty
+    return removed

@@ -168,6 +168,20 @@ async def test_check_verifies_cin7_core_too(sandbox_url: str, cin7_url: str) -> 
     assert "deleted-app" not in bad[1]
 
 
+async def test_check_explains_a_cin7_user_in_several_organisations(
+    sandbox_url: str, cin7_url: str, cin7_sandbox: Cin7Sandbox
+) -> None:
+    cin7_sandbox.knobs.multiple_organisations = True
+
+    code, out, _ = await run("check", env=cin7_env(sandbox_url, cin7_url))
+
+    assert code == 1
+    assert "account default: Cin7 Core at" in out and "PROBLEM" in out
+    assert "300 Multiple Choices" in out
+    assert "one connection (API application key) per organisation" in out
+    assert "Cin7 Core OK" not in out
+
+
 def cin7_env(sandbox_url: str, cin7_url: str) -> dict[str, str]:
     return {
         **account_env(sandbox_url), "RATESVC_CIN7_URL": cin7_url,

@@ -8,7 +8,9 @@ attachments; ``saleList?ReadyForShipping=true``; locations; webhook subscription
 window answered, beyond that, in one of the three throttling styles (503, 429, or 400 with text).
 
 Knobs (``knobs`` attribute, or ``PUT /__sandbox/knobs``): latency, error rate, the throttling
-style, the window, and ``down`` (every call answers 503 "maintenance"). Counters:
+style, the window, ``down`` (every call answers 503 "maintenance"), and
+``multiple_organisations`` (every call with good credentials answers ``300 Multiple Choices``, as
+Cin7 Core does for a user who belongs to several organisations). Counters:
 ``GET /__sandbox/calls``. ``POST /__sandbox/sales/{id}/pack`` authorises a sale's pack.
 """
 
@@ -64,6 +66,7 @@ class Cin7KnobsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     window_s: float | None = None
     down: bool | None = None
     writes_down: bool | None = None
+    multiple_organisations: bool | None = None
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Cin7Knobs:
     window_s: float = 60.0
     down: bool = False
     writes_down: bool = False  # reads work, every write answers 503 (a half-broken Cin7 Core)
+    multiple_organisations: bool = False  # the API user belongs to several organisations: 300
     seed: int = 11
     # Cin7 Core retries a failed delivery 6 times (1, 5, 10, 15, 20, 25 min apart), then turns
     # the webhook off. Tests shorten the delays.
@@ -348,6 +352,8 @@ class Cin7Sandbox:
         ) != self._credentials:
             self.forbidden += 1
             return _json([{"ErrorCode": 403, "Exception": "Incorrect credentials!"}], 403)
+        if self.knobs.multiple_organisations:
+            return _json([{"ErrorCode": 300, "Exception": "Multiple Choices"}], 300)
         if self.knobs.down or (self.knobs.writes_down and request.method != "GET"):
             return _json([{"ErrorCode": 503, "Exception": "Service is under maintenance"}], 503)
         allowed, _ = self.window.admit()
@@ -577,7 +583,9 @@ class Cin7Sandbox:
 
     def apply(self, update: Cin7KnobsUpdate) -> None:
         k = self.knobs
-        for name in ("latency", "error_rate", "throttle_style", "down", "writes_down"):
+        names = ("latency", "error_rate", "throttle_style", "down", "writes_down",
+                 "multiple_organisations")  # fmt: skip
+        for name in names:
             value = getattr(update, name)
             if value is not None:
                 setattr(k, name, value)

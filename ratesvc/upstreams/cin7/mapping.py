@@ -158,7 +158,9 @@ _AUTH_HINT = (
 )
 _MULTIPLE_HINT = (
     "Cin7 Core answered 300 Multiple Choices: the API user belongs to several organisations. "
-    "Use one API application (account id and key) per organisation."
+    "Use one connection (API application key) per organisation: in each Cin7 Core organisation "
+    "create its own API application under Integrations → API, and give each organisation its "
+    "own ratesvc account with that account ID and key."
 )
 
 

@@ -39,6 +39,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _encoder = msgspec.json.Encoder()
 _ADMIN = "/__sandbox/"
 _INVOICE_FIELDS = ("ProductID", "SKU", "Name", "Quantity", "Price", "Total")
+_INVOICE_LINE_EXTRAS = {"Discount": 0, "Tax": 0, "TaxRule": "Tax Exempt", "Account": "4000",
+                        "Comment": ""}  # fmt: skip
+_INVOICE_KEPT = ("TaskID", "InvoiceNumber", "Status")  # Cin7 Core's, whatever a POST says
 _COUNTRY_NAMES = {"US": "United States", "CA": "Canada", "AU": "Australia", "GB": "United Kingdom"}
 
 
@@ -170,10 +173,14 @@ class Cin7Sandbox:
             }],
         }  # fmt: skip
         self.sales[sale_id] = sale
+        # Fields ratesvc does not model are there too: a rewrite must send them back.
         self.invoices[sale_id] = [{
             "TaskID": f"invoice-{sale_id}", "InvoiceNumber": f"INV-{number[3:]}", "Status": "DRAFT",
             "InvoiceDate": "2026-11-29", "InvoiceDueDate": "2026-12-29",
-            "Lines": [{k: line[k] for k in _INVOICE_FIELDS} for line in lines],
+            "Memo": f"Customer PO {number[3:]}-A", "CurrencyConversionRate": 1,
+            "BillingAddressLine1": address.get("Line1"), "LinkedFulfillmentNumber": "1",
+            "Lines": [{**{k: line[k] for k in _INVOICE_FIELDS}, **_INVOICE_LINE_EXTRAS}
+                      for line in lines],
             "AdditionalCharges": [],
         }]  # fmt: skip
         return sale
@@ -538,15 +545,19 @@ class Cin7Sandbox:
         return _json({"SaleID": sale["ID"], "Invoices": self.invoices.get(sale["ID"], [])})
 
     async def _post_invoice(self, request: web.Request) -> web.Response:
-        """Rewrites the invoice's lines and charges with the ones sent (as Cin7 Core does)."""
+        """Replaces the invoice with the one sent, lines and charges included (as Cin7 Core does);
+        a field not sent is cleared (inferred: the strict reading of "rewrites")."""
         body = await self._body(request)
         for invoices in self.invoices.values():
             for invoice in invoices:
                 if invoice["TaskID"] == body.get("TaskID"):
                     if invoice["Status"] != "DRAFT":
                         raise Cin7Fault(400, "Invoice is already authorised")
-                    invoice["Lines"] = list(body.get("Lines") or [])
-                    invoice["AdditionalCharges"] = list(body.get("AdditionalCharges") or [])
+                    rewritten = {**body, **{key: invoice[key] for key in _INVOICE_KEPT}}
+                    for key in ("Lines", "AdditionalCharges"):
+                        rewritten[key] = list(body.get(key) or [])
+                    invoice.clear()
+                    invoice.update(rewritten)
                     return _json(invoice)
         raise Cin7Fault(400, f"Invoice task {body.get('TaskID')} not found", code=404)
 

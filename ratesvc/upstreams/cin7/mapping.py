@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 import msgspec
 
 from ratesvc.errors import (
@@ -121,6 +124,21 @@ def _fulfilment(item: wire.Fulfilment, sale: wire.Sale) -> Fulfilment:
             for line in item.Ship.Lines
         ],
     )
+
+
+def invoice_from_document(document: dict[str, Any]) -> wire.InvoiceDocument:
+    """An invoice as read, whole, with the fields ratesvc reads (``msgspec.ValidationError`` when
+    those cannot be read)."""
+    return wire.InvoiceDocument(fields=msgspec.convert(document, wire.Invoice), document=document)
+
+
+def invoice_with_charge(
+    invoice: wire.InvoiceDocument, charge: wire.InvoiceCharge
+) -> dict[str, Any]:
+    """The invoice to send back: every field as it was read, ``charge`` added to its charges."""
+    charges = invoice.document.get("AdditionalCharges") or []
+    added = msgspec.to_builtins(charge, builtin_types=(Decimal,))
+    return {**invoice.document, "AdditionalCharges": [*charges, added]}
 
 
 def error_texts(body: bytes) -> list[str]:

@@ -168,6 +168,7 @@ def test_the_toml_form_has_one_table_per_account_with_env_references(tmp_path: P
     assert acme.markup.for_carrier("fedex").percent == Decimal("5")
     assert acme.markup.for_carrier("fedex").flat == Decimal("0.50")
     assert acme.markup.for_carrier("ups").percent == Decimal("2.5")
+    assert acme.markup.for_carrier("ups").flat == Decimal("0.50")  # inherited from the account
     assert settings.account_for_token("acme-token-0123456789") is acme
     assert settings.account_for_token("acme-second-token-0123") is acme
     assert settings.account_for_token("globex-token-0123456789") is globex

@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from ratesvc.sandbox.cin7 import Cin7Sandbox
@@ -127,6 +128,26 @@ async def test_serve_refuses_bad_config_with_one_line_per_problem() -> None:
         "  - RATESVC_API_TOKEN", "  - RATESVC_PORT", "  - RATESVC_SHIPSTATION_API_KEY",
         "  - RATESVC_SHIPSTATION_API_SECRET",
     ]  # fmt: skip
+
+
+async def test_serve_with_a_corrupt_ledger_says_so_and_exits(tmp_path: Path) -> None:
+    (tmp_path / "ledger.sqlite3").write_bytes(b"not a database " * 100)
+    env = {**account_env("http://127.0.0.1:9"), "RATESVC_DATA_DIR": str(tmp_path),
+           "RATESVC_PORT": "0"}  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, "serve", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    try:  # it used to hang here: the ledger's connection thread kept the process alive
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert process.returncode == 2
+    assert "cannot open the ledger" in err.decode()
+    assert "file is not a database" in err.decode()
 
 
 async def test_the_sandbox_runs_on_its_own_and_answers_like_shipstation() -> None:

@@ -89,8 +89,8 @@ class Markup(msgspec.Struct, frozen=True, kw_only=True):
     A per-carrier markup overrides only the fields it sets and inherits the others from the
     account's: with ``percent = "5"``, ``flat = "0.50"`` and ``per_carrier.ups = { percent =
     "2.5" }``, UPS quotes get 2.5 % plus 0.50. Setting a field to ``"0"`` is setting it: ``ups =
-    { flat = "0" }`` drops the flat fee for UPS and keeps the account's percent. A field the
-    account does not set is 0.
+    { flat = "0" }`` drops the flat fee for UPS and keeps the account's percent; a field left out
+    (or given as an empty string) is inherited. A field the account does not set is 0.
     """
 
     default: MarkupRule = MarkupRule()

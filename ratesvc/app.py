@@ -2,7 +2,8 @@
 
 No I/O happens here; every resource (the upstream HTTP sessions, the per-account clients) is
 opened and closed in ``cleanup_ctx``, so the app can be started and stopped any number of times
-by tests.
+by tests. A context that fails after opening something closes it before the failure propagates
+(aiohttp cleans up only the contexts that had started).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from ratesvc import __version__, keys
-from ratesvc.accounts import build_accounts
+from ratesvc.accounts import AccountServices, build_accounts
 from ratesvc.api.middlewares import MIDDLEWARES
 from ratesvc.api.routes import setup_routes
 from ratesvc.automation.poller import Poller
@@ -56,9 +57,10 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession per upstream (ShipStation, Cin7 Core), shared by every account."""
     shipstation = _session(connections=100)
     cin7 = _session(connections=10)  # Cin7 Core is paced to about a call a second anyway
-    accounts = build_accounts(app[keys.SETTINGS], shipstation, app[keys.METRICS], cin7)
-    app[keys.ACCOUNTS] = accounts
+    accounts: dict[str, AccountServices] = {}
     try:
+        accounts = build_accounts(app[keys.SETTINGS], shipstation, app[keys.METRICS], cin7)
+        app[keys.ACCOUNTS] = accounts
         yield
     finally:
         for services in accounts.values():
@@ -75,10 +77,10 @@ async def _rating(app: web.Application) -> AsyncIterator[None]:
         max_entries=settings.quote_cache_max_entries,
         ttl_s=max(settings.quote_max_stale_s, *(a.quote_ttl_s for a in settings.accounts.values())),
     )
-    store = QuoteStore()
-    app[keys.RATER] = Rater(cache=cache, store=store, max_stale_s=settings.quote_max_stale_s)
-    app[keys.REPLAY] = AnswerReplay(store)
     try:
+        store = QuoteStore()
+        app[keys.RATER] = Rater(cache=cache, store=store, max_stale_s=settings.quote_max_stale_s)
+        app[keys.REPLAY] = AnswerReplay(store)
         yield
     finally:
         await cache.close()
@@ -92,12 +94,6 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
     """
     settings = app[keys.SETTINGS]
     ledger = Ledger(settings.data_dir / "ledger.sqlite3")
-    try:
-        await ledger.open()
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(
-            [f"RATESVC_DATA_DIR: cannot open the ledger {ledger.path}: {exc}"]
-        ) from exc
     worker = WriteBackWorker(ledger, app[keys.ACCOUNTS], base_s=settings.writeback_retry_s)
     labels = Labels(
         ledger,
@@ -110,7 +106,8 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
     )
     app[keys.LEDGER] = ledger
     app[keys.LABELS] = labels
-    try:
+    try:  # whatever fails below, what was opened or started is closed or stopped
+        await _open(ledger)
         await worker.start()
         await labels.start()
         yield
@@ -118,6 +115,15 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
         await labels.close()
         await worker.stop()
         await ledger.close()
+
+
+async def _open(ledger: Ledger) -> None:
+    try:
+        await ledger.open()
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            [f"RATESVC_DATA_DIR: cannot open the ledger {ledger.path}: {exc}"]
+        ) from exc
 
 
 async def _automation(app: web.Application) -> AsyncIterator[None]:
@@ -131,9 +137,9 @@ async def _automation(app: web.Application) -> AsyncIterator[None]:
     poller = Poller(app[keys.LEDGER], app[keys.ACCOUNTS], automation, app[keys.METRICS])
     app[keys.AUTOMATION] = automation
     app[keys.POLLER] = poller
-    automation.start()
-    poller.start()
     try:
+        automation.start()
+        poller.start()
         yield
     finally:
         await poller.stop()

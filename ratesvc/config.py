@@ -77,12 +77,35 @@ class MarkupRule(msgspec.Struct, frozen=True, kw_only=True):
     flat: Decimal = Decimal(0)
 
 
+class MarkupOverride(msgspec.Struct, frozen=True, kw_only=True):
+    """A carrier's markup: the fields it sets (``None``: not set, the account's applies)."""
+
+    percent: Decimal | None = None
+    flat: Decimal | None = None
+
+
 class Markup(msgspec.Struct, frozen=True, kw_only=True):
+    """The account's markup (``default``) and per-carrier overrides.
+
+    A per-carrier markup overrides only the fields it sets and inherits the others from the
+    account's: with ``percent = "5"``, ``flat = "0.50"`` and ``per_carrier.ups = { percent =
+    "2.5" }``, UPS quotes get 2.5 % plus 0.50. Setting a field to ``"0"`` is setting it: ``ups =
+    { flat = "0" }`` drops the flat fee for UPS and keeps the account's percent; a field left out
+    (or given as an empty string) is inherited. A field the account does not set is 0.
+    """
+
     default: MarkupRule = MarkupRule()
-    per_carrier: dict[str, MarkupRule] = {}
+    per_carrier: dict[str, MarkupOverride] = {}
 
     def for_carrier(self, carrier_code: str) -> MarkupRule:
-        return self.per_carrier.get(carrier_code, self.default)
+        """The rule for one carrier: its override's fields, the account's for the rest."""
+        override = self.per_carrier.get(carrier_code)
+        if override is None:
+            return self.default
+        return MarkupRule(
+            percent=self.default.percent if override.percent is None else override.percent,
+            flat=self.default.flat if override.flat is None else override.flat,
+        )
 
 
 class ShipStationConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -406,25 +429,32 @@ class _Reader:
         if not isinstance(per_carrier, Mapping):
             self.problems.append(f"{where}.per_carrier: must be a table of carrier codes")
             per_carrier = {}
+        account = self.markup_fields(where, raw, also={"per_carrier"})
         return Markup(
-            default=self.markup_rule(where, raw),
+            default=MarkupRule(
+                percent=account.percent or Decimal(0), flat=account.flat or Decimal(0)
+            ),
             per_carrier={
-                str(code): self.markup_rule(f"{where}.per_carrier.{code}", rule)
+                str(code): self.markup_fields(f"{where}.per_carrier.{code}", rule)
                 for code, rule in per_carrier.items()
             },
         )
 
-    def markup_rule(self, where: str, raw: object) -> MarkupRule:
+    def markup_fields(
+        self, where: str, raw: object, *, also: frozenset[str] | set[str] = frozenset()
+    ) -> MarkupOverride:
+        """The fields a markup table sets; one left out (or empty) stays ``None``."""
         if not isinstance(raw, Mapping):
             self.problems.append(f"{where}: must be a table with percent and/or flat")
-            return MarkupRule()
-        unknown = set(raw) - {"percent", "flat", "per_carrier"}
+            return MarkupOverride()
+        unknown = set(raw) - {"percent", "flat", *also}
         if unknown:
             self.problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
-        return MarkupRule(
-            percent=self.decimal(f"{where}.percent", raw.get("percent")),
-            flat=self.decimal(f"{where}.flat", raw.get("flat")),
+        percent, flat = (
+            None if raw.get(key) in (None, "") else self.decimal(f"{where}.{key}", raw.get(key))
+            for key in ("percent", "flat")
         )
+        return MarkupOverride(percent=percent, flat=flat)
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:

@@ -26,9 +26,13 @@ DEMO_SHIP_FROM = (
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # the contexts that started (a later one failed, or the port)
+        raise
     address = runner.addresses[0]  # (host, port): tells the port picked when asked for 0
     return runner, int(address[1])
 

@@ -11,7 +11,8 @@ absolute deadline (each leg inside ``asyncio.timeout_at``, stragglers cancelled 
 * with several packages a quote covers all of them: costs are summed per service (and per package
   variant) and a service missing for any package is not offered; a carrier with any failed leg
   offers nothing and is listed in ``errors``;
-* markup (percent of shipment + other cost, plus flat) is added in ``Decimal``; each figure is
+* markup (percent of shipment + other cost, plus flat; a carrier's markup overrides only the
+  fields it sets, see :class:`~ratesvc.config.Markup`) is added in ``Decimal``; each figure is
   rounded half-up to cents once, and ``total`` is the sum of the rounded figures;
 * quotes are sorted by total, then carrier, service, name and package code, and remembered in the
   :class:`~ratesvc.quotes.QuoteStore` until they expire.

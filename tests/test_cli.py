@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from ratesvc.sandbox.cin7 import Cin7Sandbox
@@ -129,6 +130,26 @@ async def test_serve_refuses_bad_config_with_one_line_per_problem() -> None:
     ]  # fmt: skip
 
 
+async def test_serve_with_a_corrupt_ledger_says_so_and_exits(tmp_path: Path) -> None:
+    (tmp_path / "ledger.sqlite3").write_bytes(b"not a database " * 100)
+    env = {**account_env("http://127.0.0.1:9"), "RATESVC_DATA_DIR": str(tmp_path),
+           "RATESVC_PORT": "0"}  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, "serve", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    try:  # it used to hang here: the ledger's connection thread kept the process alive
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert process.returncode == 2
+    assert "cannot open the ledger" in err.decode()
+    assert "file is not a database" in err.decode()
+
+
 async def test_the_sandbox_runs_on_its_own_and_answers_like_shipstation() -> None:
     process = await asyncio.create_subprocess_exec(
         *COMMAND, "sandbox", "--port", "0", "--latency-ms", "0",
@@ -166,6 +187,20 @@ async def test_check_verifies_cin7_core_too(sandbox_url: str, cin7_url: str) -> 
     assert bad[0] == 1
     assert "Cin7 Core" in bad[1] and "RATESVC_CIN7_APPLICATION_KEY" in bad[1]
     assert "deleted-app" not in bad[1]
+
+
+async def test_check_explains_a_cin7_user_in_several_organisations(
+    sandbox_url: str, cin7_url: str, cin7_sandbox: Cin7Sandbox
+) -> None:
+    cin7_sandbox.knobs.multiple_organisations = True
+
+    code, out, _ = await run("check", env=cin7_env(sandbox_url, cin7_url))
+
+    assert code == 1
+    assert "account default: Cin7 Core at" in out and "PROBLEM" in out
+    assert "300 Multiple Choices" in out
+    assert "one connection (API application key) per organisation" in out
+    assert "Cin7 Core OK" not in out
 
 
 def cin7_env(sandbox_url: str, cin7_url: str) -> dict[str, str]:

@@ -136,7 +136,7 @@ ship_from = { postal_code = "78703", country = "US", city = "Austin", state = "T
 [accounts.acme.markup]
 percent = "5"
 flat = "0.50"
-per_carrier = { ups = { percent = "2.5" } }
+per_carrier = { ups = { percent = "2.5" }, dhl_express_worldwide = { percent = "", flat = "0" } }
 
 [accounts.globex]
 api_tokens = ["globex-token-0123456789"]
@@ -168,6 +168,9 @@ def test_the_toml_form_has_one_table_per_account_with_env_references(tmp_path: P
     assert acme.markup.for_carrier("fedex").percent == Decimal("5")
     assert acme.markup.for_carrier("fedex").flat == Decimal("0.50")
     assert acme.markup.for_carrier("ups").percent == Decimal("2.5")
+    assert acme.markup.for_carrier("ups").flat == Decimal("0.50")  # inherited from the account
+    dhl = acme.markup.for_carrier("dhl_express_worldwide")
+    assert (dhl.percent, dhl.flat) == (Decimal("5"), Decimal("0"))  # "" inherits, "0" is set
     assert settings.account_for_token("acme-token-0123456789") is acme
     assert settings.account_for_token("acme-second-token-0123") is acme
     assert settings.account_for_token("globex-token-0123456789") is globex

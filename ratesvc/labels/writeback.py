@@ -278,9 +278,9 @@ class WriteBackWorker:
         assert plan.sale_id is not None
         label_id = packages[0].label_id
         invoices = await cin7.invoices(plan.sale_id, deadline=deadline)
-        if any(c.Comment == label_id for i in invoices for c in i.AdditionalCharges):
+        if any(c.Comment == label_id for i in invoices for c in i.fields.AdditionalCharges):
             return
-        draft = next((i for i in invoices if i.Status == "DRAFT"), None)
+        draft = next((i for i in invoices if i.fields.Status == "DRAFT"), None)
         if draft is None:
             raise NeedsAPerson(
                 f"sale {plan.sale_id} has no draft invoice to add the shipping charge to"
@@ -293,10 +293,7 @@ class WriteBackWorker:
             Description=f"Shipping - {carrier_name(plan.carrier_code)} ({tracking})",
             Quantity=Decimal(1), Price=amount, Total=amount, Comment=label_id,
         )  # fmt: skip
-        await cin7.rewrite_invoice(
-            msgspec.structs.replace(draft, AdditionalCharges=[*draft.AdditionalCharges, charge]),
-            deadline=deadline,
-        )
+        await cin7.add_invoice_charge(draft, charge, deadline=deadline)
 
     async def _correct(
         self, services: AccountServices, plan: LabelPlan, packages: list[PackageRow]

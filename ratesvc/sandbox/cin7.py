@@ -8,7 +8,9 @@ attachments; ``saleList?ReadyForShipping=true``; locations; webhook subscription
 window answered, beyond that, in one of the three throttling styles (503, 429, or 400 with text).
 
 Knobs (``knobs`` attribute, or ``PUT /__sandbox/knobs``): latency, error rate, the throttling
-style, the window, and ``down`` (every call answers 503 "maintenance"). Counters:
+style, the window, ``down`` (every call answers 503 "maintenance"), and
+``multiple_organisations`` (every call with good credentials answers ``300 Multiple Choices``, as
+Cin7 Core does for a user who belongs to several organisations). Counters:
 ``GET /__sandbox/calls``. ``POST /__sandbox/sales/{id}/pack`` authorises a sale's pack.
 """
 
@@ -37,6 +39,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _encoder = msgspec.json.Encoder()
 _ADMIN = "/__sandbox/"
 _INVOICE_FIELDS = ("ProductID", "SKU", "Name", "Quantity", "Price", "Total")
+_INVOICE_LINE_EXTRAS = {"Discount": 0, "Tax": 0, "TaxRule": "Tax Exempt", "Account": "4000",
+                        "Comment": ""}  # fmt: skip
+_INVOICE_KEPT = ("TaskID", "InvoiceNumber", "Status")  # Cin7 Core's, whatever a POST says
 _COUNTRY_NAMES = {"US": "United States", "CA": "Canada", "AU": "Australia", "GB": "United Kingdom"}
 
 
@@ -64,6 +69,7 @@ class Cin7KnobsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     window_s: float | None = None
     down: bool | None = None
     writes_down: bool | None = None
+    multiple_organisations: bool | None = None
 
 
 @dataclass
@@ -75,6 +81,7 @@ class Cin7Knobs:
     window_s: float = 60.0
     down: bool = False
     writes_down: bool = False  # reads work, every write answers 503 (a half-broken Cin7 Core)
+    multiple_organisations: bool = False  # the API user belongs to several organisations: 300
     seed: int = 11
     # Cin7 Core retries a failed delivery 6 times (1, 5, 10, 15, 20, 25 min apart), then turns
     # the webhook off. Tests shorten the delays.
@@ -166,10 +173,14 @@ class Cin7Sandbox:
             }],
         }  # fmt: skip
         self.sales[sale_id] = sale
+        # Fields ratesvc does not model are there too: a rewrite must send them back.
         self.invoices[sale_id] = [{
             "TaskID": f"invoice-{sale_id}", "InvoiceNumber": f"INV-{number[3:]}", "Status": "DRAFT",
             "InvoiceDate": "2026-11-29", "InvoiceDueDate": "2026-12-29",
-            "Lines": [{k: line[k] for k in _INVOICE_FIELDS} for line in lines],
+            "Memo": f"Customer PO {number[3:]}-A", "CurrencyConversionRate": 1,
+            "BillingAddressLine1": address.get("Line1"), "LinkedFulfillmentNumber": "1",
+            "Lines": [{**{k: line[k] for k in _INVOICE_FIELDS}, **_INVOICE_LINE_EXTRAS}
+                      for line in lines],
             "AdditionalCharges": [],
         }]  # fmt: skip
         return sale
@@ -348,6 +359,8 @@ class Cin7Sandbox:
         ) != self._credentials:
             self.forbidden += 1
             return _json([{"ErrorCode": 403, "Exception": "Incorrect credentials!"}], 403)
+        if self.knobs.multiple_organisations:
+            return _json([{"ErrorCode": 300, "Exception": "Multiple Choices"}], 300)
         if self.knobs.down or (self.knobs.writes_down and request.method != "GET"):
             return _json([{"ErrorCode": 503, "Exception": "Service is under maintenance"}], 503)
         allowed, _ = self.window.admit()
@@ -532,15 +545,19 @@ class Cin7Sandbox:
         return _json({"SaleID": sale["ID"], "Invoices": self.invoices.get(sale["ID"], [])})
 
     async def _post_invoice(self, request: web.Request) -> web.Response:
-        """Rewrites the invoice's lines and charges with the ones sent (as Cin7 Core does)."""
+        """Replaces the invoice with the one sent, lines and charges included (as Cin7 Core does);
+        a field not sent is cleared (inferred: the strict reading of "rewrites")."""
         body = await self._body(request)
         for invoices in self.invoices.values():
             for invoice in invoices:
                 if invoice["TaskID"] == body.get("TaskID"):
                     if invoice["Status"] != "DRAFT":
                         raise Cin7Fault(400, "Invoice is already authorised")
-                    invoice["Lines"] = list(body.get("Lines") or [])
-                    invoice["AdditionalCharges"] = list(body.get("AdditionalCharges") or [])
+                    rewritten = {**body, **{key: invoice[key] for key in _INVOICE_KEPT}}
+                    for key in ("Lines", "AdditionalCharges"):
+                        rewritten[key] = list(body.get(key) or [])
+                    invoice.clear()
+                    invoice.update(rewritten)
                     return _json(invoice)
         raise Cin7Fault(400, f"Invoice task {body.get('TaskID')} not found", code=404)
 
@@ -577,7 +594,9 @@ class Cin7Sandbox:
 
     def apply(self, update: Cin7KnobsUpdate) -> None:
         k = self.knobs
-        for name in ("latency", "error_rate", "throttle_style", "down", "writes_down"):
+        names = ("latency", "error_rate", "throttle_style", "down", "writes_down",
+                 "multiple_organisations")  # fmt: skip
+        for name in names:
             value = getattr(update, name)
             if value is not None:
                 setattr(k, name, value)

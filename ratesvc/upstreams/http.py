@@ -106,7 +106,11 @@ class UpstreamHttp:
         params: Mapping[str, str] | None = None,
         json_body: bytes | None = None,
     ) -> Answer:
-        """Send one request (retrying as ``retry`` allows); return a 2xx answer or raise."""
+        """Send one request (retrying as ``retry`` allows); return a 2xx answer or raise.
+
+        Redirects are followed by aiohttp; any other non-2xx answer (Cin7 Core's ``300 Multiple
+        Choices`` too) goes through the upstream's error mapper.
+        """
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
@@ -118,7 +122,7 @@ class UpstreamHttp:
                 failure: UpstreamFailure = exc
                 answered_429 = False
             else:
-                if answer.status < 400:
+                if 200 <= answer.status < 300:
                     return answer
                 failure = self._map_error(answer.status, answer.body, endpoint)
                 answered_429 = answer.throttled

@@ -398,33 +398,72 @@ async def test_labels_are_listed_newest_first_with_a_cursor(labels: TestClient) 
     assert (await labels.get("/v1/labels/lb_nope", headers=AUTH)).status == 404
 
 
-async def test_the_shipping_charge_goes_on_the_draft_invoice_once_when_the_account_asks(
-    aiohttp_client: Any, sandbox_url: str, cin7_url: str, cin7_sandbox: Cin7Sandbox,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+@pytest.fixture
+async def invoicing(
+    aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
+) -> TestClient:
+    """The service with the shipping charge written to the sale's draft invoice."""
     env = service_env(
         sandbox_url, tmp_path / "data", cin7_url, RATESVC_INVOICE_SHIPPING="true",
         RATESVC_WRITEBACK_RETRY_S="0.05", RATESVC_CIN7_MIN_INTERVAL_S="0.01",
     )  # fmt: skip
-    client = await aiohttp_client(create_app(load_settings(env)))
-    lines_before = list(cin7_sandbox.invoices["sale-simple"][0]["Lines"])
+    client: TestClient = await aiohttp_client(create_app(load_settings(env)))
+    return client
+
+
+async def buy_quoted_and_written_back(client: TestClient, sale_id: str) -> tuple[Any, Any]:
+    """Rate the sale, buy its first quote, wait for the write-back; the quote and the label."""
     rates = await (await client.post(
-        "/v1/rates", json={"sale_id": "sale-simple", "carriers": ["ups"]}, headers=AUTH
+        "/v1/rates", json={"sale_id": sale_id, "carriers": ["ups"]}, headers=AUTH
     )).json()  # fmt: skip
     quote = rates["quotes"][0]
-
     label = await buy(client, {"quote_id": quote["quote_id"]})
 
     async def completed() -> bool:
         return (await label_of(client, label["label_id"]))["status"] == "completed"
 
     await until(completed)
+    return quote, label
+
+
+async def test_the_shipping_charge_goes_on_the_draft_invoice_once_when_the_account_asks(
+    invoicing: TestClient, cin7_sandbox: Cin7Sandbox
+) -> None:
+    lines_before = list(cin7_sandbox.invoices["sale-simple"][0]["Lines"])
+
+    quote, label = await buy_quoted_and_written_back(invoicing, "sale-simple")
+
     invoice = cin7_sandbox.invoices["sale-simple"][0]
     (charge,) = invoice["AdditionalCharges"]
     assert charge["Price"] == float(quote["total"])  # what the customer was quoted
     assert charge["Comment"] == label["label_id"]
     assert label["packages"][0]["tracking_number"] in charge["Description"]
     assert invoice["Lines"] == lines_before  # the rewrite kept every existing line
+
+
+async def test_rewriting_the_invoice_keeps_every_field_ratesvc_does_not_model(
+    invoicing: TestClient, cin7_sandbox: Cin7Sandbox
+) -> None:
+    (invoice,) = cin7_sandbox.invoices["sale-simple"]
+    invoice["AdditionalAttribute1"] = "PO 4471"  # fields ratesvc has never heard of
+    invoice["Lines"][0]["CustomFields"] = {"Colour": "blue", "Batch": 7}
+    handling = {"Description": "Handling", "Quantity": 1, "Price": 2.3456, "Total": 2.3456,
+                "Account": "4100", "Reference": "pallet-12"}  # fmt: skip
+    invoice["AdditionalCharges"].append(handling)
+    before = {key: value for key, value in invoice.items() if key != "AdditionalCharges"}
+
+    _, label = await buy_quoted_and_written_back(invoicing, "sale-simple")
+
+    (after,) = cin7_sandbox.invoices["sale-simple"]
+    assert {key: value for key, value in after.items() if key != "AdditionalCharges"} == before
+    assert after["Memo"] == "Customer PO 1001-A" and after["AdditionalAttribute1"] == "PO 4471"
+    assert after["Lines"][0]["CustomFields"] == {"Colour": "blue", "Batch": 7}
+    assert after["Lines"][0]["TaxRule"] == "Tax Exempt"
+    kept, ours = after["AdditionalCharges"]
+    assert kept == handling  # the existing charge whole, its price to the last digit
+    assert (ours["Comment"], ours["Quantity"]) == (label["label_id"], 1)  # Quantity is required
+    ((_, _, sent),) = [w for w in cin7_sandbox.writes if w[1] == "/sale/invoice"]
+    assert sent["Memo"] == before["Memo"] and sent["AdditionalCharges"][0] == handling
 
 
 async def test_without_the_setting_the_invoice_is_left_alone(

@@ -573,21 +573,50 @@ async def test_a_replay_never_serves_prices_older_than_max_age(
     assert not any(q["cached"] for q in again["quotes"])
 
 
-async def test_markup_can_differ_per_carrier(
-    aiohttp_client: Any, sandbox: ShipStationSandbox, sandbox_url: str, tmp_path: Path
-) -> None:
+# Both carriers cost 10.00 + 0.50 = 10.50; 10 % of it is 1.05.
+@pytest.mark.parametrize(
+    ("markup", "expected"),
+    [
+        pytest.param(
+            '{ flat = "1" }',
+            {"ups": ("1.00", "11.50"), "fedex": ("1.00", "11.50")},
+            id="account-flat-only",
+        ),
+        pytest.param(
+            '{ flat = "1", per_carrier = { ups = { percent = "10" } } }',
+            {"ups": ("2.05", "12.55"), "fedex": ("1.00", "11.50")},  # ups: 1.05 + inherited 1
+            id="carrier-percent-plus-account-flat",
+        ),
+        pytest.param(
+            '{ percent = "10", flat = "1", per_carrier = { ups = { flat = "-0.25" } } }',
+            {"ups": ("0.80", "11.30"), "fedex": ("2.05", "12.55")},  # ups: inherited 1.05 - 0.25
+            id="carrier-flat-overrides-account-flat",
+        ),
+        pytest.param(
+            '{ percent = "10", flat = "1", per_carrier = { ups = { flat = "0" }, '
+            'fedex = { percent = "0" } } }',
+            {"ups": ("1.05", "11.55"), "fedex": ("1.00", "11.50")},
+            id="carrier-zero-overrides",
+        ),
+    ],
+)
+async def test_a_carrier_markup_overrides_only_what_it_sets(
+    aiohttp_client: Any, sandbox: ShipStationSandbox, sandbox_url: str, tmp_path: Path,
+    markup: str, expected: dict[str, tuple[str, str]],
+) -> None:  # fmt: skip
     rows = b'[{"serviceName":"G","serviceCode":"g","shipmentCost":10.00,"otherCost":0.50}]'
     sandbox.fixed_rates["ups"] = rows
     sandbox.fixed_rates["fedex"] = rows
-    markup = 'markup = { percent = "10", flat = "1", per_carrier = { ups = { flat = "-0.25" } } }'
-    client = await aiohttp_client(create_app(acme_settings(tmp_path, sandbox_url, markup)))
+    settings = acme_settings(tmp_path, sandbox_url, f"markup = {markup}")
+    client = await aiohttp_client(create_app(settings))
 
     response = await client.post(
         "/v1/rates", json={**shipment(), "carriers": ["ups", "fedex"]},
         headers=ACME_AUTH,
     )  # fmt: skip
-    quotes = {q["carrier_code"]: q for q in (await response.json())["quotes"]}
+    quotes = (await response.json())["quotes"]
 
-    assert (quotes["fedex"]["markup"], quotes["fedex"]["total"]) == ("2.05", "12.55")  # 1.05 + 1
-    assert (quotes["ups"]["markup"], quotes["ups"]["total"]) == ("-0.25", "10.25")
-    assert [q["carrier_code"] for q in (await response.json())["quotes"]] == ["ups", "fedex"]
+    assert response.status == 200
+    assert {q["carrier_code"]: (q["markup"], q["total"]) for q in quotes} == expected
+    assert all((q["shipment_cost"], q["other_cost"]) == ("10.00", "0.50") for q in quotes)
+    assert getrates_calls(sandbox) == {"ups": 1, "fedex": 1}

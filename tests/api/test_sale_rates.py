@@ -125,6 +125,21 @@ async def test_rejected_cin7_credentials_are_502_upstream_auth(
     assert "RATESVC_CIN7_APPLICATION_KEY" in problem["detail"]
 
 
+async def test_a_user_in_several_organisations_is_502_upstream_auth_with_the_cure(
+    sale_service: TestClient, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
+) -> None:
+    cin7_sandbox.knobs.multiple_organisations = True  # Cin7 Core answers 300 Multiple Choices
+
+    problem = await rate(sale_service, {"sale_id": "sale-simple", "carriers": ["ups"]}, 502)
+
+    assert problem["code"] == "upstream_auth"
+    assert "300 Multiple Choices" in problem["detail"]
+    assert "several organisations" in problem["detail"]
+    assert "one connection (API application key) per organisation" in problem["detail"]
+    assert cin7_sandbox.calls == {"GET /sale": 1}  # an answer, not a failure to retry
+    assert not sandbox.received  # nothing was rated from a sale that was never read
+
+
 async def test_a_sale_on_an_account_without_cin7_is_422(service: TestClient) -> None:
     problem = await rate(service, {"sale_id": "sale-simple"}, status=422)
 

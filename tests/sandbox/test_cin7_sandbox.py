@@ -154,6 +154,21 @@ async def test_knobs_take_it_down_and_pack_a_sale(
     assert (await c7.put("/__sandbox/knobs", json={"latency_ms": 1})).status == 400
 
 
+async def test_a_user_in_several_organisations_gets_300_multiple_choices(
+    c7: TestClient, cin7_sandbox: Cin7Sandbox
+) -> None:
+    await c7.put("/__sandbox/knobs", json={"multiple_organisations": True})
+    several = await c7.get("/sale", params={"ID": "sale-simple"}, headers=AUTH)
+    wrong_key = await c7.get("/sale", params={"ID": "sale-simple"})
+    await c7.put("/__sandbox/knobs", json={"multiple_organisations": False})
+    one = await c7.get("/sale", params={"ID": "sale-simple"}, headers=AUTH)
+
+    assert several.status == 300
+    assert await several.json() == [{"ErrorCode": 300, "Exception": "Multiple Choices"}]
+    assert wrong_key.status == 403  # credentials are checked first
+    assert one.status == 200
+
+
 async def test_authorising_a_pack_posts_the_event_to_subscribed_webhooks(
     aiohttp_server: Any, c7: TestClient, cin7_sandbox: Cin7Sandbox
 ) -> None:

@@ -8,6 +8,8 @@ second, paused globally on any of Cin7 Core's three throttling answers).
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import aiohttp
@@ -26,8 +28,14 @@ T = TypeVar("T")
 
 
 def _decode(body: bytes, kind: type[T], endpoint: str) -> T:
-    try:
+    with _reading(endpoint):
         return decoder_for(kind).decode(body)
+
+
+@contextmanager
+def _reading(endpoint: str) -> Iterator[None]:
+    try:
+        yield
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise UpstreamError(
             f"Cin7 Core sent an answer to {endpoint} that cannot be read: {exc}",
@@ -142,18 +150,28 @@ class Cin7Client:
             deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(body),
         )  # fmt: skip
 
-    async def invoices(self, sale_id: str, *, deadline: float | None) -> list[wire.Invoice]:
+    async def invoices(self, sale_id: str, *, deadline: float | None) -> list[wire.InvoiceDocument]:
         answer = await self._http.call(
             "GET", "/sale/invoice", endpoint="invoice", priority=Priority.URGENT,
             deadline=deadline, retry=Retry.SAFE, params={"SaleID": sale_id},
         )  # fmt: skip
-        return _decode(answer.body, wire.Invoices, "invoice").Invoices
+        with _reading("invoice"):
+            documents = wire.invoices_decoder.decode(answer.body).Invoices
+            return [mapping.invoice_from_document(document) for document in documents]
 
-    async def rewrite_invoice(self, invoice: wire.Invoice, *, deadline: float | None) -> None:
-        """``POST /sale/invoice`` replaces every line: pass the invoice with all of them."""
+    async def add_invoice_charge(
+        self,
+        invoice: wire.InvoiceDocument,
+        charge: wire.InvoiceCharge,
+        *,
+        deadline: float | None,
+    ) -> None:
+        """``POST /sale/invoice`` replaces the whole invoice: it goes back as it was read, fields
+        ratesvc does not model included, with ``charge`` added to its additional charges."""
+        body = mapping.invoice_with_charge(invoice, charge)
         await self._http.call(
             "POST", "/sale/invoice", endpoint="invoice", priority=Priority.URGENT,
-            deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(invoice),
+            deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(body),
         )  # fmt: skip
 
     async def locations(self, *, deadline: float | None) -> list[wire.Location]:

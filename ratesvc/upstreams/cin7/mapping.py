@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 import msgspec
 
 from ratesvc.errors import (
@@ -123,6 +126,21 @@ def _fulfilment(item: wire.Fulfilment, sale: wire.Sale) -> Fulfilment:
     )
 
 
+def invoice_from_document(document: dict[str, Any]) -> wire.InvoiceDocument:
+    """An invoice as read, whole, with the fields ratesvc reads (``msgspec.ValidationError`` when
+    those cannot be read)."""
+    return wire.InvoiceDocument(fields=msgspec.convert(document, wire.Invoice), document=document)
+
+
+def invoice_with_charge(
+    invoice: wire.InvoiceDocument, charge: wire.InvoiceCharge
+) -> dict[str, Any]:
+    """The invoice to send back: every field as it was read, ``charge`` added to its charges."""
+    charges = invoice.document.get("AdditionalCharges") or []
+    added = msgspec.to_builtins(charge, builtin_types=(Decimal,))
+    return {**invoice.document, "AdditionalCharges": [*charges, added]}
+
+
 def error_texts(body: bytes) -> list[str]:
     """Cin7 Core's errors come as an array, an object, or plain text: read whatever came."""
     try:
@@ -158,7 +176,9 @@ _AUTH_HINT = (
 )
 _MULTIPLE_HINT = (
     "Cin7 Core answered 300 Multiple Choices: the API user belongs to several organisations. "
-    "Use one API application (account id and key) per organisation."
+    "Use one connection (API application key) per organisation: in each Cin7 Core organisation "
+    "create its own API application under Integrations → API, and give each organisation its "
+    "own ratesvc account with that account ID and key."
 )
 
 

@@ -7,6 +7,7 @@ are ``Decimal``. Nothing outside ``ratesvc.upstreams.cin7`` imports this module.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
@@ -193,7 +194,7 @@ class InvoiceCharge(_Wire, kw_only=True, omit_defaults=True):
     """An additional charge on a sale invoice (shapes inferred from the public v2 reference)."""
 
     Description: str
-    Quantity: Decimal = Decimal(1)
+    Quantity: Decimal | None = None  # required when written (at least 1): never omitted then
     Price: Decimal
     Discount: Decimal | None = None
     Tax: Decimal | None = None
@@ -204,20 +205,28 @@ class InvoiceCharge(_Wire, kw_only=True, omit_defaults=True):
 
 
 class Invoice(_Wire, kw_only=True):
-    """Lines are kept as they came: a POST rewrites all lines, so they are sent back unchanged."""
+    """The fields of a sale invoice ratesvc reads; the rest is kept in :class:`InvoiceDocument`."""
 
     TaskID: str
     InvoiceNumber: str | None = None
     Status: str = "DRAFT"
-    InvoiceDate: str | None = None
-    InvoiceDueDate: str | None = None
-    Lines: list[dict[str, object]] = []
     AdditionalCharges: list[InvoiceCharge] = []
 
 
+class InvoiceDocument(msgspec.Struct, frozen=True, kw_only=True):
+    """One invoice as read. ``POST /sale/invoice`` replaces the whole invoice, so it goes back as
+    ``document``, the JSON object that came (every field, those ratesvc does not model too;
+    fractional numbers as ``Decimal``); ``fields`` are the ones ratesvc reads."""
+
+    fields: Invoice
+    document: dict[str, Any]
+
+
 class Invoices(_Wire, kw_only=True):
+    """``GET /sale/invoice``, each invoice kept as the JSON object it is."""
+
     SaleID: str | None = None
-    Invoices: list[Invoice] = []
+    Invoices: list[dict[str, Any]] = []
 
 
 class WebhookHeader(_Wire, kw_only=True):
@@ -247,3 +256,4 @@ class Error(_Wire, kw_only=True):
 
 
 encoder = msgspec.json.Encoder(decimal_format="number")
+invoices_decoder = msgspec.json.Decoder(Invoices, float_hook=Decimal)

@@ -73,6 +73,29 @@ def test_a_sale_without_a_usable_address_says_why() -> None:
     assert sale.ship_to_problem is not None and "country" in sale.ship_to_problem
 
 
+def test_an_invoice_goes_back_whole_with_only_the_charge_added() -> None:
+    (invoice,) = wire.invoices_decoder.decode(sample("invoices.json")).Invoices
+    read = mapping.invoice_from_document(invoice)
+    price = Decimal("9.51")
+    charge = wire.InvoiceCharge(Description="Shipping - UPS (1Z999)", Quantity=Decimal(1),
+                                Price=price, Total=price, Comment="lb_1")  # fmt: skip
+
+    sent = orjson.loads(wire.encoder.encode(mapping.invoice_with_charge(read, charge)))
+
+    (original,) = orjson.loads(sample("invoices.json"))["Invoices"]
+    assert read.fields.Status == "DRAFT"
+    assert read.fields.AdditionalCharges[0].Price == Decimal("2.3456")
+    assert {k: v for k, v in sent.items() if k != "AdditionalCharges"} == {
+        k: v for k, v in original.items() if k != "AdditionalCharges"
+    }  # every field, those ratesvc does not model too (Memo, Payments, AverageCost, ...)
+    assert sent["AdditionalCharges"] == [
+        *original["AdditionalCharges"],
+        {"Description": "Shipping - UPS (1Z999)", "Quantity": 1, "Price": 9.51, "Total": 9.51,
+         "Comment": "lb_1"},
+    ]  # fmt: skip
+    assert b'"Price":2.3456' in wire.encoder.encode(read.document)  # numbers stay exact
+
+
 @pytest.mark.parametrize(
     ("status", "body", "throttled"),
     [

@@ -1,0 +1,115 @@
+"""A start-up that fails partway releases what it had opened: no ledger connection (a thread that
+would keep the process alive), no worker task, nothing left running."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+import ratesvc
+from ratesvc.app import create_app
+from ratesvc.config import ConfigError, Settings, load_settings
+from ratesvc.demo import start_site
+from tests.conftest import AUTH, service_env
+
+PACKAGE = Path(ratesvc.__file__).parent
+BODY = {
+    "carrier_code": "ups", "service_code": "ups_ground",
+    "shipment": {"ship_to": {"postal_code": "10118", "country": "US", "state": "NY"},
+                 "packages": [{"weight": {"value": 2, "unit": "lb"}, "box": "Box 1"}]},
+}  # fmt: skip
+
+
+def ledger_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+
+
+def ratesvc_tasks() -> list[asyncio.Task[Any]]:
+    """Unfinished tasks running ratesvc's own code (the workers, the poller, purchases)."""
+    tasks = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if not task.done() and code and Path(code.co_filename).is_relative_to(PACKAGE):
+            tasks.append(task)
+    return tasks
+
+
+async def assert_nothing_left_running() -> None:
+    for _ in range(100):  # a closed connection's thread ends a moment after close() returns
+        if not ledger_threads():
+            break
+        await asyncio.sleep(0.02)
+    assert ledger_threads() == []
+    assert ratesvc_tasks() == []
+
+
+@pytest.fixture
+def settings(sandbox_url: str, tmp_path: Path) -> Settings:
+    return load_settings(service_env(sandbox_url, tmp_path / "data", RATESVC_LABEL_SETTLE_S="0"))
+
+
+@pytest.fixture
+def app(settings: Settings) -> web.Application:
+    """The app that fails to start, alive for the whole test: what it opened must be closed, not
+    left for the garbage collector to find."""
+    return create_app(settings)
+
+
+async def test_a_ledger_that_is_not_a_database_stops_start_up_and_leaves_no_thread(
+    settings: Settings, app: web.Application
+) -> None:
+    settings.data_dir.mkdir()
+    (settings.data_dir / "ledger.sqlite3").write_bytes(b"not a database " * 100)
+    assert ledger_threads() == []
+
+    with pytest.raises(ConfigError) as failed:
+        await start_site(app, "127.0.0.1", 0)
+
+    assert "cannot open the ledger" in failed.value.problems[0]
+    assert "file is not a database" in failed.value.problems[0]
+    await assert_nothing_left_running()
+
+
+async def test_a_failure_after_the_ledger_opened_stops_the_worker_and_closes_the_ledger(
+    settings: Settings, app: web.Application
+) -> None:
+    runner, port = await start_site(create_app(settings), "127.0.0.1", 0)
+    async with aiohttp.ClientSession() as session:
+        bought = await session.post(f"http://127.0.0.1:{port}/v1/labels", json=BODY, headers=AUTH)
+        assert (await bought.json())["status"] == "completed"
+    await runner.cleanup()
+    # A newer ratesvc (one more column) used this data directory and stopped mid-purchase; this
+    # version, started on it again, cannot read the purchase it has to resume.
+    with sqlite3.connect(settings.data_dir / "ledger.sqlite3") as db:
+        db.execute("UPDATE purchases SET status = 'purchasing'")
+        db.execute("ALTER TABLE purchases ADD COLUMN added_by_a_newer_version TEXT")
+        db.execute("INSERT INTO schema_version SELECT MAX(version) + 1 FROM schema_version")
+    db.close()
+    await assert_nothing_left_running()
+
+    with pytest.raises(TypeError):  # the row has more columns than this version knows
+        await start_site(app, "127.0.0.1", 0)
+
+    await assert_nothing_left_running()
+
+
+async def test_a_port_in_use_after_every_context_started_leaves_nothing_running(
+    app: web.Application,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(OSError, match="address already in use"):
+            await start_site(app, "127.0.0.1", port)
+
+    await assert_nothing_left_running()

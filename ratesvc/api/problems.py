@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TypeVar
 
@@ -9,7 +10,13 @@ import msgspec
 from aiohttp import web
 
 from ratesvc.codec import decoder_for
-from ratesvc.errors import FieldError, InvalidRequest, MalformedJson, RatesvcError
+from ratesvc.errors import (
+    FieldError,
+    InvalidRequest,
+    MalformedJson,
+    RatesvcError,
+    UpstreamThrottled,
+)
 
 T = TypeVar("T")
 
@@ -17,6 +24,9 @@ PROBLEM_TYPE = "application/problem+json"
 _encoder = msgspec.json.Encoder()
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*): (?P<message>.+)$", re.DOTALL)
+# When a throttled upstream does not say when its window resets: both upstream windows are a
+# minute long, so a minute is always enough.
+_THROTTLE_RETRY_S = 60
 
 
 class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -29,10 +39,23 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     detail: str
     errors: list[FieldError] = []
     request_id: str | None = None
+    label_id: str | None = None  # the label a 409 is about (already_labelled)
+    retry_after_s: int | None = None  # a rate limit's 503: also the Retry-After header
+
+
+def retry_after_s(error: RatesvcError) -> int | None:
+    """Whole seconds until a throttled upstream has room again (None: not throttled)."""
+    if not isinstance(error, UpstreamThrottled):
+        return None
+    if error.reset_after_s is None or not math.isfinite(error.reset_after_s):
+        return _THROTTLE_RETRY_S
+    return max(1, math.ceil(error.reset_after_s))
 
 
 def problem_response(error: RatesvcError, request_id: str | None) -> web.Response:
     errors = error.errors if isinstance(error, InvalidRequest) else []
+    label_id = getattr(error, "label_id", None)
+    retry_after = retry_after_s(error)
     problem = Problem(
         type="about:blank",
         title=error.title,
@@ -41,9 +64,13 @@ def problem_response(error: RatesvcError, request_id: str | None) -> web.Respons
         detail=error.detail,
         errors=errors,
         request_id=request_id,
+        label_id=label_id if isinstance(label_id, str) else None,
+        retry_after_s=retry_after,
     )
     response = web.Response(body=_encoder.encode(problem), status=error.status)
     response.content_type = PROBLEM_TYPE
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 

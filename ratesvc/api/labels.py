@@ -6,6 +6,7 @@ import msgspec
 from aiohttp import web
 
 from ratesvc import keys
+from ratesvc.api.document import LABEL_STATUSES
 from ratesvc.api.middlewares import current_account
 from ratesvc.api.paging import list_query
 from ratesvc.api.params import IDEMPOTENCY_KEY_MAX, LABEL_CURSOR, PACKAGE_MAX, is_text, whole_number
@@ -14,8 +15,6 @@ from ratesvc.errors import InvalidRequest
 from ratesvc.label_models import LabelList, LabelsRequest
 
 _encoder = msgspec.json.Encoder()
-LABEL_STATUSES = ("purchasing", "purchased", "completed", "write_back_failed", "voided",
-                  "attention", "failed")  # fmt: skip
 
 
 def _json(body: object, status: int = 200) -> web.Response:

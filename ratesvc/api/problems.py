@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from ratesvc.codec import decoder_for
 from ratesvc.errors import (
+    PROBLEM_CODES,
     FieldError,
     InvalidRequest,
     MalformedJson,
@@ -35,7 +36,7 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     type: str
     title: str
     status: int
-    code: str
+    code: Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(PROBLEM_CODES)})]
     detail: str
     errors: list[FieldError] = []
     request_id: str | None = None

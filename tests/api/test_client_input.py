@@ -17,6 +17,7 @@ from ratesvc.config import Settings
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.api.test_errors import assert_problem
+from tests.api.test_webhooks import BASIC_ACCOUNT, HEADER_ACCOUNT
 from tests.conftest import AUTH, HOOK_TOKEN, TOKEN, WEBHOOK_URL, MakeService, acme_settings
 
 TO = {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York", "state": "NY",
@@ -161,20 +162,6 @@ async def test_a_tame_request_id_is_echoed(service: TestClient) -> None:
 # --- the webhook: no account probing, no 500 on odd credentials -----------------------------------
 
 
-HEADER_ACCOUNT = """
-[accounts.acme.webhook]
-type = "header"
-header = "X-Hook-Key"
-value = "hook-value-0123456789"
-"""
-BASIC_ACCOUNT = """
-[accounts.acme.webhook]
-type = "basic"
-username = "cin7"
-password = "hook-pass-0123456789"
-"""
-
-
 async def test_an_unknown_account_is_answered_exactly_like_a_wrong_credential(
     aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
 ) -> None:
@@ -306,40 +293,7 @@ async def test_an_unknown_package_code_is_422_when_buying(
     assert not any(k.startswith("createlabel") for k in sandbox.calls)
 
 
-# --- a rate limit's 503 says when to come back ----------------------------------------------------
-
-
-async def test_a_throttled_rating_is_503_with_retry_after(
-    aiohttp_client: Any, make_settings: Callable[..., Settings], sandbox: ShipStationSandbox
-) -> None:
-    client = await aiohttp_client(create_app(make_settings(RATESVC_REQUEST_DEADLINE_S="2")))
-    await client.get("/v1/carriers", headers=AUTH)
-    sandbox.apply_window(limit=40, window_s=60)
-    sandbox.storm(60)
-
-    response = await client.post(
-        "/v1/rates", json={"shipment": {"ship_to": TO, "packages": [PARCEL]}}, headers=AUTH
-    )
-
-    problem = await assert_problem(response, 503, "upstream_unavailable")
-    retry_after = int(response.headers["Retry-After"])
-    assert 1 <= retry_after <= 62  # the window, plus the limiter's safety margin
-    assert problem["retry_after_s"] == retry_after
-    assert "rate-limited" in problem["detail"]
-
-
-async def test_a_throttled_catalogue_is_503_with_retry_after(
-    aiohttp_client: Any, make_settings: Callable[..., Settings], sandbox: ShipStationSandbox
-) -> None:
-    sandbox.apply_window(limit=40, window_s=30)
-    sandbox.storm(30)
-    client = await aiohttp_client(create_app(make_settings(RATESVC_REQUEST_DEADLINE_S="5")))
-
-    response = await client.get("/v1/carriers", headers=AUTH)
-
-    problem = await assert_problem(response, 503, "upstream_unavailable")
-    assert 1 <= int(response.headers["Retry-After"]) <= 32
-    assert problem["retry_after_s"] == int(response.headers["Retry-After"])
+# --- only a rate limit's 503 says when to come back (see test_rates, test_carriers) ---
 
 
 async def test_an_outage_503_has_no_retry_after(

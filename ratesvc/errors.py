@@ -39,6 +39,16 @@ from http import HTTPStatus
 
 import msgspec
 
+# Every problem ``code`` of the HTTP contract (../shared/API.md), for the OpenAPI enum. A new
+# error class's code must be added here (a test walks the tree).
+PROBLEM_CODES = (
+    "malformed_json", "unauthorized", "not_found", "method_not_allowed", "sale_not_ready",
+    "already_shipped", "already_labelled", "sale_changed", "reconciling", "already_voided",
+    "void_rejected", "quote_expired", "payload_too_large", "invalid_request",
+    "idempotency_key_reused", "customs_required", "customs_incomplete", "upstream_error",
+    "upstream_auth", "upstream_unavailable", "deadline_exceeded", "internal_error",
+)  # fmt: skip
+
 
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):
     """One invalid field of a request body: a path like ``packages[0].weight.value``."""

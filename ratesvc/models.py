@@ -23,6 +23,11 @@ Confirmation = Literal["none", "delivery", "signature", "adult_signature", "dire
 
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+# A Cin7 Core sale or task id. Blank (white space only) is refused by require_text, with a
+# clearer message than a failed pattern; the pattern tells the OpenAPI document the same rule.
+SaleRef = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, extra_json_schema={"pattern": r"\S"})
+]
 
 
 class Inbound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
@@ -37,6 +42,13 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             value = getattr(self, name)
             if isinstance(value, str) and value != value.strip():
                 msgspec.structs.force_setattr(self, name, value.strip())
+
+
+def require_text(struct: Inbound, *names: str) -> None:
+    """Refuse fields that were white space only (trimmed to ``""`` by :class:`Inbound`)."""
+    for name in names:
+        if getattr(struct, name) == "":
+            raise ValueError(f"{name}: must not be blank")
 
 
 class Address(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -245,8 +257,8 @@ class ShipmentIn(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True)
 class RatesRequest(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Exactly one of ``sale_id`` or ``shipment``."""
 
-    sale_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    sale_id: SaleRef | None = None
+    task_id: SaleRef | None = None
     shipment: ShipmentIn | None = None
     carriers: Annotated[list[Code], msgspec.Meta(min_length=1, max_length=50)] | None = None
     services: Annotated[list[Code], msgspec.Meta(min_length=1, max_length=200)] | None = None
@@ -254,6 +266,7 @@ class RatesRequest(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require_text(self, "sale_id", "task_id")
         if (self.sale_id is None) == (self.shipment is None):
             raise ValueError("shipment: give exactly one of sale_id or shipment")
         if self.task_id is not None and self.sale_id is None:

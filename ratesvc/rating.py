@@ -162,6 +162,7 @@ class Rater:
             )
         catalog = await services.catalog.get(deadline=deadline)
         plan = _plan_carriers(catalog.carriers, carriers, service_codes)
+        plan = _fit_package_codes(catalog.carriers, plan, shipment)
         route = Route.of(ship_from, shipment.ship_to, shipment.confirmation)
         parcels = [Parcel.of(package) for package in shipment.packages]
         prefix = account.shipstation.key_id()
@@ -232,14 +233,14 @@ class Rater:
         priced: list[list[_Priced]] = []
         errors: list[LegError] = []
         answered = 0
-        timeouts_only = True
+        failed: list[UpstreamFailure] = []
         for carrier_code, _ in plan:
             failures = [(i, outcomes[carrier_code, i]) for i in range(count)
                         if isinstance(outcomes[carrier_code, i], UpstreamFailure)]  # fmt: skip
             if failures:
                 for index, failure in failures:
                     assert isinstance(failure, UpstreamFailure)
-                    timeouts_only &= isinstance(failure, UpstreamTimeout)
+                    failed.append(failure)
                     errors.append(_leg_error(carrier_code, failure, shipment, index))
                 continue
             answered += 1
@@ -253,10 +254,7 @@ class Rater:
                 )  # fmt: skip
             priced += _combine(per_package)
         if plan and answered == 0:
-            detail = "; ".join(f"{e.carrier_code}: {e.message}" for e in errors)
-            if timeouts_only:
-                raise UpstreamTimeout(f"no carrier answered before the deadline ({detail})")
-            raise UpstreamUnavailable(f"every carrier failed ({detail})")
+            raise _every_leg_failed(failed, errors)
         drafts = sorted(
             (_draft(account.markup.for_carrier(shares[0].carrier_code), shares)
              for shares in priced),
@@ -399,6 +397,21 @@ def _age_s(cached: CachedLeg | None) -> float:
     return (dt.datetime.now(dt.UTC) - cached.quoted_at).total_seconds()
 
 
+def _every_leg_failed(failed: list[UpstreamFailure], errors: list[LegError]) -> UpstreamFailure:
+    """The error of a rating no carrier answered: a timeout when all timed out, throttled (with
+    the soonest reset, for Retry-After) when all were rate-limited, else unavailable."""
+    detail = "; ".join(f"{e.carrier_code}: {e.message}" for e in errors)
+    if all(isinstance(f, UpstreamTimeout) for f in failed):
+        return UpstreamTimeout(f"no carrier answered before the deadline ({detail})")
+    if all(isinstance(f, UpstreamThrottled) for f in failed):
+        resets = [f.reset_after_s for f in failed
+                  if isinstance(f, UpstreamThrottled) and f.reset_after_s is not None]  # fmt: skip
+        return UpstreamThrottled(
+            f"every carrier is rate-limited ({detail})", reset_after_s=min(resets, default=None)
+        )
+    return UpstreamUnavailable(f"every carrier failed ({detail})")
+
+
 def _plan_carriers(
     connected: list[CarrierCatalogEntry],
     carriers: list[str] | None,
@@ -431,6 +444,31 @@ def _plan_carriers(
             "services", "none of these services is offered by the carriers asked for"
         )
     return plan
+
+
+def _fit_package_codes(
+    connected: list[CarrierCatalogEntry], plan: list[tuple[str, str | None]], shipment: ShipmentIn
+) -> list[tuple[str, str | None]]:
+    """The plan without the carriers that lack a package type asked for (ShipStation answers an
+    unknown ``packageCode`` with a 500); 422 when no carrier of the plan has it. A carrier whose
+    package types could not be listed is kept: only ShipStation can tell."""
+    if not plan:
+        return plan
+    listed = {c.carrier_code: {p.package_code for p in c.packages} for c in connected}
+    kept = plan
+    for i, package in enumerate(shipment.packages):
+        code = package.requested_package_code
+        if code is None:
+            continue
+        fits = [(c, s) for c, s in kept if not listed.get(c) or code in listed[c]]
+        if not fits:
+            known = ", ".join(sorted(set().union(*(listed.get(c, set()) for c, _ in plan))))
+            raise InvalidRequest.field(
+                f"shipment.packages[{i}].package_code",
+                f"{code!r} is not a package type of the carriers asked for (known: {known})",
+            )
+        kept = fits
+    return kept
 
 
 def _priced_rows(

@@ -87,8 +87,8 @@ async def test_a_fulfilment_is_held_by_one_live_purchase(tmp_path: Path) -> None
     held = dataclasses.replace(purchase("lb_1", key="a"), fulfilment_key="sale:s:t")
     await ledger.create_purchase(held, [(1, None, "lb_1:1")])
 
+    other = dataclasses.replace(purchase("lb_2", key="b"), fulfilment_key="sale:s:t")
     with pytest.raises(IdempotencyConflict) as caught:
-        other = dataclasses.replace(purchase("lb_2", key="b"), fulfilment_key="sale:s:t")
         await ledger.create_purchase(other, [(1, None, "lb_2:1")])
     await ledger.transition("lb_1", "completed", {"purchasing"})
     voided, corrected = await ledger.void("lb_1", {"completed"})

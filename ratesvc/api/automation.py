@@ -8,19 +8,23 @@ from aiohttp import web
 from ratesvc import keys
 from ratesvc.api.middlewares import current_account
 from ratesvc.api.paging import list_query
+from ratesvc.api.params import EVENT_CURSOR
 from ratesvc.automation.events import EVENT_STATUSES, EventList, event_view
 
 _encoder = msgspec.json.Encoder()
 
 
 async def list_events(request: web.Request) -> web.Response:
-    services = current_account(request)
-    query = request.query
-    status, limit = list_query(query, filters=("sale_id",), statuses=EVENT_STATUSES)
-    rows = await request.app[keys.LEDGER].events(
-        services.account.name, status=status, sale_id=query.get("sale_id"),
-        after=query.get("cursor"), limit=limit + 1,
+    account = current_account(request).account.name
+    ledger = request.app[keys.LEDGER]
+    query = await list_query(
+        request.query, statuses=EVENT_STATUSES, account=account, cursor_pattern=EVENT_CURSOR,
+        lookup=ledger.event,
     )  # fmt: skip
+    limit = query.limit
+    rows = await ledger.events(
+        account, status=query.status, sale_id=query.sale_id, after=query.cursor, limit=limit + 1
+    )
     page = EventList(
         events=[event_view(row) for row in rows[:limit]],
         next_cursor=rows[limit - 1].event_id if len(rows) > limit else None,

@@ -6,14 +6,15 @@ import msgspec
 from aiohttp import web
 
 from ratesvc import keys
+from ratesvc.api.document import LABEL_STATUSES
 from ratesvc.api.middlewares import current_account
 from ratesvc.api.paging import list_query
+from ratesvc.api.params import IDEMPOTENCY_KEY_MAX, LABEL_CURSOR, PACKAGE_MAX, is_text, whole_number
 from ratesvc.api.problems import decode_body
 from ratesvc.errors import InvalidRequest
-from ratesvc.labels import LabelList, LabelsRequest, LabelStatus
+from ratesvc.labels import LabelList, LabelsRequest
 
 _encoder = msgspec.json.Encoder()
-_STATUSES = tuple(LabelStatus)
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -23,8 +24,10 @@ def _json(body: object, status: int = 200) -> web.Response:
 async def post_label(request: web.Request) -> web.Response:
     services = current_account(request)
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise InvalidRequest.field("Idempotency-Key", "must be 1 to 255 characters")
+    if key is not None and not (1 <= len(key) <= IDEMPOTENCY_KEY_MAX and is_text(key)):
+        raise InvalidRequest.field(
+            "Idempotency-Key", f"must be 1 to {IDEMPOTENCY_KEY_MAX} characters of text"
+        )
     body = await decode_body(request, LabelsRequest)
     label, created = await request.app[keys.LABELS].buy(services, body, key)
     return _json(label, 201 if created else 200)
@@ -39,23 +42,23 @@ async def get_label(request: web.Request) -> web.Response:
 
 
 async def list_labels(request: web.Request) -> web.Response:
-    services = current_account(request)
-    query = request.query
-    status, limit = list_query(query, filters=("sale_id",), statuses=_STATUSES)
+    account = current_account(request).account.name
+    query = await list_query(
+        request.query, statuses=LABEL_STATUSES, account=account, cursor_pattern=LABEL_CURSOR,
+        lookup=request.app[keys.LEDGER].purchase,
+    )  # fmt: skip
     labels, cursor = await request.app[keys.LABELS].page(
-        services.account.name, sale_id=query.get("sale_id"), status=status,
-        limit=limit, cursor=query.get("cursor"),
+        account, sale_id=query.sale_id, status=query.status, limit=query.limit,
+        cursor=query.cursor,
     )  # fmt: skip
     return _json(LabelList(labels=labels, next_cursor=cursor))
 
 
 async def get_label_pdf(request: web.Request) -> web.Response:
     services = current_account(request)
-    raw_n = request.match_info["n"]
-    if not raw_n.isdigit():
-        raise InvalidRequest.field("n", "must be a package number (1, 2, ...)")
+    n = whole_number(request.match_info["n"], name="n", low=1, high=PACKAGE_MAX)
     pdf = await request.app[keys.LABELS].pdf(
-        request.match_info["label_id"], services.account.name, int(raw_n)
+        request.match_info["label_id"], services.account.name, n
     )
     return web.Response(body=pdf, content_type="application/pdf")
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ratesvc import keys
 from ratesvc.accounts import AccountServices
+from ratesvc.api.params import is_text
 from ratesvc.api.problems import problem_response
 from ratesvc.errors import (
     MethodNotAllowed,
@@ -25,7 +26,10 @@ from ratesvc.errors import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# A client's X-Request-Id is echoed only when it is this tame; anything else (control characters,
+# other scripts, over 128 characters) is replaced by a generated id rather than refused: the id
+# is for tracing, and a request must not fail over it.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _REQUEST_ID_KEY = "ratesvc.request_id"
 _ACCOUNT_KEY = "ratesvc.account"
 # Routes under /v1/ that authenticate themselves (Cin7 Core's webhook credential).
@@ -53,7 +57,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """
     started = time.perf_counter()
     given = request.headers.get("X-Request-Id", "")
-    rid = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
+    rid = given if _REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
     request[_REQUEST_ID_KEY] = rid
     try:
         limit = request.app[keys.SETTINGS].max_body_bytes
@@ -113,7 +117,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if path.startswith("/v1/") and not path.startswith(_SELF_AUTHENTICATED):
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme.lower() != "bearer" or not token.strip() or not is_text(token):
             raise Unauthorized(
                 "send Authorization: Bearer <token> with an API token of your account"
             )

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from ratesvc.codec import decoder_for
-from ratesvc.errors import FieldError, InvalidRequest, MalformedJson, RatesvcError
+from ratesvc.errors import (
+    PROBLEM_CODES,
+    FieldError,
+    InvalidRequest,
+    MalformedJson,
+    RatesvcError,
+    UpstreamThrottled,
+)
 
 T = TypeVar("T")
 
@@ -17,6 +25,9 @@ PROBLEM_TYPE = "application/problem+json"
 _encoder = msgspec.json.Encoder()
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*): (?P<message>.+)$", re.DOTALL)
+# When a throttled upstream does not say when its window resets: both upstream windows are a
+# minute long, so a minute is always enough.
+_THROTTLE_RETRY_S = 60
 
 
 class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -25,15 +36,26 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     type: str
     title: str
     status: int
-    code: str
+    code: Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(PROBLEM_CODES)})]
     detail: str
     errors: list[FieldError] = []
     request_id: str | None = None
-    label_id: str | None = None
+    label_id: str | None = None  # the label a 409 is about (already_labelled)
+    retry_after_s: int | None = None  # a rate limit's 503: also the Retry-After header
+
+
+def retry_after_s(error: RatesvcError) -> int | None:
+    """Whole seconds until a throttled upstream has room again (None: not throttled)."""
+    if not isinstance(error, UpstreamThrottled):
+        return None
+    if error.reset_after_s is None or not math.isfinite(error.reset_after_s):
+        return _THROTTLE_RETRY_S
+    return max(1, math.ceil(error.reset_after_s))
 
 
 def problem_response(error: RatesvcError, request_id: str | None) -> web.Response:
     errors = error.errors if isinstance(error, InvalidRequest) else []
+    retry_after = retry_after_s(error)
     problem = Problem(
         type="about:blank",
         title=error.title,
@@ -43,9 +65,12 @@ def problem_response(error: RatesvcError, request_id: str | None) -> web.Respons
         errors=errors,
         request_id=request_id,
         label_id=error.label_id,
+        retry_after_s=retry_after,
     )
     response = web.Response(body=_encoder.encode(problem), status=error.status)
     response.content_type = PROBLEM_TYPE
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 

@@ -9,6 +9,17 @@ import msgspec
 from aiohttp import web
 
 from ratesvc.api import automation, carriers, health, labels, rates, webhooks
+from ratesvc.api.document import (
+    EVENT_CURSOR_PARAMS,
+    EXTRAS,
+    IDEMPOTENCY_KEY,
+    LABEL_LIST_PARAMS,
+    LABELS_EXAMPLE,
+    RATES_EXAMPLE,
+    WEBHOOK_EVENT,
+    WEBHOOK_EXAMPLE,
+    WEBHOOK_SCHEMES,
+)
 from ratesvc.api.openapi import Route, build_openapi
 from ratesvc.automation.events import EventList, WebhookReceipt
 from ratesvc.labels import Label, LabelList, LabelsRequest
@@ -24,7 +35,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", health.healthz, "Liveness", health.Health, auth=False,
           tags=("operations",)),
     Route("GET", "/readyz", health.readyz, "Readiness: config loaded, data directory writable",
-          health.Readiness, auth=False, tags=("operations",)),
+          health.Readiness, also=((503, "Not ready: `checks` says what failed"),), auth=False,
+          tags=("operations",)),
     Route("GET", "/metrics", health.metrics, "Prometheus metrics", auth=False,
           content_type="text/plain", tags=("operations",)),
     Route("GET", "/openapi.json", openapi, "This document", auth=False, tags=("operations",)),
@@ -33,39 +45,42 @@ ROUTES: tuple[Route, ...] = (
           CarriersResponse, errors=(502, 503, 504), tags=("carriers",)),
     Route("POST", "/v1/rates", rates.post_rates,
           "Rate-shop one shipment across the connected carriers concurrently", RatesResponse,
-          request=RatesRequest, errors=(400, 404, 409, 413, 422, 502, 503, 504),
-          tags=("rates",)),
+          request=RatesRequest, request_example=RATES_EXAMPLE,
+          errors=(404, 409, 502, 503, 504), tags=("rates",)),
     Route("GET", "/v1/quotes/{quote_id}", rates.get_quote,
           "A quote handed out by POST /v1/rates, with the shipment it is for", StoredQuote,
           errors=(404, 410), tags=("rates",)),
     Route("POST", "/v1/labels", labels.post_label,
           "Buy labels, one per package, exactly once (Idempotency-Key header)", Label,
-          request=LabelsRequest, status=201, also=(200,),
-          errors=(400, 404, 409, 410, 413, 422, 502, 503, 504), tags=("labels",)),
+          request=LabelsRequest, request_example=LABELS_EXAMPLE, status=201,
+          also=((200, "An idempotent replay: the label bought before, nothing bought now"),),
+          errors=(404, 409, 410, 502, 503, 504), params=(IDEMPOTENCY_KEY,), tags=("labels",)),
     Route("GET", "/v1/labels", labels.list_labels, "Labels, newest first", LabelList,
-          errors=(422,), tags=("labels",)),
+          errors=(422,), params=LABEL_LIST_PARAMS, tags=("labels",)),
     Route("GET", "/v1/labels/{label_id}", labels.get_label, "One label", Label, errors=(404,),
           tags=("labels",)),
     Route("GET", "/v1/labels/{label_id}/packages/{n}/label.pdf", labels.get_label_pdf,
-          "A package's label PDF", errors=(404,), content_type="application/pdf",
+          "A package's label PDF", errors=(404, 422), content_type="application/pdf",
           tags=("labels",)),
     Route("POST", "/v1/labels/{label_id}/void", labels.void_label,
-          "Void every package of a label", Label, errors=(404, 409, 502, 503), tags=("labels",)),
+          "Void every package of a label", Label, errors=(404, 409, 502, 503, 504),
+          tags=("labels",)),
     Route("POST", "/v1/webhooks/cin7/{account}", webhooks.cin7_webhook,
           "Cin7 Core webhook target: records the event (202; a repeat answers 200) and ships "
           "packed sales in the background by the account's rule. Authenticated with the account's "
           "webhook credential (bearer, basic or a custom header), not an API token",
-          WebhookReceipt, status=202, also=(200,), errors=(400, 401, 404, 413), auth=False,
-          tags=("automation",)),
+          WebhookReceipt, request_schema=WEBHOOK_EVENT, request_example=WEBHOOK_EXAMPLE,
+          status=202, also=((200, "A repeat delivery of an event already recorded"),),
+          auth=False, security=tuple(WEBHOOK_SCHEMES), tags=("automation",)),
     Route("GET", "/v1/automation/events", automation.list_events,
           "Automation events (webhooks and the poller), newest first, with their status and "
-          "reason", EventList, errors=(422,), tags=("automation",)),
+          "reason", EventList, errors=(422,), params=EVENT_CURSOR_PARAMS, tags=("automation",)),
 )  # fmt: skip
 
 
 @cache
 def _openapi_bytes() -> bytes:
-    document: dict[str, Any] = build_openapi(ROUTES)
+    document: dict[str, Any] = build_openapi(ROUTES, EXTRAS)
     return msgspec.json.encode(document)
 
 

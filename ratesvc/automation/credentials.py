@@ -17,7 +17,10 @@ from ratesvc.config import WebhookCredential
 
 
 def _same(given: str, expected_digest: bytes) -> bool:
-    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), expected_digest)
+    # surrogateescape: a header that is not UTF-8 reaches us with its bytes kept as surrogates;
+    # hashed as those bytes it is simply a wrong credential.
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(hashlib.sha256(given_bytes).digest(), expected_digest)
 
 
 def credential_ok(credential: WebhookCredential, headers: Mapping[str, str]) -> bool:
@@ -33,7 +36,7 @@ def credential_ok(credential: WebhookCredential, headers: Mapping[str, str]) -> 
         return False
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError):  # ValueError: not ASCII
         return False
     username, _, password = decoded.partition(":")
     user_ok = _same(username, hashlib.sha256((credential.username or "").encode()).digest())

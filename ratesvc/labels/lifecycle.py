@@ -44,15 +44,15 @@ class LabelStatus(enum.StrEnum):
     PURCHASED = "purchased"
     COMPLETED = "completed"
     WRITE_BACK_FAILED = "write_back_failed"
-    ATTENTION = "attention"
     VOIDED = "voided"
+    ATTENTION = "attention"
     FAILED = "failed"
 
 
 class PackageState(enum.StrEnum):
     PENDING = "pending"
-    UNKNOWN = "unknown"
     BOUGHT = "bought"
+    UNKNOWN = "unknown"
     VOIDED = "voided"
     FAILED = "failed"
 

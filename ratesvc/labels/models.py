@@ -7,9 +7,16 @@ from typing import Annotated
 
 import msgspec
 
-from ratesvc.models import Address, Code, Confirmation, Inbound, PackageIn, ShipmentIn
-
-SaleRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+from ratesvc.models import (
+    Address,
+    Code,
+    Confirmation,
+    Inbound,
+    PackageIn,
+    SaleRef,
+    ShipmentIn,
+    require_text,
+)
 
 
 class LabelsRequest(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -29,6 +36,7 @@ class LabelsRequest(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require_text(self, "quote_id", "sale_id", "task_id")
         explicit = (self.carrier_code, self.service_code, self.package_code, self.sale_id,
                     self.task_id, self.shipment)  # fmt: skip
         if self.quote_id is not None:

@@ -171,3 +171,5 @@ async def test_a_key_throttled_past_the_deadline_is_503_at_once(
     assert body["code"] == "upstream_unavailable"
     assert "rate limit" in body["detail"]
     assert sandbox.throttled == 1  # one probe; the 429 paused the key, nothing else was sent
+    assert 1 <= int(response.headers["Retry-After"]) <= 32  # the window, plus a margin
+    assert body["retry_after_s"] == int(response.headers["Retry-After"])

@@ -104,14 +104,16 @@ async def test_openapi_describes_every_route_with_generated_schemas(service: Tes
     assert document["paths"]["/healthz"]["get"]["security"] == []
 
 
-async def test_openapi_describes_the_webhook_without_bearer_auth(service: TestClient) -> None:
+async def test_openapi_describes_the_webhook_with_its_own_credentials(service: TestClient) -> None:
     document = await (await service.get("/openapi.json")).json()
 
     webhook = document["paths"]["/v1/webhooks/cin7/{account}"]["post"]
     events = document["paths"]["/v1/automation/events"]["get"]
 
-    assert webhook["security"] == []
-    assert {"200", "202", "400", "401", "404"} <= set(webhook["responses"])
+    assert webhook["security"] == [{"webhookBearer": []}, {"webhookBasic": []},
+                                   {"webhookHeader": []}]  # fmt: skip
+    assert {"200", "202", "400", "401", "413"} <= set(webhook["responses"])
+    assert "404" not in webhook["responses"]  # an unknown account is a 401
     assert "401" in events["responses"]
     ref = events["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     assert set(document["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]) == {

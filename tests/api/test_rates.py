@@ -401,10 +401,18 @@ async def test_a_throttled_key_without_a_cached_answer_is_an_error_entry(
     sandbox.apply_window(limit=40, window_s=60)
     sandbox.storm(60)
 
-    body = await rate(client, {**shipment(), "carriers": ["ups"]}, status=503)
+    response = await client.post(
+        "/v1/rates", json={**shipment(), "carriers": ["ups"]}, headers=AUTH
+    )
+    body = await response.json()
 
+    assert response.status == 503
     assert body["code"] == "upstream_unavailable"
     assert "rate limit" in body["detail"]
+    assert "rate-limited" in body["detail"]  # every carrier was: a throttled 503
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= 62  # the window, plus the limiter's safety margin
+    assert body["retry_after_s"] == retry_after
 
 
 # --- validation -----------------------------------------------------------------------------------

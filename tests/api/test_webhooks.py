@@ -59,7 +59,7 @@ async def test_a_json_event_is_accepted_whatever_its_content_type(
     assert (await response.json())["status"] == "ignored"
 
 
-async def test_an_unknown_account_is_404_and_an_account_without_credential_is_401(
+async def test_an_unknown_account_and_one_without_credential_are_the_same_401(
     aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
 ) -> None:
     client: TestClient = await aiohttp_client(
@@ -69,9 +69,10 @@ async def test_an_unknown_account_is_404_and_an_account_without_credential_is_40
     unknown = await client.post("/v1/webhooks/cin7/nobody", json=PACKED)
     unconfigured = await client.post("/v1/webhooks/cin7/acme", json=PACKED)
 
-    assert unknown.status == 404
-    assert unconfigured.status == 401
-    assert "no webhook credential configured" in (await unconfigured.json())["detail"]
+    assert unknown.status == unconfigured.status == 401
+    first, second = await unknown.json(), await unconfigured.json()
+    assert first["code"] == second["code"] == "unauthorized"
+    assert first["detail"] == second["detail"] == "the webhook credential is missing or wrong"
 
 
 BASIC_ACCOUNT = """

@@ -86,6 +86,7 @@ class PurchaseUnit:
         self._on_queued = on_queued
         self._started = 0.0
         self._asked_for_a_person = False
+        self.calling = False  # a createlabel call is out: its answer is worth waiting for
 
     async def run(self) -> None:
         row = await self._ledger.purchase(self._label_id)
@@ -134,15 +135,18 @@ class PurchaseUnit:
             test_label=plan.test_label, purchase_key=package.purchase_key,
         )  # fmt: skip
         deadline = asyncio.get_running_loop().time() + 60
+        self.calling = True
         try:
             record = await self._services.shipstation.create_label(request, deadline=deadline)
         except UpstreamThrottled as exc:
+            self.calling = False
             # The limiter said no, or ShipStation answered 429: nothing was bought, and the
             # attempt does not count.
             pause = min(30.0, self._timing.throttle_pause_s * 2 ** min(package.attempts, 5))
             await asyncio.sleep(max(pause, exc.reset_after_s or 0.0))
             return await self._move(package, P.PENDING, attempts=package.attempts - 1)
         except UpstreamFailure as exc:
+            self.calling = False
             if exc.maybe_processed or (exc.upstream_status or 0) >= 500:
                 # A 5xx may come after the carrier sold the label: find out before buying again
                 log.warning("label %s package %d: outcome unknown (%s)", self._label_id, n,
@@ -150,7 +154,10 @@ class PurchaseUnit:
                 return package
             await self._move(package, P.FAILED)
             raise Stop(f"package {n}: {exc.detail}") from exc
-        return await self._bought(package, record, pdf=record.label_pdf)
+        try:
+            return await self._bought(package, record, pdf=record.label_pdf)
+        finally:
+            self.calling = False
 
     # --- unknown: find out ---------------------------------------------------------------------
 

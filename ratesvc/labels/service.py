@@ -79,7 +79,7 @@ class Labels:
         self._accounts = accounts
         self._timing = timing
         self._retention = dt.timedelta(days=retention_days)
-        self._units: dict[str, asyncio.Task[None]] = {}
+        self._units: dict[str, tuple[asyncio.Task[None], PurchaseUnit]] = {}
         self._together: dict[tuple[str, str, str], asyncio.Task[tuple[str, bool]]] = {}
         self._void_locks: dict[str, asyncio.Lock] = {}
         self._housekeeping: asyncio.Task[None] | None = None
@@ -247,19 +247,21 @@ class Labels:
 
     def _unit(self, label_id: str, services: AccountServices) -> asyncio.Task[None]:
         """The one task that buys (or resumes buying) a label in this process."""
-        unit = self._units.get(label_id)
-        if unit is None or unit.done():
-            purchase = PurchaseUnit(
-                self._ledger, services, label_id, pdf_dir=self._dir, timing=self._timing,
-                on_queued=self._on_queued,
-            )  # fmt: skip
-            unit = asyncio.create_task(purchase.run())
-            self._units[label_id] = unit
-            unit.add_done_callback(lambda done: self._unit_done(label_id, done))
+        running = self._units.get(label_id)
+        if running is not None and not running[0].done():
+            return running[0]
+        purchase = PurchaseUnit(
+            self._ledger, services, label_id, pdf_dir=self._dir, timing=self._timing,
+            on_queued=self._on_queued,
+        )  # fmt: skip
+        unit = asyncio.create_task(purchase.run())
+        self._units[label_id] = (unit, purchase)
+        unit.add_done_callback(lambda done: self._unit_done(label_id, done))
         return unit
 
     def _unit_done(self, label_id: str, unit: asyncio.Task[None]) -> None:
-        if self._units.get(label_id) is unit:
+        running = self._units.get(label_id)
+        if running is not None and running[0] is unit:
             del self._units[label_id]
         if not unit.cancelled() and unit.exception() is not None:
             log.error(
@@ -281,16 +283,20 @@ class Labels:
         return len(rows)
 
     async def close(self, grace_s: float = 30.0) -> None:
+        """Stop: a unit waiting for ShipStation's answer to ``createlabel`` gets ``grace_s`` to
+        record it; the others (between steps, or reconciling) stop at once — whatever they
+        were doing is resumed from the ledger at the next start."""
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
-        units = list(self._units.values())
-        if units:
-            _, pending = await asyncio.wait(units, timeout=grace_s)
-            for unit in pending:
-                unit.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        calling = [task for task, unit in self._units.values() if unit.calling]
+        if calling:
+            await asyncio.wait(calling, timeout=grace_s)
+        units = [task for task, _ in self._units.values()]
+        for task in units:
+            task.cancel()
+        await asyncio.gather(*units, return_exceptions=True)
 
     async def _keep_house(self) -> None:
         while True:

@@ -1,0 +1,77 @@
+"""Retention: finished events, outbox jobs and label PDFs older than ``RATESVC_RETENTION_DAYS``
+are forgotten; the label rows (the record of what was bought) and anything still in progress
+are kept."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ratesvc import keys
+from ratesvc.config import ConfigError, load_settings
+from ratesvc.sandbox.cin7 import Cin7Sandbox
+from tests.api.test_labels import EXPLICIT, buy, until
+from tests.conftest import AUTH, service_env
+from tests.labels.conftest import SALE, Service
+from tests.labels.test_exactly_once import _status_is
+
+
+def _age(data: Path, days: int) -> None:
+    """Move every row's last change ``days`` into the past (time passing, for the ledger)."""
+    stamp = f"strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{days} days')"
+    with sqlite3.connect(data / "ledger.sqlite3") as db:
+        for table in ("purchases", "outbox", "events"):
+            db.execute(f"UPDATE {table} SET updated_at = {stamp}")
+
+
+async def test_old_finished_records_are_forgotten_and_labels_are_kept(
+    restartable: Service, cin7_sandbox: Cin7Sandbox, tmp_path: Path
+) -> None:
+    client = restartable.client
+    assert client is not None
+    done = await buy(client, SALE)
+    await until(lambda: _status_is(client, done["label_id"], "completed"))
+    cin7_sandbox.knobs.writes_down = True
+    waiting = await buy(client, EXPLICIT)  # no write-back: completed, its PDF is old too
+    data = tmp_path / "data"
+    _age(data, 91)
+
+    events, jobs, pdfs = await client.app[keys.LABELS].purge()
+    gone = await client.get(f"/v1/labels/{done['label_id']}/packages/1/label.pdf", headers=AUTH)
+    kept = await client.get(f"/v1/labels/{done['label_id']}", headers=AUTH)
+
+    assert (jobs, pdfs) == (1, 2)  # the finished write-back job; both labels' PDFs
+    assert events == 0
+    assert gone.status == 404
+    assert kept.status == 200 and (await kept.json())["status"] == "completed"
+    assert (await kept.json())["packages"][0]["label_url"] is None
+    assert waiting["label_id"]
+
+
+async def test_what_is_younger_or_unfinished_is_kept(
+    restartable: Service, cin7_sandbox: Cin7Sandbox, tmp_path: Path
+) -> None:
+    client = restartable.client
+    assert client is not None
+    cin7_sandbox.knobs.writes_down = True
+    stuck = await buy(client, SALE)  # its write-back keeps failing: still in progress
+    await until(lambda: _status_is(client, stuck["label_id"], "write_back_failed"))
+    _age(tmp_path / "data", 89)
+    fresh = await buy(client, {**EXPLICIT, "shipment": {**EXPLICIT["shipment"]}}, key="f")
+
+    assert await client.app[keys.LABELS].purge() == (0, 0, 0)
+    _age(tmp_path / "data", 91)
+    assert await client.app[keys.LABELS].purge() == (0, 0, 1)  # only the finished one's PDF
+    pdf = await client.get(f"/v1/labels/{stuck['label_id']}/packages/1/label.pdf", headers=AUTH)
+    assert pdf.status == 200
+    assert fresh["status"] == "completed"
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "forever"])
+def test_retention_days_must_be_a_positive_number(
+    sandbox_url: str, tmp_path: Path, value: str
+) -> None:
+    with pytest.raises(ConfigError, match="RATESVC_RETENTION_DAYS"):
+        load_settings(service_env(sandbox_url, tmp_path, RATESVC_RETENTION_DAYS=value))

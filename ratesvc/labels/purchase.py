@@ -92,7 +92,14 @@ class PurchaseUnit:
         row = await self._ledger.purchase(self._label_id)
         if row is None or row.status not in (S.PURCHASING, S.ATTENTION):
             return
-        plan = msgspec.json.decode(row.plan, type=LabelPlan)
+        try:
+            plan = msgspec.json.decode(row.plan, type=LabelPlan)
+        except msgspec.DecodeError as exc:  # recorded by an older version that did not check
+            await self._ask_for_a_person(
+                f"the recorded plan cannot be read ({exc}); check ShipStation for purchase keys "
+                f"{self._label_id}:1, :2, … before buying again"
+            )
+            return
         self._asked_for_a_person = row.status == S.ATTENTION
         self._started = asyncio.get_running_loop().time()
         try:

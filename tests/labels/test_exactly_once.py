@@ -332,3 +332,27 @@ def _bearer(account: str) -> dict[str, str]:
 async def _account_status(client: TestClient, account: str, label_id: str) -> bool:
     response = await client.get(f"/v1/labels/{label_id}", headers=_bearer(account))
     return bool((await response.json())["status"] == "completed")
+
+
+async def test_an_unreadable_recorded_purchase_goes_to_a_person_and_never_breaks_a_list(
+    restartable: Service, sandbox: ShipStationSandbox, tmp_path: Path
+) -> None:
+    """A row an older version recorded with a plan it cannot read back (the 2 × 60 kg box)."""
+    client = restartable.client
+    assert client is not None
+    label = await buy(client, EXPLICIT)
+    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as db:
+        plan = db.execute("SELECT plan FROM purchases").fetchone()[0]
+        heavy = plan.replace(b'"value":3.0', b'"value":120000.0').replace(
+            b'"unit":"lb"', b'"unit":"g"'
+        )
+        db.execute("UPDATE purchases SET plan = ?, status = 'purchasing'", (heavy,))
+        db.execute("UPDATE packages SET state = 'pending', shipment_id = NULL")
+
+    client = await restartable.restart()
+    await until(lambda: _status_is(client, label["label_id"], "attention"))
+    listed = await _labels(client)
+
+    assert listed[0]["label_id"] == label["label_id"]
+    assert "cannot be read" in listed[0]["detail"]
+    assert createlabel_calls(sandbox) == 1

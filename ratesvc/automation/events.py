@@ -8,12 +8,14 @@ recorded.
 
 An event's ``status``:
 
-* ``received`` — recorded, waiting for the worker;
+* ``received`` — recorded, waiting for the worker; with a ``label_id``: waiting for that label,
+  still being bought, to be bought (``next_attempt_at`` says when it is looked at again);
 * ``failed`` — the last attempt failed for a reason that may pass (Cin7 Core or ShipStation down,
   throttled); retried after a back-off, ``reason`` says why;
-* ``processed`` — done: a label was bought (``label_id``), or the sale turned out to be labelled
-  or shipped already;
-* ``ignored`` — nothing to do (another event type, automation off, the sale is not packed);
+* ``processed`` — done: a label was bought (``label_id``; never while that label is still
+  being bought), or the sale turned out to be labelled or shipped already;
+* ``ignored`` — nothing to do (another event type, automation off, the sale is not packed, the
+  label it waited for was voided by a person);
 * ``attention`` — a person must act; ``reason`` says what (cost cap, missing weights, retries
   exhausted, ...).
 """
@@ -113,9 +115,14 @@ def event_view(row: EventRow) -> AutomationEvent:
         event_id=row.event_id, source=row.source, event_type=row.event_type,
         sale_id=row.sale_id, task_id=row.task_id, order_number=row.order_number,
         status=row.status, reason=row.reason, label_id=row.label_id, attempts=row.attempts,
-        next_attempt_at=row.next_at[:19] + "Z" if row.status == "failed" else None,
+        next_attempt_at=row.next_at[:19] + "Z" if _later(row) else None,
         received_at=row.received_at[:19] + "Z", updated_at=row.updated_at[:19] + "Z",
     )  # fmt: skip
+
+
+def _later(row: EventRow) -> bool:
+    """A failed event retried after a back-off, or one waiting for its label to be bought."""
+    return row.status == "failed" or (row.status == "received" and row.label_id is not None)
 
 
 class EventList(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,6 +11,14 @@ The worker processes due events a few at a time, one at a time per sale:
    :meth:`ratesvc.labels.Labels.buy` with no idempotency key, so the key is account + sale +
    task, exactly as for a person calling ``POST /v1/labels`` with the sale: webhook, poller and
    person can never buy twice. The write-back outbox then puts tracking and PDFs on the sale.
+   The event is ``processed`` only when its label is bought (``purchased``, ``completed``,
+   ``write_back_failed``) — whether this event bought it or found it in the ledger. A label still
+   ``purchasing`` (``Labels.buy`` answers after at most ``wait_s`` with the label as it is) keeps
+   the event open (``received``, with the ``label_id``): it is due again after the retry interval
+   (at most :data:`RECHECK_S`) and then only *reads* that label — it never buys again, and the
+   look is not counted as an attempt. A label that ended ``failed`` (nothing bought, the key is
+   free) makes the event retry like any failure that may pass; a label in ``attention`` puts the
+   event in ``attention`` with the label's detail.
 2. ``Sale/Voided``: labels of the sale not yet written back go to ``attention`` (their write-back
    is cancelled: the sale cannot take it), and the sale's waiting events are dropped.
 
@@ -36,7 +44,7 @@ from dataclasses import dataclass, field
 
 from ratesvc.accounts import AccountServices
 from ratesvc.automation.events import PACK_AUTHORISED, SALE_VOIDED, Cin7Event
-from ratesvc.automation.rules import Choice, choose, cost, mapped_service, rating_filters
+from ratesvc.automation.rules import Choice, choose, mapped_service, rating_filters
 from ratesvc.config import Account, ShipRule
 from ratesvc.errors import (
     AlreadyShipped,
@@ -47,26 +55,27 @@ from ratesvc.errors import (
     UpstreamError,
     UpstreamFailure,
 )
-from ratesvc.label_models import LabelsRequest
+from ratesvc.label_models import Label, LabelsRequest
 from ratesvc.labels import Labels
 from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, now_text
 from ratesvc.metrics import Metrics
 from ratesvc.rating import Rater
 from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
-from ratesvc.units import money_str
 from ratesvc.writeback import SALE_VOIDED as SALE_VOIDED_DETAIL
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 6
 MAX_BACKOFF_S = 3600.0
+RECHECK_S = 30.0  # at most this long between two looks at a label still being bought
 _STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 _SETTLED = ("voided", "failed")  # purchases that no longer hold their sale
+BOUGHT = ("purchased", "completed", "write_back_failed")  # label statuses: the label was bought
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # processed | ignored | attention
+    status: str  # processed | ignored | attention | waiting (for a label still being bought)
     reason: str
     label_id: str | None = None
 
@@ -214,7 +223,8 @@ class Automation:
 
     async def _process(self, row: EventRow) -> None:
         async with self._slots:
-            attempts = row.attempts + 1
+            # An open event with a label waits for that label: looking at it again is no attempt
+            attempts = row.attempts if row.label_id is not None else row.attempts + 1
             try:
                 outcome = await self._outcome(row, attempts)
             except _TryAgain as exc:
@@ -233,6 +243,9 @@ class Automation:
                 return
             if outcome is None:
                 return
+            if outcome.status == "waiting":
+                await self._wait_for_label(row, attempts, outcome)
+                return
             await self._ledger.set_event(
                 row.event_id, status=outcome.status, reason=outcome.reason,
                 label_id=outcome.label_id, attempts=attempts,
@@ -241,11 +254,22 @@ class Automation:
             if outcome.status == "attention":
                 log.warning("event %s needs attention: %s", row.event_id, outcome.reason)
 
+    async def _wait_for_label(self, row: EventRow, attempts: int, outcome: Outcome) -> None:
+        """Keep the event open (``received``), due again shortly, to look at its label again."""
+        next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=min(RECHECK_S, self._retry_s))
+        await self._ledger.set_event(
+            row.event_id, status="received", reason=outcome.reason, label_id=outcome.label_id,
+            attempts=attempts, next_at=next_at.strftime(_STAMP),
+        )  # fmt: skip
+        log.info("event %s: %s", row.event_id, outcome.reason)
+
     async def _failed(self, row: EventRow, attempts: int, reason: str) -> None:
+        """Retry after a back-off, or ``attention`` after the last attempt; the event no longer
+        waits for a label (a failed label bought nothing)."""
         if attempts >= MAX_ATTEMPTS:
             reason = f"gave up after {attempts} attempts: {reason}"
             await self._ledger.set_event(
-                row.event_id, status="attention", reason=reason, attempts=attempts
+                row.event_id, status="attention", reason=reason, attempts=attempts, label_id=None
             )
             self._metrics.automation_failed.labels("attention").inc()
             log.warning("event %s needs attention: %s", row.event_id, reason)
@@ -253,7 +277,7 @@ class Automation:
         delay = min(MAX_BACKOFF_S, self._retry_s * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
         next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         await self._ledger.set_event(
-            row.event_id, status="failed", reason=reason, attempts=attempts,
+            row.event_id, status="failed", reason=reason, attempts=attempts, label_id=None,
             next_at=next_at.strftime(_STAMP),
         )  # fmt: skip
         self._metrics.automation_failed.labels("retry").inc()
@@ -271,6 +295,9 @@ class Automation:
                 return None  # settled while it waited for the sale (the sale was voided)
             if row.event_type == SALE_VOIDED:
                 return await self._voided(services, row.sale_id)
+            if row.label_id is not None:  # an earlier attempt left its label being bought
+                label = await self._labels.view(row.label_id, row.account)
+                return _label_outcome(label, bought=_bought(label))
             return await self._ship(services, row, last_try=attempts >= MAX_ATTEMPTS)
 
     # --- Sale/PackAuthorised -------------------------------------------------------------------
@@ -293,7 +320,7 @@ class Automation:
         task_id = prepared.fulfilment.task_id
         labelled = await self._active_label(account.name, prepared.sale.sale_id, task_id)
         if labelled is not None:
-            return Outcome("processed", f"already labelled by {labelled}", labelled)
+            return _label_outcome(labelled, bought=f"already labelled by {labelled.label_id}")
         guessed = [d for d in prepared.defaults if "no weight for" in d]
         if guessed and not rule.allow_default_weights:
             return Outcome("attention", "product weights missing: " + "; ".join(guessed))
@@ -313,19 +340,12 @@ class Automation:
                                 write_back=True)  # fmt: skip
         try:
             label, _ = await self._labels.buy(services, request, None, sale_checked=True)
-        except AlreadyShipped as exc:  # a person or another event bought it meanwhile
-            return Outcome("processed", f"nothing to do: {exc.detail}")
-        if label.status == "failed":  # nothing was bought and the key is free again
-            raise _TryAgain(f"label purchase failed: {label.detail}")
-        if label.status == "attention":
-            return Outcome("attention", f"label {label.label_id}: {label.detail}", label.label_id)
-        test = " (test label)" if rule.test_labels else ""
-        return Outcome(
-            "processed",
-            f"bought {quote.carrier_code}/{quote.service_code} for {money_str(cost(quote))} "
-            f"{quote.currency}{test}, {len(label.packages)} package(s)",
-            label.label_id,
-        )
+        except AlreadyShipped as exc:  # a person or another event labelled it meanwhile
+            labelled = await self._active_label(account.name, prepared.sale.sale_id, task_id)
+            if labelled is None:
+                return Outcome("processed", f"nothing to do: {exc.detail}")
+            return _label_outcome(labelled, bought=f"already labelled by {labelled.label_id}")
+        return _label_outcome(label, bought=_bought(label))
 
     async def _rate_and_choose(
         self,
@@ -348,10 +368,11 @@ class Automation:
             raise _TryAgain(f"rating incomplete ({failed})")
         return choose(rule, answer.quotes, mapped=mapped)
 
-    async def _active_label(self, account: str, sale_id: str, task_id: str) -> str | None:
+    async def _active_label(self, account: str, sale_id: str, task_id: str) -> Label | None:
+        """The fulfilment's label that still holds it (not voided, not failed), if any."""
         for row in await self._ledger.purchases(account, sale_id=sale_id, limit=200):
             if (row.task_id or "").lower() == task_id.lower() and row.status not in _SETTLED:
-                return row.label_id
+                return await self._labels.view(row.label_id, account)
         return None
 
     # --- Sale/Voided ---------------------------------------------------------------------------
@@ -378,6 +399,34 @@ class Automation:
         return Outcome(
             "processed", f"labels not yet written back set to attention: {', '.join(stuck)}"
         )
+
+
+def _label_outcome(label: Label, *, bought: str) -> Outcome:
+    """What a label an event bought or found means for the event. Only a bought label makes it
+    ``processed`` (with ``bought`` as the reason); one still being bought keeps it waiting; one
+    that bought nothing makes it retry; one that needs a person puts it in ``attention``."""
+    label_id = label.label_id
+    if label.status in BOUGHT:
+        return Outcome("processed", bought, label_id)
+    if label.status == "purchasing":
+        return Outcome(
+            "waiting", f"label {label_id} is still being bought; it is checked again without "
+            "buying", label_id,
+        )  # fmt: skip
+    if label.status == "failed":
+        raise _TryAgain(f"label {label_id}: purchase failed: {label.detail}")
+    if label.status == "attention":
+        detail = label.detail or "it needs a person"
+        return Outcome("attention", f"label {label_id}: {detail}", label_id)
+    return Outcome("ignored", f"label {label_id} was voided; nothing more is bought for this event")
+
+
+def _bought(label: Label) -> str:
+    test = " (test label)" if label.test_label else ""
+    return (
+        f"bought {label.carrier_code}/{label.service_code} for {label.total_cost} "
+        f"{label.currency}{test}, {len(label.packages)} package(s)"
+    )
 
 
 def _initial(account: Account, event: Cin7Event) -> tuple[str, str | None]:

@@ -17,7 +17,13 @@ An event's ``status``:
 * ``ignored`` — nothing to do (another event type, automation off, the sale is not packed, the
   label it waited for was voided by a person);
 * ``attention`` — a person must act; ``reason`` says what (cost cap, missing weights, retries
-  exhausted, ...).
+  exhausted, ...). Not forever: a new delivery of the event, a change of the sale seen by the
+  poller, or ``POST /v1/automation/events/{event_id}/retry`` examines the sale again.
+
+Put back in the queue (a retry, a new delivery), an event is ``received`` again, due now, with
+``attempts`` 0, no ``label_id``, and a ``reason`` that keeps what it was ("retry requested;
+before: ...") until the worker writes the outcome. Only ``attention`` and ``failed`` can be
+retried: anything else is 409 ``event_not_retryable``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 import msgspec
 import orjson
 
-from ratesvc.errors import MalformedJson
+from ratesvc.errors import MalformedJson, RequestError
 from ratesvc.ledger import EventRow
 
 PACK_AUTHORISED = "Sale/PackAuthorised"
@@ -90,6 +96,13 @@ def parse_event(raw: bytes) -> Cin7Event:
         task_id=found["task_id"],
         order_number=found["order_number"],
     )
+
+
+class EventNotRetryable(RequestError):
+    """409: only an event in ``attention`` or ``failed`` can be put back in the queue."""
+
+    code = "event_not_retryable"
+    status = 409
 
 
 class AutomationEvent(msgspec.Struct, frozen=True, kw_only=True):

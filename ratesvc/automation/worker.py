@@ -2,6 +2,11 @@
 
 :meth:`Automation.receive` writes the event to the ledger (one row per account + dedup key, so a
 repeated delivery finds the row already there) and wakes the worker; the caller answers at once.
+A delivery that finds its event in ``attention`` puts it back in the queue instead: Cin7 Core
+announces a pack again when a person re-authorises it, after fixing what the event needed them
+for. :meth:`Automation.retry` is the same for a person asking (``POST
+/v1/automation/events/{event_id}/retry``): an event in ``attention`` or ``failed`` is due at once
+with its attempts reset.
 
 The worker processes due events a few at a time, one at a time per sale:
 
@@ -25,7 +30,9 @@ The worker processes due events a few at a time, one at a time per sale:
 Failures that may pass (an upstream down, throttled, late; a rating missing a carrier) are retried
 with exponential back-off; after :data:`MAX_ATTEMPTS` tries, or at once for what retrying cannot
 fix (a cost cap, missing weights, a rejected credential), the event goes to ``attention`` with a
-reason a person can act on. An event being processed when the process stops is still
+reason a person can act on. When an event buys (or finds) the fulfilment's label, the sale's
+earlier events in ``attention`` for that fulfilment are resolved (``processed``, "resolved by
+..."). An event being processed when the process stops is still
 ``received``/``failed`` in the ledger and is processed again after the restart; buying stays
 exactly-once because of the purchase key.
 """
@@ -43,7 +50,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from ratesvc.accounts import AccountServices
-from ratesvc.automation.events import PACK_AUTHORISED, SALE_VOIDED, Cin7Event
+from ratesvc.automation.events import PACK_AUTHORISED, SALE_VOIDED, Cin7Event, EventNotRetryable
 from ratesvc.automation.rules import Choice, choose, mapped_service, rating_filters
 from ratesvc.config import Account, ShipRule
 from ratesvc.errors import (
@@ -71,6 +78,7 @@ RECHECK_S = 30.0  # at most this long between two looks at a label still being b
 _STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 _SETTLED = ("voided", "failed")  # purchases that no longer hold their sale
 BOUGHT = ("purchased", "completed", "write_back_failed")  # label statuses: the label was bought
+RETRYABLE = ("attention", "failed")  # event statuses a person may put back in the queue
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class Outcome:
     status: str  # processed | ignored | attention | waiting (for a label still being bought)
     reason: str
     label_id: str | None = None
+    task_id: str | None = None  # the fulfilment the label is for
 
 
 @dataclass
@@ -139,6 +148,14 @@ class Automation:
             next_at=stamp, payload=payload, received_at=stamp, updated_at=stamp,
         )  # fmt: skip
         recorded, created = await self._ledger.record_event(row)
+        if not created and status == "received" and source == "webhook":
+            # Cin7 Core announces a pack again (same type, sale, task) after a person fixed what
+            # the event needed them for and re-authorised it: examine the sale again
+            reopened = await self._ledger.requeue_event(
+                recorded.event_id, statuses=("attention",),
+                reason=f"delivered again; before: {recorded.reason}",
+            )  # fmt: skip
+            recorded, created = (reopened, True) if reopened is not None else (recorded, False)
         kind = event.event_type if event.event_type in (PACK_AUTHORISED, SALE_VOIDED) else "other"
         if created:
             self._metrics.automation_received.labels(source, kind).inc()
@@ -151,6 +168,30 @@ class Automation:
         else:
             self._metrics.automation_deduplicated.labels(source).inc()
         return recorded, created
+
+    async def retry(self, account: str, event_id: str) -> EventRow:
+        """Put an event in ``attention`` or ``failed`` back in the queue, due now, with its
+        attempts reset (a fresh set of tries) and ``reason`` saying what it was. 404 for an
+        unknown event or another account's; 409 ``event_not_retryable`` for any other."""
+        row = await self._ledger.event(event_id)
+        if row is None or row.account != account:
+            raise NotFound(f"no automation event {event_id}")
+        requeued = None
+        if event_id not in self._running:  # the status is checked as it is changed
+            requeued = await self._ledger.requeue_event(
+                event_id, statuses=RETRYABLE, reason=f"retry requested; before: {row.reason}"
+            )
+        if requeued is None:
+            status = (await self._ledger.event(event_id) or row).status
+            state = "already waiting to be processed" if status == "received" else status
+            if event_id in self._running:
+                state = "being processed right now"
+            raise EventNotRetryable(
+                f"event {event_id} is {state}; only an event in attention or failed can be retried"
+            )
+        log.info("event %s put back in the queue by a person (was %s)", event_id, row.status)
+        self.nudge()
+        return requeued
 
     # --- the worker ----------------------------------------------------------------------------
 
@@ -251,8 +292,25 @@ class Automation:
                 label_id=outcome.label_id, attempts=attempts,
             )  # fmt: skip
             self._metrics.automation_finished.labels(outcome.status).inc()
+            if outcome.status == "processed" and outcome.label_id is not None:
+                await self._resolve_attention(row, outcome)
             if outcome.status == "attention":
                 log.warning("event %s needs attention: %s", row.event_id, outcome.reason)
+
+    async def _resolve_attention(self, row: EventRow, outcome: Outcome) -> None:
+        """Earlier events of the sale's fulfilment that needed a person are resolved by the label
+        this one found or bought (e.g. a webhook's event in attention, after the poller bought)."""
+        assert row.sale_id is not None
+        task = (outcome.task_id or "").lower()
+        for other in await self._ledger.events_for_sales(row.account, [row.sale_id]):
+            if (
+                other.status == "attention" and other.event_type == PACK_AUTHORISED
+                and other.event_id != row.event_id and (other.task_id or task).lower() == task
+            ):  # fmt: skip
+                await self._ledger.set_event(
+                    other.event_id, status="processed", label_id=outcome.label_id,
+                    reason=f"resolved by {row.event_id}: {outcome.reason}",
+                )  # fmt: skip
 
     async def _wait_for_label(self, row: EventRow, attempts: int, outcome: Outcome) -> None:
         """Keep the event open (``received``), due again shortly, to look at its label again."""
@@ -407,7 +465,7 @@ def _label_outcome(label: Label, *, bought: str) -> Outcome:
     that bought nothing makes it retry; one that needs a person puts it in ``attention``."""
     label_id = label.label_id
     if label.status in BOUGHT:
-        return Outcome("processed", bought, label_id)
+        return Outcome("processed", bought, label_id, label.task_id)
     if label.status == "purchasing":
         return Outcome(
             "waiting", f"label {label_id} is still being bought; it is checked again without "

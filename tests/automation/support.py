@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from ratesvc import keys
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.conftest import AUTH, HOOK_TOKEN, WEBHOOK_URL
@@ -81,3 +82,24 @@ def pack_payload(cin7: Cin7Sandbox, sale_id: str) -> dict[str, str]:
     return {"SaleID": sale_id, "TaskID": cin7.fulfilment(sale_id)["TaskID"],
             "SaleOrderNumber": sale["Order"]["SaleOrderNumber"],
             "EventType": "Sale/PackAuthorised"}  # fmt: skip
+
+
+MISSING = "product weights missing: Box 2: no weight for GiftCard; assumed 1 lb each"
+
+
+def fix_gift_card_weight(cin7: Cin7Sandbox) -> None:
+    """What a person does in Cin7 Core: give the product a weight (the sale's lines carry it)."""
+    cin7.products["p-card"]["Weight"] = 25
+    for sale in cin7.sales.values():
+        for line in sale["Order"]["Lines"]:
+            if line["ProductID"] == "p-card":
+                line["ProductWeight"] = 25
+
+
+async def needs_attention(client: TestClient) -> dict[str, Any]:
+    """The one event, once it needs attention for the gift card's missing weight."""
+    await until(lambda: has_status(client, "attention"))
+    await client.app[keys.AUTOMATION].idle()
+    (event,) = await events(client)
+    assert (event["status"], event["reason"]) == ("attention", MISSING)
+    return event

@@ -93,7 +93,7 @@ async def test_a_purchase_that_fails_makes_the_event_retry_until_it_needs_attent
     make_automated: MakeService, cin7_sandbox: Cin7Sandbox, sandbox: ShipStationSandbox
 ) -> None:
     client = await make_automated()
-    sandbox.knobs.carrier_latency = {"ups": Latency(base_ms=800)}
+    sandbox.knobs.carrier_latency = {"ups": Latency(base_ms=1500)}
     sandbox.label_fault = "refuse"  # ...and then refuses the label: nothing is bought
     request, label_id = await person_buying(client, sandbox)
 

@@ -44,7 +44,7 @@ import msgspec
 PROBLEM_CODES = (
     "malformed_json", "unauthorized", "not_found", "method_not_allowed", "sale_not_ready",
     "already_shipped", "already_labelled", "sale_changed", "reconciling", "already_voided",
-    "void_rejected", "quote_expired", "payload_too_large", "invalid_request",
+    "void_rejected", "event_not_retryable", "quote_expired", "payload_too_large", "invalid_request",
     "idempotency_key_reused", "customs_required", "customs_incomplete", "upstream_error",
     "upstream_auth", "upstream_unavailable", "deadline_exceeded", "internal_error",
 )  # fmt: skip

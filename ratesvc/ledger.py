@@ -740,3 +740,27 @@ class Ledger:
             )
             found.extend(EventRow(*row) for row in rows)
         return found
+
+    async def requeue_event(
+        self, event_id: str, *, statuses: Sequence[str], reason: str | None
+    ) -> EventRow | None:
+        """Put an event back in the queue — due now, no attempts counted, waiting for no label,
+        the sale's ``Updated`` stamp forgotten (the poller notes it afresh if the event needs a
+        person again) — if its status is one of ``statuses`` (checked and changed in one
+        statement); the event as it is now, or None when it was not in one of them."""
+        stamp = now_text()
+        marks = ",".join("?" * len(statuses))
+        async with self._lock:
+            cursor = await self.db.execute(
+                "UPDATE events SET status = 'received', reason = ?, label_id = NULL, attempts = 0, "
+                "sale_updated = NULL, next_at = ?, updated_at = ? "
+                f"WHERE event_id = ? AND status IN ({marks})",
+                (reason, stamp, stamp, event_id, *statuses),
+            )
+            if cursor.rowcount != 1:
+                return None
+            async with self.db.execute(
+                "SELECT * FROM events WHERE event_id = ?", (event_id,)
+            ) as found:
+                row = await found.fetchone()
+        return EventRow(*row) if row else None

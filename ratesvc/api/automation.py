@@ -1,4 +1,5 @@
-"""``GET /v1/automation/events``: what webhooks and the poller brought, and what became of it."""
+"""``GET /v1/automation/events``: what webhooks and the poller brought, and what became of it;
+``POST /v1/automation/events/{event_id}/retry``: a person puts one back in the queue."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ async def list_events(request: web.Request) -> web.Response:
         next_cursor=rows[limit - 1].event_id if len(rows) > limit else None,
     )
     return web.Response(body=_encoder.encode(page), content_type="application/json")
+
+
+async def retry_event(request: web.Request) -> web.Response:
+    """200 with the event, back in the queue; 404 unknown or another account's; 409
+    ``event_not_retryable`` unless it is in ``attention`` or ``failed`` and not being processed."""
+    services = current_account(request)
+    automation = request.app[keys.AUTOMATION]
+    row = await automation.retry(services.account.name, request.match_info["event_id"])
+    return web.Response(body=_encoder.encode(event_view(row)), content_type="application/json")

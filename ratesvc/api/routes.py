@@ -21,7 +21,7 @@ from ratesvc.api.document import (
     WEBHOOK_SCHEMES,
 )
 from ratesvc.api.openapi import Route, build_openapi
-from ratesvc.automation.events import EventList, WebhookReceipt
+from ratesvc.automation.events import AutomationEvent, EventList, WebhookReceipt
 from ratesvc.labels import Label, LabelList, LabelsRequest
 from ratesvc.models import CarriersResponse, RatesRequest, RatesResponse
 from ratesvc.quotes import StoredQuote
@@ -75,6 +75,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/automation/events", automation.list_events,
           "Automation events (webhooks and the poller), newest first, with their status and "
           "reason", EventList, errors=(422,), params=EVENT_CURSOR_PARAMS, tags=("automation",)),
+    Route("POST", "/v1/automation/events/{event_id}/retry", automation.retry_event,
+          "Put an event in attention or failed back in the queue, due now, its attempts reset "
+          "(409 event_not_retryable otherwise)", AutomationEvent, errors=(404, 409),
+          tags=("automation",)),
 )  # fmt: skip
 
 

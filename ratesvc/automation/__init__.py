@@ -10,4 +10,8 @@
 * :mod:`.poller` lists ``saleList?ReadyForShipping=true`` every interval and records an event for
   each packed sale nobody has handled yet (webhooks are paid, and silently switched off after six
   failed deliveries).
+
+An event is ``processed`` only once its label is bought; one in ``attention`` is examined again
+when the sale changes (its ``Updated`` stamp, seen by the poller), when Cin7 Core delivers the
+pack again, or when a person retries it.
 """

@@ -8,14 +8,22 @@ recorded.
 
 An event's ``status``:
 
-* ``received`` — recorded, waiting for the worker;
+* ``received`` — recorded, waiting for the worker; with a ``label_id``: waiting for that label,
+  still being bought, to be bought (``next_attempt_at`` says when it is looked at again);
 * ``failed`` — the last attempt failed for a reason that may pass (Cin7 Core or ShipStation down,
   throttled); retried after a back-off, ``reason`` says why;
-* ``processed`` — done: a label was bought (``label_id``), or the sale turned out to be labelled
-  or shipped already;
-* ``ignored`` — nothing to do (another event type, automation off, the sale is not packed);
+* ``processed`` — done: a label was bought (``label_id``; never while that label is still
+  being bought), or the sale turned out to be labelled or shipped already;
+* ``ignored`` — nothing to do (another event type, automation off, the sale is not packed, the
+  label it waited for was voided by a person);
 * ``attention`` — a person must act; ``reason`` says what (cost cap, missing weights, retries
-  exhausted, ...).
+  exhausted, ...). Not forever: a new delivery of the event, a change of the sale seen by the
+  poller, or ``POST /v1/automation/events/{event_id}/retry`` examines the sale again.
+
+Put back in the queue (a retry, a new delivery), an event is ``received`` again, due now, with
+``attempts`` 0, no ``label_id``, and a ``reason`` that keeps what it was ("retry requested;
+before: ...") until the worker writes the outcome. Only ``attention`` and ``failed`` can be
+retried: anything else is 409 ``event_not_retryable``.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dataclasses import dataclass
 import msgspec
 import orjson
 
-from ratesvc.errors import MalformedJson
+from ratesvc.errors import MalformedJson, RequestError
 from ratesvc.ledger import EventRow
 
 PACK_AUTHORISED = "Sale/PackAuthorised"
@@ -90,6 +98,13 @@ def parse_event(raw: bytes) -> Cin7Event:
     )
 
 
+class EventNotRetryable(RequestError):
+    """409: only an event in ``attention`` or ``failed`` can be put back in the queue."""
+
+    code = "event_not_retryable"
+    status = 409
+
+
 class AutomationEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One event as ``GET /v1/automation/events`` shows it."""
 
@@ -113,9 +128,14 @@ def event_view(row: EventRow) -> AutomationEvent:
         event_id=row.event_id, source=row.source, event_type=row.event_type,
         sale_id=row.sale_id, task_id=row.task_id, order_number=row.order_number,
         status=row.status, reason=row.reason, label_id=row.label_id, attempts=row.attempts,
-        next_attempt_at=row.next_at[:19] + "Z" if row.status == "failed" else None,
+        next_attempt_at=row.next_at[:19] + "Z" if _later(row) else None,
         received_at=row.received_at[:19] + "Z", updated_at=row.updated_at[:19] + "Z",
     )  # fmt: skip
+
+
+def _later(row: EventRow) -> bool:
+    """A failed event retried after a back-off, or one waiting for its label to be bought."""
+    return row.status == "failed" or (row.status == "received" and row.label_id is not None)
 
 
 class EventList(msgspec.Struct, frozen=True, kw_only=True):

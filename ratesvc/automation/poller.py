@@ -11,7 +11,12 @@ a listed sale is taken from the ledger alone, without reading the sale:
 * an event for the sale is still waiting or being retried → skip (it is being handled);
 * a purchase of the sale is in flight or waiting for its write-back → skip;
 * an event for the sale needs attention → skip until the sale changes (its ``Updated`` stamp), so a
-  person is not overtaken by the same failure every interval;
+  person is not overtaken by the same failure every interval. An event the poller found carries
+  the stamp it was found with; one that came by webhook (or was put back in the queue and needs a
+  person again) has none, and takes the stamp of the first poll that lists the sale after it:
+  the sale as the person is asked to look at it. When the stamp changes (a person fixed the
+  product weights and re-authorised the pack, say), the sale is recorded again and re-examined;
+  the event in attention is resolved when the new one buys the label;
 * otherwise the event's key is the sale and its ``Updated`` stamp: a sale seen before and not
   changed since is not recorded again. A sale that changed (for instance a second fulfilment was
   packed after the first was shipped) is recorded and processed.
@@ -120,6 +125,9 @@ class Poller:
                 purchases[purchase.sale_id].append(purchase)
         recorded = skipped = 0
         for item in listed.values():
+            for event in events[item.SaleID]:
+                if event.status == "attention" and event.sale_updated is None:
+                    await self._ledger.set_event(event.event_id, sale_updated=item.Updated)
             if _handled(item, events[item.SaleID], purchases[item.SaleID]):
                 skipped += 1
                 continue
@@ -151,7 +159,4 @@ def _handled(item: wire.SaleListItem, events: list[EventRow], purchases: list[Pu
         for p in purchases
     ):
         return True
-    return any(
-        e.status == "attention" and (e.source != "poller" or e.sale_updated == item.Updated)
-        for e in events
-    )
+    return any(e.status == "attention" and e.sale_updated in (None, item.Updated) for e in events)

@@ -2,6 +2,11 @@
 
 :meth:`Automation.receive` writes the event to the ledger (one row per account + dedup key, so a
 repeated delivery finds the row already there) and wakes the worker; the caller answers at once.
+A delivery that finds its event in ``attention`` puts it back in the queue instead: Cin7 Core
+announces a pack again when a person re-authorises it, after fixing what the event needed them
+for. :meth:`Automation.retry` is the same for a person asking (``POST
+/v1/automation/events/{event_id}/retry``): an event in ``attention`` or ``failed`` is due at once
+with its attempts reset.
 
 The worker processes due events a few at a time, one at a time per sale:
 
@@ -11,13 +16,23 @@ The worker processes due events a few at a time, one at a time per sale:
    :meth:`ratesvc.labels.Labels.buy` with no idempotency key, so the key is account + sale +
    task, exactly as for a person calling ``POST /v1/labels`` with the sale: webhook, poller and
    person can never buy twice. The write-back outbox then puts tracking and PDFs on the sale.
+   The event is ``processed`` only when its label is bought (``purchased``, ``completed``,
+   ``write_back_failed``) — whether this event bought it or found it in the ledger. A label still
+   ``purchasing`` (``Labels.buy`` answers after at most ``wait_s`` with the label as it is) keeps
+   the event open (``received``, with the ``label_id``): it is due again after the retry interval
+   (at most :data:`RECHECK_S`) and then only *reads* that label — it never buys again, and the
+   look is not counted as an attempt. A label that ended ``failed`` (nothing bought, the key is
+   free) makes the event retry like any failure that may pass; a label in ``attention`` puts the
+   event in ``attention`` with the label's detail.
 2. ``Sale/Voided``: labels of the sale not yet written back go to ``attention`` (their write-back
    is cancelled: the sale cannot take it), and the sale's waiting events are dropped.
 
 Failures that may pass (an upstream down, throttled, late; a rating missing a carrier) are retried
 with exponential back-off; after :data:`MAX_ATTEMPTS` tries, or at once for what retrying cannot
 fix (a cost cap, missing weights, a rejected credential), the event goes to ``attention`` with a
-reason a person can act on. An event being processed when the process stops is still
+reason a person can act on. When an event buys (or finds) the fulfilment's label, the sale's
+earlier events in ``attention`` for that fulfilment are resolved (``processed``, "resolved by
+..."). An event being processed when the process stops is still
 ``received``/``failed`` in the ledger and is processed again after the restart; buying stays
 exactly-once because of the purchase key.
 """
@@ -35,8 +50,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from ratesvc.accounts import AccountServices
-from ratesvc.automation.events import PACK_AUTHORISED, SALE_VOIDED, Cin7Event
-from ratesvc.automation.rules import Choice, choose, cost, mapped_service, rating_filters
+from ratesvc.automation.events import PACK_AUTHORISED, SALE_VOIDED, Cin7Event, EventNotRetryable
+from ratesvc.automation.rules import Choice, choose, mapped_service, rating_filters
 from ratesvc.config import Account, ShipRule
 from ratesvc.errors import (
     AlreadyLabelled,
@@ -50,26 +65,29 @@ from ratesvc.errors import (
     UpstreamFailure,
 )
 from ratesvc.labels import SALE_VOIDED as SALE_VOIDED_DETAIL
-from ratesvc.labels import Labels, LabelsRequest
-from ratesvc.labels.lifecycle import SETTLED
+from ratesvc.labels import Label, Labels, LabelsRequest
+from ratesvc.labels.lifecycle import SETTLED, LabelStatus
 from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, now_text
 from ratesvc.metrics import Metrics
 from ratesvc.rating import Rater
 from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
-from ratesvc.units import money_str
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 6
 MAX_BACKOFF_S = 3600.0
+RECHECK_S = 30.0  # at most this long between two looks at a label still being bought
 _STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+BOUGHT = (LabelStatus.PURCHASED, LabelStatus.COMPLETED, LabelStatus.WRITE_BACK_FAILED)
+RETRYABLE = ("attention", "failed")  # event statuses a person may put back in the queue
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # processed | ignored | attention
+    status: str  # processed | ignored | attention | waiting (for a label still being bought)
     reason: str
     label_id: str | None = None
+    task_id: str | None = None  # the fulfilment the label is for
 
 
 @dataclass
@@ -131,6 +149,14 @@ class Automation:
             next_at=stamp, payload=payload, received_at=stamp, updated_at=stamp,
         )  # fmt: skip
         recorded, created = await self._ledger.record_event(row)
+        if not created and status == "received" and source == "webhook":
+            # Cin7 Core announces a pack again (same type, sale, task) after a person fixed what
+            # the event needed them for and re-authorised it: examine the sale again
+            reopened = await self._ledger.requeue_event(
+                recorded.event_id, statuses=("attention",),
+                reason=f"delivered again; before: {recorded.reason}",
+            )  # fmt: skip
+            recorded, created = (reopened, True) if reopened is not None else (recorded, False)
         kind = event.event_type if event.event_type in (PACK_AUTHORISED, SALE_VOIDED) else "other"
         if created:
             self._metrics.automation_received.labels(source, kind).inc()
@@ -143,6 +169,30 @@ class Automation:
         else:
             self._metrics.automation_deduplicated.labels(source).inc()
         return recorded, created
+
+    async def retry(self, account: str, event_id: str) -> EventRow:
+        """Put an event in ``attention`` or ``failed`` back in the queue, due now, with its
+        attempts reset (a fresh set of tries) and ``reason`` saying what it was. 404 for an
+        unknown event or another account's; 409 ``event_not_retryable`` for any other."""
+        row = await self._ledger.event(event_id)
+        if row is None or row.account != account:
+            raise NotFound(f"no automation event {event_id}")
+        requeued = None
+        if event_id not in self._running:  # the status is checked as it is changed
+            requeued = await self._ledger.requeue_event(
+                event_id, statuses=RETRYABLE, reason=f"retry requested; before: {row.reason}"
+            )
+        if requeued is None:
+            status = (await self._ledger.event(event_id) or row).status
+            state = "already waiting to be processed" if status == "received" else status
+            if event_id in self._running:
+                state = "being processed right now"
+            raise EventNotRetryable(
+                f"event {event_id} is {state}; only an event in attention or failed can be retried"
+            )
+        log.info("event %s put back in the queue by a person (was %s)", event_id, row.status)
+        self.nudge()
+        return requeued
 
     # --- the worker ----------------------------------------------------------------------------
 
@@ -215,7 +265,8 @@ class Automation:
 
     async def _process(self, row: EventRow) -> None:
         async with self._slots:
-            attempts = row.attempts + 1
+            # An open event with a label waits for that label: looking at it again is no attempt
+            attempts = row.attempts if row.label_id is not None else row.attempts + 1
             try:
                 outcome = await self._outcome(row, attempts)
             except _TryAgain as exc:
@@ -234,19 +285,50 @@ class Automation:
                 return
             if outcome is None:
                 return
+            if outcome.status == "waiting":
+                await self._wait_for_label(row, attempts, outcome)
+                return
             await self._ledger.set_event(
                 row.event_id, status=outcome.status, reason=outcome.reason,
                 label_id=outcome.label_id, attempts=attempts,
             )  # fmt: skip
             self._metrics.automation_finished.labels(outcome.status).inc()
+            if outcome.status == "processed" and outcome.label_id is not None:
+                await self._resolve_attention(row, outcome)
             if outcome.status == "attention":
                 log.warning("event %s needs attention: %s", row.event_id, outcome.reason)
 
+    async def _resolve_attention(self, row: EventRow, outcome: Outcome) -> None:
+        """Earlier events of the sale's fulfilment that needed a person are resolved by the label
+        this one found or bought (e.g. a webhook's event in attention, after the poller bought)."""
+        assert row.sale_id is not None
+        task = (outcome.task_id or "").lower()
+        for other in await self._ledger.events_for_sales(row.account, [row.sale_id]):
+            if (
+                other.status == "attention" and other.event_type == PACK_AUTHORISED
+                and other.event_id != row.event_id and (other.task_id or task).lower() == task
+            ):  # fmt: skip
+                await self._ledger.set_event(
+                    other.event_id, status="processed", label_id=outcome.label_id,
+                    reason=f"resolved by {row.event_id}: {outcome.reason}",
+                )  # fmt: skip
+
+    async def _wait_for_label(self, row: EventRow, attempts: int, outcome: Outcome) -> None:
+        """Keep the event open (``received``), due again shortly, to look at its label again."""
+        next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=min(RECHECK_S, self._retry_s))
+        await self._ledger.set_event(
+            row.event_id, status="received", reason=outcome.reason, label_id=outcome.label_id,
+            attempts=attempts, next_at=next_at.strftime(_STAMP),
+        )  # fmt: skip
+        log.info("event %s: %s", row.event_id, outcome.reason)
+
     async def _failed(self, row: EventRow, attempts: int, reason: str) -> None:
+        """Retry after a back-off, or ``attention`` after the last attempt; the event no longer
+        waits for a label (a failed label bought nothing)."""
         if attempts >= MAX_ATTEMPTS:
             reason = f"gave up after {attempts} attempts: {reason}"
             await self._ledger.set_event(
-                row.event_id, status="attention", reason=reason, attempts=attempts
+                row.event_id, status="attention", reason=reason, attempts=attempts, label_id=None
             )
             self._metrics.automation_failed.labels("attention").inc()
             log.warning("event %s needs attention: %s", row.event_id, reason)
@@ -254,7 +336,7 @@ class Automation:
         delay = min(MAX_BACKOFF_S, self._retry_s * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
         next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         await self._ledger.set_event(
-            row.event_id, status="failed", reason=reason, attempts=attempts,
+            row.event_id, status="failed", reason=reason, attempts=attempts, label_id=None,
             next_at=next_at.strftime(_STAMP),
         )  # fmt: skip
         self._metrics.automation_failed.labels("retry").inc()
@@ -272,6 +354,9 @@ class Automation:
                 return None  # settled while it waited for the sale (the sale was voided)
             if row.event_type == SALE_VOIDED:
                 return await self._voided(services, row.sale_id)
+            if row.label_id is not None:  # an earlier attempt left its label being bought
+                label = await self._labels.view(row.label_id, row.account)
+                return _label_outcome(label, bought=_bought(label))
             return await self._ship(services, row, last_try=attempts >= MAX_ATTEMPTS)
 
     # --- Sale/PackAuthorised -------------------------------------------------------------------
@@ -294,7 +379,7 @@ class Automation:
         task_id = prepared.fulfilment.task_id
         labelled = await self._active_label(account.name, prepared.sale.sale_id, task_id)
         if labelled is not None:
-            return Outcome("processed", f"already labelled by {labelled}", labelled)
+            return _label_outcome(labelled, bought=f"already labelled by {labelled.label_id}")
         guessed = [d for d in prepared.defaults if "no weight for" in d]
         if guessed and not rule.allow_default_weights:
             return Outcome("attention", "product weights missing: " + "; ".join(guessed))
@@ -314,21 +399,14 @@ class Automation:
                                 write_back=True)  # fmt: skip
         try:
             label, _ = await self._labels.buy(services, request, None, sale_checked=True)
-        except (AlreadyShipped, AlreadyLabelled) as exc:  # bought meanwhile by someone else
-            return Outcome("processed", f"nothing to do: {exc.detail}", exc.label_id)
+        except (AlreadyShipped, AlreadyLabelled) as exc:  # labelled meanwhile by someone else
+            labelled = await self._active_label(account.name, prepared.sale.sale_id, task_id)
+            if labelled is None:
+                return Outcome("processed", f"nothing to do: {exc.detail}")
+            return _label_outcome(labelled, bought=f"already labelled by {labelled.label_id}")
         except Reconciling as exc:
             raise _TryAgain(exc.detail) from exc
-        if label.status == "failed":  # nothing was bought and the key is free again
-            raise _TryAgain(f"label purchase failed: {label.detail}")
-        if label.status == "attention":
-            return Outcome("attention", f"label {label.label_id}: {label.detail}", label.label_id)
-        test = " (test label)" if rule.test_labels else ""
-        return Outcome(
-            "processed",
-            f"bought {quote.carrier_code}/{quote.service_code} for {money_str(cost(quote))} "
-            f"{quote.currency}{test}, {len(label.packages)} package(s)",
-            label.label_id,
-        )
+        return _label_outcome(label, bought=_bought(label))
 
     async def _rate_and_choose(
         self,
@@ -351,10 +429,11 @@ class Automation:
             raise _TryAgain(f"rating incomplete ({failed})")
         return choose(rule, answer.quotes, mapped=mapped)
 
-    async def _active_label(self, account: str, sale_id: str, task_id: str) -> str | None:
+    async def _active_label(self, account: str, sale_id: str, task_id: str) -> Label | None:
+        """The fulfilment's label that still holds it (not voided, not failed), if any."""
         for row in await self._ledger.purchases(account, sale_id=sale_id, limit=200):
             if (row.task_id or "").lower() == task_id.lower() and row.status not in SETTLED:
-                return row.label_id
+                return await self._labels.view(row.label_id, account)
         return None
 
     # --- Sale/Voided ---------------------------------------------------------------------------
@@ -372,6 +451,34 @@ class Automation:
         return Outcome(
             "processed", f"labels not yet written back set to attention: {', '.join(stuck)}"
         )
+
+
+def _label_outcome(label: Label, *, bought: str) -> Outcome:
+    """What a label an event bought or found means for the event. Only a bought label makes it
+    ``processed`` (with ``bought`` as the reason); one still being bought keeps it waiting; one
+    that bought nothing makes it retry; one that needs a person puts it in ``attention``."""
+    label_id = label.label_id
+    if label.status in BOUGHT:
+        return Outcome("processed", bought, label_id, label.task_id)
+    if label.status == "purchasing":
+        return Outcome(
+            "waiting", f"label {label_id} is still being bought; it is checked again without "
+            "buying", label_id,
+        )  # fmt: skip
+    if label.status == "failed":
+        raise _TryAgain(f"label {label_id}: purchase failed: {label.detail}")
+    if label.status == "attention":
+        detail = label.detail or "it needs a person"
+        return Outcome("attention", f"label {label_id}: {detail}", label_id)
+    return Outcome("ignored", f"label {label_id} was voided; nothing more is bought for this event")
+
+
+def _bought(label: Label) -> str:
+    test = " (test label)" if label.test_label else ""
+    return (
+        f"bought {label.carrier_code}/{label.service_code} for {label.total_cost} "
+        f"{label.currency}{test}, {len(label.packages)} package(s)"
+    )
 
 
 def _initial(account: Account, event: Cin7Event) -> tuple[str, str | None]:

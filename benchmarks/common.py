@@ -41,6 +41,7 @@ class Stack:
     sandbox_url: str
     url: str
     session: aiohttp.ClientSession
+    app: web.Application
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -72,11 +73,13 @@ async def stack(
                 **env,
             }
         )
-        runner, url = await serve_app(create_app(settings))
+        app = create_app(settings)
+        runner, url = await serve_app(app)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             try:
-                yield Stack(sandbox=sandbox, sandbox_url=sandbox_url, url=url, session=session)
+                yield Stack(sandbox=sandbox, sandbox_url=sandbox_url, url=url, session=session,
+                            app=app)  # fmt: skip
             finally:
                 await runner.cleanup()
                 await sandbox_runner.cleanup()

@@ -75,12 +75,15 @@ async def _rating(app: web.Application) -> AsyncIterator[None]:
     cache = LegCache(
         backend=settings.quote_cache,
         max_entries=settings.quote_cache_max_entries,
+        max_bytes=settings.quote_cache_max_bytes,
         ttl_s=max(settings.quote_max_stale_s, *(a.quote_ttl_s for a in settings.accounts.values())),
     )
     try:
-        store = QuoteStore()
-        app[keys.RATER] = Rater(cache=cache, store=store, max_stale_s=settings.quote_max_stale_s)
-        app[keys.REPLAY] = AnswerReplay(store)
+        budget = settings.quote_store_max_bytes  # the replay and the memo get a share of it
+        store = QuoteStore(max_bytes=budget)
+        app[keys.RATER] = Rater(cache=cache, store=store, max_stale_s=settings.quote_max_stale_s,
+                                memo_max_bytes=budget // 8)  # fmt: skip
+        app[keys.REPLAY] = AnswerReplay(store, max_bytes=budget // 4)
         yield
     finally:
         await cache.close()

@@ -16,6 +16,7 @@ Secrets are wrapped in :class:`Secret`, whose ``repr`` and ``str`` never show th
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -192,6 +193,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     quote_max_stale_s: float = 24 * 3600.0
     quote_cache: str = "memory"
     quote_cache_max_entries: int = 100_000
+    quote_cache_max_bytes: int = 64 << 20
+    quote_store_max_bytes: int = 64 << 20
     label_settle_s: float = 60.0
     writeback_retry_s: float = 5.0
     cin7_min_interval_s: float = 1.0
@@ -212,6 +215,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SIZE = re.compile(r"([0-9]{1,15}) ?([KMG]iB|B|)", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def _show_size(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
 
 
 class _Reader:
@@ -267,6 +279,23 @@ class _Reader:
         if value != int(value):
             self.problems.append(f"{where}: must be a whole number")
         return int(value)
+
+    def size(self, where: str, raw: object, default: int, *, minimum: int, maximum: int) -> int:
+        """Bytes: a whole number, or one with a unit (``64MiB``, ``512 KiB``, ``1GiB``)."""
+        if raw is None or raw == "":
+            return default
+        value = None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and (match := _SIZE.fullmatch(raw.strip())):
+            value = int(match[1]) * _SIZE_UNITS[match[2].lower()]
+        if value is None or not minimum <= value <= maximum:
+            self.problems.append(
+                f"{where}: must be a size from {_show_size(minimum)} to {_show_size(maximum)}, "
+                f"in bytes or with a unit (e.g. {_show_size(default)} or {default})"
+            )
+            return default
+        return value
 
     def decimal(self, where: str, raw: object) -> Decimal:
         if raw is None or raw == "":
@@ -494,6 +523,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             name, service_value(name, key), default, minimum=lowest, maximum=highest
         )
 
+    def size(name: str, key: str) -> int:
+        """A memory budget: at least 1 MiB (a few hundred answers), at most 64 GiB."""
+        return reader.size(name, service_value(name, key), 64 << 20, minimum=1 << 20,
+                           maximum=64 << 30)  # fmt: skip
+
     week = 7 * 86400
     deadline = number("RATESVC_REQUEST_DEADLINE_S", "request_deadline_s", 10.0, 0.1, 300)
     quote_ttl = number("RATESVC_QUOTE_TTL_S", "quote_ttl_s", 900.0, 1, week)
@@ -524,6 +558,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         quote_cache_max_entries=whole(
             "RATESVC_QUOTE_CACHE_MAX_ENTRIES", "quote_cache_max_entries", 100_000, 1, 10_000_000
         ),
+        quote_cache_max_bytes=size("RATESVC_QUOTE_CACHE_MAX_BYTES", "quote_cache_max_bytes"),
+        quote_store_max_bytes=size("RATESVC_QUOTE_STORE_MAX_BYTES", "quote_store_max_bytes"),
         label_settle_s=number("RATESVC_LABEL_SETTLE_S", "label_settle_s", 60.0, 0, 3600),
         writeback_retry_s=number("RATESVC_WRITEBACK_RETRY_S", "writeback_retry_s", 5.0, 0.01, 3600),
         cin7_min_interval_s=number(

@@ -21,6 +21,9 @@ client of that key, and reports ``X-Rate-Limit-Limit / -Remaining / -Reset`` on 
   :class:`~ratesvc.errors.UpstreamThrottled` instead of sleeping past it. The estimate is redone
   whenever the queue changes, so a waiter pushed back by urgent calls is refused as soon as that
   is known.
+* **Cancellation wins.** A waiter cancelled in the same tick as it is refused gets
+  ``CancelledError``, not the refusal; one cancelled as it is granted hands its call and its
+  pacing slot back to the next waiter. A cancelled waiter leaves the queue at once.
 
 Times are ``loop.time()`` seconds, the clock ``asyncio.timeout_at`` uses.
 """
@@ -69,6 +72,9 @@ class Permit:
     epoch: int
     probe: bool
     answered: bool = False
+    counted: bool = False  # took one of the window's calls
+    paced_from: float = 0.0  # the pacing slot before this grant, and after it
+    paced_until: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -167,9 +173,11 @@ class RateLimiter:
         try:
             permit = await waiter.future
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled():
-                # Granted in the same tick the caller gave up: the call was never sent.
-                self._return_unused(waiter.future.result())
+            # Granted or refused in the same tick the caller gave up: the cancellation wins; a
+            # granted call was never sent, so its turn goes to the next waiter.
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._return_unused(future.result())
             self._pump()
             raise
         if self._metrics is not None:
@@ -258,18 +266,25 @@ class RateLimiter:
         return self._remaining > 0
 
     def _grant(self, waiter: _Waiter, now: float) -> None:
-        self._next_slot = now + self._min_interval_s
-        probe = self._probing
-        if probe:
+        permit = Permit(
+            epoch=self._epoch, probe=self._probing, counted=self._reset_at is not None,
+            paced_from=self._next_slot, paced_until=now + self._min_interval_s,
+        )  # fmt: skip
+        self._next_slot = permit.paced_until
+        if permit.probe:
             self._probe_in_flight = True
-        if self._reset_at is not None:
+        if permit.counted:
             self._remaining -= 1
         self._in_flight += 1
-        waiter.future.set_result(Permit(epoch=self._epoch, probe=probe))
+        waiter.future.set_result(permit)
 
     def _return_unused(self, permit: Permit) -> None:
-        if permit.epoch == self._epoch and self._reset_at is not None:
+        """Undo the grant of a call never sent: its window call and (if no grant followed) its
+        pacing slot are free again."""
+        if permit.counted and permit.epoch == self._epoch:
             self._remaining += 1
+        if self._next_slot == permit.paced_until:
+            self._next_slot = permit.paced_from
         self.release(permit)
 
     def _eta(self, position: int, now: float) -> float:

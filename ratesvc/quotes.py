@@ -1,16 +1,21 @@
 """Saving upstream calls: the per-leg quote cache, single-flight of identical calls, quote store.
 
 * :class:`LegCache` keeps each *successful* leg's rate rows (aiocache; the in-memory backend is
-  bounded by a maximum number of entries). Entries live for the longest staleness ever accepted
-  (``RATESVC_QUOTE_MAX_STALE_S``); whether one is fresh enough is decided per request from its
-  ``quoted_at``.
+  bounded by a number of entries and an estimate of the bytes they hold). Entries live for the
+  longest staleness ever accepted (``RATESVC_QUOTE_MAX_STALE_S``); whether one is fresh enough is
+  decided per request from its ``quoted_at``.
 * :class:`SingleFlight` lets identical legs in flight at the same moment share one upstream call.
   A waiter that leaves (deadline, client gone) does not cancel the call for the others; the call
   is cancelled only when its last waiter leaves. A finished call is forgotten at once, so a
   failure is never handed to a later request.
-* :class:`QuoteStore` remembers every quote handed out until it expires, so ``POST /v1/labels``
-  can buy exactly what was quoted. Quotes are kept per answer (one batch, one random token),
+* :class:`QuoteStore` remembers the quotes handed out, so ``POST /v1/labels`` can buy exactly what
+  was quoted, within a byte budget: the oldest answers go first when it is full, so a busy service
+  may forget a quote before it expires. Quotes are kept per answer (one batch, one random token),
   since the quotes of one answer share their shipment and expiry.
+
+Memory is bounded by *estimates* (:func:`held_bytes`): the msgpack size of what an entry keeps,
+times how much larger the same data is as Python objects, plus a fixed cost per entry. The
+factors were measured with ``tracemalloc`` (``tests/test_quotes.py`` keeps them honest).
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -29,6 +35,75 @@ from aiocache import SimpleMemoryCache
 from ratesvc.models import Address, RateRow, ShipmentIn
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+MIB = 1 << 20
+ENTRY_BYTES = 400  # an entry's own cost: the map's node and slot, its key, the size kept with it
+_msgpack = msgspec.msgpack.Encoder()
+
+
+def held_bytes(value: object, *, per_encoded_byte: float, extra: int = 0) -> int:
+    """Estimated memory an entry holding ``value`` costs (see the module docstring)."""
+    return int(len(_msgpack.encode(value)) * per_encoded_byte) + ENTRY_BYTES + extra
+
+
+class ByteLRU(Generic[K, V]):
+    """Entries from oldest to newest, under ``max_bytes`` by the size each was put with.
+
+    ``put`` makes an entry the newest and drops the oldest ones while over the budget (never the
+    one just put); ``touch`` makes an entry the newest again. Every operation is O(1).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        """The estimate of what the entries hold."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry[0]
+
+    def size_of(self, key: K) -> int | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
+    def touch(self, key: K) -> None:
+        self._entries.move_to_end(key)
+
+    def put(self, key: K, value: V, size: int) -> None:
+        self.pop(key)
+        self._entries[key] = (value, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            self.pop_oldest()
+
+    def pop(self, key: K) -> V | None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return None
+        self._bytes -= entry[1]
+        return entry[0]
+
+    def oldest(self) -> V | None:
+        for value, _ in self._entries.values():
+            return value
+        return None
+
+    def pop_oldest(self) -> None:
+        self._bytes -= self._entries.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
 
 
 class CachedLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -36,30 +111,74 @@ class CachedLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     quoted_at: dt.datetime
 
 
-class _BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
-    """aiocache's memory backend, evicting the oldest entries beyond ``max_entries``."""
+# Per msgpack byte, what each kind of entry costs as Python objects: measured with tracemalloc on
+# unshared copies of real answers (8 carriers, 1-3 packages), so the estimates are within about
+# 10 % of that and above what the service holds (its quotes share strings with the cached legs).
+LEG_PER_ENCODED_BYTE = 4.2  # mostly Decimals and short strings
 
-    def __init__(self, *, max_entries: int, **kwargs: Any) -> None:
+
+class _BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
+    """aiocache's memory backend, under ``max_entries`` and ``max_bytes``, oldest out first.
+
+    Every entry lives for the same ``ttl_s``, so the oldest entry is also the first to expire:
+    expired entries are dropped from the old end as new ones arrive and never read, with no
+    timer per entry.
+    """
+
+    def __init__(self, *, max_entries: int, max_bytes: int, ttl_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_entries = max_entries
+        self._ttl_s = ttl_s
+        self._held: ByteLRU[str, tuple[float, Any]] = ByteLRU(max_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held.bytes
+
+    def _live(self, key: str, now: float) -> Any:
+        held = self._held.get(key)
+        return None if held is None or held[0] <= now else held[1]
+
+    async def _get(self, key: str, encoding: str = "utf-8", _conn: Any = None) -> Any:
+        return self._live(key, time.monotonic())
+
+    async def _multi_get(self, keys: list[str], encoding: str = "utf-8", _conn: Any = None) -> Any:
+        now = time.monotonic()
+        return [self._live(key, now) for key in keys]
 
     async def _set(self, key: str, value: Any, ttl: float | None = None, **kwargs: Any) -> Any:
-        self._cache.pop(key, None)  # re-inserting moves the key to the young end
-        result = await super()._set(key, value, ttl=ttl, **kwargs)
-        while len(self._cache) > self._max_entries:
-            await self._delete(next(iter(self._cache)))
-        return result
+        now = time.monotonic()
+        size = held_bytes(value, per_encoded_byte=LEG_PER_ENCODED_BYTE, extra=len(key))
+        self._held.put(key, (now + self._ttl_s, value), size)
+        while len(self._held) > self._max_entries:
+            self._held.pop_oldest()
+        while (oldest := self._held.oldest()) is not None and oldest[0] <= now:
+            self._held.pop_oldest()
+        return True
+
+    async def _delete(self, key: str, _conn: Any = None) -> int:
+        return 0 if self._held.pop(key) is None else 1
+
+    async def _clear(self, namespace: str | None = None, _conn: Any = None) -> bool:
+        self._held.clear()
+        return True
 
 
 class LegCache:
     """Rate rows of successful legs, by canonical leg key."""
 
-    def __init__(self, *, backend: str, max_entries: int, ttl_s: float) -> None:
+    def __init__(self, *, backend: str, max_entries: int, max_bytes: int, ttl_s: float) -> None:
         if backend != "memory":
             raise ValueError(f"unknown quote cache backend {backend!r}")
         # timeout=None: no asyncio.wait_for (a task per call) around in-memory dict operations
-        self._cache = _BoundedMemoryCache(max_entries=max_entries, timeout=None)
-        self._ttl_s = ttl_s
+        self._cache = _BoundedMemoryCache(
+            max_entries=max_entries, max_bytes=max_bytes, ttl_s=ttl_s, timeout=None
+        )
+
+    @property
+    def held_bytes(self) -> int:
+        """The estimate of what the cached legs hold in memory."""
+        return self._cache.held_bytes
 
     async def get(self, key: str) -> CachedLeg | None:
         value = await self._cache.get(key)
@@ -70,7 +189,7 @@ class LegCache:
         return [value if isinstance(value, CachedLeg) else None for value in values]
 
     async def put(self, key: str, value: CachedLeg) -> None:
-        await self._cache.set(key, value, ttl=self._ttl_s)
+        await self._cache.set(key, value)
 
     async def close(self) -> None:
         await self._cache.clear()
@@ -173,28 +292,56 @@ def quote_id(token: str, index: int) -> str:
     return f"qt_{token}{index:x}"
 
 
-@dataclass
+BATCH_PER_ENCODED_BYTE = 3.5  # see LEG_PER_ENCODED_BYTE
+
+
+def lines_bytes(lines: list[QuoteLine]) -> int:
+    """The share of quote lines in a batch's estimate (answers made alike share one figure)."""
+    return int(len(_msgpack.encode(lines)) * BATCH_PER_ENCODED_BYTE)
+
+
+def batch_bytes(batch: QuoteBatch, *, lines: int | None = None) -> int:
+    """Estimated memory of ``batch``; ``lines``: the share of its lines, when already known."""
+    if lines is None:
+        return held_bytes(batch, per_encoded_byte=BATCH_PER_ENCODED_BYTE)
+    rest = (batch.shipment, batch.ship_from)
+    return held_bytes(rest, per_encoded_byte=BATCH_PER_ENCODED_BYTE, extra=lines)
+
+
 class QuoteStore:
-    """Quote batches by token, in memory, bounded by ``max_entries`` batches.
+    """Quote batches by token, in memory, under ``max_bytes`` (estimated), oldest out first.
 
     An expired quote is kept for ``grace`` more, so asking for it says *expired* (410), not
-    *unknown* (404).
+    *unknown* (404); past that it is dropped when it is the oldest.
     """
 
-    max_entries: int = 100_000
-    grace: dt.timedelta = dt.timedelta(days=1)
-    _batches: OrderedDict[str, QuoteBatch] = field(default_factory=OrderedDict)
+    def __init__(
+        self, *, max_bytes: int = 64 * MIB, grace: dt.timedelta = dt.timedelta(days=1)
+    ) -> None:
+        self.grace = grace
+        self._batches: ByteLRU[str, QuoteBatch] = ByteLRU(max_bytes)
 
-    def put(self, batch: QuoteBatch) -> None:
-        self._batches[batch.token] = batch
-        while len(self._batches) > self.max_entries:
-            self._batches.popitem(last=False)
+    @property
+    def held_bytes(self) -> int:
+        """The estimate of what the stored quotes hold in memory."""
+        return self._batches.bytes
+
+    def __len__(self) -> int:
+        """Answers (batches of quotes) held."""
+        return len(self._batches)
+
+    def size_of(self, token: str) -> int | None:
+        """The estimate a batch was stored with, if it is still here."""
+        return self._batches.size_of(token)
+
+    def put(self, batch: QuoteBatch, *, size: int | None = None) -> None:
+        """Keep ``batch``; ``size`` is its :func:`batch_bytes`, when the caller knows it."""
+        self._batches.put(batch.token, batch, batch_bytes(batch) if size is None else size)
         now = dt.datetime.now(dt.UTC)
-        while self._batches:
-            oldest = next(iter(self._batches.values()))
+        while (oldest := self._batches.oldest()) is not None and oldest is not batch:
             if oldest.expires_at + self.grace > now:
                 return
-            self._batches.popitem(last=False)
+            self._batches.pop_oldest()
 
     def get(self, quote_id: str) -> StoredQuote | None:
         token, index = quote_id[3 : 3 + TOKEN_LENGTH], quote_id[3 + TOKEN_LENGTH :]

@@ -15,14 +15,14 @@ absolute deadline (each leg inside ``asyncio.timeout_at``, stragglers cancelled 
   fields it sets, see :class:`~ratesvc.config.Markup`) is added in ``Decimal``; each figure is
   rounded half-up to cents once, and ``total`` is the sum of the rounded figures;
 * quotes are sorted by total, then carrier, service, name and package code, and remembered in the
-  :class:`~ratesvc.quotes.QuoteStore` until they expire.
+  :class:`~ratesvc.quotes.QuoteStore` until they expire (or its byte budget needs the room).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -48,6 +48,9 @@ from ratesvc.models import (
     ShipmentIn,
 )
 from ratesvc.quotes import (
+    LEG_PER_ENCODED_BYTE,
+    MIB,
+    ByteLRU,
     CachedLeg,
     LegCache,
     QuoteBatch,
@@ -55,6 +58,9 @@ from ratesvc.quotes import (
     QuoteStore,
     SingleFlight,
     StoredQuote,
+    batch_bytes,
+    held_bytes,
+    lines_bytes,
     new_token,
     quote_id,
 )
@@ -85,30 +91,38 @@ class _Made:
     quotes: list[Quote]
     lines: list[QuoteLine]
     errors: list[LegError]
+    lines_bytes: int  # the lines' share of the estimate of every batch holding them
+
+
+MADE_PER_ENCODED_BYTE = 3.2  # quotes and lines (see ratesvc.quotes.LEG_PER_ENCODED_BYTE)
 
 
 class _Memo:
-    """The last ``max_entries`` things made, by key (least recently used goes first).
+    """The last things made, by key, under ``max_bytes`` (least recently used goes first).
 
     Keys hold ``id()`` of cache entries; the values keep those entries alive via the quotes'
-    shares, so an id cannot be reused while its key is here.
+    shares, so an id cannot be reused while its key is here (the entries are counted too).
     """
 
-    def __init__(self, max_entries: int) -> None:
-        self._max_entries = max_entries
-        self._items: OrderedDict[object, tuple[_Made, list[LegAnswer]]] = OrderedDict()
+    def __init__(self, max_bytes: int) -> None:
+        self._items: ByteLRU[object, tuple[_Made, list[LegAnswer]]] = ByteLRU(max_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._items.bytes
 
     def get(self, key: object) -> _Made | None:
         item = self._items.get(key)
         if item is None:
             return None
-        self._items.move_to_end(key)
+        self._items.touch(key)
         return item[0]
 
     def put(self, key: object, made: _Made, answers: list[LegAnswer]) -> None:
-        self._items[key] = (made, answers)
-        while len(self._items) > self._max_entries:
-            self._items.popitem(last=False)
+        legs = sum(held_bytes(a.entry, per_encoded_byte=LEG_PER_ENCODED_BYTE) for a in answers)
+        size = held_bytes((made.quotes, made.errors), per_encoded_byte=MADE_PER_ENCODED_BYTE,
+                          extra=made.lines_bytes + legs)  # fmt: skip
+        self._items.put(key, (made, answers), size)
 
 
 @dataclass(frozen=True)
@@ -135,12 +149,19 @@ class Rating:
 class Rater:
     """Rates shipments for every account of the app; shares cache, flights and quote store."""
 
-    def __init__(self, *, cache: LegCache, store: QuoteStore, max_stale_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        cache: LegCache,
+        store: QuoteStore,
+        max_stale_s: float,
+        memo_max_bytes: int = 8 * MIB,
+    ) -> None:
         self._cache = cache
         self._store = store
         self._flights: SingleFlight[CachedLeg] = SingleFlight()
         self._max_stale_s = max_stale_s
-        self._made = _Memo(max_entries=10_000)
+        self._made = _Memo(max_bytes=memo_max_bytes)
 
     async def rate(
         self,
@@ -205,7 +226,7 @@ class Rater:
             currency=CURRENCY, expires_at=expires_at, sale_id=sale_id, task_id=task_id,
             lines=made.lines,
         )  # fmt: skip
-        self._store.put(batch)
+        self._store.put(batch, size=batch_bytes(batch, lines=made.lines_bytes))
         oldest = min((a.quoted_at for a in answers), default=now)
         return Rating(
             response=RatesResponse(quotes=quotes, errors=errors, complete=not errors,
@@ -260,15 +281,26 @@ class Rater:
              for shares in priced),
             key=lambda d: d.order,
         )  # fmt: skip
+        lines = [d.line() for d in drafts]
         return _Made(
             quotes=[d.quote("", now, now, shipment) for d in drafts],
-            lines=[d.line() for d in drafts],
+            lines=lines,
             errors=errors,
+            lines_bytes=lines_bytes(lines),
         )
 
     @property
     def quotes(self) -> QuoteStore:
         return self._store
+
+    @property
+    def cache(self) -> LegCache:
+        return self._cache
+
+    @property
+    def memo_bytes(self) -> int:
+        """The estimate of what the memo of quotes made from cache entries holds in memory."""
+        return self._made.held_bytes
 
     def stored(self, quote_id: str) -> StoredQuote | None:
         return self._store.get(quote_id)

@@ -9,17 +9,19 @@ answer is kept encoded; a replay puts a new token into its quote ids and records
 quotes keep the ``expires_at`` of the answer they copy: their prices are that old, and a replay
 never extends how long a price is offered. It saves decoding, validation, the cache reads and
 building the quotes again.
+
+Kept answers are bounded by an estimate of the bytes they hold (the encoded answer, the request
+body that keys it, the batch it copies); the least recently kept go first.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import msgspec
 
-from ratesvc.quotes import QuoteBatch, QuoteStore, new_token
+from ratesvc.quotes import ENTRY_BYTES, MIB, ByteLRU, QuoteBatch, QuoteStore, batch_bytes, new_token
 
 
 def _rfc3339(moment: dt.datetime) -> bytes:
@@ -31,6 +33,7 @@ def _rfc3339(moment: dt.datetime) -> bytes:
 class _Kept:
     answer: bytes
     batch: QuoteBatch
+    batch_bytes: int  # its estimate, which every copy of it shares
     fresh_until: dt.datetime
     catalog_version: int
 
@@ -39,12 +42,16 @@ MAX_BODY_BYTES = 16 * 1024  # bodies kept as keys: a real rate request is far sm
 
 
 class AnswerReplay:
-    """Kept answers, least recently kept first out (at most ``max_entries``, a few MB)."""
+    """Kept answers, least recently kept first out, under ``max_bytes`` (estimated)."""
 
-    def __init__(self, store: QuoteStore, *, max_entries: int = 2_000) -> None:
+    def __init__(self, store: QuoteStore, *, max_bytes: int = 16 * MIB) -> None:
         self._store = store
-        self._max_entries = max_entries
-        self._kept: OrderedDict[tuple[str, bytes], _Kept] = OrderedDict()
+        self._kept: ByteLRU[tuple[str, bytes], _Kept] = ByteLRU(max_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        """The estimate of what the kept answers hold in memory."""
+        return self._kept.bytes
 
     def replay(self, account: str, body: bytes, catalog_version: int) -> bytes | None:
         """The answer to ``body`` again, with fresh quote ids, or None."""
@@ -52,10 +59,10 @@ class AnswerReplay:
         if kept is None:
             return None
         if kept.catalog_version != catalog_version or dt.datetime.now(dt.UTC) >= kept.fresh_until:
-            del self._kept[account, body]
+            self._kept.pop((account, body))
             return None
         token = new_token()
-        self._store.put(msgspec.structs.replace(kept.batch, token=token))
+        self._store.put(msgspec.structs.replace(kept.batch, token=token), size=kept.batch_bytes)
         return kept.answer.replace(kept.batch.token.encode(), token.encode())
 
     def keep(
@@ -71,10 +78,9 @@ class AnswerReplay:
         """Remember ``answer`` (encoded, with ``batch``'s token in its quote ids)."""
         if len(body) > MAX_BODY_BYTES:
             return
-        self._kept[account, body] = _Kept(
-            answer=answer, batch=batch, fresh_until=min(fresh_until, batch.expires_at),
-            catalog_version=catalog_version,
+        size = self._store.size_of(batch.token) or batch_bytes(batch)
+        kept = _Kept(
+            answer=answer, batch=batch, batch_bytes=size,
+            fresh_until=min(fresh_until, batch.expires_at), catalog_version=catalog_version,
         )  # fmt: skip
-        self._kept.move_to_end((account, body))
-        while len(self._kept) > self._max_entries:
-            self._kept.popitem(last=False)
+        self._kept.put((account, body), kept, ENTRY_BYTES + len(answer) + len(body) + size)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import automation, budget, coalescing, common, fanout
+from benchmarks import automation, budget, coalescing, common, fanout, memory
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +46,15 @@ async def test_automation_ships_every_packed_sale_once(results_in: Path) -> None
     saved = json.loads((results_in / "automation.json").read_text())
     assert (saved["shipped"], saved["createlabel_calls"]) == (3, 3)
     assert saved["poller"]["shipped"] == saved["poller"]["sales"] == 1
+
+
+async def test_memory_reads_the_service_rss_and_its_estimates(results_in: Path) -> None:
+    await memory.main(200, connections=4, steps=2)
+
+    saved = json.loads((results_in / "memory.json").read_text())
+    assert [s["requests"] for s in saved["samples"]] == [0, 100, 200]
+    last = saved["samples"][-1]
+    assert 0 < last["rss_mb"] < 300
+    assert last["store_answers"] == 200
+    assert 0 < last["store_bytes"] <= 64 << 20
+    assert 0 < last["cache_bytes"] <= 64 << 20

@@ -303,3 +303,45 @@ def test_toml_automation_problems_name_the_account_and_key(tmp_path: Path) -> No
         "accounts.one.webhook.value: must be at least 16 characters long",
         "accounts.one.webhook.header: must be a header name such as X-Webhook-Key",
     ]
+
+
+# --- memory budgets ----------------------------------------------------------------------------
+
+
+def test_memory_budgets_default_to_64_mib_and_take_units() -> None:
+    defaults = load_settings(MINIMAL)
+    settings = load_settings(
+        {
+            **MINIMAL,
+            "RATESVC_QUOTE_STORE_MAX_BYTES": "32MiB",
+            "RATESVC_QUOTE_CACHE_MAX_BYTES": "134217728",
+        }
+    )
+
+    assert (defaults.quote_store_max_bytes, defaults.quote_cache_max_bytes) == (64 << 20, 64 << 20)
+    assert (settings.quote_store_max_bytes, settings.quote_cache_max_bytes) == (32 << 20, 128 << 20)
+
+
+def test_memory_budgets_are_read_from_the_service_table(tmp_path: Path) -> None:
+    path = tmp_path / "ratesvc.toml"
+    budgets = 'quote_store_max_bytes = 16777216\nquote_cache_max_bytes = "1 GiB"\n'
+    path.write_text(TOML.replace("[service]\n", "[service]\n" + budgets))
+    env = {"RATESVC_CONFIG": str(path), **TOML_ENV}
+
+    from_file = load_settings(env)
+    overridden = load_settings({**env, "RATESVC_QUOTE_STORE_MAX_BYTES": "2MiB"})
+
+    assert (from_file.quote_store_max_bytes, from_file.quote_cache_max_bytes) == (16 << 20, 1 << 30)
+    assert overridden.quote_store_max_bytes == 2 << 20
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "1KiB", "65GiB", "lots", "-5", "1.5MiB", "64 parsecs", "²", "9" * 4400]
+)
+def test_an_absurd_memory_budget_is_one_clear_line(value: str) -> None:
+    (problem,) = problems_of({**MINIMAL, "RATESVC_QUOTE_STORE_MAX_BYTES": value})
+
+    assert problem == (
+        "RATESVC_QUOTE_STORE_MAX_BYTES: must be a size from 1MiB to 64GiB, "
+        "in bytes or with a unit (e.g. 64MiB or 67108864)"
+    )

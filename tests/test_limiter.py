@@ -166,6 +166,112 @@ async def test_a_caller_that_leaves_after_being_granted_hands_the_call_back() ->
     assert limiter.remaining == 10
 
 
+async def settle() -> None:
+    """Let every callback already due run (a few loop iterations, no time passing)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("refused_first", [True, False])
+async def test_a_waiter_refused_and_cancelled_in_one_tick_is_cancelled(refused_first: bool) -> None:
+    limiter = RateLimiter("t", limit=40, window_s=60, margin_s=0.0)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, probe, 200, headers(40, 1, 0.3))
+    held = await limiter.acquire(Priority.NORMAL, None)  # the window's last call
+    waiter = asyncio.create_task(limiter.acquire(Priority.NORMAL, now() + 5))
+    await settle()
+    assert not waiter.done()  # its turn comes at the reset, within its deadline
+
+    # The key is paused past that deadline and the caller leaves, before the waiter runs again.
+    if refused_first:
+        limiter.observe(held, 429, headers(40, 0, 60))
+        waiter.cancel()
+    else:
+        waiter.cancel()
+        limiter.observe(held, 429, headers(40, 0, 60))
+
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    limiter.release(held)
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    limiter = RateLimiter("t", limit=1, window_s=60, margin_s=0.0)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    await answered(limiter, probe, 200, headers(1, 0, 0.2))  # the next call after the reset
+    ahead = asyncio.create_task(limiter.acquire(Priority.NORMAL, None))
+    await settle()
+    ahead.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ahead
+
+    # Second in the queue it would wait a whole window more, past its deadline: refused.
+    permit = await asyncio.wait_for(limiter.acquire(Priority.NORMAL, now() + 1), 2)
+
+    assert limiter.remaining == 0
+    limiter.release(permit)
+
+
+async def test_a_waiter_granted_and_cancelled_in_one_tick_hands_its_turn_to_the_next() -> None:
+    limiter = RateLimiter("t", limit=40, window_s=60, margin_s=0.0)
+    probe = await limiter.acquire(Priority.NORMAL, None)
+    leaving = asyncio.create_task(limiter.acquire(Priority.NORMAL, None))
+    staying = asyncio.create_task(limiter.acquire(Priority.NORMAL, None))
+    await settle()  # both wait for the probe's headers
+
+    limiter.observe(probe, 200, headers(40, 1, 30))  # one call left: the first waiter's
+    leaving.cancel()  # granted, and gone in the same tick
+
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    await settle()
+    assert staying.done()
+    assert limiter.remaining == 0
+    limiter.release(staying.result())
+    limiter.release(probe)
+
+
+class ManualClock(asyncio.SelectorEventLoop):
+    """An event loop whose clock a test moves forward by hand (timers due then fire at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._offset = 0.0
+
+    def time(self) -> float:
+        return super().time() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        self._offset += seconds
+
+
+def test_a_paced_turn_handed_back_unused_goes_to_the_next_waiter_at_once() -> None:
+    async def scenario() -> None:
+        clock = asyncio.get_running_loop()
+        assert isinstance(clock, ManualClock)
+        limiter = RateLimiter("t", limit=40, window_s=60, min_interval_s=1.0)
+        probe = await limiter.acquire(Priority.NORMAL, None)  # the next call a second later
+        limiter.observe(probe, 200, headers(40, 39, 30))
+        leaving = asyncio.create_task(limiter.acquire(Priority.NORMAL, None))
+        staying = asyncio.create_task(limiter.acquire(Priority.NORMAL, None))
+        await settle()
+        assert not leaving.done()
+
+        clock.advance(1.0)
+        limiter.release(probe)  # the first waiter's turn has come...
+        leaving.cancel()  # ...and it leaves in the same tick, without sending anything
+
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        await settle()
+        assert staying.done()  # now, not a second later
+        assert limiter.remaining == 38
+        limiter.release(staying.result())
+
+    with asyncio.Runner(loop_factory=ManualClock) as runner:
+        runner.run(scenario())
+
+
 # --- against the sandbox's fixed window -------------------------------------------------------
 
 

@@ -1,24 +1,32 @@
-"""Single-flight, the bounded leg cache and the quote store."""
+"""Single-flight, the leg cache, the quote store and the answer replay, each within its bounds."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
+import tracemalloc
+from collections.abc import Callable
 from decimal import Decimal
 
+import msgspec
 import pytest
 
-from ratesvc.models import Address, RateRow, ShipmentIn
+from ratesvc.models import Address, PackageIn, RateRow, ShipmentIn, Weight
 from ratesvc.quotes import (
+    MIB,
     TOKEN_LENGTH,
+    ByteLRU,
     CachedLeg,
     LegCache,
     QuoteBatch,
     QuoteLine,
     QuoteStore,
     SingleFlight,
+    new_token,
     quote_id,
 )
+from ratesvc.replay import AnswerReplay
 
 
 class Upstream:
@@ -140,15 +148,17 @@ async def test_different_keys_fly_separately() -> None:
     assert await asyncio.gather(flights.run("a", a), flights.run("b", b)) == ["a", "b"]
 
 
-def entry(n: int) -> CachedLeg:
-    row = RateRow(
-        service_code="s", service_name="S", shipment_cost=Decimal(n), other_cost=Decimal(0)
-    )
-    return CachedLeg(rows=[row], quoted_at=dt.datetime.now(dt.UTC))
+def entry(n: int, services: int = 1) -> CachedLeg:
+    rows = [
+        RateRow(service_code=f"s{n}_{i}", service_name=f"Service {n} number {i}",
+                shipment_cost=Decimal(n) + Decimal(i) / 100, other_cost=Decimal("0.25"))
+        for i in range(services)
+    ]  # fmt: skip
+    return CachedLeg(rows=rows, quoted_at=dt.datetime.now(dt.UTC))
 
 
 async def test_the_leg_cache_keeps_at_most_max_entries_evicting_the_oldest() -> None:
-    cache = LegCache(backend="memory", max_entries=3, ttl_s=60)
+    cache = LegCache(backend="memory", max_entries=3, max_bytes=MIB, ttl_s=60)
     for n in range(5):
         await cache.put(f"k{n}", entry(n))
 
@@ -164,30 +174,74 @@ async def test_the_leg_cache_keeps_at_most_max_entries_evicting_the_oldest() -> 
     await cache.close()
 
 
+async def test_the_leg_cache_stays_within_its_byte_budget_keeping_the_newest() -> None:
+    cache = LegCache(backend="memory", max_entries=1_000_000, max_bytes=MIB, ttl_s=60)
+    over = []
+    for n in range(3_000):
+        await cache.put(f"leg-{n}", entry(n, services=5))
+        over.append(cache.held_bytes > MIB)
+
+    assert not any(over)
+    found = [await cache.get(f"leg-{n}") is not None for n in range(3_000)]
+    kept = found.index(True)
+    assert 100 < kept < 3_000 - 100  # many entries were dropped and many kept...
+    assert all(found[kept:])  # ...the newest ones, without a gap
+    await cache.close()
+    assert cache.held_bytes == 0
+
+
 async def test_the_leg_cache_forgets_entries_after_their_ttl() -> None:
-    cache = LegCache(backend="memory", max_entries=10, ttl_s=0.05)
+    cache = LegCache(backend="memory", max_entries=10, max_bytes=MIB, ttl_s=0.05)
     await cache.put("k", entry(1))
+    one = cache.held_bytes
 
     assert await cache.get("k") is not None
     await asyncio.sleep(0.1)
-    assert await cache.get("k") is None
+    assert await cache.get_many(["k"]) == [None]
+    await cache.put("j", entry(2))  # the expired entry is dropped as a new one arrives
+    assert cache.held_bytes == one
 
 
 def test_an_unknown_cache_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown quote cache backend"):
-        LegCache(backend="memcached", max_entries=1, ttl_s=1)
+        LegCache(backend="memcached", max_entries=1, max_bytes=MIB, ttl_s=1)
 
 
-def batch(token: str, expires_in: dt.timedelta) -> QuoteBatch:
+def test_a_byte_lru_drops_the_oldest_but_never_the_entry_just_put() -> None:
+    lru: ByteLRU[str, str] = ByteLRU(max_bytes=100)
+    lru.put("a", "A", 40)
+    lru.put("b", "B", 40)
+    lru.touch("a")  # "b" is now the oldest
+
+    lru.put("c", "C", 40)
+    assert (lru.get("a"), lru.get("b"), lru.get("c"), lru.bytes) == ("A", None, "C", 80)
+
+    lru.put("huge", "H", 500)
+    assert (len(lru), lru.get("huge"), lru.bytes) == (1, "H", 500)
+    lru.put("huge", "H2", 10)  # replacing an entry counts it once
+    assert (len(lru), lru.bytes) == (1, 10)
+
+
+def batch(token: str, expires_in: dt.timedelta, lines: int = 2) -> QuoteBatch:
     now = dt.datetime.now(dt.UTC)
     to = Address(postal_code="10001", country="US")
-    line = QuoteLine(carrier_code="ups", service_code="ups_ground", service_name="UPS Ground",
-                     package_codes=["package"], total="9.99", quoted_at=now)  # fmt: skip
+    rows = [
+        QuoteLine(carrier_code="ups", service_code=f"ups_{token}_{i}",
+                  service_name=f"UPS Service {i} for {token}", package_codes=["package"],
+                  total=f"{i}.99", quoted_at=now)
+        for i in range(lines)
+    ]  # fmt: skip
     return QuoteBatch(
         token=token.ljust(TOKEN_LENGTH, "x"), account="default",
-        shipment=ShipmentIn(ship_to=to, packages=[]), ship_from=to, currency="USD",
-        expires_at=now + expires_in, lines=[line, line],
+        shipment=ShipmentIn(ship_to=to, packages=[
+            PackageIn(weight=Weight(value=len(token), unit="lb"))
+        ]),
+        ship_from=to, currency="USD", expires_at=now + expires_in, lines=rows,
     )  # fmt: skip
+
+
+def first_quote(token: str) -> str:
+    return quote_id(token.ljust(TOKEN_LENGTH, "x"), 0)
 
 
 def test_quotes_are_found_by_batch_token_and_index() -> None:
@@ -198,29 +252,83 @@ def test_quotes_are_found_by_batch_token_and_index() -> None:
     found = store.get(quote_id(token, 1))
 
     assert found is not None
-    assert (found.quote_id, found.carrier_code, found.total) == (f"qt_{token}1", "ups", "9.99")
+    assert (found.quote_id, found.carrier_code, found.total) == (f"qt_{token}1", "ups", "1.99")
     assert store.get(quote_id(token, 2)) is None
     assert store.get(f"qt_{token}zz") is None
     assert store.get("qt_short") is None
     assert store.get("xx_" + token + "0") is None
 
 
-def test_the_quote_store_is_bounded_and_keeps_expired_quotes_for_a_grace_period() -> None:
-    store = QuoteStore(max_entries=2, grace=dt.timedelta(hours=1))
-    store.put(batch("q1", dt.timedelta(minutes=5)))
-    store.put(batch("q2", dt.timedelta(minutes=-30)))  # expired, within the grace period
-    store.put(batch("q3", dt.timedelta(minutes=5)))
+def test_the_quote_store_stays_within_its_byte_budget_keeping_the_newest() -> None:
+    store = QuoteStore(max_bytes=MIB)
+    over = []
+    for n in range(5_000):
+        store.put(batch(f"q{n}", dt.timedelta(minutes=15), lines=10))
+        over.append(store.held_bytes > MIB)
 
-    assert store.get(quote_id("q1".ljust(TOKEN_LENGTH, "x"), 0)) is None  # over max_entries
-    assert store.get(quote_id("q2".ljust(TOKEN_LENGTH, "x"), 0)) is not None
-    assert store.get(quote_id("q3".ljust(TOKEN_LENGTH, "x"), 0)) is not None
+    assert not any(over)
+    found = [store.get(first_quote(f"q{n}")) is not None for n in range(5_000)]
+    kept = found.index(True)
+    assert 100 < kept < 5_000 - 100  # many answers were forgotten and many kept...
+    assert all(found[kept:])  # ...the most recent ones, without a gap
+    assert len(store) == 5_000 - kept
 
 
-def test_quotes_past_expiry_and_grace_are_forgotten_as_new_ones_arrive() -> None:
-    store = QuoteStore(max_entries=100, grace=dt.timedelta(hours=1))
-    store.put(batch("old", dt.timedelta(hours=-2)))
+def test_expired_quotes_are_kept_for_a_grace_period_then_dropped() -> None:
+    store = QuoteStore(grace=dt.timedelta(hours=1))
+    store.put(batch("gone", dt.timedelta(hours=-2)))  # past expiry and grace
+    store.put(batch("grace", dt.timedelta(minutes=-30)))  # expired, within the grace period
 
     store.put(batch("new", dt.timedelta(minutes=5)))
 
-    assert store.get(quote_id("old".ljust(TOKEN_LENGTH, "x"), 0)) is None
-    assert store.get(quote_id("new".ljust(TOKEN_LENGTH, "x"), 0)) is not None
+    assert store.get(first_quote("gone")) is None
+    assert store.get(first_quote("grace")) is not None  # answered 410, not 404
+    assert store.get(first_quote("new")) is not None
+    assert len(store) == 2
+
+
+def traced_growth(fill: Callable[[], object]) -> tuple[int, object]:
+    """Bytes still allocated after ``fill()``, with what it returned kept alive."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = fill()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before, kept
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_byte_estimate_follows_the_memory_really_held() -> None:
+    encoded = [
+        msgspec.msgpack.encode(batch(new_token(), dt.timedelta(minutes=15), lines=1 + n % 30))
+        for n in range(2_000)
+    ]
+
+    def fill() -> QuoteStore:
+        store = QuoteStore(max_bytes=1 << 40)
+        for raw in encoded:  # decoded: every string and date its own object, nothing shared
+            store.put(msgspec.msgpack.decode(raw, type=QuoteBatch))
+        return store
+
+    held, store = traced_growth(fill)
+
+    assert isinstance(store, QuoteStore)
+    assert 0.8 <= store.held_bytes / held <= 1.25, (store.held_bytes, held)
+
+
+async def test_the_answer_replay_stays_within_its_byte_budget() -> None:
+    store = QuoteStore()
+    replay = AnswerReplay(store, max_bytes=MIB)
+    fresh = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    for n in range(2_000):
+        kept = batch(f"r{n}", dt.timedelta(minutes=15))
+        answer = b'{"quotes": "' + kept.token.encode() + b'"}' + b" " * 2_000
+        replay.keep("default", f"body {n}".encode(), answer, kept, fresh_until=fresh,
+                    catalog_version=1)  # fmt: skip
+        assert replay.held_bytes <= MIB
+
+    assert replay.replay("default", b"body 0", 1) is None
+    again = replay.replay("default", b"body 1999", 1)
+    assert again is not None and b"r1999" not in again  # a new token in the quote ids

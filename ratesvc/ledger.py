@@ -98,12 +98,13 @@ MIGRATIONS: list[str] = [
     # durable; a package "buying" when the process stopped has an unknown outcome
     """
     ALTER TABLE purchases ADD COLUMN fulfilment_key TEXT;
-    UPDATE purchases SET fulfilment_key = 'sale:' || sale_id || ':' || task_id
+    UPDATE purchases SET fulfilment_key = 'sale:' || lower(sale_id) || ':' || lower(task_id)
         WHERE sale_id IS NOT NULL AND task_id IS NOT NULL
           AND status NOT IN ('voided', 'failed')
           AND rowid = (SELECT MAX(p.rowid) FROM purchases p
-                       WHERE p.account = purchases.account AND p.sale_id = purchases.sale_id
-                         AND p.task_id = purchases.task_id
+                       WHERE p.account = purchases.account
+                         AND lower(p.sale_id) = lower(purchases.sale_id)
+                         AND lower(p.task_id) = lower(purchases.task_id)
                          AND p.status NOT IN ('voided', 'failed'));
     UPDATE purchases SET idem_key = NULL WHERE idem_key LIKE 'sale:%';
     CREATE UNIQUE INDEX purchases_fulfilment ON purchases(account, fulfilment_key)
@@ -112,6 +113,7 @@ MIGRATIONS: list[str] = [
     UPDATE packages SET state = 'unknown' WHERE state = 'buying';
     CREATE INDEX outbox_label ON outbox(label_id);
     CREATE INDEX purchases_status ON purchases(status);
+    CREATE INDEX purchases_request ON purchases(account, request_hash);
     """,
 ]
 
@@ -372,6 +374,15 @@ class Ledger:
         )
         return PurchaseRow(*rows[0]) if rows else None
 
+    async def live_purchase_by_request(self, account: str, request_hash: str) -> PurchaseRow | None:
+        """The live sale label a keyless request with this body made, if any."""
+        rows = await self._fetch(
+            "SELECT * FROM purchases WHERE account = ? AND request_hash = ? AND idem_key IS NULL "
+            "AND fulfilment_key IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+            (account, request_hash),
+        )
+        return PurchaseRow(*rows[0]) if rows else None
+
     async def purchase(self, label_id: str) -> PurchaseRow | None:
         rows = await self._fetch("SELECT * FROM purchases WHERE label_id = ?", (label_id,))
         return PurchaseRow(*rows[0]) if rows else None
@@ -460,18 +471,26 @@ class Ledger:
             row = await self._one("SELECT * FROM purchases WHERE label_id = ?", (label_id,))
         return PurchaseRow(*row)
 
-    async def void(self, label_id: str, allowed_from: Collection[str]) -> tuple[PurchaseRow, bool]:
+    async def void(
+        self, label_id: str, allowed_from: Collection[str], *, partly: str | None = None
+    ) -> tuple[PurchaseRow, bool]:
         """The void's transaction: the label ``voided`` (its fulfilment released; the client's
         key stays bound to it, so a replay answers the voided label), its bought packages
         ``voided``, a write-back that never started cancelled, and the correction of one that
-        did (running, done, or tried before) queued. (the row, whether a correction was queued)."""
+        did (running, done, or tried before — read from the label, which outlives its jobs)
+        queued. With ``partly`` (some boxes could not be voided) the label goes to
+        ``attention`` with that detail instead, still holding its fulfilment; the write-back is
+        stopped and corrected all the same. (the row, whether a correction was queued)."""
+        to = "voided" if partly is None else "attention"
         async with self._transaction() as db:
             current = await self._one(
-                "SELECT status, write_back_state FROM purchases WHERE label_id = ?", (label_id,)
+                "SELECT status, write_back_state, write_back_attempts FROM purchases "
+                "WHERE label_id = ?",
+                (label_id,),
             )
             if current is None or current[0] not in allowed_from:
-                raise IllegalTransition(label_id, current[0] if current else None, "voided")
-            started = await self._one(
+                raise IllegalTransition(label_id, current[0] if current else None, to)
+            running = await self._one(
                 "SELECT COUNT(*) FROM outbox WHERE label_id = ? AND kind = 'write_back' AND "
                 "(state IN ('running', 'done') OR attempts > 0)",
                 (label_id,),
@@ -481,22 +500,29 @@ class Ledger:
                 "WHERE label_id = ? AND kind = 'write_back' AND state = 'pending'",
                 (now_text(), label_id),
             )
-            corrected = bool(started[0])
             write_back = current[1]
+            corrected = bool(running[0]) or current[2] > 0 or write_back in ("done", "failed")
             if corrected:
                 await self._enqueue(label_id, "void_correction")
-            elif write_back in ("pending", "failed"):
+            elif write_back == "pending":
                 write_back = "cancelled"
             stamp = now_text()
-            await db.execute(
-                "UPDATE purchases SET status = 'voided', voided_at = ?, updated_at = ?, "
-                "fulfilment_key = NULL, write_back_state = ? WHERE label_id = ?",
-                (stamp, stamp, write_back, label_id),
-            )
-            await db.execute(
-                "UPDATE packages SET state = 'voided' WHERE label_id = ? AND state = 'bought'",
-                (label_id,),
-            )
+            if partly is not None:
+                await db.execute(
+                    "UPDATE purchases SET status = 'attention', detail = ?, updated_at = ?, "
+                    "write_back_state = ? WHERE label_id = ?",
+                    (partly, stamp, write_back, label_id),
+                )
+            else:
+                await db.execute(
+                    "UPDATE purchases SET status = 'voided', voided_at = ?, updated_at = ?, "
+                    "fulfilment_key = NULL, write_back_state = ? WHERE label_id = ?",
+                    (stamp, stamp, write_back, label_id),
+                )
+                await db.execute(
+                    "UPDATE packages SET state = 'voided' WHERE label_id = ? AND state = 'bought'",
+                    (label_id,),
+                )
             row = await self._one("SELECT * FROM purchases WHERE label_id = ?", (label_id,))
         return PurchaseRow(*row), corrected
 

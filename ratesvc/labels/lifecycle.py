@@ -13,6 +13,7 @@
                     attention ◀────┴──────────────────┘
                         │
        any of purchased, completed, write_back_failed, attention ──▶ voided (terminal)
+       completed ──▶ attention (a void the carrier refused for some of the boxes)
 
 * ``purchasing``: recorded before anything is bought; packages are bought (or their unknown
   outcome reconciled) one by one. A label whose packages' outcome is unknown stays here, however
@@ -76,7 +77,7 @@ TRANSITIONS: dict[LabelStatus, frozenset[LabelStatus]] = {
     S.PURCHASING: frozenset({S.PURCHASING, S.PURCHASED, S.COMPLETED, S.ATTENTION, S.FAILED}),
     S.PURCHASED: frozenset({S.COMPLETED, S.WRITE_BACK_FAILED, S.ATTENTION, S.VOIDED}),
     S.WRITE_BACK_FAILED: frozenset({S.WRITE_BACK_FAILED, S.COMPLETED, S.ATTENTION, S.VOIDED}),
-    S.COMPLETED: frozenset({S.VOIDED}),
+    S.COMPLETED: frozenset({S.VOIDED, S.ATTENTION}),
     S.ATTENTION: frozenset({S.ATTENTION, S.PURCHASED, S.COMPLETED, S.FAILED, S.VOIDED}),
     S.VOIDED: frozenset(),
     S.FAILED: frozenset(),

@@ -92,6 +92,9 @@ class PurchaseUnit:
         row = await self._ledger.purchase(self._label_id)
         if row is None or row.status not in (S.PURCHASING, S.ATTENTION):
             return
+        packages = await self._ledger.packages(self._label_id)
+        if row.status == S.ATTENTION and not any(p.state == P.UNKNOWN for p in packages):
+            return  # only an unknown outcome is still this unit's business
         try:
             plan = msgspec.json.decode(row.plan, type=LabelPlan)
         except msgspec.DecodeError as exc:  # recorded by an older version that did not check
@@ -103,7 +106,7 @@ class PurchaseUnit:
         self._asked_for_a_person = row.status == S.ATTENTION
         self._started = asyncio.get_running_loop().time()
         try:
-            for recorded in await self._ledger.packages(self._label_id):
+            for recorded in packages:
                 package = recorded
                 while package.state != P.BOUGHT:
                     package = await self._advance(plan, package)

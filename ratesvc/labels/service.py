@@ -49,7 +49,8 @@ from ratesvc.labels.lifecycle import SETTLED, VOIDABLE, LabelStatus, PackageStat
 from ratesvc.labels.models import Label, LabelsRequest
 from ratesvc.labels.plan import fulfilment_key, make_plan, stored_quote
 from ratesvc.labels.purchase import LabelTiming, PurchaseUnit
-from ratesvc.labels.views import label_view
+from ratesvc.labels.views import label_view, plan_of
+from ratesvc.labels.void import void_package
 from ratesvc.ledger import IdempotencyConflict, IllegalTransition, Ledger, PurchaseRow, now_text
 from ratesvc.quotes import QuoteStore
 
@@ -81,7 +82,7 @@ class Labels:
         self._retention = dt.timedelta(days=retention_days)
         self._units: dict[str, tuple[asyncio.Task[None], PurchaseUnit]] = {}
         self._together: dict[tuple[str, str, str], asyncio.Task[tuple[str, bool]]] = {}
-        self._void_locks: dict[str, asyncio.Lock] = {}
+        self._void_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
 
     # --- buying --------------------------------------------------------------------------------
@@ -169,6 +170,10 @@ class Labels:
             if existing is not None:
                 await self._refuse_unless_replay(existing, idem_key, request_hash)
                 return existing.label_id
+        if idem_key is None:  # the same body as a keyless request whose label is still live
+            same = await self._ledger.live_purchase_by_request(account, request_hash)
+            if same is not None:
+                return same.label_id
         claim = self._claimed_fulfilment(services, request)
         if claim is None:
             return None
@@ -238,6 +243,13 @@ class Labels:
         return bool(voided)
 
     async def _wait(self, label_id: str, services: AccountServices) -> None:
+        """Wait (at most ``wait_s``) for a label still being bought; a unit is started only
+        for a ``purchasing`` label no unit in this process is driving."""
+        running = self._units.get(label_id)
+        if running is None or running[0].done():
+            row = await self._ledger.purchase(label_id)
+            if row is None or row.status != S.PURCHASING:
+                return
         unit = self._unit(label_id, services)
         try:
             async with asyncio.timeout(self._timing.wait_s):
@@ -356,12 +368,14 @@ class Labels:
         """Void every bought package at ShipStation, then, in one transaction: the label
         ``voided``, its fulfilment released, a write-back that never started cancelled and one
         that did corrected (see :meth:`Ledger.void`). One void at a time per label."""
-        lock = self._void_locks.setdefault(label_id, asyncio.Lock())
+        lock, users = self._void_locks.setdefault(label_id, (asyncio.Lock(), [0]))
+        users[0] += 1  # holding or waiting: the lock is forgotten only when nobody is
         try:
             async with lock:
                 await self._void(services, label_id)
         finally:
-            if not lock.locked() and self._void_locks.get(label_id) is lock:
+            users[0] -= 1
+            if users[0] == 0:
                 del self._void_locks[label_id]
         return await self.view(label_id, services.account.name)
 
@@ -382,18 +396,30 @@ class Labels:
             raise VoidRejected(f"label {label_id} is still being bought; try again shortly")
         if row.status in SETTLED:
             raise VoidRejected(f"label {label_id} bought nothing ({row.status}): nothing to void")
+        plan = plan_of(row)
         deadline = asyncio.get_running_loop().time() + services.account.request_deadline_s
+        refused: list[str] = []
         for package in packages:
             if package.state != PackageState.BOUGHT or package.shipment_id is None:
                 continue
-            result = await services.shipstation.void_label(package.shipment_id, deadline=deadline)
-            if not result.approved:
-                raise VoidRejected(result.message or "the carrier refused the void")
+            refusal = await void_package(services, plan, package, deadline)
+            if refusal is not None:
+                refused.append(f"box {package.n}: {refusal}")
+                continue
             await self._ledger.move_package(
                 label_id, package.n, PackageState.VOIDED, {PackageState.BOUGHT}
             )
+        voided_now = [p for p in await self._ledger.packages(label_id) if p.state == "voided"]
+        if refused and not voided_now:
+            raise VoidRejected("; ".join(refused), label_id=label_id)
+        partly = None
+        if refused:
+            partly = (
+                f"voided box(es) {', '.join(str(p.n) for p in voided_now)}, but the carrier "
+                f"refused {'; '.join(refused)}: void again, or settle the rest at the carrier"
+            )
         try:
-            _, corrected = await self._ledger.void(label_id, VOIDABLE)
+            _, corrected = await self._ledger.void(label_id, VOIDABLE, partly=partly)
         except IllegalTransition as exc:
             log.error("refused: %s", exc)
             raise VoidRejected(
@@ -401,6 +427,8 @@ class Labels:
             ) from None
         if corrected:
             self._on_queued()
+        if partly is not None:
+            raise VoidRejected(partly, label_id=label_id)
 
     async def hold_for_voided_sale(self, account: str, sale_id: str, detail: str) -> list[str]:
         """The sale was voided in Cin7 Core: its labels bought but not yet written back go to

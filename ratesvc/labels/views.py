@@ -19,12 +19,17 @@ log = logging.getLogger(__name__)
 _PLAN = msgspec.json.Decoder(LabelPlan)
 
 
-def label_view(row: PurchaseRow, packages: list[PackageRow]) -> Label:
+def plan_of(row: PurchaseRow) -> LabelPlan | None:
+    """The recorded plan, or None (logged) when it cannot be read back."""
     try:
-        plan: LabelPlan | None = _PLAN.decode(row.plan)
+        return _PLAN.decode(row.plan)
     except msgspec.DecodeError as exc:
         log.error("label %s: its recorded plan cannot be read (%s)", row.label_id, exc)
-        plan = None
+        return None
+
+
+def label_view(row: PurchaseRow, packages: list[PackageRow]) -> Label:
+    plan = plan_of(row)
     carrier = plan.carrier_code if plan else ""
     codes = set(plan.package_codes) if plan else set()
     total = sum((_money(p.cost) for p in packages), Decimal(0))

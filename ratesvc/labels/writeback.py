@@ -36,7 +36,7 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import RatesvcError, UpstreamFailure
-from ratesvc.labels.lifecycle import JobKind, LabelStatus, sources
+from ratesvc.labels.lifecycle import JobKind, LabelStatus, PackageState, sources
 from ratesvc.labels.models import LabelPlan
 from ratesvc.ledger import IllegalTransition, JobResult, Ledger, OutboxRow, PackageRow
 from ratesvc.sales import SHIPPED_STATES
@@ -63,6 +63,20 @@ SALE_VOIDED = (
 _STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 _WRITABLE = frozenset({LabelStatus.PURCHASED, LabelStatus.WRITE_BACK_FAILED})
 """A write-back job may only run, and settle, for a label in one of these statuses."""
+
+
+def _line(plan: LabelPlan, package: PackageRow, *, live: bool) -> wire.ShipLineWrite:
+    """The Ship line of one box: its tracking when ``live``, cleared otherwise."""
+    return wire.ShipLineWrite(
+        ShipmentDate=f"{plan.ship_date.isoformat()}T00:00:00",
+        Carrier=carrier_name(plan.carrier_code),
+        Box=package.box or f"Box {package.n}",
+        TrackingNumber=(package.tracking_number or "") if live else "",
+        TrackingURL=(tracking_url(plan.carrier_code, package.tracking_number) or "")
+        if live
+        else "",
+        IsShipped=live,
+    )
 
 
 def pdf_name(tracking_number: str | None, n: int) -> str:
@@ -234,18 +248,10 @@ class WriteBackWorker:
         fulfilment = sale.fulfilment(plan.task_id)
         if fulfilment is None:
             raise NeedsAPerson(f"sale {plan.sale_id} no longer has fulfilment {plan.task_id}")
+        packages = [p for p in packages if p.state == PackageState.BOUGHT]  # never a voided one
         ours = {p.tracking_number for p in packages if p.tracking_number}
         present = {line.tracking_number for line in fulfilment.ship_lines if line.tracking_number}
-        lines = [
-            wire.ShipLineWrite(
-                ShipmentDate=f"{plan.ship_date.isoformat()}T00:00:00",
-                Carrier=carrier_name(plan.carrier_code),
-                Box=p.box or f"Box {p.n}", TrackingNumber=p.tracking_number or "",
-                TrackingURL=tracking_url(plan.carrier_code, p.tracking_number) or "",
-                IsShipped=True,
-            )
-            for p in packages
-        ]  # fmt: skip
+        lines = [_line(plan, p, live=True) for p in packages]
         if not ours <= present:
             if fulfilment.ship_status in SHIPPED_STATES:
                 if present:
@@ -298,25 +304,19 @@ class WriteBackWorker:
     async def _correct(
         self, services: AccountServices, plan: LabelPlan, packages: list[PackageRow]
     ) -> None:
-        """Clear the voided tracking numbers from the Ship, if any of them are there."""
+        """Clear the voided boxes' tracking numbers from the Ship, if any of them are there (a
+        box the carrier would not void keeps its line)."""
         assert services.cin7 is not None
         assert plan.sale_id is not None
         assert plan.task_id is not None
         deadline = asyncio.get_running_loop().time() + 60
         sale = await services.cin7.get_sale(plan.sale_id, deadline=deadline)
         fulfilment = sale.fulfilment(plan.task_id)
-        ours = {p.tracking_number for p in packages if p.tracking_number}
-        if fulfilment is None or not ours & {
+        dead = {p.tracking_number for p in packages if p.tracking_number and p.state == "voided"}
+        if fulfilment is None or not dead & {
             line.tracking_number for line in fulfilment.ship_lines if line.tracking_number
         }:
             return
-        lines = [
-            wire.ShipLineWrite(
-                ShipmentDate=f"{plan.ship_date.isoformat()}T00:00:00",
-                Carrier=carrier_name(plan.carrier_code),
-                Box=p.box or f"Box {p.n}", TrackingNumber="", TrackingURL="", IsShipped=False,
-            )
-            for p in packages
-        ]  # fmt: skip
+        lines = [_line(plan, p, live=p.state == PackageState.BOUGHT) for p in packages]
         await services.cin7.ship(plan.task_id, lines, authorise=True, add_tracking=True,
                                  deadline=deadline)  # fmt: skip

@@ -36,7 +36,9 @@ from ratesvc.upstreams.shipstation import mapping, wire
 T = TypeVar("T")
 
 
-def _decode(body: bytes, kind: type[T], endpoint: str) -> T:
+def _decode(body: bytes, kind: type[T], endpoint: str, *, maybe_processed: bool = False) -> T:
+    """``maybe_processed``: the call changes something (a label bought, voided), so an answer
+    that cannot be read leaves its outcome unknown, not refused."""
     try:
         return decoder_for(kind).decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -44,6 +46,7 @@ def _decode(body: bytes, kind: type[T], endpoint: str) -> T:
             f"ShipStation sent an answer to {endpoint} that cannot be read: {exc}",
             upstream="shipstation",
             endpoint=endpoint,
+            maybe_processed=maybe_processed,
         ) from exc
 
 
@@ -124,7 +127,8 @@ class ShipStationClient:
             "POST", "/shipments/createlabel", endpoint="createlabel", priority=Priority.URGENT,
             deadline=deadline, retry=Retry.NEVER, json_body=body,
         )  # fmt: skip
-        return mapping.shipment_from_wire(_decode(answer.body, wire.Shipment, "createlabel"))
+        shipment = _decode(answer.body, wire.Shipment, "createlabel", maybe_processed=True)
+        return mapping.shipment_from_wire(shipment)
 
     async def void_label(self, shipment_id: int, *, deadline: float | None) -> VoidResult:
         body = wire.encoder.encode(wire.VoidRequest(shipmentId=shipment_id))
@@ -132,7 +136,8 @@ class ShipStationClient:
             "POST", "/shipments/voidlabel", endpoint="voidlabel", priority=Priority.URGENT,
             deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=body,
         )  # fmt: skip
-        return mapping.void_from_wire(_decode(answer.body, wire.VoidResponse, "voidlabel"))
+        answer_ = _decode(answer.body, wire.VoidResponse, "voidlabel", maybe_processed=True)
+        return mapping.void_from_wire(answer_)
 
     async def list_shipments(
         self,

@@ -95,7 +95,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_sale ON events(account, sale_id);
     """,
     # 3: a sale label claims its fulfilment as well as the client's key; purchase attempts are
-    # durable; a package "buying" when the process stopped has an unknown outcome
+    # durable; a package "buying" when the process stopped, or tried and left "pending" on a
+    # live label (the old time-out on a last attempt), has an unknown outcome
     """
     ALTER TABLE purchases ADD COLUMN fulfilment_key TEXT;
     UPDATE purchases SET fulfilment_key = 'sale:' || lower(sale_id) || ':' || lower(task_id)
@@ -110,8 +111,11 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX purchases_fulfilment ON purchases(account, fulfilment_key)
         WHERE fulfilment_key IS NOT NULL;
     ALTER TABLE packages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-    UPDATE packages SET state = 'unknown' WHERE state = 'buying';
+    UPDATE packages SET state = 'unknown' WHERE state = 'buying'
+        OR (state = 'pending' AND attempt_at IS NOT NULL AND label_id IN
+            (SELECT label_id FROM purchases WHERE status NOT IN ('failed', 'voided')));
     CREATE INDEX outbox_label ON outbox(label_id);
+    CREATE INDEX outbox_open ON outbox(state, id);
     CREATE INDEX purchases_status ON purchases(status);
     CREATE INDEX purchases_request ON purchases(account, request_hash);
     """,
@@ -526,6 +530,15 @@ class Ledger:
             row = await self._one("SELECT * FROM purchases WHERE label_id = ?", (label_id,))
         return PurchaseRow(*row), corrected
 
+    async def half_voided(self) -> list[str]:
+        """Live labels that are not ``attention`` but have a voided package."""
+        rows = await self._fetch(
+            "SELECT DISTINCT label_id FROM packages WHERE state = 'voided' AND label_id IN "
+            "(SELECT label_id FROM purchases "
+            "WHERE status IN ('purchased', 'completed', 'write_back_failed'))"
+        )
+        return [str(row[0]) for row in rows]
+
     async def set_detail(self, label_id: str, detail: str | None, **fields: Any) -> None:
         """Annotate a purchase without changing its status (``detail``, write-back counters)."""
         columns = {"detail": detail, "updated_at": now_text(), **fields}
@@ -611,26 +624,23 @@ class Ledger:
         each is marked ``running`` (a later job of a sale waits for the earlier ones)."""
         now = now_text()
         async with self._transaction() as db:
+            # the head (oldest open job) of every sale's queue; only a due, pending head is taken
             async with db.execute(
                 "SELECT o.id, o.label_id, o.kind, o.state, o.attempts, o.next_at, o.last_error, "
                 "p.account, p.sale_id FROM outbox o JOIN purchases p ON p.label_id = o.label_id "
-                "WHERE o.state IN ('pending', 'running') ORDER BY o.id LIMIT 5000"
+                "WHERE o.id IN (SELECT MIN(q.id) FROM outbox q JOIN purchases r "
+                "ON r.label_id = q.label_id WHERE q.state IN ('pending', 'running') "
+                "GROUP BY r.account, COALESCE(r.sale_id, r.label_id)) "
+                "AND o.state = 'pending' AND o.next_at <= ? ORDER BY o.next_at, o.id LIMIT ?",
+                (now, limit),
             ) as cursor:
-                rows = [OutboxRow(*row) for row in await cursor.fetchall()]
-            seen: set[tuple[str, str]] = set()
-            claimed: list[OutboxRow] = []
-            for job in rows:
-                sale = (job.account, job.sale_id or job.label_id)
-                if sale in seen:
-                    continue
-                seen.add(sale)
-                if job.state == "pending" and job.next_at <= now and len(claimed) < limit:
-                    await db.execute(
-                        "UPDATE outbox SET state = 'running', updated_at = ? WHERE id = ?",
-                        (now, job.id),
-                    )
-                    claimed.append(dataclasses.replace(job, state="running"))
-        return claimed
+                claimed = [OutboxRow(*row) for row in await cursor.fetchall()]
+            for job in claimed:
+                await db.execute(
+                    "UPDATE outbox SET state = 'running', updated_at = ? WHERE id = ?",
+                    (now, job.id),
+                )
+        return [dataclasses.replace(job, state="running") for job in claimed]
 
     async def release_running_jobs(self) -> int:
         """At start-up: jobs a previous process was running are due again (each step of a job
@@ -652,15 +662,19 @@ class Ledger:
         return [OutboxRow(*row) for row in rows]
 
     async def purchases_for_sales(self, account: str, sale_ids: Sequence[str]) -> list[PurchaseRow]:
-        """Every purchase of these sales (one query per chunk, for the poller)."""
-        found: list[PurchaseRow] = []
+        """Every purchase of these sales (for the poller)."""
+        return [PurchaseRow(*row) for row in await self._of_sales("purchases", account, sale_ids)]
+
+    async def _of_sales(self, table: str, account: str, sale_ids: Sequence[str]) -> list[Any]:
+        """The account's rows of ``table`` (a name from this module) for these sales: one query
+        per chunk of ids, so no ``IN`` list exceeds SQLite's limit on parameters."""
+        found: list[Any] = []
         for part in chunks(sale_ids):
-            rows = await self._fetch(
-                f"SELECT * FROM purchases WHERE account = ? AND sale_id IN "
+            found += await self._fetch(
+                f"SELECT * FROM {table} WHERE account = ? AND sale_id IN "
                 f"({','.join('?' * len(part))})",
                 (account, *part),
             )
-            found.extend(PurchaseRow(*row) for row in rows)
         return found
 
     # --- retention ---------------------------------------------------------------------------
@@ -757,15 +771,7 @@ class Ledger:
         return [EventRow(*row) for row in rows]
 
     async def events_for_sales(self, account: str, sale_ids: Sequence[str]) -> list[EventRow]:
-        found: list[EventRow] = []
-        for part in chunks(sale_ids):
-            rows = await self._fetch(
-                f"SELECT * FROM events WHERE account = ? AND sale_id IN "
-                f"({','.join('?' * len(part))})",
-                (account, *part),
-            )
-            found.extend(EventRow(*row) for row in rows)
-        return found
+        return [EventRow(*row) for row in await self._of_sales("events", account, sale_ids)]
 
     async def requeue_event(
         self, event_id: str, *, statuses: Sequence[str], reason: str | None

@@ -2,7 +2,9 @@
 
 * :mod:`.lifecycle` — the states and allowed transitions, as data (start here);
 * :mod:`.plan` — a request becomes exactly what will be bought (checked before recording);
-* :mod:`.service` — :class:`Labels`: replay and claims, buy, void, read, retention;
+* :mod:`.service` — :class:`Labels`: replay and claims, buy, read, and the entry to void;
+* :mod:`.void` — voiding at ShipStation (lost answers settled from its record);
+* :mod:`.retention` — forgetting what finished long ago;
 * :mod:`.purchase` — the unit that buys one recorded label, package by package;
 * :mod:`.reconcile` — finding a purchase whose answer was lost in ShipStation's list;
 * :mod:`.writeback` — the outbox worker writing tracking and PDFs back to the sale;

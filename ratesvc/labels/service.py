@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import logging
 import secrets
@@ -39,18 +38,17 @@ import msgspec
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import (
     AlreadyLabelled,
-    AlreadyVoided,
     IdempotencyKeyReused,
     NotFound,
     Reconciling,
-    VoidRejected,
 )
-from ratesvc.labels.lifecycle import SETTLED, VOIDABLE, LabelStatus, PackageState
+from ratesvc.labels.lifecycle import LabelStatus, PackageState
 from ratesvc.labels.models import Label, LabelsRequest
 from ratesvc.labels.plan import fulfilment_key, make_plan, stored_quote
 from ratesvc.labels.purchase import LabelTiming, PurchaseUnit
-from ratesvc.labels.views import label_view, plan_of
-from ratesvc.labels.void import void_package
+from ratesvc.labels.retention import Retention
+from ratesvc.labels.views import label_view
+from ratesvc.labels.void import settle_interrupted_voids, void_label
 from ratesvc.ledger import IdempotencyConflict, IllegalTransition, Ledger, PurchaseRow, now_text
 from ratesvc.quotes import QuoteStore
 
@@ -79,7 +77,7 @@ class Labels:
         self._quotes = quotes
         self._accounts = accounts
         self._timing = timing
-        self._retention = dt.timedelta(days=retention_days)
+        self.retention = Retention(ledger, retention_days)
         self._units: dict[str, tuple[asyncio.Task[None], PurchaseUnit]] = {}
         self._together: dict[tuple[str, str, str], asyncio.Task[tuple[str, bool]]] = {}
         self._void_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -286,12 +284,13 @@ class Labels:
     async def start(self) -> int:
         """Resume every purchase a previous process left unsettled (buying, or with an unknown
         outcome), and start forgetting what is older than the retention period."""
+        await settle_interrupted_voids(self._ledger, self._on_queued)
         rows = await self._ledger.unfinished_purchases()
         for row in rows:
             services = self._accounts.get(row.account)
             if services is not None:
                 self._unit(row.label_id, services)
-        self._housekeeping = asyncio.create_task(self._keep_house())
+        self._housekeeping = asyncio.create_task(self.retention.run())
         return len(rows)
 
     async def close(self, grace_s: float = 30.0) -> None:
@@ -309,26 +308,6 @@ class Labels:
         for task in units:
             task.cancel()
         await asyncio.gather(*units, return_exceptions=True)
-
-    async def _keep_house(self) -> None:
-        while True:
-            try:
-                await self.purge()
-            except Exception:
-                log.exception("retention: purging old records failed; trying again later")
-            await asyncio.sleep(HOUSEKEEPING_S)
-
-    async def purge(self) -> tuple[int, int, int]:
-        """Forget finished events, outbox jobs and label PDFs older than the retention period:
-        (events, jobs, PDF files) removed. A label's row itself is kept (it is the proof of
-        what was bought)."""
-        before = dt.datetime.now(dt.UTC) - self._retention
-        events, jobs, paths = await self._ledger.purge(before)
-        removed = await asyncio.to_thread(_unlink_all, paths)
-        if events or jobs or removed:
-            log.info("retention: forgot %d events, %d outbox jobs, %d label PDFs", events, jobs,
-                     removed)  # fmt: skip
-        return events, jobs, removed
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -365,70 +344,17 @@ class Labels:
     # --- voiding -------------------------------------------------------------------------------
 
     async def void(self, services: AccountServices, label_id: str) -> Label:
-        """Void every bought package at ShipStation, then, in one transaction: the label
-        ``voided``, its fulfilment released, a write-back that never started cancelled and one
-        that did corrected (see :meth:`Ledger.void`). One void at a time per label."""
+        """Void the label (see :func:`.void.void_label`), one void at a time per label."""
         lock, users = self._void_locks.setdefault(label_id, (asyncio.Lock(), [0]))
         users[0] += 1  # holding or waiting: the lock is forgotten only when nobody is
         try:
             async with lock:
-                await self._void(services, label_id)
+                await void_label(self._ledger, services, label_id, self._on_queued)
         finally:
             users[0] -= 1
             if users[0] == 0:
                 del self._void_locks[label_id]
         return await self.view(label_id, services.account.name)
-
-    async def _void(self, services: AccountServices, label_id: str) -> None:
-        row = await self._ledger.purchase(label_id)
-        if row is None or row.account != services.account.name:
-            raise NotFound(f"no label {label_id}")
-        if row.status == S.VOIDED:
-            raise AlreadyVoided(f"label {label_id} was voided at {row.voided_at}")
-        packages = await self._ledger.packages(label_id)
-        if any(p.state == PackageState.UNKNOWN for p in packages):
-            raise Reconciling(
-                f"label {label_id}: whether ShipStation bought some of its packages is still "
-                "being checked; void it once that is settled",
-                label_id=label_id,
-            )
-        if row.status == S.PURCHASING:
-            raise VoidRejected(f"label {label_id} is still being bought; try again shortly")
-        if row.status in SETTLED:
-            raise VoidRejected(f"label {label_id} bought nothing ({row.status}): nothing to void")
-        plan = plan_of(row)
-        deadline = asyncio.get_running_loop().time() + services.account.request_deadline_s
-        refused: list[str] = []
-        for package in packages:
-            if package.state != PackageState.BOUGHT or package.shipment_id is None:
-                continue
-            refusal = await void_package(services, plan, package, deadline)
-            if refusal is not None:
-                refused.append(f"box {package.n}: {refusal}")
-                continue
-            await self._ledger.move_package(
-                label_id, package.n, PackageState.VOIDED, {PackageState.BOUGHT}
-            )
-        voided_now = [p for p in await self._ledger.packages(label_id) if p.state == "voided"]
-        if refused and not voided_now:
-            raise VoidRejected("; ".join(refused), label_id=label_id)
-        partly = None
-        if refused:
-            partly = (
-                f"voided box(es) {', '.join(str(p.n) for p in voided_now)}, but the carrier "
-                f"refused {'; '.join(refused)}: void again, or settle the rest at the carrier"
-            )
-        try:
-            _, corrected = await self._ledger.void(label_id, VOIDABLE, partly=partly)
-        except IllegalTransition as exc:
-            log.error("refused: %s", exc)
-            raise VoidRejected(
-                f"label {label_id} changed while it was being voided ({exc.current}); try again"
-            ) from None
-        if corrected:
-            self._on_queued()
-        if partly is not None:
-            raise VoidRejected(partly, label_id=label_id)
 
     async def hold_for_voided_sale(self, account: str, sale_id: str, detail: str) -> list[str]:
         """The sale was voided in Cin7 Core: its labels bought but not yet written back go to
@@ -448,14 +374,3 @@ class Labels:
                 continue
             held.append(row.label_id)
         return held
-
-
-def _unlink_all(paths: list[str]) -> int:
-    removed = 0
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            Path(path).unlink()
-            removed += 1
-        with contextlib.suppress(OSError):
-            Path(path).parent.rmdir()  # the label's folder, once empty
-    return removed

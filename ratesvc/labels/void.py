@@ -1,4 +1,4 @@
-"""Voiding one package at ShipStation, and finding out when the answer does not say.
+"""Voiding a label at ShipStation, and finding out when the answer does not say.
 
 A void whose answer was lost (a time-out, a 5xx, an unreadable body) may have happened; a void
 ShipStation refuses may be of a label voided earlier (by a void whose answer was lost). Either
@@ -7,15 +7,115 @@ way ShipStation's own shipment record says: voided there is voided here.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
+from collections.abc import Callable
 
 from ratesvc.accounts import AccountServices
-from ratesvc.errors import UpstreamFailure, UpstreamUnavailable
+from ratesvc.errors import (
+    AlreadyVoided,
+    NotFound,
+    Reconciling,
+    UpstreamFailure,
+    UpstreamUnavailable,
+    VoidRejected,
+)
+from ratesvc.labels.lifecycle import SETTLED, VOIDABLE, LabelStatus, PackageState
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
-from ratesvc.ledger import PackageRow
+from ratesvc.labels.views import plan_of
+from ratesvc.ledger import IllegalTransition, Ledger, PackageRow
+
+log = logging.getLogger(__name__)
+S = LabelStatus
 
 _STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+async def void_label(
+    ledger: Ledger, services: AccountServices, label_id: str, on_queued: Callable[[], None]
+) -> None:
+    """Void every bought package at ShipStation, then, in one transaction: the label
+    ``voided``, its fulfilment released, a write-back that never started cancelled and one that
+    did corrected (see :meth:`Ledger.void`). Boxes the carrier refuses send the label to
+    ``attention``."""
+    row = await ledger.purchase(label_id)
+    if row is None or row.account != services.account.name:
+        raise NotFound(f"no label {label_id}")
+    if row.status == S.VOIDED:
+        raise AlreadyVoided(f"label {label_id} was voided at {row.voided_at}")
+    packages = await ledger.packages(label_id)
+    if any(p.state == PackageState.UNKNOWN for p in packages):
+        raise Reconciling(
+            f"label {label_id}: whether ShipStation bought some of its packages is still "
+            "being checked; void it once that is settled",
+            label_id=label_id,
+        )
+    if row.status == S.PURCHASING:
+        raise VoidRejected(f"label {label_id} is still being bought; try again shortly")
+    if row.status in SETTLED:
+        raise VoidRejected(f"label {label_id} bought nothing ({row.status}): nothing to void")
+    plan = plan_of(row)
+    deadline = asyncio.get_running_loop().time() + services.account.request_deadline_s
+    refused: list[str] = []
+    failure: UpstreamFailure | None = None
+    for package in packages:
+        if package.state != PackageState.BOUGHT or package.shipment_id is None:
+            continue
+        try:
+            refusal = await void_package(services, plan, package, deadline)
+        except UpstreamFailure as exc:  # ShipStation down: what was voided is still recorded
+            failure = exc
+            refused.append(f"box {package.n}: {exc.detail}")
+            break
+        if refusal is not None:
+            refused.append(f"box {package.n}: {refusal}")
+            continue
+        await ledger.move_package(label_id, package.n, PackageState.VOIDED, {PackageState.BOUGHT})
+    voided_now = [p.n for p in await ledger.packages(label_id) if p.state == PackageState.VOIDED]
+    if refused and not voided_now:
+        if failure is not None:
+            raise failure
+        raise VoidRejected("; ".join(refused), label_id=label_id)
+    partly = None
+    if refused:
+        partly = (
+            f"voided box(es) {', '.join(map(str, voided_now))}, but not {'; '.join(refused)}: "
+            "void again, or settle the rest at the carrier"
+        )
+    await finish_void(ledger, label_id, on_queued, partly=partly)
+    if failure is not None:
+        raise failure
+    if partly is not None:
+        raise VoidRejected(partly, label_id=label_id)
+
+
+async def finish_void(
+    ledger: Ledger, label_id: str, on_queued: Callable[[], None], *, partly: str | None = None
+) -> None:
+    """Record the void (whole, or ``partly``: to ``attention``) with its correction."""
+    try:
+        _, corrected = await ledger.void(label_id, VOIDABLE, partly=partly)
+    except IllegalTransition as exc:
+        log.error("refused: %s", exc)
+        raise VoidRejected(
+            f"label {label_id} changed while it was being voided ({exc.current}); try again"
+        ) from None
+    if corrected:
+        on_queued()
+
+
+async def settle_interrupted_voids(ledger: Ledger, on_queued: Callable[[], None]) -> int:
+    """At start-up: a label with voided boxes that is still live was cut off mid-void (a crash
+    between two boxes): it goes to ``attention`` and its voided boxes' tracking is corrected."""
+    label_ids = await ledger.half_voided()
+    for label_id in label_ids:
+        await finish_void(
+            ledger, label_id, on_queued,
+            partly="a void was interrupted after some boxes were voided: void again",
+        )  # fmt: skip
+    return len(label_ids)
 
 
 async def void_package(

@@ -356,3 +356,26 @@ async def test_an_unreadable_recorded_purchase_goes_to_a_person_and_never_breaks
     assert listed[0]["label_id"] == label["label_id"]
     assert "cannot be read" in listed[0]["detail"]
     assert createlabel_calls(sandbox) == 1
+
+
+async def test_a_void_cut_off_by_a_crash_between_boxes_is_settled_at_start(
+    restartable: Service, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox, tmp_path: Path
+) -> None:
+    """The process died after recording box 1's void and before the label's: at start the label
+    goes to a person and box 1's dead tracking leaves the sale; box 2's stays."""
+    client = restartable.client
+    assert client is not None
+    body = {"sale_id": "sale-multibox", "carrier_code": "fedex", "service_code": "fedex_ground"}
+    label = await buy(client, body)
+    await until(lambda: _status_is(client, label["label_id"], "completed"))
+    first, second = label["packages"]
+    sandbox.shipments[first["shipment_id"]]["voided"] = True
+    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as db:
+        db.execute("UPDATE packages SET state = 'voided' WHERE n = 1")
+
+    client = await restartable.restart()
+    await until(lambda: _no_jobs_left(restartable, label["label_id"]))
+    shown = await label_of(client, label["label_id"])
+
+    assert shown["status"] == "attention" and "interrupted" in shown["detail"]
+    assert sale_tracking(cin7_sandbox, "sale-multibox") == {second["tracking_number"]}

@@ -38,7 +38,7 @@ async def test_old_finished_records_are_forgotten_and_labels_are_kept(
     data = tmp_path / "data"
     _age(data, 91)
 
-    events, jobs, pdfs = await client.app[keys.LABELS].purge()
+    events, jobs, pdfs = await client.app[keys.LABELS].retention.purge()
     gone = await client.get(f"/v1/labels/{done['label_id']}/packages/1/label.pdf", headers=AUTH)
     kept = await client.get(f"/v1/labels/{done['label_id']}", headers=AUTH)
 
@@ -61,9 +61,13 @@ async def test_what_is_younger_or_unfinished_is_kept(
     _age(tmp_path / "data", 89)
     fresh = await buy(client, {**EXPLICIT, "shipment": {**EXPLICIT["shipment"]}}, key="f")
 
-    assert await client.app[keys.LABELS].purge() == (0, 0, 0)
+    assert await client.app[keys.LABELS].retention.purge() == (0, 0, 0)
     _age(tmp_path / "data", 91)
-    assert await client.app[keys.LABELS].purge() == (0, 0, 1)  # only the finished one's PDF
+    assert await client.app[keys.LABELS].retention.purge() == (
+        0,
+        0,
+        1,
+    )  # only the finished one's PDF
     pdf = await client.get(f"/v1/labels/{stuck['label_id']}/packages/1/label.pdf", headers=AUTH)
     assert pdf.status == 200
     assert fresh["status"] == "completed"

@@ -185,7 +185,7 @@ async def test_a_void_after_retention_purged_the_write_back_job_still_clears_the
         for table in ("purchases", "outbox"):
             db.execute(f"UPDATE {table} SET updated_at = "
                        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days')")  # fmt: skip
-    await client.app[keys.LABELS].purge()
+    await client.app[keys.LABELS].retention.purge()
 
     voided = await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
     await asyncio.sleep(1.0)  # a correction, if one was queued, has had time to run

@@ -267,7 +267,7 @@ class _Reader:
             return default
         try:
             value = float(raw) if isinstance(raw, str | int | float) else float("nan")
-        except ValueError:
+        except (ValueError, OverflowError):
             value = float("nan")
         if not minimum <= value <= maximum:
             self.problems.append(f"{where}: must be a number from {minimum:g} to {maximum:g}")
@@ -326,7 +326,7 @@ class _Reader:
             return None
         try:
             zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory
             self.problems.append(
                 f"{where}: {name!r} is not an IANA time zone (e.g. America/Chicago)"
             )
@@ -502,7 +502,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             raise ConfigError(
                 [f"RATESVC_CONFIG: cannot read {config_path}: {exc.strerror}"]
             ) from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: a 4300+ digit int
             raise ConfigError([f"RATESVC_CONFIG: {config_path} is not valid TOML: {exc}"]) from exc
         file_service = document.get("service", {})
         file_accounts = document.get("accounts")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -41,6 +42,9 @@ V = TypeVar("V")
 MIB = 1 << 20
 ENTRY_BYTES = 400  # an entry's own cost: the map's node and slot, its key, the size kept with it
 _msgpack = msgspec.msgpack.Encoder()
+
+
+_INDEX = re.compile(r"0|[1-9a-f][0-9a-f]{0,7}")  # as quote_id() writes it
 
 
 def held_bytes(value: object, *, per_encoded_byte: float, extra: int = 0) -> int:
@@ -348,9 +352,11 @@ class QuoteStore:
         batch = self._batches.get(token)
         if not quote_id.startswith("qt_") or batch is None:
             return None
+        if not _INDEX.fullmatch(index):  # int() also takes "-1", " 0", "0_0", "٠"
+            return None
         try:
             line = batch.lines[int(index, 16)]
-        except (ValueError, IndexError):
+        except IndexError:
             return None
         return StoredQuote(
             quote_id=quote_id, account=batch.account, carrier_code=line.carrier_code,

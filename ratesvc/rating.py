@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
@@ -121,8 +122,15 @@ class _Memo:
     def put(self, key: object, made: _Made, answers: list[LegAnswer]) -> None:
         legs = sum(held_bytes(a.entry, per_encoded_byte=LEG_PER_ENCODED_BYTE) for a in answers)
         size = held_bytes((made.quotes, made.errors), per_encoded_byte=MADE_PER_ENCODED_BYTE,
-                          extra=made.lines_bytes + legs)  # fmt: skip
+                          extra=made.lines_bytes + legs + _key_bytes(key))  # fmt: skip
         self._items.put(key, (made, answers), size)
+
+
+def _key_bytes(key: object) -> int:
+    """What a memo key holds: it can be large (a request's list of up to 200 service codes)."""
+    if isinstance(key, tuple):
+        return sys.getsizeof(key) + sum(_key_bytes(part) for part in key)
+    return sys.getsizeof(key)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from typing import Annotated, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ratesvc.codec import decoder_for
 from ratesvc.errors import (
@@ -101,7 +103,19 @@ async def read_json(request: web.Request) -> bytes:
         raise MalformedJson(
             f"send a JSON body with Content-Type: application/json (got {content_type})"
         )
-    return await request.read()
+    return await read_body(request)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The raw body; 400 ``malformed_json`` when it is not what its ``Content-Encoding`` says
+    (aiohttp decodes gzip/deflate/br itself and fails while reading)."""
+    try:
+        return await request.read()
+    except (RequestPayloadError, HttpProcessingError) as exc:
+        raise MalformedJson(
+            f"the body cannot be read as sent (Content-Encoding "
+            f"{request.headers.get('Content-Encoding', 'none')}): {exc}"
+        ) from exc
 
 
 async def decode_body(request: web.Request, kind: type[T]) -> T:

@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from ratesvc import keys
+from ratesvc.api.problems import read_body
 from ratesvc.automation.credentials import credential_ok
 from ratesvc.automation.events import WebhookReceipt, parse_event
 from ratesvc.config import Secret, WebhookCredential
@@ -40,7 +41,7 @@ async def cin7_webhook(request: web.Request) -> web.Response:
                 "(RATESVC_CIN7_WEBHOOK_TOKEN, or the account's webhook table)", name[:100]
             )  # fmt: skip
         raise Unauthorized("the webhook credential is missing or wrong")
-    raw = await request.read()  # any Content-Type: Cin7 Core's sender is not ours to fix
+    raw = await read_body(request)  # any Content-Type: Cin7 Core's sender is not ours to fix
     event = parse_event(raw)
     row, created = await request.app[keys.AUTOMATION].receive(services.account, event, raw)
     receipt = WebhookReceipt(event_id=row.event_id, status=row.status, duplicate=not created)

@@ -184,6 +184,10 @@ class WriteBackWorker:
             else:
                 await self._write(services, plan, packages)
         except NeedsAPerson as exc:
+            if job.kind == JobKind.VOID_CORRECTION:  # a voided label stays voided
+                await self._ledger.settle_job(JobResult(job.id, "done", exc.detail))
+                await self._ledger.set_detail(job.label_id, exc.detail)
+                return
             await self._outcome(job, LabelStatus.ATTENTION, JobResult(job.id, "done", exc.detail),
                                 detail=exc.detail, write_back_state="failed",
                                 write_back_error=exc.detail)  # fmt: skip
@@ -305,7 +309,8 @@ class WriteBackWorker:
         self, services: AccountServices, plan: LabelPlan, packages: list[PackageRow]
     ) -> None:
         """Clear the voided boxes' tracking numbers from the Ship, if any of them are there (a
-        box the carrier would not void keeps its line)."""
+        box the carrier would not void keeps its line); once every box is voided, take the
+        label's shipping charge off the draft invoice too."""
         assert services.cin7 is not None
         assert plan.sale_id is not None
         assert plan.task_id is not None
@@ -313,10 +318,26 @@ class WriteBackWorker:
         sale = await services.cin7.get_sale(plan.sale_id, deadline=deadline)
         fulfilment = sale.fulfilment(plan.task_id)
         dead = {p.tracking_number for p in packages if p.tracking_number and p.state == "voided"}
-        if fulfilment is None or not dead & {
+        if fulfilment is not None and dead & {
             line.tracking_number for line in fulfilment.ship_lines if line.tracking_number
         }:
-            return
-        lines = [_line(plan, p, live=p.state == PackageState.BOUGHT) for p in packages]
-        await services.cin7.ship(plan.task_id, lines, authorise=True, add_tracking=True,
-                                 deadline=deadline)  # fmt: skip
+            lines = [_line(plan, p, live=p.state == PackageState.BOUGHT) for p in packages]
+            await services.cin7.ship(plan.task_id, lines, authorise=True, add_tracking=True,
+                                     deadline=deadline)  # fmt: skip
+        if services.account.invoice_shipping and all(p.state == "voided" for p in packages):
+            await self._uncharge(services.cin7, plan, packages[0].label_id, deadline)
+
+    @staticmethod
+    async def _uncharge(cin7: Cin7Client, plan: LabelPlan, label_id: str, deadline: float) -> None:
+        """Take the voided label's shipping charge off the sale's draft invoice, if it is there;
+        on an invoice no longer in draft it cannot be: a person credits it."""
+        assert plan.sale_id is not None
+        for invoice in await cin7.invoices(plan.sale_id, deadline=deadline):
+            if not any(c.Comment == label_id for c in invoice.fields.AdditionalCharges):
+                continue
+            if invoice.fields.Status != "DRAFT":
+                raise NeedsAPerson(
+                    f"voided, but its shipping charge is on invoice {invoice.fields.InvoiceNumber}"
+                    f" ({invoice.fields.Status}): credit it in Cin7 Core"
+                )
+            await cin7.remove_invoice_charge(invoice, label_id, deadline=deadline)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -168,7 +168,15 @@ class Cin7Client:
     ) -> None:
         """``POST /sale/invoice`` replaces the whole invoice: it goes back as it was read, fields
         ratesvc does not model included, with ``charge`` added to its additional charges."""
-        body = mapping.invoice_with_charge(invoice, charge)
+        await self._rewrite_invoice(mapping.invoice_with_charge(invoice, charge), deadline)
+
+    async def remove_invoice_charge(
+        self, invoice: wire.InvoiceDocument, comment: str, *, deadline: float | None
+    ) -> None:
+        """The invoice back whole, without the additional charges whose comment is ``comment``."""
+        await self._rewrite_invoice(mapping.invoice_without_charge(invoice, comment), deadline)
+
+    async def _rewrite_invoice(self, body: dict[str, Any], deadline: float | None) -> None:
         await self._http.call(
             "POST", "/sale/invoice", endpoint="invoice", priority=Priority.URGENT,
             deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(body),

@@ -141,6 +141,14 @@ def invoice_with_charge(
     return {**invoice.document, "AdditionalCharges": [*charges, added]}
 
 
+def invoice_without_charge(invoice: wire.InvoiceDocument, comment: str) -> dict[str, Any]:
+    """The invoice to send back: every field as it was read, the charges whose ``Comment`` is
+    ``comment`` removed."""
+    charges = invoice.document.get("AdditionalCharges") or []
+    kept = [c for c in charges if not (isinstance(c, dict) and c.get("Comment") == comment)]
+    return {**invoice.document, "AdditionalCharges": kept}
+
+
 def error_texts(body: bytes) -> list[str]:
     """Cin7 Core's errors come as an array, an object, or plain text: read whatever came."""
     try:

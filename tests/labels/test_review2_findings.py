@@ -1,6 +1,6 @@
-"""Findings of the second hostile review of issue 9's label lifecycle: each test is one
-interleaving that breaks the contract (API.md + issue 9) on the reviewed commit; each docstring
-says how. Written to fail on that commit."""
+"""Findings of the second hostile review of issue 9 (labels × automation), kept as regression
+tests: each interleaving broke the contract (API.md + issue 9) on the reviewed commit; each
+docstring says how."""
 
 from __future__ import annotations
 

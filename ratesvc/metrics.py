@@ -17,6 +17,9 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
     """Every metric the service exports; names are ``ratesvc_*``."""
 
@@ -121,6 +124,8 @@ class Metrics:
     def http_series(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
         """The request counter and latency histogram of one (route, method, status), cached:
         looking labels up costs more than counting."""
+        if method not in _METHODS:  # any token is a method to aiohttp: keep the labels bounded
+            method = "OTHER"
         key = (route, method, status)
         series = self._http_series.get(key)
         if series is None:

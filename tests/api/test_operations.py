@@ -80,6 +80,18 @@ async def test_metrics_count_requests_by_route_and_upstream_calls(service: TestC
     assert "ratesvc_limiter_wait_seconds_count" in text
 
 
+async def test_invented_methods_share_one_metrics_label(service: TestClient) -> None:
+    """aiohttp accepts every method its parser knows (WebDAV's included): each must not become a
+    new time series."""
+    for method in ("PROPFIND", "MKCOL", "LOCK"):
+        await service.request(method, "/v1/carriers", headers=AUTH)
+
+    text = await (await service.get("/metrics")).text()
+
+    assert 'method="OTHER",route="unmatched",status="405"} 3.0' in text
+    assert 'method="PROPFIND"' not in text
+
+
 async def test_request_ids_are_echoed_or_generated(service: TestClient) -> None:
     echoed = await service.get("/healthz", headers={"X-Request-Id": "abc-123"})
     replaced = await service.get("/healthz", headers={"X-Request-Id": "bad id\twith spaces"})

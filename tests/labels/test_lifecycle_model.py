@@ -766,10 +766,12 @@ class LabelLifecycle(RuleBasedStateMachine):
 
         self._step(switch())
 
-    @rule(faults=st.lists(st.sampled_from(FAULTS), min_size=1, max_size=6))
-    def createlabel_faults(self, faults: list[str]) -> None:
+    @rule(failures=st.integers(0, 5), then=st.sampled_from(FAULTS))
+    def createlabel_faults(self, failures: int, then: str) -> None:
+        """The next purchases: ``failures`` errors before buying, then ``then``."""
+
         async def script() -> None:
-            self.w.shipstation.knobs.createlabel_faults += faults
+            self.w.shipstation.knobs.createlabel_faults += ["error_before_buy"] * failures + [then]
 
         self._step(script())
 

@@ -183,6 +183,38 @@ async def test_a_replay_by_quote_after_the_quote_expired_is_the_same_label(
     assert len(sandbox.shipments) == 1
 
 
+# --- unknown outcomes are reconciled, whatever the attempt count ----------------------------------
+
+
+@pytest.mark.parametrize("last", ["lost_after_buy", "drop_after_buy"])
+async def test_a_label_bought_on_the_last_attempt_is_found_not_forgotten(
+    make_automated: MakeService, sandbox: ShipStationSandbox, last: str
+) -> None:
+    """ShipStation fails ``createlabel`` four times before buying (each is reconciled: not
+    there, bought again), then on the fifth attempt buys the label and the answer is lost (a 500,
+    or a dropped connection as a time-out sees it). The label went to ``attention`` with that
+    package ``unknown``/``pending`` and no shipment: a label ShipStation sold, forgotten (never
+    voided, free to be bought again). An unknown outcome stays unknown until reconciled against
+    ShipStation's shipment list, whatever the attempt count: the label ends up knowing the
+    shipment."""
+    client = await make_automated()
+    sandbox.knobs.createlabel_faults = ["error_before_buy"] * 4 + [last]
+
+    status, label = await post_label(client, {**SALE, "write_back": False})
+
+    assert status in (200, 201), label
+    (shipment,) = sandbox.shipments.values()
+
+    async def known() -> bool:
+        (package,) = (await label_of(client, label["label_id"]))["packages"]
+        return bool(package["shipment_id"] == shipment["shipmentId"])
+
+    await until(known)
+    (package,) = (await label_of(client, label["label_id"]))["packages"]
+    assert package["state"] == "bought"
+    assert package["tracking_number"] == shipment["trackingNumber"]
+
+
 # --- void and write-back ------------------------------------------------------------------------
 
 

@@ -341,6 +341,7 @@ class World:
     writes_down_total: float = 0.0
     crashing: bool = False
     notes: list[str] = field(default_factory=list)  # told to Hypothesis from the main thread
+    transcript: list[str] = field(default_factory=list)  # every step and answer of the example
 
 
 class LabelLifecycle(RuleBasedStateMachine):
@@ -355,15 +356,24 @@ class LabelLifecycle(RuleBasedStateMachine):
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loops.driver.run(coro, STEP_TIMEOUT_S)
 
-    def _step(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run one rule's coroutine, let the service settle, check the invariants."""
+    def _step(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run one rule's coroutine, let the service settle, check the invariants.
+
+        What happened is told to Hypothesis (``note``) and kept in a transcript that a failure
+        carries: a failure that does not replay while shrinking (Hypothesis says *Flaky* and
+        prints no example) still shows the steps and answers that led to it."""
         self.clean = False
         try:
             self._run(self._then_check(coro))
+        except BaseException as exc:
+            self.w.transcript += [*self.w.notes, f"state.{what}  <- failed here"]
+            exc.add_note("transcript of the example:\n  " + "\n  ".join(self.w.transcript))
+            raise
         finally:
             for line in self.w.notes:
                 note(line)
-            self.w.notes.clear()
+        self.w.transcript += [*self.w.notes, f"state.{what}"]
+        self.w.notes.clear()
         self.clean = True
 
     async def _then_check(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -750,21 +760,21 @@ class LabelLifecycle(RuleBasedStateMachine):
 
     @rule(action=actions)
     def step(self, action: Action) -> None:
-        self._step(self._act(action))
+        self._step(self._act(action), f"step(action={action!r})")
 
     @rule(first=actions, second=actions)
     def together(self, first: Action, second: Action) -> None:
         async def both() -> None:
             await asyncio.gather(self._act(first), self._act(second))
 
-        self._step(both())
+        self._step(both(), f"together(first={first!r}, second={second!r})")
 
     @rule(down=st.booleans())
     def cin7_writes(self, down: bool) -> None:
         async def switch() -> None:
             self._writes(down=down)
 
-        self._step(switch())
+        self._step(switch(), f"cin7_writes(down={down})")
 
     @rule(failures=st.integers(0, 5), then=st.sampled_from(FAULTS))
     def createlabel_faults(self, failures: int, then: str) -> None:
@@ -773,19 +783,22 @@ class LabelLifecycle(RuleBasedStateMachine):
         async def script() -> None:
             self.w.shipstation.knobs.createlabel_faults += ["error_before_buy"] * failures + [then]
 
-        self._step(script())
+        self._step(script(), f"createlabel_faults(failures={failures}, then={then!r})")
 
     @rule(abrupt=st.booleans())
     def restart(self, abrupt: bool) -> None:
-        self._step(self._restart(abrupt=abrupt))
+        self._step(self._restart(abrupt=abrupt), f"restart(abrupt={abrupt})")
 
     @rule(during=buys, abrupt=st.booleans())
     def restart_mid_purchase(self, during: Buy, abrupt: bool) -> None:
-        self._step(self._restart(abrupt=abrupt, during=during))
+        self._step(
+            self._restart(abrupt=abrupt, during=during),
+            f"restart_mid_purchase(during={during!r}, abrupt={abrupt})",
+        )
 
     @rule(seconds=st.sampled_from((0.05,) * 7 + (1.1,)))  # 1.1 s expires quotes; shrinks to 0.05
     def time_passes(self, seconds: float) -> None:
-        self._step(asyncio.sleep(seconds))
+        self._step(asyncio.sleep(seconds), f"time_passes(seconds={seconds})")
 
 
 def _purchase_key(shipment: dict[str, Any]) -> str | None:

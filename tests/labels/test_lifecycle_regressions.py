@@ -88,6 +88,25 @@ async def test_a_second_key_for_a_fulfilment_whose_write_back_fails_is_refused_n
     assert len(sandbox.shipments) == 1
 
 
+async def test_two_keys_for_one_fulfilment_at_the_same_time_buy_one_label(
+    make_automated: MakeService, sandbox: ShipStationSandbox
+) -> None:
+    """Two ``POST /v1/labels`` for the same sale arrive together, one with no key and one with
+    ``Idempotency-Key: a``: both read the sale (not shipped yet), both answered 201, and two
+    labels were bought for one fulfilment. One is bought (201); the other is 409
+    ``already_labelled`` naming it."""
+    client = await make_automated()
+
+    answers = await asyncio.gather(post_label(client, SALE), post_label(client, SALE, key="a"))
+
+    assert sorted(status for status, _ in answers) == [201, 409], answers
+    (bought,) = [label for status, label in answers if status == 201]
+    (refused,) = [problem for status, problem in answers if status == 409]
+    assert refused["code"] == "already_labelled"
+    assert refused["label_id"] == bought["label_id"]
+    assert len(sandbox.shipments) == 1
+
+
 async def test_a_person_cannot_label_again_what_automation_bought(
     make_automated: MakeService, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
 ) -> None:

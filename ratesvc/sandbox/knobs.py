@@ -3,6 +3,12 @@
 Knobs are settable at construction, through the Python API (plain attribute access on
 :class:`Knobs`) and at run time through ``PUT /__sandbox/knobs`` with a JSON body of the fields to
 change (``KnobsUpdate``). Counters are read with ``GET /__sandbox/calls``.
+
+``createlabel_faults`` scripts the next ``createlabel`` calls, one entry consumed per call (then
+calls behave normally again): ``ok``; ``error_before_buy`` (a 500 with an ``ExceptionMessage``,
+nothing bought); ``lost_after_buy`` (the label is bought, the answer is a 500: ShipStation's
+ambiguous failure); ``drop_after_buy`` (bought, the connection is closed without an answer, as a
+client time-out sees it); ``hang_after_buy`` (bought, the answer is held for ``hang_s``).
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import msgspec
+
+LabelFault = Literal["ok", "error_before_buy", "lost_after_buy", "drop_after_buy", "hang_after_buy"]
 
 
 class Latency(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -42,6 +51,7 @@ class KnobsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_limit: int | None = None
     window_s: float | None = None
     storm_s: float | None = None
+    createlabel_faults: list[LabelFault] | None = None  # replaces the script
 
 
 @dataclass
@@ -56,6 +66,7 @@ class Knobs:
     rate_limit: int = 40
     window_s: float = 60.0
     seed: int = 7
+    createlabel_faults: list[LabelFault] = field(default_factory=list)  # one consumed per call
 
     def latency_for(self, carrier: str | None) -> Latency:
         if carrier is not None and carrier in self.carrier_latency:

@@ -7,7 +7,9 @@ needs ``toState``; unknown codes → 500 with ``ExceptionMessage``), sells label
 PDFs with carrier-plausible tracking numbers, voids them and lists shipments for reconciliation.
 
 Use it in-process (``ShipStationSandbox().app`` with any aiohttp runner or test server) or
-standalone (``ratesvc sandbox``). Knobs and counters: see :mod:`ratesvc.sandbox.knobs`.
+standalone (``ratesvc sandbox``). Knobs and counters: see :mod:`ratesvc.sandbox.knobs`; its
+``createlabel_faults`` script the next purchases (an error before buying, or a label bought whose
+answer is lost: a 500, a dropped connection or a late answer), one fault per call.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ class ShipStationSandbox:
             self.window.reconfigure(limit=update.rate_limit, window_s=update.window_s)
         if update.storm_s is not None:
             self.storm(update.storm_s)
+        if update.createlabel_faults is not None:
+            k.createlabel_faults = list(update.createlabel_faults)
 
     def apply_window(self, *, limit: int | None = None, window_s: float | None = None) -> None:
         """Change the rate limit and/or the window length (a new window starts now)."""
@@ -334,9 +338,12 @@ class ShipStationSandbox:
         body = _object(await request.read())
         self.received.append((request.path, body))
         carrier = self._carrier(body.get("carrierCode"))
+        fault = self._label_fault()
         await self._behave("createlabel", carrier.code)
         if self.label_fault == "refuse":
             raise _model_state("shipTo.address", "The address could not be validated.")
+        if fault == "error_before_buy":
+            raise _exception("The carrier could not be reached. Please try again.")
         if "testLabel" in body and not isinstance(body["testLabel"], bool | None):
             raise _model_state(
                 "testlabel", f"The value '{body['testLabel']}' is not valid for Boolean."
@@ -382,16 +389,24 @@ class ShipStationSandbox:
             "labelData": None, "formData": None,
         }  # fmt: skip
         self.shipments[shipment_id] = record
-        if self.label_fault == "drop":
+        if fault == "lost_after_buy":
+            raise _exception("An error has occurred while saving the shipment.")
+        if fault == "drop_after_buy":
             assert request.transport is not None
             request.transport.close()
             return _json({"Message": "connection lost"}, 500)
-        if self.label_fault == "hang":
+        if fault == "hang_after_buy":
             assert self._closing is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self.knobs.hang_s)
         return _json({**record, "labelData": base64.b64encode(pdf).decode(), "shipTo": None,
                       "weight": None, "dimensions": None, "advancedOptions": None})  # fmt: skip
+
+    def _label_fault(self) -> str | None:
+        """The fault for this createlabel call: the next scripted one, else the sticky one."""
+        if self.knobs.createlabel_faults:
+            return self.knobs.createlabel_faults.pop(0)
+        return {"drop": "drop_after_buy", "hang": "hang_after_buy"}.get(self.label_fault or "")
 
     async def _voidlabel(self, request: web.Request) -> web.Response:
         body = _object(await request.read())
@@ -450,7 +465,8 @@ class ShipStationSandbox:
         return _json(
             {"latency": k.latency, "carrier_latency": k.carrier_latency,
              "error_rate": k.error_rate, "timeout_rate": k.timeout_rate, "hang_s": k.hang_s,
-             "rate_limit": self.window.limit, "window_s": self.window.window_s}
+             "rate_limit": self.window.limit, "window_s": self.window.window_s,
+             "createlabel_faults": k.createlabel_faults}
         )  # fmt: skip
 
     async def _put_knobs(self, request: web.Request) -> web.Response:

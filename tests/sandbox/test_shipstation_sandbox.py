@@ -9,6 +9,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import pypdf
 import pytest
 from aiohttp.test_utils import TestClient
@@ -314,6 +315,45 @@ async def test_a_storm_knob_answers_429_until_it_ends(
     assert response.headers["X-Rate-Limit-Remaining"] == "0"
     sandbox.storm(0)
     assert (await ss.get("/carriers", headers=AUTH)).status == 200
+
+
+async def test_scripted_createlabel_faults_are_consumed_one_per_call(
+    ss: TestClient, sandbox: ShipStationSandbox
+) -> None:
+    script = ["error_before_buy", "lost_after_buy", "hang_after_buy", "drop_after_buy", "ok"]
+    knobs = await (
+        await ss.put("/__sandbox/knobs", json={"createlabel_faults": script, "hang_s": 0.05})
+    ).json()
+    assert knobs["createlabel_faults"] == script
+
+    before = await ss.post("/shipments/createlabel", json=label_body("fedex"), headers=AUTH)
+    assert before.status == 500 and "ExceptionMessage" in await before.json()
+    assert not sandbox.shipments  # nothing bought
+
+    lost = await ss.post("/shipments/createlabel", json=label_body("fedex"), headers=AUTH)
+    assert lost.status == 500 and "ExceptionMessage" in await lost.json()
+    assert len(sandbox.shipments) == 1  # bought, the answer says otherwise
+
+    started = time.perf_counter()
+    late = await ss.post("/shipments/createlabel", json=label_body("fedex"), headers=AUTH)
+    assert late.status == 200 and time.perf_counter() - started >= 0.05
+    assert len(sandbox.shipments) == 2
+
+    with pytest.raises(aiohttp.ClientConnectionError):  # bought, no answer at all
+        await ss.post("/shipments/createlabel", json=label_body("fedex"), headers=AUTH)
+    assert len(sandbox.shipments) == 3
+
+    sandbox.knobs.createlabel_faults.append("lost_after_buy")  # the Python side of the knob
+    assert (
+        await ss.post("/shipments/createlabel", json=label_body("ups"), headers=AUTH)
+    ).status == 200
+    assert (
+        await ss.post("/shipments/createlabel", json=label_body("ups"), headers=AUTH)
+    ).status == 500
+    ok = await ss.post("/shipments/createlabel", json=label_body("ups"), headers=AUTH)
+    assert ok.status == 200  # the script is used up: normal again
+    assert len(sandbox.shipments) == 6
+    assert sandbox.knobs.createlabel_faults == []
 
 
 async def test_bad_knobs_are_refused(ss: TestClient) -> None:

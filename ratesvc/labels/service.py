@@ -223,6 +223,11 @@ class Labels:
         )
 
     async def _unknown_outcome(self, label_id: str) -> bool:
+        """A package's outcome is unknown and being reconciled — not merely a ``createlabel``
+        call of this process still waiting for its answer (that label is simply being bought)."""
+        running = self._units.get(label_id)
+        if running is not None and running[1].calling:
+            return False
         packages = await self._ledger.packages(label_id)
         return any(p.state == PackageState.UNKNOWN for p in packages)
 

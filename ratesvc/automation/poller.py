@@ -35,7 +35,7 @@ from ratesvc.accounts import AccountServices
 from ratesvc.automation.events import PACK_AUTHORISED, Cin7Event
 from ratesvc.automation.worker import Automation
 from ratesvc.errors import UpstreamFailure
-from ratesvc.labels.lifecycle import IN_FLIGHT
+from ratesvc.labels.lifecycle import IN_FLIGHT, LabelStatus
 from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, PurchaseRow
 from ratesvc.metrics import Metrics
 from ratesvc.upstreams.cin7 import wire
@@ -155,7 +155,8 @@ def _handled(item: wire.SaleListItem, events: list[EventRow], purchases: list[Pu
     if any(e.status in OPEN_EVENT_STATUSES for e in events):
         return True
     if any(
-        p.status in IN_FLIGHT or (p.status == "attention" and p.write_back_state != "done")
+        p.status in IN_FLIGHT
+        or (p.status == LabelStatus.ATTENTION and p.write_back_state != "done")
         for p in purchases
     ):
         return True

@@ -460,14 +460,14 @@ def _label_outcome(label: Label, *, bought: str) -> Outcome:
     label_id = label.label_id
     if label.status in BOUGHT:
         return Outcome("processed", bought, label_id, label.task_id)
-    if label.status == "purchasing":
+    if label.status == LabelStatus.PURCHASING:
         return Outcome(
             "waiting", f"label {label_id} is still being bought; it is checked again without "
             "buying", label_id,
         )  # fmt: skip
-    if label.status == "failed":
+    if label.status == LabelStatus.FAILED:
         raise _TryAgain(f"label {label_id}: purchase failed: {label.detail}")
-    if label.status == "attention":
+    if label.status == LabelStatus.ATTENTION:
         detail = label.detail or "it needs a person"
         return Outcome("attention", f"label {label_id}: {detail}", label_id)
     return Outcome("ignored", f"label {label_id} was voided; nothing more is bought for this event")

@@ -530,14 +530,23 @@ class Ledger:
             row = await self._one("SELECT * FROM purchases WHERE label_id = ?", (label_id,))
         return PurchaseRow(*row), corrected
 
-    async def half_voided(self) -> list[str]:
-        """Live labels that are not ``attention`` but have a voided package."""
+    async def half_voided(self) -> list[tuple[str, bool]]:
+        """Live labels a void was cut off in: (label id, whether every package is voided) for
+        each label with a voided package that is not ``attention``, or is ``attention`` with
+        nothing left bought (a second void finished the boxes but not the label)."""
         rows = await self._fetch(
-            "SELECT DISTINCT label_id FROM packages WHERE state = 'voided' AND label_id IN "
-            "(SELECT label_id FROM purchases "
-            "WHERE status IN ('purchased', 'completed', 'write_back_failed'))"
+            "SELECT p.label_id, p.status, "
+            "SUM(k.state = 'voided'), SUM(k.state NOT IN ('voided', 'failed')) "
+            "FROM purchases p JOIN packages k ON k.label_id = p.label_id "
+            "WHERE p.status IN ('purchased', 'completed', 'write_back_failed', 'attention') "
+            "AND p.label_id IN (SELECT label_id FROM packages WHERE state = 'voided') "
+            "GROUP BY p.label_id"
         )
-        return [str(row[0]) for row in rows]
+        return [
+            (str(label_id), not live)
+            for label_id, status, _, live in rows
+            if status != "attention" or not live
+        ]
 
     async def set_detail(self, label_id: str, detail: str | None, **fields: Any) -> None:
         """Annotate a purchase without changing its status (``detail``, write-back counters)."""

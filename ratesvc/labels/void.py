@@ -108,14 +108,13 @@ async def finish_void(
 
 async def settle_interrupted_voids(ledger: Ledger, on_queued: Callable[[], None]) -> int:
     """At start-up: a label with voided boxes that is still live was cut off mid-void (a crash
-    between two boxes): it goes to ``attention`` and its voided boxes' tracking is corrected."""
-    label_ids = await ledger.half_voided()
-    for label_id in label_ids:
-        await finish_void(
-            ledger, label_id, on_queued,
-            partly="a void was interrupted after some boxes were voided: void again",
-        )  # fmt: skip
-    return len(label_ids)
+    between two boxes): it goes to ``attention`` — or, when every box is voided, ``voided`` —
+    and its voided boxes' tracking is corrected."""
+    labels = await ledger.half_voided()
+    for label_id, every_box in labels:
+        partly = None if every_box else "a void was interrupted after some boxes: void again"
+        await finish_void(ledger, label_id, on_queued, partly=partly)
+    return len(labels)
 
 
 async def void_package(

@@ -379,3 +379,34 @@ async def test_a_void_cut_off_by_a_crash_between_boxes_is_settled_at_start(
 
     assert shown["status"] == "attention" and "interrupted" in shown["detail"]
     assert sale_tracking(cin7_sandbox, "sale-multibox") == {second["tracking_number"]}
+
+
+async def test_a_second_void_cut_off_by_a_crash_is_finished_at_start(
+    restartable: Service, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox, tmp_path: Path
+) -> None:
+    """A first void is refused for box 2 (label ``attention``, box 1 cleared from the sale); a
+    second void voids box 2 at ShipStation, records it, and the process dies before recording
+    the label's void. At start the void is finished: the label is ``voided`` and box 2's
+    tracking leaves the sale too."""
+    client = restartable.client
+    assert client is not None
+    body = {"sale_id": "sale-multibox", "carrier_code": "fedex", "service_code": "fedex_ground"}
+    label = await buy(client, body)
+    label_id = label["label_id"]
+    await until(lambda: _status_is(client, label_id, "completed"))
+    second = label["packages"][1]
+    sandbox.refused_voids.add(second["shipment_id"])
+    refused = await client.post(f"/v1/labels/{label_id}/void", headers=AUTH)
+    await until(lambda: _no_jobs_left(restartable, label_id))
+    assert sale_tracking(cin7_sandbox, "sale-multibox") == {second["tracking_number"]}
+    sandbox.shipments[second["shipment_id"]]["voided"] = True  # the second void, then the crash
+    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as db:
+        db.execute("UPDATE packages SET state = 'voided' WHERE n = 2")
+
+    client = await restartable.restart()
+    await until(lambda: _no_jobs_left(restartable, label_id))
+    shown = await label_of(client, label_id)
+
+    assert refused.status == 409
+    assert shown["status"] == "voided"
+    assert sale_tracking(cin7_sandbox, "sale-multibox") == set()

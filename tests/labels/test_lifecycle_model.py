@@ -14,6 +14,8 @@ Rules
   deliver a ``Sale/PackAuthorised`` webhook (once or several times at once; automation is on:
   ``RATESVC_AUTOSHIP=cheapest``);
 * Cin7 Core writes failing / recovering (the sandbox's ``writes_down``);
+* the carrier refusing to void a label's last box (a two-box label's void is then partial:
+  ``attention``, the voided box corrected off the sale), or accepting every void again;
 * the next ``createlabel`` calls scripted (``createlabel_faults``: an error before buying, or the
   label bought and its answer lost as a 500, a dropped connection — what a client time-out sees —
   or a late answer). A real time-out is not modelled: the service waits 60 s for ``createlabel``;
@@ -784,6 +786,26 @@ class LabelLifecycle(RuleBasedStateMachine):
             self.w.shipstation.knobs.createlabel_faults += ["error_before_buy"] * failures + [then]
 
         self._step(script(), f"createlabel_faults(failures={failures}, then={then!r})")
+
+    @rule(pick=st.integers(0, 7), refuse=st.booleans())
+    def carrier_refuses_voids(self, pick: int, refuse: bool) -> None:
+        """The carrier refuses to void the last box of one label (already scanned) — a void of
+        a two-box label is then partial — or, with ``refuse`` false, accepts every void again."""
+
+        async def script() -> None:
+            w = self.w
+            if not refuse:
+                w.shipstation.refused_voids.clear()
+                return
+            if not w.labels_known:
+                return
+            label_id = w.labels_known[pick % len(w.labels_known)]
+            answer = await self._http("GET", f"/v1/labels/{label_id}")
+            boxes = [p["shipment_id"] for p in answer.body["packages"] if p["shipment_id"]]
+            if boxes:
+                w.shipstation.refused_voids.add(boxes[-1])
+
+        self._step(script(), f"carrier_refuses_voids(pick={pick}, refuse={refuse})")
 
     @rule(abrupt=st.booleans())
     def restart(self, abrupt: bool) -> None:

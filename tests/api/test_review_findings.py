@@ -17,6 +17,7 @@ from ratesvc.app import create_app
 from ratesvc.config import ConfigError, Settings, load_settings
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from tests.api.test_client_input import send_raw
+from tests.api.test_labels import label_of, until
 from tests.conftest import AUTH, HOOK_TOKEN, TOKEN, service_env
 
 TO = {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York", "state": "NY",
@@ -95,21 +96,6 @@ async def invoicing(
     return client
 
 
-async def _until(check: Callable[[], Any], seconds: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while not await check():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
-async def _label(client: TestClient, label_id: str) -> dict[str, Any]:
-    payload: dict[str, Any] = await (
-        await client.get(f"/v1/labels/{label_id}", headers=AUTH)
-    ).json()
-    return payload
-
-
 async def test_voiding_a_written_back_label_leaves_its_shipping_charge_on_the_invoice(
     invoicing: TestClient, cin7_sandbox: Cin7Sandbox
 ) -> None:
@@ -120,14 +106,14 @@ async def test_voiding_a_written_back_label_leaves_its_shipping_charge_on_the_in
     first = await (await invoicing.post("/v1/labels", json=body, headers=AUTH)).json()
 
     async def done(label_id: str) -> bool:
-        return (await _label(invoicing, label_id))["status"] == "completed"
+        return (await label_of(invoicing, label_id))["status"] == "completed"
 
-    await _until(lambda: done(first["label_id"]))
+    await until(lambda: done(first["label_id"]))
     voided = await invoicing.post(f"/v1/labels/{first['label_id']}/void", headers=AUTH)
     assert voided.status == 200, await voided.text()
     second = await (await invoicing.post("/v1/labels", json=body, headers=AUTH)).json()
     assert "label_id" in second, second
-    await _until(lambda: done(second["label_id"]))
+    await until(lambda: done(second["label_id"]))
     await asyncio.sleep(0.5)  # let the void correction job run too
 
     charges = cin7_sandbox.invoices["sale-simple"][0]["AdditionalCharges"]

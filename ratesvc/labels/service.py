@@ -38,7 +38,6 @@ import msgspec
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import (
     AlreadyLabelled,
-    AlreadyShipped,
     IdempotencyKeyReused,
     NotFound,
     Reconciling,
@@ -127,21 +126,10 @@ class Labels:
             await self._wait(known, services)
             return known, False
         relabel = request.sale_id is not None or request.quote_id is not None
-        try:
-            plan = await make_plan(
-                services, request, self._quotes, sale_checked=sale_checked,
-                relabel=relabel and await self._relabel_allowed(services, request),
-            )  # fmt: skip
-        except AlreadyShipped:
-            # a bare sale_id whose fulfilments have all shipped: the same keyless body replays
-            # the label that shipped it (read from the ledger once the sale said so)
-            same = None
-            if idem_key is None and request.sale_id is not None and request.task_id is None:
-                same = await self._ledger.live_purchase_by_request(account, request_hash)
-            if same is None:
-                raise
-            await self._wait(same.label_id, services)
-            return same.label_id, False
+        plan = await make_plan(
+            services, request, self._quotes, sale_checked=sale_checked,
+            relabel=relabel and await self._relabel_allowed(services, request),
+        )  # fmt: skip
         label_id = "lb_" + secrets.token_urlsafe(12)
         stamp = now_text()
         row = PurchaseRow(
@@ -180,10 +168,7 @@ class Labels:
             if existing is not None:
                 await self._refuse_unless_replay(existing, idem_key, request_hash)
                 return existing.label_id
-        names_fulfilment = request.sale_id is None or request.task_id is not None
-        if idem_key is None and names_fulfilment:
-            # the same body as a keyless request whose label is still live; a bare sale_id means
-            # "its packed, unshipped fulfilment", which the sale must be read to know
+        if idem_key is None:  # the same body as a keyless request whose label is still live
             same = await self._ledger.live_purchase_by_request(account, request_hash)
             if same is not None:
                 return same.label_id

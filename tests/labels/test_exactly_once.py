@@ -410,25 +410,3 @@ async def test_a_second_void_cut_off_by_a_crash_is_finished_at_start(
     assert refused.status == 409
     assert shown["status"] == "voided"
     assert sale_tracking(cin7_sandbox, "sale-multibox") == set()
-
-
-async def test_the_same_keyless_sale_request_labels_the_next_fulfilment_once_one_shipped(
-    restartable: Service, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
-) -> None:
-    """``sale_id`` without a task means the sale's packed, unshipped fulfilment: after the first
-    one shipped and a second was packed (an advanced sale), the same body labels the second,
-    it does not replay the first."""
-    client = restartable.client
-    assert client is not None
-    body = {"sale_id": "sale-simple", "carrier_code": "ups", "service_code": "ups_ground"}
-    first = await buy(client, body)
-    await until(lambda: _status_is(client, first["label_id"], "completed"))
-    cin7_sandbox.add_fulfilment("sale-simple", [("p-mug", 1, "Box 1")])
-
-    second = await buy(client, body)
-    again = await buy(client, body, status=200)
-
-    assert second["label_id"] != first["label_id"]
-    assert second["task_id"] == "task-sale-simple-2"
-    assert again["label_id"] == second["label_id"]  # the same fulfilment: a replay
-    assert createlabel_calls(sandbox) == 2

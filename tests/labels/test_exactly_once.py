@@ -410,3 +410,26 @@ async def test_a_second_void_cut_off_by_a_crash_is_finished_at_start(
     assert refused.status == 409
     assert shown["status"] == "voided"
     assert sale_tracking(cin7_sandbox, "sale-multibox") == set()
+
+
+async def test_an_advanced_sales_next_fulfilment_is_labelled_by_its_task_or_a_new_key(
+    restartable: Service, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
+) -> None:
+    """The same keyless body is a replay, answered from the ledger before Cin7 Core is read —
+    also once the sale's next fulfilment is packed; that one is labelled by naming its task (or
+    with a new key), and the first label is never bought again."""
+    client = restartable.client
+    assert client is not None
+    body = {"sale_id": "sale-simple", "carrier_code": "ups", "service_code": "ups_ground"}
+    first = await buy(client, body)
+    await until(lambda: _status_is(client, first["label_id"], "completed"))
+    cin7_sandbox.add_fulfilment("sale-simple", [("p-mug", 1, "Box 1")])
+
+    replay = await buy(client, body, status=200)
+    second = await buy(client, {**body, "task_id": "task-sale-simple-2"})
+    third = await buy(client, {**body, "task_id": "task-sale-simple-2"}, status=409, key="n")
+
+    assert replay["label_id"] == first["label_id"]
+    assert second["task_id"] == "task-sale-simple-2" and second["label_id"] != first["label_id"]
+    assert third["code"] == "already_labelled" and third["label_id"] == second["label_id"]
+    assert createlabel_calls(sandbox) == 2

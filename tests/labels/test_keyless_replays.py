@@ -10,7 +10,7 @@ from __future__ import annotations
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.api.test_labels import buy, createlabel_calls, label_of, until
-from tests.labels.conftest import Service, restartable  # noqa: F401  (the fixture)
+from tests.labels.conftest import Service
 
 BARE = {"sale_id": "sale-simple", "carrier_code": "ups", "service_code": "ups_ground"}
 
@@ -40,8 +40,8 @@ async def test_keyless_bare_sale_replay_after_shipping_restart_and_outages(
 async def test_keyless_bare_sale_replay_while_shipstation_is_down_before_the_write_back(
     restartable: Service, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
 ) -> None:
-    """Cin7 Core writes failing (the sale still shows the fulfilment unshipped), restart, ShipStation
-    down: the replay now makes a plan, which loads the carrier catalogue from ShipStation."""
+    """Cin7 Core writes failing (the sale still shows the fulfilment unshipped), restart,
+    ShipStation down: the replay must not make a plan (which loads the carrier catalogue)."""
     client = restartable.client
     assert client is not None
     cin7_sandbox.knobs.writes_down = True
@@ -58,9 +58,8 @@ async def test_keyless_bare_sale_replay_while_shipstation_is_down_before_the_wri
 async def test_keyless_bare_sale_replay_after_the_sale_was_voided_in_cin7(
     restartable: Service, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
 ) -> None:
-    """The label is bought and written back; then the sale is voided in Cin7 Core. The same keyless
-    body answers 409 ``sale_not_ready`` (not an allowed refusal for a replay) instead of the
-    label, although the label is live and holds the fulfilment."""
+    """The label is bought and written back; then the sale is voided in Cin7 Core. The same
+    keyless body is still a replay of the live label (not 409 ``sale_not_ready``)."""
     client = restartable.client
     assert client is not None
     first = await buy(client, BARE)

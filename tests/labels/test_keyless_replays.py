@@ -23,7 +23,7 @@ async def test_keyless_bare_sale_replay_after_shipping_restart_and_outages(
     restartable: Service, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
 ) -> None:
     """The sale shipped (write-back done), restart, both upstreams down: the same keyless body
-    must be answered from the ledger; it now reads Cin7 Core first (503)."""
+    must be answered from the ledger, without reading Cin7 Core."""
     client = restartable.client
     assert client is not None
     first = await buy(client, BARE)

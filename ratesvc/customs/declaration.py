@@ -83,6 +83,7 @@ class _Priced(msgspec.Struct, frozen=True, kw_only=True):
     """A product's net unit price in USD (exact), its description, SKU and name."""
 
     unit_usd: Decimal | None
+    valued: bool  # the sale's currency converts to USD: no unit_usd means no price
     description: str | None
     sku: str | None
     name: str | None
@@ -103,74 +104,91 @@ def declaration_for_sale(
     (ISO alpha-2): HS codes are required outside the US when ``rules.require_hs_code``."""
     problems: list[CustomsProblem] = []
     rate = _usd_rate(sale, problems)
+    check = _Checks(problems, need_hs=rules.require_hs_code and destination.upper() != "US")
     priced: dict[str, _Priced] = {}
     boxes: list[BoxDeclaration] = []
-    need_hs = rules.require_hs_code and destination.upper() != "US"
-    reported: set[tuple[str, str]] = set()
-
-    def report(product_id: str, info: _Priced, field: str, what: str) -> None:
-        if (product_id, field) not in reported:
-            reported.add((product_id, field))
-            problems.append(
-                CustomsProblem(
-                    field=field, message=f"{_who(info, product_id)}: {what}", sku=info.sku,
-                    name=info.name, product_id=product_id,
-                )
-            )  # fmt: skip
-
     for box in fulfilment.boxes:
-        quantities: dict[str, Decimal] = {}
-        for packed in fulfilment.packed:
-            if packed.box == box:
-                quantities[packed.product_id] = (
-                    quantities.get(packed.product_id, Decimal(0)) + packed.quantity
-                )
         items: list[CustomsItem] = []
-        for product_id, quantity in quantities.items():
+        for product_id, quantity in _contents(fulfilment, box).items():
             product = products.get(product_id) or sale.products.get(product_id)
             info = priced.get(product_id)
             if info is None:
                 info = priced[product_id] = _price(sale.lines, product_id, product, rate)
-            description = info.description
-            if description is None:
-                report(product_id, info, "description", _NO_DESCRIPTION)
-            elif len(description) < 3:
-                report(product_id, info, "description", _SHORT_DESCRIPTION.format(description))
-            if quantity != quantity.to_integral_value() or quantity < 1:
-                report(
-                    product_id, info, "quantity", f"{box} holds {quantity:f}, not a whole number"
-                )
-            value = None if info.unit_usd is None else to_cents(info.unit_usd * quantity)
-            if info.unit_usd is None and rate is not None:
-                report(product_id, info, "value", _NO_PRICE)
-            elif value is not None and value <= 0:
-                report(product_id, info, "value", _ZERO_VALUE)
-            hs_code = product.hs_code if product is not None else None
-            if hs_code is not None and not _hs_code_ok(hs_code):
-                report(product_id, info, "hs_code", _BAD_HS_CODE.format(hs_code))
-            elif hs_code is None and need_hs:
-                report(product_id, info, "hs_code", _NO_HS_CODE)
-            origin = (product.origin if product is not None else None) or rules.default_origin
-            if origin is None:
-                given = product.origin_given if product is not None else None
-                report(product_id, info, "country_of_origin", _no_origin(given))
-            if description and value is not None and origin is not None:
-                items.append(
-                    CustomsItem(
-                        description=description, quantity=int(quantity), value=value,
-                        hs_code=hs_code, country_of_origin=origin, sku=info.sku,
-                    )
-                )  # fmt: skip
+            item = check.item(box, quantity, product_id, product, info, rules.default_origin)
+            if item is not None:
+                items.append(item)
         boxes.append(BoxDeclaration(box=box, items=items))
     if problems:
         return Incomplete(problems=problems)
     return Declaration(contents=rules.contents, non_delivery=rules.non_delivery, boxes=boxes)
 
 
+def _contents(fulfilment: Fulfilment, box: str) -> dict[str, Decimal]:
+    """Product id → quantity packed in ``box`` (a product on several pack lines counted once)."""
+    quantities: dict[str, Decimal] = {}
+    for packed in fulfilment.packed:
+        if packed.box == box:
+            quantities[packed.product_id] = (
+                quantities.get(packed.product_id, Decimal(0)) + packed.quantity
+            )
+    return quantities
+
+
+class _Checks:
+    """Turns one product in one box into an item, reporting each product's problem once."""
+
+    def __init__(self, problems: list[CustomsProblem], *, need_hs: bool) -> None:
+        self.problems = problems
+        self.need_hs = need_hs
+        self._reported: set[tuple[str, str]] = set()
+
+    def item(
+        self, box: str, quantity: Decimal, product_id: str, product: Product | None,
+        info: _Priced, default_origin: str | None,
+    ) -> CustomsItem | None:  # fmt: skip
+        def report(field: str, what: str) -> None:
+            if (product_id, field) not in self._reported:
+                self._reported.add((product_id, field))
+                self.problems.append(
+                    CustomsProblem(
+                        field=field, message=f"{_who(info, product_id)}: {what}", sku=info.sku,
+                        name=info.name, product_id=product_id,
+                    )
+                )  # fmt: skip
+
+        description = info.description
+        if description is None:
+            report("description", _NO_DESCRIPTION)
+        elif len(description) < 3:
+            report("description", _SHORT_DESCRIPTION.format(description))
+        if quantity != quantity.to_integral_value() or quantity < 1:
+            report("quantity", _NOT_WHOLE.format(box, quantity))
+        value = None if info.unit_usd is None else to_cents(info.unit_usd * quantity)
+        if info.unit_usd is None and info.valued:
+            report("value", _NO_PRICE)
+        elif value is not None and value <= 0:
+            report("value", _ZERO_VALUE)
+        hs_code = product.hs_code if product is not None else None
+        if hs_code is not None and not _hs_code_ok(hs_code):
+            report("hs_code", _BAD_HS_CODE.format(hs_code))
+        elif hs_code is None and self.need_hs:
+            report("hs_code", _NO_HS_CODE)
+        origin = (product.origin if product is not None else None) or default_origin
+        if origin is None:
+            report("country_of_origin", _no_origin(product.origin_given if product else None))
+        if description is None or value is None or origin is None:
+            return None
+        return CustomsItem(
+            description=description, quantity=int(quantity), value=value, hs_code=hs_code,
+            country_of_origin=origin, sku=info.sku,
+        )  # fmt: skip
+
+
 _NO_DESCRIPTION = (
     "no description: give the product a name in words in Cin7 Core (a SKU is not a description)"
 )
 _SHORT_DESCRIPTION = "the description {!r} is too short: name the product in words in Cin7 Core"
+_NOT_WHOLE = "{} holds {:f} of it: customs quantities are whole numbers; pack whole units"
 _NO_PRICE = "no price on the sale's order lines: price it on the sale in Cin7 Core"
 _ZERO_VALUE = (
     "a zero value: customs needs the goods' value; price the line on the sale in Cin7 Core "
@@ -238,7 +256,13 @@ def _price(
         quantity = sum((line.quantity for line in priced), Decimal(0))
         net = sum((_net(line) * line.quantity for line in priced), Decimal(0))
         unit_usd = net / quantity * rate
-    return _Priced(unit_usd=unit_usd, description=description, sku=sku, name=description)
+    return _Priced(
+        unit_usd=unit_usd,
+        valued=rate is not None,
+        description=description,
+        sku=sku,
+        name=description,
+    )
 
 
 def _net(line: SaleLine) -> Decimal:

@@ -92,6 +92,9 @@ def test_each_box_declares_only_what_it_holds() -> None:
                    CustomsItem(description="Cast iron teapot", quantity=1, value=Decimal("49.99"),
                                hs_code="7323.91", country_of_origin="VN", sku="POT")]),
     ]  # fmt: skip
+    box_2 = result.for_box("Box 2")
+    assert box_2 is not None and box_2.value == Decimal("74.99")
+    assert result.for_box("Box 3") is None
 
 
 def test_pack_lines_of_one_product_in_one_box_are_one_item() -> None:
@@ -218,6 +221,8 @@ def test_a_fractional_packed_quantity_is_refused() -> None:
                                   destination="CA")  # fmt: skip
 
     assert refused(result) == [("TEA", "quantity")]
+    assert isinstance(result, Incomplete)
+    assert "Box 1 holds 1.5 of it: customs quantities are whole numbers" in result.errors()[0]
 
 
 def test_the_sale_line_name_comes_first_then_the_product_name() -> None:

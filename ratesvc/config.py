@@ -27,6 +27,8 @@ from typing import Any, Literal
 import msgspec
 import orjson
 
+from ratesvc.countries import ISO_3166_ALPHA2
+from ratesvc.customs import CONTENTS, NON_DELIVERY, CustomsRules
 from ratesvc.models import Address
 from ratesvc.sales import Packaging
 
@@ -181,6 +183,7 @@ class Account(msgspec.Struct, frozen=True, kw_only=True):
     webhook: WebhookCredential | None = None
     rule: ShipRule = ShipRule()
     timezone: str | None = None  # IANA name for "today" (default ship date); None: the machine's
+    customs: CustomsRules = CustomsRules()
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -442,6 +445,26 @@ class _Reader:
             self.problems.append(f"{names['header']}: must be a header name such as X-Webhook-Key")
         return WebhookCredential(kind="header", secret=Secret(value or ""), header=header)
 
+    def customs(self, values: Mapping[str, object], names: Mapping[str, str]) -> CustomsRules:
+        contents = self.choice(names["contents"], values.get("contents"), CONTENTS)
+        non_delivery = self.choice(names["non_delivery"], values.get("non_delivery"), NON_DELIVERY)
+        origin = self.text(names["default_origin"], values.get("default_origin"))
+        if origin is not None:
+            origin = origin.strip().upper()
+            if origin not in ISO_3166_ALPHA2:
+                self.problems.append(
+                    f"{names['default_origin']}: must be an ISO 3166-1 alpha-2 country code "
+                    "such as CN"
+                )
+                origin = None
+        require = values.get("require_hs_code")
+        return CustomsRules(
+            contents=contents,  # type: ignore[arg-type]  # checked by choice()
+            non_delivery=non_delivery,  # type: ignore[arg-type]
+            default_origin=origin,
+            require_hs_code=require in (None, "") or self.flag(names["require_hs_code"], require),
+        )
+
     def url(self, where: str, raw: object, default: str) -> str:
         value = self.text(where, raw) or default
         if not value.startswith(("http://", "https://")):
@@ -602,11 +625,17 @@ _RULE_ENV = {
     "allow_default_weights": "RATESVC_AUTOSHIP_ALLOW_DEFAULT_WEIGHTS",
     "poll_interval_s": "RATESVC_POLL_INTERVAL_S",
 }
+_CUSTOMS_ENV = {
+    "contents": "RATESVC_CUSTOMS_CONTENTS",
+    "non_delivery": "RATESVC_CUSTOMS_NON_DELIVERY",
+    "default_origin": "RATESVC_CUSTOMS_DEFAULT_ORIGIN",
+    "require_hs_code": "RATESVC_CUSTOMS_REQUIRE_HS_CODE",
+}
 _WEBHOOK_KEYS = ("type", "token", "username", "password", "header", "value")
 _ACCOUNT_KEYS = frozenset(
     {"api_tokens", "shipstation", "cin7", "ship_from", "carriers", "markup", "packaging",
      "invoice_shipping", "request_deadline_s", "quote_ttl_s", "webhook", "automation",
-     "timezone"}
+     "timezone", "customs"}
 )  # fmt: skip
 
 
@@ -680,6 +709,7 @@ def _env_account(
         webhook=webhook,
         rule=rule,
         timezone=reader.timezone("RATESVC_TIMEZONE", env.get("RATESVC_TIMEZONE")),
+        customs=reader.customs({k: env.get(n) for k, n in _CUSTOMS_ENV.items()}, _CUSTOMS_ENV),
     )
 
 
@@ -737,6 +767,11 @@ def _file_account(
         webhook = reader.webhook(
             *_file_table(reader, f"{where}.webhook", raw["webhook"], {k: k for k in _WEBHOOK_KEYS}),
         )
+    customs = CustomsRules()
+    if raw.get("customs") is not None:
+        customs = reader.customs(
+            *_file_table(reader, f"{where}.customs", raw["customs"], _CUSTOMS_ENV)
+        )
     return Account(
         name=name,
         api_tokens=tuple(tokens),
@@ -763,6 +798,7 @@ def _file_account(
             f"{where}.quote_ttl_s", raw.get("quote_ttl_s"), quote_ttl, minimum=1, maximum=7 * 86400
         ),
         timezone=reader.timezone(f"{where}.timezone", raw.get("timezone")),
+        customs=customs,
     )
 
 

@@ -121,7 +121,8 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
         f"  service:              {url}   (API docs: {url}/openapi.json)",
         f"  ShipStation sandbox:  http://127.0.0.1:{sandbox_port}   (knobs: /__sandbox/knobs)",
         f"  Cin7 Core sandbox:    http://127.0.0.1:{cin7_port}   (sales: sale-simple, "
-        "sale-multibox, sale-international, sale-advanced, sale-shipped, sale-unpacked)",
+        "sale-multibox, sale-international, sale-international-nohs, sale-eur, sale-advanced, "
+        "sale-shipped, sale-unpacked)",
         f"  API token:            {token}",
         f"  data directory:       {settings.data_dir}",
         "",

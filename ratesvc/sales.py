@@ -33,6 +33,9 @@ class SaleLine(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sku: str | None
     name: str | None
     quantity: Decimal
+    price: Decimal | None = None  # per unit, in the sale's currency, before the discount
+    discount: Decimal = Decimal(0)  # percent
+    total: Decimal | None = None
 
 
 class PackedItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -81,6 +84,18 @@ class Product(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     weight_unit: str | None
     sides: tuple[Decimal, Decimal, Decimal] | None
     length_unit: str | None
+    name: str | None = None
+    hs_code: str | None = None
+    origin: str | None = None  # ISO alpha-2 country of origin, when it could be read
+    origin_given: str | None = None  # what the record says, when it could not be read
+
+
+class Currency(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A sale's currencies: ``rate`` is base-currency units per customer-currency unit."""
+
+    customer: str | None = None
+    base: str | None = None
+    rate: Decimal | None = None
 
 
 class Sale(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -98,6 +113,7 @@ class Sale(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     fulfilments: list[Fulfilment]
     attachments: list[str] = []  # file names
     status: str | None = None  # the sale's status in Cin7 Core (e.g. PACKED, VOIDED)
+    currency: Currency = Currency()
 
     @property
     def voided(self) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ratesvc.config import DEFAULT_SHIPSTATION_URL, ConfigError, load_settings
+from ratesvc.customs import CustomsRules
 
 MINIMAL = {
     "RATESVC_API_TOKEN": "token-0123456789abcdef",
@@ -345,3 +346,81 @@ def test_an_absurd_memory_budget_is_one_clear_line(value: str) -> None:
         "RATESVC_QUOTE_STORE_MAX_BYTES: must be a size from 1MiB to 64GiB, "
         "in bytes or with a unit (e.g. 64MiB or 67108864)"
     )
+
+
+# --- customs -----------------------------------------------------------------------------------
+
+
+def test_customs_defaults_are_merchandise_return_to_sender_and_hs_codes_required() -> None:
+    customs = load_settings(MINIMAL).accounts["default"].customs
+
+    assert customs == CustomsRules(
+        contents="merchandise", non_delivery="return_to_sender", default_origin=None,
+        require_hs_code=True,
+    )  # fmt: skip
+
+
+def test_customs_settings_are_read_from_the_environment() -> None:
+    customs = load_settings({
+        **MINIMAL, "RATESVC_CUSTOMS_CONTENTS": "Gift", "RATESVC_CUSTOMS_NON_DELIVERY":
+        "treat_as_abandoned", "RATESVC_CUSTOMS_DEFAULT_ORIGIN": " us ",
+        "RATESVC_CUSTOMS_REQUIRE_HS_CODE": "false",
+    }).accounts["default"].customs  # fmt: skip
+
+    assert customs == CustomsRules(
+        contents="gift", non_delivery="treat_as_abandoned", default_origin="US",
+        require_hs_code=False,
+    )  # fmt: skip
+
+
+def test_customs_problems_are_reported_one_line_each() -> None:
+    problems = problems_of({
+        **MINIMAL, "RATESVC_CUSTOMS_CONTENTS": "goods", "RATESVC_CUSTOMS_NON_DELIVERY": "burn",
+        "RATESVC_CUSTOMS_DEFAULT_ORIGIN": "China", "RATESVC_CUSTOMS_REQUIRE_HS_CODE": "maybe",
+    })  # fmt: skip
+
+    assert problems == [
+        "RATESVC_CUSTOMS_CONTENTS: must be one of merchandise, documents, gift, returned_goods, "
+        "sample",
+        "RATESVC_CUSTOMS_NON_DELIVERY: must be one of return_to_sender, treat_as_abandoned",
+        "RATESVC_CUSTOMS_DEFAULT_ORIGIN: must be an ISO 3166-1 alpha-2 country code such as CN",
+        "RATESVC_CUSTOMS_REQUIRE_HS_CODE: must be true or false",
+    ]
+
+
+def test_the_toml_form_has_a_customs_table_per_account(tmp_path: Path) -> None:
+    config = tmp_path / "ratesvc.toml"
+    common = 'shipstation = { api_key = "k-123", api_secret = "s-123" }\n'
+    config.write_text(
+        '[accounts.one]\napi_tokens = ["token-one-0123456789"]\n' + common +
+        '[accounts.one.customs]\ncontents = "sample"\ndefault_origin = "DE"\n'
+        'require_hs_code = false\n'
+        '[accounts.two]\napi_tokens = ["token-two-0123456789"]\n' + common
+    )  # fmt: skip
+
+    settings = load_settings({"RATESVC_CONFIG": str(config)})
+
+    assert settings.accounts["one"].customs == CustomsRules(
+        contents="sample", default_origin="DE", require_hs_code=False
+    )
+    assert settings.accounts["two"].customs == CustomsRules()
+
+
+def test_toml_customs_problems_name_the_account_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "ratesvc.toml"
+    config.write_text(
+        '[accounts.one]\napi_tokens = ["token-one-0123456789"]\n'
+        'shipstation = { api_key = "k-123", api_secret = "s-123" }\n'
+        '[accounts.one.customs]\ncontents = 3\nnon_delivery = "keep"\ndefault_origin = "CHN"\n'
+        'require_hs_code = "sometimes"\nincoterm = "DDP"\n'
+    )
+
+    assert problems_of({"RATESVC_CONFIG": str(config)}) == [
+        "accounts.one.customs: unknown keys incoterm",
+        "accounts.one.customs.contents: must be one of merchandise, documents, gift, "
+        "returned_goods, sample",
+        "accounts.one.customs.non_delivery: must be one of return_to_sender, treat_as_abandoned",
+        "accounts.one.customs.default_origin: must be an ISO 3166-1 alpha-2 country code such as "
+        "CN",
+        "accounts.one.customs.require_hs_code: must be true or false",
+    ]

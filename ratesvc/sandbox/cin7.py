@@ -42,7 +42,8 @@ _INVOICE_FIELDS = ("ProductID", "SKU", "Name", "Quantity", "Price", "Total")
 _INVOICE_LINE_EXTRAS = {"Discount": 0, "Tax": 0, "TaxRule": "Tax Exempt", "Account": "4000",
                         "Comment": ""}  # fmt: skip
 _INVOICE_KEPT = ("TaskID", "InvoiceNumber", "Status")  # Cin7 Core's, whatever a POST says
-_COUNTRY_NAMES = {"US": "United States", "CA": "Canada", "AU": "Australia", "GB": "United Kingdom"}
+_COUNTRY_NAMES = {"US": "United States", "CA": "Canada", "AU": "Australia", "GB": "United Kingdom",
+                  "DE": "Germany"}  # fmt: skip
 
 
 class Cin7Fault(Exception):
@@ -135,6 +136,9 @@ class Cin7Sandbox:
                       [("p-mug", 2, "Box 1")], ship="AUTHORISED")  # fmt: skip
         self.sales["sale-advanced"]["Type"] = "Advanced Sale"
         self.add_fulfilment("sale-advanced", [("p-flour", 1, "Carton A"), ("p-mug", 2, "Carton B")])
+        for sale_id, number, customer, address, items, prices, currency in cin7_data.FOREIGN_SALES:
+            self.add_sale(sale_id, number, customer, address, items, prices=prices)
+            self.sales[sale_id].update(currency)
 
     def add_sale(
         self,
@@ -146,9 +150,12 @@ class Cin7Sandbox:
         *,
         pack: str = "AUTHORISED",
         ship: str = "NOT AVAILABLE",
+        prices: dict[str, tuple[float, float]] | None = None,
     ) -> dict[str, Any]:
-        """A sale with one fulfilment; ``items`` are (product id, quantity, box name)."""
-        lines = [self._order_line(product_id, quantity) for product_id, quantity, _ in items]
+        """A sale with one fulfilment; ``items`` are (product id, quantity, box name); ``prices``
+        (unit price, discount percent) by product, else 10 each, no discount, in USD."""
+        lines = [self._order_line(product_id, quantity, *(prices or {}).get(product_id, (10, 0)))
+                 for product_id, quantity, _ in items]  # fmt: skip
         picked = [{"ProductID": pid, "SKU": self.products[pid]["SKU"], "Quantity": qty,
                    "Location": "Main Warehouse"} for pid, qty, _ in items]  # fmt: skip
         packed = [{**line, "Box": box} for line, (_, _, box) in zip(picked, items, strict=True)]
@@ -163,6 +170,7 @@ class Cin7Sandbox:
             "Phone": "+1 512 555 0100", "Email": "orders@example.com",
             "ShippingAddress": dict(address), "Carrier": "UPS Ground", "Location": "Main Warehouse",
             "Status": "PACKED" if pack == "AUTHORISED" else "ORDERED", "Updated": self._stamp(),
+            "CustomerCurrency": "USD", "BaseCurrency": "USD", "CurrencyRate": 1,
             "Order": {"SaleOrderNumber": number, "Status": "AUTHORISED", "Lines": lines},
             "Fulfilments": [{
                 "TaskID": f"task-{sale_id}", "FulfillmentNumber": 1,
@@ -185,11 +193,14 @@ class Cin7Sandbox:
         }]  # fmt: skip
         return sale
 
-    def _order_line(self, product_id: str, quantity: int) -> dict[str, Any]:
+    def _order_line(
+        self, product_id: str, quantity: int, price: float = 10, discount: float = 0
+    ) -> dict[str, Any]:
         p = self.products[product_id]
+        total = round(price * quantity * (100 - discount) / 100, 2)
         return {
             "ProductID": product_id, "SKU": p["SKU"], "Name": p["Name"], "Quantity": quantity,
-            "Price": 10, "Total": 10 * quantity, "ProductWeight": p["Weight"],
+            "Price": price, "Discount": discount, "Total": total, "ProductWeight": p["Weight"],
             "WeightUnits": p["WeightUnits"], "ProductLength": p["Length"],
             "ProductWidth": p["Width"], "ProductHeight": p["Height"],
             "DimensionsUnits": p["DimensionsUnits"],

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from ratesvc import keys
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
+from ratesvc.sandbox import cin7_data
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.knobs import Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
@@ -34,6 +35,8 @@ from tests.automation.support import (
     until,
 )
 from tests.conftest import AUTH, HOOK, HOOK_TOKEN, MakeService, automation_env
+
+FOREIGN = tuple(sale[0] for sale in cin7_data.FOREIGN_SALES)  # ready international sales
 
 # --- acceptance ----------------------------------------------------------------------------------
 
@@ -109,7 +112,7 @@ async def test_three_deliveries_and_the_poller_buy_the_label_once(
     assert purchases_of(sandbox, label["label_id"]) == 1
     simple = [e for e in await events(client) if e["sale_id"] == "sale-simple"]
     assert [e["source"] for e in simple] == ["webhook"]  # the poller skipped it: being handled
-    assert poll.listed == 4  # the other packed sales were recorded and shipped too
+    assert poll.listed == 4 + len(FOREIGN)  # the other packed sales were recorded and shipped too
     metrics = (await (await client.get("/metrics")).read()).decode()
     assert 'ratesvc_automation_events_deduplicated_total{source="webhook"} 2.0' in metrics
     assert (
@@ -123,6 +126,8 @@ async def test_without_webhooks_the_poller_ships_a_packed_sale_within_one_interv
 ) -> None:
     for sale_id in ("sale-simple", "sale-multibox", "sale-international", "sale-advanced"):
         cin7_sandbox.sales.pop(sale_id)  # only the sale the test packs is ready for shipping
+    for sale_id in FOREIGN:
+        cin7_sandbox.sales.pop(sale_id)
     client = await make_automated(RATESVC_POLL_INTERVAL_S="0.5")
     await until(lambda: cin7_sandbox.calls["GET /salelist"] >= 1)  # the first poll: nothing
     loop = asyncio.get_running_loop()
@@ -363,7 +368,7 @@ async def test_with_automation_off_a_pack_is_recorded_but_nothing_is_bought(
 async def test_polls_skip_sales_already_handled_without_reading_them_again(
     make_automated: MakeService, cin7_sandbox: Cin7Sandbox, sandbox: ShipStationSandbox
 ) -> None:
-    for sale_id in ("sale-simple", "sale-international", "sale-advanced"):
+    for sale_id in ("sale-simple", "sale-international", "sale-advanced", *FOREIGN):
         cin7_sandbox.sales.pop(sale_id)  # left ready for shipping: sale-multibox alone
     client = await make_automated()
     poller, services = client.app[keys.POLLER], client.app[keys.ACCOUNTS]["default"]
@@ -388,7 +393,7 @@ async def test_polls_skip_sales_already_handled_without_reading_them_again(
 async def test_the_poller_ships_the_next_fulfilment_of_an_advanced_sale(
     make_automated: MakeService, cin7_sandbox: Cin7Sandbox, sandbox: ShipStationSandbox
 ) -> None:
-    for sale_id in ("sale-simple", "sale-multibox", "sale-international"):
+    for sale_id in ("sale-simple", "sale-multibox", "sale-international", *FOREIGN):
         cin7_sandbox.sales.pop(sale_id)
     client = await make_automated()
     poller, services = client.app[keys.POLLER], client.app[keys.ACCOUNTS]["default"]

@@ -8,6 +8,7 @@ changes. Either is enough for the sale to be examined again and its label bought
 from __future__ import annotations
 
 from ratesvc import keys
+from ratesvc.sandbox import cin7_data
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.automation.support import (
@@ -25,9 +26,11 @@ from tests.automation.support import (
 )
 from tests.conftest import HOOK, MakeService
 
+FOREIGN = tuple(sale[0] for sale in cin7_data.FOREIGN_SALES)  # ready international sales
+
 
 def only_multibox_ready(cin7: Cin7Sandbox) -> None:
-    for sale_id in ("sale-simple", "sale-international", "sale-advanced"):
+    for sale_id in ("sale-simple", "sale-international", "sale-advanced", *FOREIGN):
         cin7.sales.pop(sale_id)
 
 

@@ -63,7 +63,8 @@ async def test_ready_for_shipping_lists_packed_unshipped_sales(c7: TestClient) -
     ).json()
 
     assert sorted(s["SaleID"] for s in body["SaleList"]) == [
-        "sale-advanced", "sale-international", "sale-multibox", "sale-simple",
+        "sale-advanced", "sale-eur", "sale-international", "sale-international-nohs",
+        "sale-multibox", "sale-simple",
     ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from ratesvc.countries import alpha2_from_alpha3, alpha2_from_name
 from ratesvc.errors import (
     UpstreamAuth,
     UpstreamError,
@@ -16,7 +17,7 @@ from ratesvc.errors import (
     UpstreamUnavailable,
 )
 from ratesvc.models import Address
-from ratesvc.sales import Fulfilment, PackedItem, Product, Sale, SaleLine, ShipLine
+from ratesvc.sales import Currency, Fulfilment, PackedItem, Product, Sale, SaleLine, ShipLine
 from ratesvc.upstreams.cin7 import wire
 
 _THROTTLE_WORDS = ("calls per", "api limit")
@@ -46,10 +47,20 @@ def product_from_wire(item: wire.Product) -> Product:
     sides = None
     if item.Length and item.Width and item.Height:
         sides = (item.Length, item.Width, item.Height)
+    origin = alpha2_from_alpha3(item.CountryOfOriginCode) or alpha2_from_name(item.CountryOfOrigin)
+    given = None
+    if origin is None:
+        given = _text(item.CountryOfOriginCode) or _text(item.CountryOfOrigin)
     return Product(
         product_id=item.ID, sku=item.SKU, weight=item.Weight, weight_unit=item.WeightUnits,
-        sides=sides, length_unit=item.DimensionsUnits,
+        sides=sides, length_unit=item.DimensionsUnits, name=_text(item.Name),
+        hs_code=_text(item.HSCode), origin=origin, origin_given=given,
     )  # fmt: skip
+
+
+def _text(value: str | None) -> str | None:
+    """A text field with its spaces trimmed; None when nothing is left."""
+    return value.strip() or None if value else None
 
 
 def sale_from_wire(sale: wire.Sale) -> Sale:
@@ -65,6 +76,7 @@ def sale_from_wire(sale: wire.Sale) -> Sale:
             products[line.ProductID] = Product(
                 product_id=line.ProductID, sku=line.SKU, weight=line.ProductWeight,
                 weight_unit=line.WeightUnits, sides=sides, length_unit=line.DimensionsUnits,
+                name=_text(line.Name),
             )  # fmt: skip
     return Sale(
         sale_id=sale.ID,
@@ -78,7 +90,13 @@ def sale_from_wire(sale: wire.Sale) -> Sale:
         location=sale.Location,
         lines=[
             SaleLine(
-                product_id=line.ProductID, sku=line.SKU, name=line.Name, quantity=line.Quantity
+                product_id=line.ProductID,
+                sku=line.SKU,
+                name=line.Name,
+                quantity=line.Quantity,
+                price=line.Price,
+                discount=line.Discount,
+                total=line.Total,
             )
             for line in sale.Order.Lines
             if line.ProductID
@@ -87,7 +105,16 @@ def sale_from_wire(sale: wire.Sale) -> Sale:
         fulfilments=[_fulfilment(f, sale) for f in sale.Fulfilments],
         attachments=[a.FileName for a in sale.Attachments if a.FileName],
         status=sale.Status,
+        currency=Currency(
+            customer=_code(sale.CustomerCurrency),
+            base=_code(sale.BaseCurrency),
+            rate=sale.CurrencyRate if sale.CurrencyRate and sale.CurrencyRate > 0 else None,
+        ),
     )
+
+
+def _code(value: str | None) -> str | None:
+    return value.strip().upper() or None if value else None
 
 
 def _fulfilment(item: wire.Fulfilment, sale: wire.Sale) -> Fulfilment:

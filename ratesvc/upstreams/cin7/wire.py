@@ -33,6 +33,9 @@ class OrderLine(_Wire, kw_only=True):
     SKU: str | None = None
     Name: str | None = None
     Quantity: Decimal = Decimal(0)
+    Price: Decimal | None = None  # per unit, in the customer's currency, before the discount
+    Discount: Decimal = Decimal(0)  # percent
+    Total: Decimal | None = None
     ProductWeight: Decimal | None = None
     WeightUnits: str | None = None
     ProductLength: Decimal | None = None
@@ -106,6 +109,9 @@ class Sale(_Wire, kw_only=True):
     Carrier: str | None = None
     Location: str | None = None
     Status: str | None = None
+    CustomerCurrency: str | None = None
+    BaseCurrency: str | None = None
+    CurrencyRate: Decimal | None = None  # base-currency units per customer-currency unit
     Order: Order = msgspec.field(default_factory=Order)
     Fulfilments: list[Fulfilment] = []
     Attachments: list[Attachment] = []
@@ -121,6 +127,9 @@ class Product(_Wire, kw_only=True):
     Width: Decimal | None = None
     Height: Decimal | None = None
     DimensionsUnits: str | None = None
+    HSCode: str | None = None
+    CountryOfOrigin: str | None = None  # a country name ("China")
+    CountryOfOriginCode: str | None = None  # ISO alpha-3 ("CHN")
 
 
 class ProductList(_Wire, kw_only=True):

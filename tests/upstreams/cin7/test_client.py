@@ -51,7 +51,7 @@ async def test_products_and_ready_sales_are_listed(client: Cin7Client) -> None:
 
     assert product is not None and product.weight_unit == "kg"
     assert missing is None
-    assert ready.Total == 4 and len(ready.SaleList) == 2
+    assert ready.Total == 6 and len(ready.SaleList) == 2
 
 
 async def test_ship_lines_and_attachments_are_written(

@@ -15,6 +15,7 @@ from ratesvc.errors import (
     UpstreamThrottled,
     UpstreamUnavailable,
 )
+from ratesvc.sales import Currency
 from ratesvc.upstreams.cin7 import mapping, wire
 from tests.conftest import DATA
 
@@ -146,3 +147,60 @@ def test_several_errors_in_one_answer_are_all_reported() -> None:
     body = b'[{"ErrorCode":400,"Exception":"first"},{"ErrorCode":400,"Exception":"second"}]'
 
     assert mapping.error_from_response(400, body, "ship").detail.endswith("first; second")
+
+
+def test_a_sale_is_read_with_its_prices_discounts_and_currencies() -> None:
+    raw = sample("sale_international.json")
+
+    sale = mapping.sale_from_wire(msgspec.json.decode(raw, type=wire.Sale))
+
+    assert sale.currency == Currency(customer="EUR", base="USD", rate=Decimal("1.0850"))
+    tea, pot = sale.lines
+    assert (tea.sku, tea.name, tea.quantity) == ("TEA-OOLONG-100", "Oolong tea, 100 g tin", 6)
+    assert (tea.price, tea.discount, tea.total) == (Decimal("12.5"), Decimal(10), Decimal("67.5"))
+    assert (pot.price, pot.discount) == (Decimal("49.99"), Decimal(0))
+    assert sale.products["0e3a9d11-pot"].name == "Cast iron teapot, 1 l"
+    assert [(p.box, p.product_id, p.quantity) for p in sale.fulfilments[0].packed] == [
+        ("Box 1", "7f1c0b52-tea", 4), ("Box 2", "7f1c0b52-tea", 2), ("Box 2", "0e3a9d11-pot", 1),
+    ]  # fmt: skip
+
+
+def test_a_sale_without_prices_or_currencies_reads_as_unknown_not_zero() -> None:
+    raw = orjson.loads(sample("sale.json"))
+    for key in ("BaseCurrency", "CustomerCurrency"):
+        del raw[key]
+    for key in ("Price", "Discount", "Total"):
+        del raw["Order"]["Lines"][0][key]
+
+    sale = mapping.sale_from_wire(msgspec.convert(raw, wire.Sale))
+
+    assert sale.currency == Currency()
+    assert (sale.lines[0].price, sale.lines[0].discount, sale.lines[0].total) == (
+        None, Decimal(0), None,
+    )  # fmt: skip
+
+
+def test_a_usd_sample_sale_has_usd_on_both_sides_and_no_rate() -> None:
+    sale = mapping.sale_from_wire(msgspec.json.decode(sample("sale.json"), type=wire.Sale))
+
+    assert sale.currency == Currency(customer="USD", base="USD", rate=None)
+    assert sale.lines[0].price == Decimal(8)
+
+
+def test_products_are_read_with_hs_codes_and_origins_as_alpha2() -> None:
+    raw = msgspec.json.decode(sample("products_customs.json"), type=wire.ProductList)
+
+    tea, pot, cup, poster = (mapping.product_from_wire(p) for p in raw.Products)
+
+    assert (tea.name, tea.hs_code, tea.origin, tea.origin_given) == (
+        "Oolong tea, 100 g tin", "0902.10", "CN", None,
+    )  # fmt: skip
+    assert (pot.hs_code, pot.origin) == ("7323.91", "VN")  # by name: no alpha-3 code
+    assert (cup.name, cup.hs_code, cup.origin, cup.origin_given) == (None, None, None, None)
+    assert (poster.origin, poster.origin_given) == (None, "Narnia")
+
+
+def test_the_alpha3_code_wins_over_the_name() -> None:
+    product = wire.Product(ID="p", CountryOfOrigin="China", CountryOfOriginCode="TWN")
+
+    assert mapping.product_from_wire(product).origin == "TW"

@@ -80,10 +80,14 @@ class Incomplete(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Priced(msgspec.Struct, frozen=True, kw_only=True):
-    """A product's net unit price in USD (exact), its description, SKU and name."""
+    """A product's net price in USD over its order lines and the quantity it is for (kept apart,
+    so a box's value is one exact product and one division: a mean unit price rounded at
+    Decimal's precision could tip a value on the half-cent the wrong way), its description, SKU
+    and name."""
 
-    unit_usd: Decimal | None
-    valued: bool  # the sale's currency converts to USD: no unit_usd means no price
+    usd_total: Decimal | None
+    ordered: Decimal  # the quantity ``usd_total`` is for
+    valued: bool  # the sale's currency converts to USD: no usd_total means no price
     description: str | None
     sku: str | None
     name: str | None
@@ -163,8 +167,10 @@ class _Checks:
             report("description", _SHORT_DESCRIPTION.format(description))
         if quantity != quantity.to_integral_value() or quantity < 1:
             report("quantity", _NOT_WHOLE.format(box, quantity))
-        value = None if info.unit_usd is None else to_cents(info.unit_usd * quantity)
-        if info.unit_usd is None and info.valued:
+        value = None
+        if info.usd_total is not None:
+            value = to_cents(info.usd_total * quantity / info.ordered)
+        if info.usd_total is None and info.valued:
             report("value", _NO_PRICE)
         elif value is not None and value <= 0:
             report("value", _ZERO_VALUE)
@@ -250,14 +256,14 @@ def _price(
         sku = product.sku
     names = [line.name for line in mine] + [product.name if product else None]
     description = next((n for n in (_words(name, sku) for name in names) if n), None)
-    unit_usd = None
+    usd_total = None
     priced = [line for line in mine if line.price is not None and line.quantity > 0]
+    quantity = sum((line.quantity for line in priced), Decimal(0))
     if rate is not None and priced:
-        quantity = sum((line.quantity for line in priced), Decimal(0))
-        net = sum((_net(line) * line.quantity for line in priced), Decimal(0))
-        unit_usd = net / quantity * rate
+        usd_total = sum((_net(line) * line.quantity for line in priced), Decimal(0)) * rate
     return _Priced(
-        unit_usd=unit_usd,
+        usd_total=usd_total,
+        ordered=quantity or Decimal(1),
         valued=rate is not None,
         description=description,
         sku=sku,

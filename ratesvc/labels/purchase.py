@@ -133,8 +133,15 @@ class PurchaseUnit:
                 "nothing (checked in its shipment list)"
             )
         n = package.n
-        package = await self._move(package, P.UNKNOWN, attempt_at=now_text(),
-                                   attempts=package.attempts + 1)  # fmt: skip
+        # Calling from before the package reads unknown: a concurrent request that sees it so
+        # must find it being bought (already_labelled), not reconciling.
+        self.calling = True
+        try:
+            package = await self._move(package, P.UNKNOWN, attempt_at=now_text(),
+                                       attempts=package.attempts + 1)  # fmt: skip
+        except BaseException:
+            self.calling = False
+            raise
         parcel = plan.packages[n - 1]
         request = LabelRequest(
             carrier_code=plan.carrier_code, service_code=plan.service_code,
@@ -145,7 +152,6 @@ class PurchaseUnit:
             test_label=plan.test_label, purchase_key=package.purchase_key,
         )  # fmt: skip
         deadline = asyncio.get_running_loop().time() + 60
-        self.calling = True
         try:
             record = await self._services.shipstation.create_label(request, deadline=deadline)
         except UpstreamThrottled as exc:

@@ -35,6 +35,7 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import UpstreamFailure, UpstreamThrottled
+from ratesvc.labels.customs import declaration
 from ratesvc.labels.lifecycle import LabelStatus, PackageState, package_sources, sources
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
@@ -150,6 +151,7 @@ class PurchaseUnit:
             dimensions=parcel.dimensions,
             confirmation=None if plan.confirmation == "none" else plan.confirmation,
             test_label=plan.test_label, purchase_key=package.purchase_key,
+            customs=declaration(plan.ship_from, plan.ship_to, plan.customs, parcel),
         )  # fmt: skip
         deadline = asyncio.get_running_loop().time() + 60
         try:

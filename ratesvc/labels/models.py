@@ -86,6 +86,7 @@ class LabelPackage(msgspec.Struct, frozen=True, kw_only=True):
     insurance_cost: str | None
     label_url: str | None
     state: str
+    customs_form_url: str | None = None
 
 
 class WriteBack(msgspec.Struct, frozen=True, kw_only=True):

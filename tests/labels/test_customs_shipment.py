@@ -1,19 +1,30 @@
 """International shipments through HTTP: customs declared per package, refused before buying
-when missing (``customs_required``), forwarded to ShipStation unchanged."""
+when missing (``customs_required``), forwarded to ShipStation unchanged, and the customs form
+kept, served and forgotten with the label."""
 
 from __future__ import annotations
 
+import base64
+import io
+import sqlite3
+from pathlib import Path
 from typing import Any
 
+import pypdf
 import pytest
 from aiohttp.test_utils import TestClient
 
+from ratesvc import keys
 from ratesvc.errors import CustomsRequired
 from ratesvc.labels.customs import is_international, require_items
 from ratesvc.models import Address, PackageIn, Weight
+from ratesvc.sandbox.cin7 import Cin7Sandbox
+from ratesvc.sandbox.pdf import label_pdf
 from ratesvc.sandbox.shipstation import ShipStationSandbox
-from tests.api.test_labels import buy, labels  # noqa: F401 (the fixture)
+from tests.api.test_labels import buy, label_of, labels, until  # noqa: F401 (the fixture)
 from tests.conftest import AUTH
+from tests.labels.conftest import Service
+from tests.labels.test_retention import _age
 
 TO_CANADA = {"name": "A. Client", "street1": "1 Yonge St", "city": "Toronto", "state": "ON",
              "postal_code": "M5E 1W7", "country": "CA"}  # fmt: skip
@@ -72,7 +83,7 @@ async def test_an_international_shipment_without_customs_items_is_refused_before
     assert await listed(labels) == []  # nothing recorded
 
 
-async def test_customs_items_are_forwarded_unchanged_box_by_box(
+async def test_customs_items_are_forwarded_unchanged_and_the_form_is_served(
     labels: TestClient,  # noqa: F811
     sandbox: ShipStationSandbox,
 ) -> None:
@@ -88,6 +99,19 @@ async def test_customs_items_are_forwarded_unchanged_box_by_box(
     }  # fmt: skip
     assert second["internationalOptions"]["customsItems"] == [SENT_STRAINER]  # its own box only
     assert label["status"] == "completed"
+    for n, package in enumerate(label["packages"], start=1):
+        url = f"/v1/labels/{label['label_id']}/packages/{n}/customs.pdf"
+        assert package["customs_form_url"] == url
+        response = await labels.get(url, headers=AUTH)
+        assert response.status == 200
+        assert response.content_type == "application/pdf"
+        form = pypdf.PdfReader(io.BytesIO(await response.read()), strict=True)
+        assert len(form.pages) == 1
+        text = form.pages[0].extract_text()
+        assert package["tracking_number"] in text
+        assert "1 x Tea strainer - USD 7.5 - HS - - DE" in text
+    viewed = await (await labels.get(f"/v1/labels/{label['label_id']}", headers=AUTH)).json()
+    assert viewed["packages"][0]["customs_form_url"] == label["packages"][0]["customs_form_url"]
 
 
 async def test_an_apo_address_is_international_although_its_country_is_us(
@@ -99,17 +123,25 @@ async def test_an_apo_address_is_international_although_its_country_is_us(
     (sent,) = createlabel_bodies(sandbox)
     assert sent["internationalOptions"]["customsItems"] == [SENT_TEA]
     assert sent["internationalOptions"]["contents"] == "merchandise"  # the defaults
-    assert label["status"] == "completed"
+    assert label["packages"][0]["customs_form_url"] is not None
 
 
-async def test_a_domestic_shipment_sends_no_customs(
+async def test_a_domestic_shipment_sends_no_customs_and_has_no_form(
     labels: TestClient,  # noqa: F811
     sandbox: ShipStationSandbox,
 ) -> None:
-    await buy(labels, shipment_label(TO_US, box("Box 1", TEA), box("Box 2")))
+    label = await buy(labels, shipment_label(TO_US, box("Box 1", TEA), box("Box 2")))
 
     assert [b["internationalOptions"] for b in createlabel_bodies(sandbox)] == [None, None]
     assert "internationalOptions" in createlabel_bodies(sandbox)[0]  # sent as null
+    assert [p["customs_form_url"] for p in label["packages"]] == [None, None]
+    missing = await labels.get(
+        f"/v1/labels/{label['label_id']}/packages/1/customs.pdf", headers=AUTH
+    )
+    assert missing.status == 404
+    assert (await missing.json())["code"] == "not_found"
+    bad_n = await labels.get(f"/v1/labels/{label['label_id']}/packages/x/customs.pdf", headers=AUTH)
+    assert bad_n.status == 422
 
 
 async def rate(client: TestClient, shipment: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +169,7 @@ async def test_a_quote_keeps_its_customs_and_buying_it_forwards_the_same_items(
     assert sent["internationalOptions"] == {
         "contents": "sample", "nonDelivery": "treat_as_abandoned", "customsItems": [SENT_TEA],
     }  # fmt: skip
-    assert label["status"] == "completed"
+    assert label["packages"][0]["customs_form_url"] is not None
 
 
 async def test_an_international_quote_without_customs_is_rated_but_not_bought(
@@ -203,6 +235,85 @@ async def test_a_bad_customs_header_is_422_with_its_field_path(
     problem = await buy(labels, body, status=422)
 
     assert [e["field"] for e in problem["errors"]] == [f"shipment.customs.{field}"]
+
+
+async def test_retention_forgets_customs_forms_with_the_label_pdfs(
+    restartable: Service, sandbox: ShipStationSandbox, tmp_path: Path
+) -> None:
+    client = restartable.client
+    assert client is not None
+    label = await buy(client, shipment_label(TO_CANADA, box("Box 1", TEA)))
+    folder = tmp_path / "data"
+    assert sorted(p.name for p in folder.rglob("*.pdf")) == ["1.customs.pdf", "1.pdf"]
+    _age(folder, 91)
+
+    _, _, removed = await client.app[keys.LABELS].retention.purge()
+
+    url = f"/v1/labels/{label['label_id']}"
+    assert removed == 2  # the label PDF and the customs form
+    assert list(folder.rglob("*.pdf")) == []
+    assert (await client.get(url + "/packages/1/customs.pdf", headers=AUTH)).status == 404
+    viewed = await (await client.get(url, headers=AUTH)).json()
+    assert viewed["packages"][0]["customs_form_url"] is None
+
+
+async def sale_label_with_a_form(
+    client: TestClient, cin7_sandbox: Cin7Sandbox, folder: Path
+) -> tuple[dict[str, Any], bytes]:
+    """A sale's label whose write-back waits for Cin7 Core, its package recorded with a customs
+    form as the purchase unit records one (a sale's declaration is built from the sale
+    elsewhere); Cin7 Core is back when this returns."""
+    cin7_sandbox.knobs.writes_down = True
+    sale = {"sale_id": "sale-simple", "carrier_code": "ups", "service_code": "ups_ground"}
+    label = await buy(client, sale)
+    await until(lambda: status_is(client, label["label_id"], "write_back_failed"))
+    form = label_pdf(["CUSTOMS DECLARATION"])
+    (folder / "form.pdf").write_bytes(form)
+    with sqlite3.connect(folder / "data" / "ledger.sqlite3") as db:
+        db.execute("UPDATE packages SET customs_pdf_path = ?", (str(folder / "form.pdf"),))
+    return label, form
+
+
+async def status_is(client: TestClient, label_id: str, status: str) -> bool:
+    return (await label_of(client, label_id))["status"] == status
+
+
+async def test_the_write_back_attaches_the_customs_form_next_to_the_label(
+    labels: TestClient,  # noqa: F811
+    cin7_sandbox: Cin7Sandbox,
+    tmp_path: Path,
+) -> None:
+    label, form = await sale_label_with_a_form(labels, cin7_sandbox, tmp_path)
+    cin7_sandbox.knobs.writes_down = False
+
+    await until(lambda: status_is(labels, label["label_id"], "completed"))
+
+    tracking = label["packages"][0]["tracking_number"]
+    attached = {a["FileName"]: a["Content"] for a in cin7_sandbox.attachments["sale-simple"]}
+    assert sorted(attached) == [f"customs-{tracking}.pdf", f"label-{tracking}.pdf"]
+    assert base64.b64decode(attached[f"customs-{tracking}.pdf"]) == form
+    viewed = await label_of(labels, label["label_id"])
+    assert viewed["packages"][0]["customs_form_url"].endswith("/packages/1/customs.pdf")
+    served = await labels.get(viewed["packages"][0]["customs_form_url"], headers=AUTH)
+    assert await served.read() == form
+
+
+async def test_a_customs_form_already_on_the_sale_is_not_attached_again(
+    labels: TestClient,  # noqa: F811
+    cin7_sandbox: Cin7Sandbox,
+    tmp_path: Path,
+) -> None:
+    """An earlier attempt attached the form, then failed: the retry looks before it writes."""
+    label, _ = await sale_label_with_a_form(labels, cin7_sandbox, tmp_path)
+    tracking = label["packages"][0]["tracking_number"]
+    earlier = {"ID": "earlier", "FileName": f"customs-{tracking}.pdf", "Content": ""}
+    cin7_sandbox.attachments["sale-simple"] = [earlier]
+    cin7_sandbox.knobs.writes_down = False
+
+    await until(lambda: status_is(labels, label["label_id"], "completed"))
+
+    names = [a["FileName"] for a in cin7_sandbox.attachments["sale-simple"]]
+    assert names == [f"customs-{tracking}.pdf", f"label-{tracking}.pdf"]
 
 
 @pytest.mark.parametrize(

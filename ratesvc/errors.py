@@ -18,6 +18,7 @@
     │   ├── QuoteExpired              410 quote_expired
     │   ├── PayloadTooLarge           413 payload_too_large
     │   ├── InvalidRequest            422 invalid_request (``errors`` lists each field)
+    │   │   └── CustomsRequired       422 customs_required (international, no customs_items)
     │   └── IdempotencyKeyReused      422 idempotency_key_reused
     └── UpstreamFailure               ShipStation or Cin7 Core let us down (5xx)
         ├── UpstreamError             502 upstream_error: answered with an error we cannot fix
@@ -160,6 +161,13 @@ class InvalidRequest(RequestError):
     @classmethod
     def field(cls, field: str, message: str) -> InvalidRequest:
         return cls(f"{field} {message}", [FieldError(field=field, message=message)])
+
+
+class CustomsRequired(InvalidRequest):
+    """An international shipment's packages must declare their contents before buying."""
+
+    code = "customs_required"
+    status = 422
 
 
 class UpstreamFailure(RatesvcError):

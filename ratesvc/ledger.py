@@ -119,6 +119,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX purchases_status ON purchases(status);
     CREATE INDEX purchases_request ON purchases(account, request_hash);
     """,
+    # 4: the customs form ShipStation returns for an international package, kept like its label
+    """
+    ALTER TABLE packages ADD COLUMN customs_pdf_path TEXT;
+    """,
 ]
 
 SQLITE_MAX_VARIABLES = 500  # stay well under SQLite's limit on "?" in one statement
@@ -162,6 +166,7 @@ class PackageRow:
     insurance_cost: str | None
     pdf_path: str | None
     attempts: int = 0  # createlabel calls that may have reached ShipStation
+    customs_pdf_path: str | None = None  # the customs form of an international package
 
 
 @dataclass(frozen=True)
@@ -690,7 +695,8 @@ class Ledger:
 
     async def purge(self, before: dt.datetime) -> tuple[int, int, list[str]]:
         """Forget what finished before ``before``: settled events and outbox jobs are deleted;
-        (events, jobs, PDF paths of finished labels to delete) — the paths are cleared here."""
+        (events, jobs, PDF paths of finished labels to delete: labels and customs forms) — the paths
+        are cleared here."""
         cutoff = _stamp(before)
         async with self._transaction() as db:
             events = await db.execute(
@@ -707,13 +713,15 @@ class Ledger:
                 "(SELECT label_id FROM outbox WHERE state IN ('pending', 'running'))"
             )
             async with db.execute(
-                f"SELECT pdf_path FROM packages WHERE pdf_path IS NOT NULL AND label_id IN "
-                f"({finished})",
+                f"SELECT pdf_path, customs_pdf_path FROM packages WHERE (pdf_path IS NOT NULL "
+                f"OR customs_pdf_path IS NOT NULL) AND label_id IN ({finished})",
                 (cutoff,),
             ) as cursor:
-                paths = [str(row[0]) for row in await cursor.fetchall()]
+                paths = [str(path) for row in await cursor.fetchall() for path in row if path]
             await db.execute(
-                f"UPDATE packages SET pdf_path = NULL WHERE label_id IN ({finished})", (cutoff,)
+                f"UPDATE packages SET pdf_path = NULL, customs_pdf_path = NULL "
+                f"WHERE label_id IN ({finished})",
+                (cutoff,),
             )
         return events.rowcount, jobs.rowcount, paths
 

@@ -183,6 +183,7 @@ class LabelRequest(msgspec.Struct, frozen=True, kw_only=True):
     confirmation: Confirmation | None = None
     test_label: bool = False
     purchase_key: str | None = None
+    customs: CustomsDeclaration | None = None  # international only
 
 
 class ShipmentRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -203,6 +204,7 @@ class ShipmentRecord(msgspec.Struct, frozen=True, kw_only=True):
     ship_to_country: str | None = None
     custom_field1: str | None = None
     weight: Weight | None = None
+    customs_form_pdf: bytes | None = None
 
 
 class ShipmentPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -230,6 +232,57 @@ class VoidResult(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
+# --- customs (international shipments) ---------------------------------------------------------
+
+CustomsContents = Literal["merchandise", "documents", "gift", "returned_goods", "sample"]
+NonDelivery = Literal["return_to_sender", "treat_as_abandoned"]
+# A money string ≥ 0 with at most two decimals ("50.00"); a regex on ASCII digits, length-bound.
+Money = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=13, pattern=r"^[0-9]{1,10}(\.[0-9]{1,2})?$")
+]
+# 6 to 10 digits, optionally dotted ("0902.10", "6109.10.0012").
+HsCode = Annotated[str, msgspec.Meta(max_length=19, pattern=r"^(?:[0-9]\.?){5,9}[0-9]$")]
+
+
+class CustomsIn(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The declaration's header: what the parcels hold and what happens if they cannot be
+    delivered."""
+
+    contents: CustomsContents = "merchandise"
+    non_delivery: NonDelivery = "return_to_sender"
+
+
+class CustomsItem(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One line of a package's customs declaration. ``value`` is the line's total in USD."""
+
+    description: Annotated[str, msgspec.Meta(min_length=3, max_length=100)]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    value: Money
+    country_of_origin: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")]
+    hs_code: HsCode | None = None
+    sku: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.description) < 3:
+            raise ValueError("description: must be 3 to 100 characters besides white space")
+        require_text(self, "sku")
+        if self.country_of_origin not in ISO_3166_ALPHA2:
+            raise ValueError("country_of_origin: must be an ISO 3166-1 alpha-2 code such as CN")
+
+    @property
+    def amount(self) -> Decimal:
+        return Decimal(self.value)
+
+
+class CustomsDeclaration(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What one package's label declares to customs, however it was obtained."""
+
+    contents: CustomsContents
+    non_delivery: NonDelivery
+    items: list[CustomsItem]
+
+
 # --- POST /v1/rates ----------------------------------------------------------------------------
 
 
@@ -241,6 +294,9 @@ class PackageIn(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
     dimensions: Dimensions | None = None
     package_code: Code | msgspec.UnsetType | None = msgspec.UNSET
     box: ShortText | None = None
+    customs_items: (
+        Annotated[list[CustomsItem], msgspec.Meta(min_length=1, max_length=100)] | None
+    ) = None
 
     @property
     def requested_package_code(self) -> str | None:
@@ -252,6 +308,7 @@ class ShipmentIn(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True)
     packages: Annotated[list[PackageIn], msgspec.Meta(min_length=1, max_length=50)]
     ship_from: Address | None = None
     confirmation: Confirmation = "none"
+    customs: CustomsIn | None = None
 
 
 class RatesRequest(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):

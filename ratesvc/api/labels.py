@@ -63,6 +63,15 @@ async def get_label_pdf(request: web.Request) -> web.Response:
     return web.Response(body=pdf, content_type="application/pdf")
 
 
+async def get_customs_pdf(request: web.Request) -> web.Response:
+    services = current_account(request)
+    n = whole_number(request.match_info["n"], name="n", low=1, high=PACKAGE_MAX)
+    pdf = await request.app[keys.LABELS].pdf(
+        request.match_info["label_id"], services.account.name, n, customs=True
+    )
+    return web.Response(body=pdf, content_type="application/pdf")
+
+
 async def void_label(request: web.Request) -> web.Response:
     services = current_account(request)
     label = await request.app[keys.LABELS].void(services, request.match_info["label_id"])

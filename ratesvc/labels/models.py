@@ -11,6 +11,7 @@ from ratesvc.models import (
     Address,
     Code,
     Confirmation,
+    CustomsIn,
     Inbound,
     PackageIn,
     SaleRef,
@@ -52,7 +53,12 @@ class LabelsRequest(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 class LabelPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Exactly what will be bought; kept in the ledger with the purchase."""
+    """Exactly what will be bought; kept in the ledger with the purchase.
+
+    Customs (international only, see :mod:`ratesvc.labels.customs`): ``customs`` is the header,
+    each package's ``customs_items`` what its label declares — from the request's shipment or
+    built from a sale, however they were obtained.
+    """
 
     carrier_code: str
     service_code: str
@@ -68,6 +74,7 @@ class LabelPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     task_id: str | None = None
     quote_id: str | None = None
     charge: str | None = None  # what the customer was quoted (markup included), when quoted
+    customs: CustomsIn | None = None
 
 
 class LabelPackage(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +86,7 @@ class LabelPackage(msgspec.Struct, frozen=True, kw_only=True):
     insurance_cost: str | None
     label_url: str | None
     state: str
+    customs_form_url: str | None = None
 
 
 class WriteBack(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,6 +19,7 @@ import msgspec
 from ratesvc.accounts import AccountServices
 from ratesvc.config import Account
 from ratesvc.errors import FieldError, InvalidRequest, NotFound, QuoteExpired, SaleChanged
+from ratesvc.labels.customs import require_items
 from ratesvc.labels.models import LabelPlan, LabelsRequest
 from ratesvc.models import ShipmentIn
 from ratesvc.quotes import QuoteStore, StoredQuote
@@ -99,6 +100,8 @@ async def make_plan(
         ship_from = ship_from_or_none
         codes = [request.package_code or "package"] * len(shipment.packages)
         await _check_offered(services, carrier, service, codes[0], deadline)
+    at = "shipment.packages" if sale_id is None else None
+    require_items(ship_from, shipment.ship_to, shipment.packages, at=at)
     plan = LabelPlan(
         carrier_code=carrier, service_code=service, package_codes=codes, ship_from=ship_from,
         ship_to=shipment.ship_to, packages=shipment.packages,
@@ -106,6 +109,7 @@ async def make_plan(
         test_label=request.test_label,
         write_back=sale_id is not None and request.write_back is not False,
         sale_id=sale_id, task_id=task_id, quote_id=request.quote_id, charge=charge,
+        customs=shipment.customs,
     )  # fmt: skip
     return _recordable(plan)
 

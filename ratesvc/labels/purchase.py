@@ -35,6 +35,7 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import UpstreamFailure, UpstreamThrottled
+from ratesvc.labels.customs import declaration
 from ratesvc.labels.lifecycle import LabelStatus, PackageState, package_sources, sources
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
@@ -150,6 +151,7 @@ class PurchaseUnit:
             dimensions=parcel.dimensions,
             confirmation=None if plan.confirmation == "none" else plan.confirmation,
             test_label=plan.test_label, purchase_key=package.purchase_key,
+            customs=declaration(plan.ship_from, plan.ship_to, plan.customs, parcel),
         )  # fmt: skip
         deadline = asyncio.get_running_loop().time() + 60
         try:
@@ -171,7 +173,9 @@ class PurchaseUnit:
             await self._move(package, P.FAILED)
             raise Stop(f"package {n}: {exc.detail}") from exc
         try:
-            return await self._bought(package, record, pdf=record.label_pdf)
+            return await self._bought(
+                package, record, pdf=record.label_pdf, form=record.customs_form_pdf
+            )
         finally:
             self.calling = False
 
@@ -266,22 +270,32 @@ class PurchaseUnit:
         )
 
     async def _bought(
-        self, package: PackageRow, record: ShipmentRecord, *, pdf: bytes | None
+        self,
+        package: PackageRow,
+        record: ShipmentRecord,
+        *,
+        pdf: bytes | None,
+        form: bytes | None = None,
     ) -> PackageRow:
-        path = None
+        """Record the package bought, with its label PDF and customs form (when ShipStation
+        returned them) fsynced next to each other first."""
+        path = form_path = None
         if pdf:
-            path = await asyncio.to_thread(self._save_pdf, package.n, pdf)
+            path = await asyncio.to_thread(self._save_pdf, f"{package.n}.pdf", pdf)
+        if form:
+            form_path = await asyncio.to_thread(self._save_pdf, f"{package.n}.customs.pdf", form)
         return await self._move(
             package, P.BOUGHT, shipment_id=record.shipment_id,
             tracking_number=record.tracking_number, cost=str(record.shipment_cost),
             insurance_cost=str(record.insurance_cost), pdf_path=path,
+            customs_pdf_path=form_path,
         )  # fmt: skip
 
-    def _save_pdf(self, n: int, pdf: bytes) -> str:
+    def _save_pdf(self, name: str, pdf: bytes) -> str:
         folder = self._pdf_dir / self._label_id
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{n}.pdf"
-        temporary = path.with_suffix(".tmp")
+        path = folder / name
+        temporary = folder / f"{name}.tmp"
         with temporary.open("wb") as handle:
             handle.write(pdf)
             handle.flush()

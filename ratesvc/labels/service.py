@@ -322,17 +322,22 @@ class Labels:
             raise NotFound(f"no label {label_id}")
         return label_view(row, await self._ledger.packages(label_id))
 
-    async def pdf(self, label_id: str, account: str, n: int) -> bytes:
+    async def pdf(self, label_id: str, account: str, n: int, *, customs: bool = False) -> bytes:
+        """Package ``n``'s label PDF, or (``customs``) its customs form."""
+        what = "customs form" if customs else "PDF"
         row = await self._ledger.purchase(label_id)
         if row is None or row.account != account:
             raise NotFound(f"no label {label_id}")
         package = next((p for p in await self._ledger.packages(label_id) if p.n == n), None)
-        if package is None or package.pdf_path is None:
-            raise NotFound(f"label {label_id} has no PDF for package {n}")
+        path = (
+            None if package is None else package.customs_pdf_path if customs else package.pdf_path
+        )
+        if path is None:
+            raise NotFound(f"label {label_id} has no {what} for package {n}")
         try:
-            return await asyncio.to_thread(Path(package.pdf_path).read_bytes)
+            return await asyncio.to_thread(Path(path).read_bytes)
         except FileNotFoundError:
-            raise NotFound(f"the PDF of label {label_id} package {n} is gone") from None
+            raise NotFound(f"the {what} of label {label_id} package {n} is gone") from None
 
     async def page(
         self, account: str, *, sale_id: str | None, status: str | None, limit: int,

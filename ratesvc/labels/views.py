@@ -52,6 +52,8 @@ def label_view(row: PurchaseRow, packages: list[PackageRow]) -> Label:
                 label_url=f"/v1/labels/{row.label_id}/packages/{p.n}/label.pdf"
                 if p.pdf_path else None,
                 state=p.state,
+                customs_form_url=f"/v1/labels/{row.label_id}/packages/{p.n}/customs.pdf"
+                if p.customs_pdf_path else None,
             )
             for p in packages
         ],

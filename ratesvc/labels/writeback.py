@@ -7,7 +7,7 @@ they write, so repeating a job (after a crash, a time-out, or a retry) never dup
   are done, else write one line per box (carrier, tracking number, tracking URL, ship date,
   shipped) and authorise the Ship (``POST``), or add the tracking with ``PUT
   AddTrackingNumbers`` when the Ship was authorised for labels since voided; then attach each
-  label PDF whose file name is not on the sale yet.
+  label PDF (and customs form) whose file name is not on the sale yet.
 * ``void_correction`` — after a void, clear the voided tracking numbers from the Ship lines.
 
 A failed job is retried with exponential backoff (``base_s`` doubling up to ``max_s``) through
@@ -81,6 +81,10 @@ def _line(plan: LabelPlan, package: PackageRow, *, live: bool) -> wire.ShipLineW
 
 def pdf_name(tracking_number: str | None, n: int) -> str:
     return f"label-{tracking_number or n}.pdf"
+
+
+def customs_name(tracking_number: str | None, n: int) -> str:
+    return f"customs-{tracking_number or n}.pdf"
 
 
 class WriteBackWorker:
@@ -269,10 +273,14 @@ class WriteBackWorker:
                 await cin7.ship(plan.task_id, lines, authorise=True, deadline=deadline)
         attached = set(sale.attachments)
         for package in packages:
-            name = pdf_name(package.tracking_number, package.n)
-            if package.pdf_path and name not in attached:
-                content = await asyncio.to_thread(Path(package.pdf_path).read_bytes)
-                await cin7.attach(plan.sale_id, name, content, deadline=deadline)
+            files = (
+                (pdf_name(package.tracking_number, package.n), package.pdf_path),
+                (customs_name(package.tracking_number, package.n), package.customs_pdf_path),
+            )
+            for name, path in files:
+                if path and name not in attached:
+                    content = await asyncio.to_thread(Path(path).read_bytes)
+                    await cin7.attach(plan.sale_id, name, content, deadline=deadline)
         if services.account.invoice_shipping:
             await self._charge(cin7, plan, packages, deadline)
 

@@ -353,6 +353,7 @@ class ShipStationSandbox:
         ship_date = _required_text(body, "shipDate")
         ship_from, ship_to = _address(body, "shipFrom"), _address(body, "shipTo")
         parcel = _Parcel.read(body)
+        customs = _customs_items(body, ship_from, ship_to)
         route = {
             **body,
             "fromPostalCode": ship_from["postalCode"],
@@ -374,6 +375,7 @@ class ShipStationSandbox:
             ],
             big=f"TRACKING # {tracking}",
         )
+        form = _customs_form(tracking, ship_to, customs) if customs else None
         record = {
             "shipmentId": shipment_id, "orderId": None, "orderKey": None, "userId": None,
             "customerEmail": None, "orderNumber": None,
@@ -400,7 +402,8 @@ class ShipStationSandbox:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self.knobs.hang_s)
         return _json({**record, "labelData": base64.b64encode(pdf).decode(), "shipTo": None,
-                      "weight": None, "dimensions": None, "advancedOptions": None})  # fmt: skip
+                      "weight": None, "dimensions": None, "advancedOptions": None,
+                      "formData": base64.b64encode(form).decode() if form else None})  # fmt: skip
 
     def _label_fault(self) -> str | None:
         """The fault for this createlabel call: the next scripted one, else the sticky one."""
@@ -565,6 +568,46 @@ def _address(body: dict[str, Any], key: str) -> dict[str, Any]:
         if not isinstance(address.get(part), str) or not address[part]:
             raise _model_state(f"{key}.{part}", f"The {part} field is required.")
     return address
+
+
+def _customs_items(
+    body: dict[str, Any], ship_from: dict[str, Any], ship_to: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """An international label's customs items; refused (as ShipStation does, 500) when absent.
+    International: the countries differ, or the ship-to is a US military address."""
+    military = str(ship_to.get("state") or "").upper() in ("AA", "AE", "AP")
+    if ship_from["country"].upper() == ship_to["country"].upper() and not military:
+        return []
+    options = body.get("internationalOptions")
+    items = options.get("customsItems") if isinstance(options, dict) else None
+    if not isinstance(items, list) or not items:
+        raise _exception("Customs information is required for international shipments.")
+    for item in items:
+        if (
+            not isinstance(item, dict)
+            or not item.get("description")
+            or not item.get("countryOfOrigin")
+        ):
+            raise _exception("Each customs item needs a description and a country of origin.")
+        if not isinstance(item.get("quantity"), int) or item["quantity"] < 1:
+            raise _exception("Each customs item needs a quantity of at least 1.")
+        value = item.get("value")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise _exception("Each customs item needs a value of 0 or more.")
+    return items
+
+
+def _customs_form(tracking: str, ship_to: dict[str, Any], items: list[dict[str, Any]]) -> bytes:
+    """A one-page customs declaration (CN22-like) listing the items."""
+    lines = [f"TO: {_one_line(ship_to, ('name', 'city', 'state', 'country'))}", ""]
+    for item in items[:20]:
+        lines.append(
+            f"{item['quantity']} x {item['description']} - USD {item['value']} - "
+            f"HS {item.get('harmonizedTariffCode') or '-'} - {item['countryOfOrigin']}"
+        )
+    if len(items) > 20:
+        lines.append(f"... and {len(items) - 20} more items")
+    return label_pdf(lines, big=f"CUSTOMS DECLARATION {tracking}")
 
 
 def _one_line(address: dict[str, Any], parts: tuple[str, ...]) -> str:

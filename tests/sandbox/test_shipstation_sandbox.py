@@ -377,3 +377,55 @@ def label_body(carrier: str, service: str | None = None) -> dict[str, Any]:
         "advancedOptions": {"customField1": "purchase-key-1"},
         "testLabel": False,
     }  # fmt: skip
+
+
+TO_CANADA = {"name": "A. Client", "street1": "1 Yonge St", "city": "Toronto", "state": "ON",
+             "postalCode": "M5E 1W7", "country": "CA"}  # fmt: skip
+ITEMS = [{"description": "Oolong tea, 100 g tin", "quantity": 4, "value": 50.0,
+          "harmonizedTariffCode": "0902.10", "countryOfOrigin": "CN"}]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ship_to", "options"),
+    [
+        (TO_CANADA, None),
+        (TO_CANADA, {"contents": "merchandise", "nonDelivery": "return_to_sender",
+                     "customsItems": []}),
+        ({**TO_CANADA, "state": "AE", "country": "US", "postalCode": "09021"}, None),
+    ],
+)  # fmt: skip
+async def test_an_international_label_without_customs_items_is_refused_before_buying(
+    ss: TestClient, sandbox: ShipStationSandbox, ship_to: dict[str, Any], options: Any
+) -> None:
+    body = {**label_body("ups", "ups_standard_international"), "shipTo": ship_to,
+            "internationalOptions": options}  # fmt: skip
+    response = await ss.post("/shipments/createlabel", json=body, headers=AUTH)
+
+    assert response.status == 500
+    assert (await response.json())["ExceptionMessage"] == (
+        "Customs information is required for international shipments."
+    )
+    assert sandbox.shipments == {}  # nothing bought
+
+
+async def test_an_international_label_with_customs_items_comes_with_a_customs_form(
+    ss: TestClient,
+) -> None:
+    options = {"contents": "gift", "nonDelivery": "return_to_sender", "customsItems": ITEMS}
+    body = {**label_body("ups", "ups_standard_international"), "shipTo": TO_CANADA,
+            "internationalOptions": options}  # fmt: skip
+    response = await ss.post("/shipments/createlabel", json=body, headers=AUTH)
+    created = await response.json()
+
+    assert response.status == 200, created
+    form = pypdf.PdfReader(io.BytesIO(base64.b64decode(created["formData"])), strict=True)
+    assert len(form.pages) == 1
+    text = form.pages[0].extract_text()
+    assert created["trackingNumber"] in text
+    assert "4 x Oolong tea, 100 g tin - USD 50.0 - HS 0902.10 - CN" in text
+
+
+async def test_a_domestic_label_has_no_customs_form(ss: TestClient) -> None:
+    response = await ss.post("/shipments/createlabel", json=label_body("ups"), headers=AUTH)
+
+    assert (await response.json())["formData"] is None

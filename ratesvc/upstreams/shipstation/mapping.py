@@ -23,6 +23,7 @@ from ratesvc.errors import (
 from ratesvc.models import (
     Address,
     CarrierInfo,
+    CustomsDeclaration,
     Dimensions,
     LabelRequest,
     PackageInfo,
@@ -160,6 +161,24 @@ def address_to_wire(address: Address) -> wire.Address:
     )
 
 
+def customs_to_wire(customs: CustomsDeclaration) -> wire.InternationalOptions:
+    """Items go unchanged: the value (a USD money string) as a number, the HS code as written."""
+    return wire.InternationalOptions(
+        contents=customs.contents,
+        nonDelivery=customs.non_delivery,
+        customsItems=[
+            wire.CustomsItem(
+                description=item.description,
+                quantity=item.quantity,
+                value=item.amount,
+                harmonizedTariffCode=item.hs_code,
+                countryOfOrigin=item.country_of_origin,
+            )
+            for item in customs.items
+        ],
+    )
+
+
 def label_request_to_wire(request: LabelRequest) -> wire.CreateLabelRequest:
     return wire.CreateLabelRequest(
         carrierCode=request.carrier_code,
@@ -171,6 +190,7 @@ def label_request_to_wire(request: LabelRequest) -> wire.CreateLabelRequest:
         dimensions=dimensions_to_wire(request.dimensions) if request.dimensions else None,
         shipFrom=address_to_wire(request.ship_from),
         shipTo=address_to_wire(request.ship_to),
+        internationalOptions=customs_to_wire(request.customs) if request.customs else None,
         advancedOptions=(
             wire.AdvancedOptions(customField1=request.purchase_key)
             if request.purchase_key
@@ -208,13 +228,16 @@ def _parse_date(value: str | None) -> dt.date | None:
         return None
 
 
+def _base64(data: str | None) -> bytes | None:
+    if not data:
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def shipment_from_wire(item: wire.Shipment) -> ShipmentRecord:
-    label_pdf: bytes | None = None
-    if item.labelData:
-        try:
-            label_pdf = base64.b64decode(item.labelData, validate=True)
-        except (binascii.Error, ValueError):
-            label_pdf = None
     return ShipmentRecord(
         shipment_id=item.shipmentId,
         carrier_code=item.carrierCode,
@@ -226,7 +249,8 @@ def shipment_from_wire(item: wire.Shipment) -> ShipmentRecord:
         ship_date=_parse_date(item.shipDate),
         created_at=parse_pacific(item.createDate),
         voided=bool(item.voided),
-        label_pdf=label_pdf,
+        label_pdf=_base64(item.labelData),
+        customs_form_pdf=_base64(item.formData),
         ship_to_postal_code=item.shipTo.postalCode if item.shipTo else None,
         ship_to_country=item.shipTo.country if item.shipTo else None,
         custom_field1=item.advancedOptions.customField1 if item.advancedOptions else None,

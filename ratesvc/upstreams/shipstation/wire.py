@@ -94,6 +94,20 @@ class AdvancedOptions(_Wire, kw_only=True):
     customField3: str | None = None
 
 
+class CustomsItem(_Wire, kw_only=True):
+    description: str
+    quantity: int
+    value: Decimal  # the line's value in USD, sent as a JSON number
+    harmonizedTariffCode: str | None = None
+    countryOfOrigin: str
+
+
+class InternationalOptions(_Wire, kw_only=True):
+    contents: str
+    nonDelivery: str
+    customsItems: list[CustomsItem]
+
+
 class CreateLabelRequest(_Wire, kw_only=True):
     carrierCode: str
     serviceCode: str
@@ -105,7 +119,7 @@ class CreateLabelRequest(_Wire, kw_only=True):
     shipFrom: Address
     shipTo: Address
     insuranceOptions: None = None
-    internationalOptions: None = None
+    internationalOptions: InternationalOptions | None = None
     advancedOptions: AdvancedOptions | None = None
     testLabel: bool = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from decimal import Decimal
 from typing import Any
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from ratesvc.errors import UpstreamAuth, UpstreamError, UpstreamThrottled, UpstreamUnavailable
 from ratesvc.models import (
     Address,
+    CustomsDeclaration,
+    CustomsItem,
     Dimensions,
     LabelRequest,
     RateRequest,
@@ -286,3 +289,52 @@ def test_an_error_body_that_is_not_json_still_maps() -> None:
 
     assert isinstance(error, UpstreamUnavailable)
     assert error.retryable
+
+
+def _label_to(ship_to: Address, customs: CustomsDeclaration | None) -> LabelRequest:
+    return LabelRequest(
+        carrier_code="ups", service_code="ups_standard_international", package_code="package",
+        ship_date=dt.date(2026, 12, 1), ship_from=ADDRESS_TO, ship_to=ship_to,
+        weight=Weight(value=2, unit="lb"), customs=customs,
+    )  # fmt: skip
+
+
+def test_customs_go_out_as_international_options_with_values_as_numbers() -> None:
+    items = [
+        CustomsItem(description="Oolong tea, 100 g tin", quantity=4, value="50.00",
+                    hs_code="0902.10", country_of_origin="CN", sku="TEA-1"),
+        CustomsItem(description="Tea strainer", quantity=1, value="0.5",
+                    country_of_origin="DE"),
+    ]  # fmt: skip
+    customs = CustomsDeclaration(contents="gift", non_delivery="treat_as_abandoned", items=items)
+    to = Address(country="CA", postal_code="M5E 1W7", state="ON", city="Toronto")
+
+    encoded = wire.encoder.encode(mapping.label_request_to_wire(_label_to(to, customs)))
+
+    assert orjson.loads(encoded)["internationalOptions"] == {
+        "contents": "gift",
+        "nonDelivery": "treat_as_abandoned",
+        "customsItems": [
+            {"description": "Oolong tea, 100 g tin", "quantity": 4, "value": 50.0,
+             "harmonizedTariffCode": "0902.10", "countryOfOrigin": "CN"},
+            {"description": "Tea strainer", "quantity": 1, "value": 0.5,
+             "harmonizedTariffCode": None, "countryOfOrigin": "DE"},
+        ],
+    }  # fmt: skip
+    assert b'"value":50.00,' in encoded  # the money string's digits, as a JSON number
+
+
+def test_a_label_without_customs_sends_null_international_options() -> None:
+    sent = wire_json(mapping.label_request_to_wire(_label_to(ADDRESS_TO, None)))
+
+    assert "internationalOptions" in sent
+    assert sent["internationalOptions"] is None
+
+
+def test_a_customs_form_in_form_data_is_read_as_pdf_bytes() -> None:
+    form = b"%PDF-1.4 customs"
+    item = wire.Shipment(shipmentId=1, formData=base64.b64encode(form).decode())
+    assert mapping.shipment_from_wire(item).customs_form_pdf == form
+    assert mapping.shipment_from_wire(wire.Shipment(shipmentId=1)).customs_form_pdf is None
+    broken = wire.Shipment(shipmentId=1, formData="not base64!")
+    assert mapping.shipment_from_wire(broken).customs_form_pdf is None

@@ -398,19 +398,6 @@ async def test_labels_are_listed_newest_first_with_a_cursor(labels: TestClient) 
     assert (await labels.get("/v1/labels/lb_nope", headers=AUTH)).status == 404
 
 
-@pytest.fixture
-async def invoicing(
-    aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
-) -> TestClient:
-    """The service with the shipping charge written to the sale's draft invoice."""
-    env = service_env(
-        sandbox_url, tmp_path / "data", cin7_url, RATESVC_INVOICE_SHIPPING="true",
-        RATESVC_WRITEBACK_RETRY_S="0.05", RATESVC_CIN7_MIN_INTERVAL_S="0.01",
-    )  # fmt: skip
-    client: TestClient = await aiohttp_client(create_app(load_settings(env)))
-    return client
-
-
 async def buy_quoted_and_written_back(client: TestClient, sale_id: str) -> tuple[Any, Any]:
     """Rate the sale, buy its first quote, wait for the write-back; the quote and the label."""
     rates = await (await client.post(

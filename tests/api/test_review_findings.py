@@ -83,19 +83,6 @@ async def test_a_quote_id_with_a_non_canonical_index_is_unknown(
 # --- the shipping charge of a voided label stays on the sale's invoice ---------------------------
 
 
-@pytest.fixture
-async def invoicing(
-    aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
-) -> TestClient:
-    env = service_env(
-        sandbox_url, tmp_path / "data", cin7_url, RATESVC_INVOICE_SHIPPING="true",
-        RATESVC_WRITEBACK_RETRY_S="0.05", RATESVC_CIN7_MIN_INTERVAL_S="0.01",
-        RATESVC_LABEL_SETTLE_S="0",
-    )  # fmt: skip
-    client: TestClient = await aiohttp_client(create_app(load_settings(env)))
-    return client
-
-
 async def test_voiding_a_written_back_label_leaves_its_shipping_charge_on_the_invoice(
     invoicing: TestClient, cin7_sandbox: Cin7Sandbox
 ) -> None:

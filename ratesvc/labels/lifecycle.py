@@ -97,9 +97,6 @@ PACKAGE_TRANSITIONS: dict[PackageState, frozenset[PackageState]] = {
 
 # --- the groups the rest of the service asks about --------------------------------------------
 
-LIVE = frozenset(set(LabelStatus) - {S.VOIDED, S.FAILED})
-"""Statuses that hold their fulfilment: a second label for it is ``already_labelled``."""
-
 IN_FLIGHT = frozenset({S.PURCHASING, S.PURCHASED, S.WRITE_BACK_FAILED})
 """Work is still going on for the label (buying, or writing back)."""
 

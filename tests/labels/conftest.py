@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
-from tests.conftest import service_env
+from tests.conftest import AUTH, service_env
 
 SALE = {"sale_id": "sale-simple", "task_id": "task-sale-simple", "carrier_code": "ups",
         "service_code": "ups_ground"}  # fmt: skip
@@ -19,12 +20,23 @@ FAST = {"RATESVC_LABEL_SETTLE_S": "0", "RATESVC_WRITEBACK_RETRY_S": "0.05",
 
 
 class Service:
-    """The restartable on a data directory that outlives it: ``restart`` is a new process's view."""
+    """The service on a data directory that outlives it: ``restart`` is a new process's view."""
 
     def __init__(self, aiohttp_client: Any, sandbox_url: str, cin7_url: str, data: Path) -> None:
         self._make = aiohttp_client
         self._env = service_env(sandbox_url, data, cin7_url, **FAST)
+        self.data = data
         self.client: TestClient | None = None
+
+    def outbox(self, label_id: str) -> list[tuple[str, str]]:
+        """(kind, state) of the label's outbox jobs, read from the ledger file."""
+        with sqlite3.connect(self.data / "ledger.sqlite3") as db:
+            rows = db.execute("SELECT kind, state FROM outbox WHERE label_id = ?", (label_id,))
+            return [(str(kind), str(state)) for kind, state in rows]
+
+    async def drained(self, label_id: str) -> bool:
+        """Every outbox job of the label is done or cancelled."""
+        return all(state in ("done", "cancelled") for _, state in self.outbox(label_id))
 
     async def start(self, **extra: str) -> TestClient:
         self.client = await self._make(create_app(load_settings({**self._env, **extra})))
@@ -43,3 +55,8 @@ async def restartable(
     running = Service(aiohttp_client, sandbox_url, cin7_url, tmp_path / "data")
     await running.start()
     return running
+
+
+async def status_is(client: TestClient, label_id: str, status: str) -> bool:
+    answer = await client.get(f"/v1/labels/{label_id}", headers=AUTH)
+    return bool((await answer.json())["status"] == status)

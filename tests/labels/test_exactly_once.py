@@ -21,7 +21,7 @@ from ratesvc.sandbox.knobs import Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.api.test_labels import EXPLICIT, buy, createlabel_calls, label_of, until
 from tests.conftest import AUTH, service_env
-from tests.labels.conftest import FAST, SALE, Service
+from tests.labels.conftest import FAST, SALE, Service, status_is
 
 
 def live_shipments(sandbox: ShipStationSandbox) -> list[dict[str, Any]]:
@@ -86,7 +86,7 @@ async def test_a_replay_after_shipping_restart_and_outages_is_answered_from_the_
     rated = await client.post("/v1/rates", json={"sale_id": "sale-simple"}, headers=AUTH)
     body = {"quote_id": (await rated.json())["quotes"][0]["quote_id"]}
     first = await buy(client, body, key="k")
-    await until(lambda: _status_is(client, first["label_id"], "completed"))
+    await until(lambda: status_is(client, first["label_id"], "completed"))
     client = await restartable.restart()
     cin7_sandbox.knobs.down = True
     sandbox.knobs.error_rate = {"*": 1.0}
@@ -99,10 +99,6 @@ async def test_a_replay_after_shipping_restart_and_outages_is_answered_from_the_
     assert (dict(sandbox.calls), cin7_sandbox.counters()) == calls  # nothing upstream
 
 
-async def _status_is(client: TestClient, label_id: str, status: str) -> bool:
-    return (await label_of(client, label_id))["status"] == status
-
-
 # --- 3 and 4. void against the write-back -------------------------------------------------------
 
 
@@ -113,11 +109,11 @@ async def test_a_void_while_the_write_back_is_failing_leaves_no_tracking_on_the_
     assert client is not None
     cin7_sandbox.knobs.writes_down = True
     label = await buy(client, SALE)
-    await until(lambda: _status_is(client, label["label_id"], "write_back_failed"))
+    await until(lambda: status_is(client, label["label_id"], "write_back_failed"))
 
     voided = await (await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)).json()
     cin7_sandbox.knobs.writes_down = False
-    await until(lambda: _no_jobs_left(restartable, label["label_id"]))
+    await until(lambda: restartable.drained(label["label_id"]))
     final = await label_of(client, label["label_id"])
 
     assert voided["status"] == "voided"
@@ -138,23 +134,13 @@ async def test_a_void_during_an_in_flight_write_back_is_followed_by_its_correcti
 
     response = await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
     cin7_sandbox.knobs.latency = Latency()
-    await until(lambda: _no_jobs_left(restartable, label["label_id"]))
+    await until(lambda: restartable.drained(label["label_id"]))
     final = await label_of(client, label["label_id"])
 
     assert response.status == 200
     assert final["status"] == "voided"
     assert sale_tracking(cin7_sandbox) == set()
     assert [s["voided"] for s in sandbox.shipments.values()] == [True]
-
-
-async def _no_jobs_left(restartable: Service, label_id: str) -> bool:
-    return all(state in ("done", "cancelled") for _, state in _outbox(restartable, label_id))
-
-
-def _outbox(restartable: Service, label_id: str) -> list[tuple[str, str]]:
-    data = Path(restartable._env["RATESVC_DATA_DIR"]) / "ledger.sqlite3"
-    with sqlite3.connect(data) as db:
-        return list(db.execute("SELECT kind, state FROM outbox WHERE label_id = ?", (label_id,)))
 
 
 async def test_a_restart_with_cin7_down_still_writes_the_label_back_once(
@@ -168,10 +154,10 @@ async def test_a_restart_with_cin7_down_still_writes_the_label_back_once(
     client = await restartable.restart()
     cin7_sandbox.knobs.writes_down = False
 
-    await until(lambda: _status_is(client, label["label_id"], "completed"))
+    await until(lambda: status_is(client, label["label_id"], "completed"))
 
     assert len(sale_tracking(cin7_sandbox)) == 1
-    assert [kind for kind, _ in _outbox(restartable, label["label_id"])] == ["write_back"]
+    assert [kind for kind, _ in restartable.outbox(label["label_id"])] == ["write_back"]
 
 
 # --- 5. unknown outcomes stay unknown ---------------------------------------------------------
@@ -350,7 +336,7 @@ async def test_an_unreadable_recorded_purchase_goes_to_a_person_and_never_breaks
         db.execute("UPDATE packages SET state = 'pending', shipment_id = NULL")
 
     client = await restartable.restart()
-    await until(lambda: _status_is(client, label["label_id"], "attention"))
+    await until(lambda: status_is(client, label["label_id"], "attention"))
     listed = await _labels(client)
 
     assert listed[0]["label_id"] == label["label_id"]
@@ -367,14 +353,14 @@ async def test_a_void_cut_off_by_a_crash_between_boxes_is_settled_at_start(
     assert client is not None
     body = {"sale_id": "sale-multibox", "carrier_code": "fedex", "service_code": "fedex_ground"}
     label = await buy(client, body)
-    await until(lambda: _status_is(client, label["label_id"], "completed"))
+    await until(lambda: status_is(client, label["label_id"], "completed"))
     first, second = label["packages"]
     sandbox.shipments[first["shipment_id"]]["voided"] = True
     with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as db:
         db.execute("UPDATE packages SET state = 'voided' WHERE n = 1")
 
     client = await restartable.restart()
-    await until(lambda: _no_jobs_left(restartable, label["label_id"]))
+    await until(lambda: restartable.drained(label["label_id"]))
     shown = await label_of(client, label["label_id"])
 
     assert shown["status"] == "attention" and "interrupted" in shown["detail"]
@@ -393,18 +379,18 @@ async def test_a_second_void_cut_off_by_a_crash_is_finished_at_start(
     body = {"sale_id": "sale-multibox", "carrier_code": "fedex", "service_code": "fedex_ground"}
     label = await buy(client, body)
     label_id = label["label_id"]
-    await until(lambda: _status_is(client, label_id, "completed"))
+    await until(lambda: status_is(client, label_id, "completed"))
     second = label["packages"][1]
     sandbox.refused_voids.add(second["shipment_id"])
     refused = await client.post(f"/v1/labels/{label_id}/void", headers=AUTH)
-    await until(lambda: _no_jobs_left(restartable, label_id))
+    await until(lambda: restartable.drained(label_id))
     assert sale_tracking(cin7_sandbox, "sale-multibox") == {second["tracking_number"]}
     sandbox.shipments[second["shipment_id"]]["voided"] = True  # the second void, then the crash
     with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as db:
         db.execute("UPDATE packages SET state = 'voided' WHERE n = 2")
 
     client = await restartable.restart()
-    await until(lambda: _no_jobs_left(restartable, label_id))
+    await until(lambda: restartable.drained(label_id))
     shown = await label_of(client, label_id)
 
     assert refused.status == 409
@@ -422,7 +408,7 @@ async def test_an_advanced_sales_next_fulfilment_is_labelled_by_its_task_or_a_ne
     assert client is not None
     body = {"sale_id": "sale-simple", "carrier_code": "ups", "service_code": "ups_ground"}
     first = await buy(client, body)
-    await until(lambda: _status_is(client, first["label_id"], "completed"))
+    await until(lambda: status_is(client, first["label_id"], "completed"))
     cin7_sandbox.add_fulfilment("sale-simple", [("p-mug", 1, "Box 1")])
 
     replay = await buy(client, body, status=200)

@@ -14,8 +14,7 @@ from ratesvc.config import ConfigError, load_settings
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from tests.api.test_labels import EXPLICIT, buy, until
 from tests.conftest import AUTH, service_env
-from tests.labels.conftest import SALE, Service
-from tests.labels.test_exactly_once import _status_is
+from tests.labels.conftest import SALE, Service, status_is
 
 
 def _age(data: Path, days: int) -> None:
@@ -32,7 +31,7 @@ async def test_old_finished_records_are_forgotten_and_labels_are_kept(
     client = restartable.client
     assert client is not None
     done = await buy(client, SALE)
-    await until(lambda: _status_is(client, done["label_id"], "completed"))
+    await until(lambda: status_is(client, done["label_id"], "completed"))
     cin7_sandbox.knobs.writes_down = True
     waiting = await buy(client, EXPLICIT)  # no write-back: completed, its PDF is old too
     data = tmp_path / "data"
@@ -57,7 +56,7 @@ async def test_what_is_younger_or_unfinished_is_kept(
     assert client is not None
     cin7_sandbox.knobs.writes_down = True
     stuck = await buy(client, SALE)  # its write-back keeps failing: still in progress
-    await until(lambda: _status_is(client, stuck["label_id"], "write_back_failed"))
+    await until(lambda: status_is(client, stuck["label_id"], "write_back_failed"))
     _age(tmp_path / "data", 89)
     fresh = await buy(client, {**EXPLICIT, "shipment": {**EXPLICIT["shipment"]}}, key="f")
 

@@ -18,9 +18,8 @@ from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.api.test_labels import buy, label_of, until
 from tests.conftest import AUTH
-from tests.labels.conftest import Service
+from tests.labels.conftest import Service, status_is
 from tests.labels.test_exactly_once import sale_tracking
-from tests.labels.test_review_findings import _drained
 
 MULTIBOX = {"sale_id": "sale-multibox", "carrier_code": "fedex", "service_code": "fedex_ground"}
 
@@ -44,19 +43,6 @@ def sandbox() -> ShipStationSandbox:
     return box
 
 
-def _data(restartable: Service) -> Path:
-    return Path(restartable._env["RATESVC_DATA_DIR"])
-
-
-def _outbox(data: Path, label_id: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(data / "ledger.sqlite3") as db:
-        return list(db.execute("SELECT kind, state FROM outbox WHERE label_id = ?", (label_id,)))
-
-
-async def _status_is(client: Any, label_id: str, status: str) -> bool:
-    return bool((await label_of(client, label_id))["status"] == status)
-
-
 # --- R2-1: a void cut short after box 1 leaves box 1's dead tracking on the sale, silently -----
 
 
@@ -75,11 +61,11 @@ async def test_a_void_cut_short_after_the_first_box_leaves_no_voided_tracking_on
     client = restartable.client
     assert client is not None
     label = await buy(client, MULTIBOX)
-    await until(lambda: _status_is(client, label["label_id"], "completed"))
+    await until(lambda: status_is(client, label["label_id"], "completed"))
     sandbox.down_for_voids.add(label["packages"][1]["shipment_id"])  # type: ignore[attr-defined]
 
     response = await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
-    await until(lambda: _drained(_data(restartable), label["label_id"]))
+    await until(lambda: restartable.drained(label["label_id"]))
     shown = await label_of(client, label["label_id"])
     dead = {s["trackingNumber"] for s in sandbox.shipments.values() if s["voided"]}
     on_sale = sale_tracking(cin7_sandbox, "sale-multibox")
@@ -90,7 +76,7 @@ async def test_a_void_cut_short_after_the_first_box_leaves_no_voided_tracking_on
     assert not dead & on_sale, (
         f"voided tracking {dead & on_sale} left on the sale; label is {shown['status']} "
         f"(packages {[p['state'] for p in shown['packages']]}), outbox "
-        f"{_outbox(_data(restartable), label['label_id'])}"
+        f"{restartable.outbox(label['label_id'])}"
     )
 
 
@@ -135,7 +121,7 @@ async def test_an_old_ledgers_timed_out_last_attempt_is_reconciled_not_taken_for
     # ShipStation sells the label (purchase key <label>:1); the old process never heard back
     bought = await buy(client, sale)
     label_id = bought["label_id"]
-    data = Path(restartable._env["RATESVC_DATA_DIR"])
+    data = restartable.data
     with sqlite3.connect(data / "ledger.sqlite3") as db:
         plan, request_hash, created = db.execute(
             "SELECT plan, request_hash, created_at FROM purchases WHERE label_id = ?", (label_id,)
@@ -154,6 +140,7 @@ async def test_an_old_ledgers_timed_out_last_attempt_is_reconciled_not_taken_for
         1, attempt_at,
     )  # fmt: skip
     restartable._env["RATESVC_DATA_DIR"] = str(old)
+    restartable.data = old
     client = await restartable.restart()  # the new version on the old ledger: migration 3
 
     void = await client.post(f"/v1/labels/{label_id}/void", headers=AUTH)
@@ -182,7 +169,7 @@ async def test_a_large_backlog_of_backed_off_write_backs_does_not_stall_new_ones
     succeeds (here it is never even tried)."""
     client = restartable.client
     assert client is not None
-    data = Path(restartable._env["RATESVC_DATA_DIR"])
+    data = restartable.data
     later = "2999-01-01T00:00:00.000000Z"  # backed off: not due (any future time will do)
     await client.close()
     with sqlite3.connect(data / "ledger.sqlite3") as db:
@@ -201,10 +188,10 @@ async def test_a_large_backlog_of_backed_off_write_backs_does_not_stall_new_ones
     label = await buy(client, {"sale_id": "sale-simple", "carrier_code": "ups",
                                "service_code": "ups_ground"})  # fmt: skip
     try:
-        await until(lambda: _status_is(client, label["label_id"], "completed"), seconds=5)
+        await until(lambda: status_is(client, label["label_id"], "completed"), seconds=5)
     except AssertionError:
         shown = await label_of(client, label["label_id"])
         pytest.fail(
             f"label {label['label_id']} still {shown['status']} after 5 s, write-back "
-            f"{shown['write_back']}; outbox {_outbox(data, label['label_id'])}"
+            f"{shown['write_back']}; outbox {restartable.outbox(label['label_id'])}"
         )

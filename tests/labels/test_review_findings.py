@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.api.test_labels import buy, label_of, until
 from tests.conftest import AUTH
-from tests.labels.conftest import SALE, Service
+from tests.labels.conftest import SALE, Service, status_is
 from tests.labels.test_exactly_once import live_shipments, sale_tracking
 
 MULTIBOX = {"sale_id": "sale-multibox", "carrier_code": "fedex", "service_code": "fedex_ground"}
@@ -53,23 +52,6 @@ def sandbox() -> ShipStationSandbox:
     return box
 
 
-def _outbox(data: Path, label_id: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(data / "ledger.sqlite3") as db:
-        return list(db.execute("SELECT kind, state FROM outbox WHERE label_id = ?", (label_id,)))
-
-
-async def _drained(data: Path, label_id: str) -> bool:
-    return all(state in ("done", "cancelled") for _, state in _outbox(data, label_id))
-
-
-def _data(restartable: Service) -> Path:
-    return Path(restartable._env["RATESVC_DATA_DIR"])
-
-
-async def _status_is(client: Any, label_id: str, status: str) -> bool:
-    return bool((await label_of(client, label_id))["status"] == status)
-
-
 # --- F1: a void the carrier refuses for one box leaves a voided tracking number on the sale ----
 
 
@@ -85,13 +67,13 @@ async def test_a_void_refused_for_one_box_leaves_no_voided_tracking_on_the_sale(
     client = restartable.client
     assert client is not None
     label = await buy(client, MULTIBOX)
-    await until(lambda: _status_is(client, label["label_id"], "completed"))
+    await until(lambda: status_is(client, label["label_id"], "completed"))
     second = label["packages"][1]["shipment_id"]
     sandbox.refused_voids.add(second)
 
     response = await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
     await asyncio.sleep(0.5)
-    await until(lambda: _drained(_data(restartable), label["label_id"]))
+    await until(lambda: restartable.drained(label["label_id"]))
     shown = await label_of(client, label["label_id"])
     dead = {s["trackingNumber"] for s in sandbox.shipments.values() if s["voided"]}
     on_sale = sale_tracking(cin7_sandbox, "sale-multibox")
@@ -117,12 +99,12 @@ async def test_a_partly_refused_void_before_the_write_back_lets_voided_tracking_
     assert client is not None
     cin7_sandbox.knobs.writes_down = True
     label = await buy(client, MULTIBOX)
-    await until(lambda: _status_is(client, label["label_id"], "write_back_failed"))
+    await until(lambda: status_is(client, label["label_id"], "write_back_failed"))
     sandbox.refused_voids.add(label["packages"][1]["shipment_id"])
 
     response = await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
     cin7_sandbox.knobs.writes_down = False
-    await until(lambda: _drained(_data(restartable), label["label_id"]))
+    await until(lambda: restartable.drained(label["label_id"]))
     shown = await label_of(client, label["label_id"])
     dead = {s["trackingNumber"] for s in sandbox.shipments.values() if s["voided"]}
     on_sale = sale_tracking(cin7_sandbox, "sale-multibox")
@@ -180,10 +162,10 @@ async def test_a_void_after_retention_purged_the_write_back_job_still_clears_the
     correction: the voided tracking stays on the sale for good."""
     client = await restartable.restart(RATESVC_RETENTION_DAYS="7")
     label = await buy(client, SALE)
-    await until(lambda: _status_is(client, label["label_id"], "completed"))
+    await until(lambda: status_is(client, label["label_id"], "completed"))
     tracking = label["packages"][0]["tracking_number"]
     assert sale_tracking(cin7_sandbox) == {tracking}
-    with sqlite3.connect(_data(restartable) / "ledger.sqlite3") as db:  # 8 days pass
+    with sqlite3.connect(restartable.data / "ledger.sqlite3") as db:  # 8 days pass
         for table in ("purchases", "outbox"):
             db.execute(f"UPDATE {table} SET updated_at = "
                        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days')")  # fmt: skip
@@ -191,7 +173,7 @@ async def test_a_void_after_retention_purged_the_write_back_job_still_clears_the
 
     voided = await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
     await asyncio.sleep(1.0)  # a correction, if one was queued, has had time to run
-    await until(lambda: _drained(_data(restartable), label["label_id"]))
+    await until(lambda: restartable.drained(label["label_id"]))
 
     assert voided.status == 200
     assert sandbox.shipments[label["packages"][0]["shipment_id"]]["voided"] is True
@@ -242,7 +224,7 @@ async def test_a_void_whose_answer_was_lost_can_be_retried_and_clears_the_sale(
     client = restartable.client
     assert client is not None
     label = await buy(client, SALE)
-    await until(lambda: _status_is(client, label["label_id"], "completed"))
+    await until(lambda: status_is(client, label["label_id"], "completed"))
     sandbox.lose_next_void_answer = True  # type: ignore[attr-defined]
 
     lost = await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
@@ -251,7 +233,7 @@ async def test_a_void_whose_answer_was_lost_can_be_retried_and_clears_the_sale(
         retry = await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
         retries.append((retry.status, (await retry.json()).get("code")))
         await asyncio.sleep(0.2)
-    await until(lambda: _drained(_data(restartable), label["label_id"]))
+    await until(lambda: restartable.drained(label["label_id"]))
     shown = await label_of(client, label["label_id"])
 
     # the lost answer is recognised at once from ShipStation's own record of the shipment
@@ -280,7 +262,7 @@ async def test_a_purchasing_row_whose_plan_cannot_be_read_does_not_stay_purchasi
     sandbox.label_fault = "refuse"  # record a real row, then poison its plan as 8 did
     failed = await buy(client, SALE, key="heavy")
     await restartable.client.close()
-    with sqlite3.connect(_data(restartable) / "ledger.sqlite3") as db:
+    with sqlite3.connect(restartable.data / "ledger.sqlite3") as db:
         plan = db.execute("SELECT plan FROM purchases WHERE label_id = ?",
                           (failed["label_id"],)).fetchone()[0]  # fmt: skip
         poisoned = re.sub(rb'"weight":\{"value":[0-9.]+', b'"weight":{"value":120000', plan)

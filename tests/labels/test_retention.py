@@ -33,7 +33,7 @@ async def test_old_finished_records_are_forgotten_and_labels_are_kept(
     done = await buy(client, SALE)
     await until(lambda: status_is(client, done["label_id"], "completed"))
     cin7_sandbox.knobs.writes_down = True
-    waiting = await buy(client, EXPLICIT)  # no write-back: completed, its PDF is old too
+    explicit = await buy(client, EXPLICIT)  # no write-back: completed, its PDF is old too
     data = tmp_path / "data"
     _age(data, 91)
 
@@ -46,7 +46,8 @@ async def test_old_finished_records_are_forgotten_and_labels_are_kept(
     assert gone.status == 404
     assert kept.status == 200 and (await kept.json())["status"] == "completed"
     assert (await kept.json())["packages"][0]["label_url"] is None
-    assert waiting["label_id"]
+    explicit_pdf = f"/v1/labels/{explicit['label_id']}/packages/1/label.pdf"
+    assert (await client.get(explicit_pdf, headers=AUTH)).status == 404
 
 
 async def test_what_is_younger_or_unfinished_is_kept(

@@ -12,6 +12,7 @@ import aiohttp
 
 from ratesvc.catalog import CarrierCatalog
 from ratesvc.config import Account, Settings
+from ratesvc.customs.products import ProductRecords
 from ratesvc.limiter import RateLimiter
 from ratesvc.metrics import Metrics
 from ratesvc.upstreams.cin7.client import Cin7Client, cin7_limiter
@@ -24,6 +25,7 @@ class AccountServices:
     shipstation: ShipStationClient
     catalog: CarrierCatalog
     cin7: Cin7Client | None = None
+    products: ProductRecords | None = None  # with cin7: product records for customs
 
 
 def build_accounts(
@@ -73,5 +75,10 @@ def build_accounts(
                 metrics=metrics,
             ),
             cin7=cin7,
+            products=(
+                ProductRecords(cin7, ttl_s=settings.customs_product_ttl_s)
+                if cin7 is not None
+                else None
+            ),
         )
     return built

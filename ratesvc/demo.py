@@ -50,14 +50,42 @@ DEMO_SALE_LABEL = (
 )
 
 
+INTERNATIONAL_LABEL = (
+    '{"sale_id": "sale-international", "carrier_code": "ups",'
+    ' "service_code": "ups_standard_international"}'
+)
+REFUSED_LABEL = (
+    '{"sale_id": "sale-international-nohs", "carrier_code": "ups",'
+    ' "service_code": "ups_standard_international"}'
+)
+
+
 def pack_command(cin7_url: str, sale_id: str = "sale-unpacked") -> str:
     """Authorise a pack in the Cin7 Core sandbox, wait for the label PDF to reach the sale, show
     the sale."""
     sale = f"{cin7_url}/__sandbox/sales/{sale_id}"
+    return f"curl -s -X POST {sale}/pack >/dev/null; " + sale_command(cin7_url, sale_id, "label-")
+
+
+def sale_command(cin7_url: str, sale_id: str, attachment: str, count: int = 1) -> str:
+    """Show a sale of the Cin7 Core sandbox once ``count`` attachments named ``attachment…`` are
+    on it (the write-back runs after the label is bought; at most 30 s)."""
+    sale = f"{cin7_url}/__sandbox/sales/{sale_id}"
     return (
-        f"curl -s -X POST {sale}/pack >/dev/null; for i in $(seq 30); do sleep 1; "
-        f'curl -s {sale} | grep -q \'"Attachments":\\["\' && break; done; curl -s {sale}'
+        f"for i in $(seq 30); do [ $(curl -s {sale} | grep -o '\"{attachment}' | wc -l) -ge "
+        f"{count} ] && break; sleep 1; done; curl -s {sale}"
     )
+
+
+def international_examples(url: str, token: str, cin7_url: str) -> list[str]:
+    """Label the two-box sale to Canada (customs declared from Cin7 Core's products), show its
+    labels and customs forms on the sale, and try a sale whose product lacks an HS code (422)."""
+    auth = f'-H "Authorization: Bearer {token}" -H "Content-Type: application/json"'
+    return [
+        f"curl -s {auth} {url}/v1/labels -d '{INTERNATIONAL_LABEL}'",
+        sale_command(cin7_url, "sale-international", "customs-", count=2),
+        f"curl -s {auth} {url}/v1/labels -d '{REFUSED_LABEL}'",
+    ]
 
 
 def curl_examples(url: str, token: str) -> list[str]:
@@ -128,6 +156,10 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
         "",
         "Try:",
         *(f"  {command}" for command in curl_examples(url, token)),
+        "",
+        "Label the sale to Canada (each box declares its own items to customs), see its labels and",
+        "customs forms on the sale, then a sale whose product has no HS code (422, naming it):",
+        *(f"  {c}" for c in international_examples(url, token, f"http://127.0.0.1:{cin7_port}")),
         "",
         "Pack a sale in Cin7 Core and watch its label arrive (webhook → rate → buy → write-back):",
         f"  {pack_command(f'http://127.0.0.1:{cin7_port}')}",

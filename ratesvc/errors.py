@@ -18,7 +18,8 @@
     │   ├── QuoteExpired              410 quote_expired
     │   ├── PayloadTooLarge           413 payload_too_large
     │   ├── InvalidRequest            422 invalid_request (``errors`` lists each field)
-    │   │   └── CustomsRequired       422 customs_required (international, no customs_items)
+    │   │   ├── CustomsRequired       422 customs_required (international, no customs_items)
+    │   │   └── CustomsIncomplete     422 customs_incomplete (a sale's declaration lacks facts)
     │   └── IdempotencyKeyReused      422 idempotency_key_reused
     └── UpstreamFailure               ShipStation or Cin7 Core let us down (5xx)
         ├── UpstreamError             502 upstream_error: answered with an error we cannot fix
@@ -167,6 +168,14 @@ class CustomsRequired(InvalidRequest):
     """An international shipment's packages must declare their contents before buying."""
 
     code = "customs_required"
+    status = 422
+
+
+class CustomsIncomplete(InvalidRequest):
+    """A declaration built from a sale lacks what carriers need: ``errors`` names each product
+    and field, to be fixed in Cin7 Core."""
+
+    code = "customs_incomplete"
     status = 422
 
 

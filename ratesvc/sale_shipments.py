@@ -8,6 +8,13 @@ exist, 409 ``already_shipped`` when the fulfilment has tracking or its Ship is a
 cannot be shipped to.
 Product weights and sizes come from the sale's order lines (no extra Cin7 Core calls); what had
 to be assumed is returned as ``defaults``.
+
+An international sale (see :func:`ratesvc.customs.is_international`) also gets its customs
+declaration, built from the packed boxes and the product records (read through the account's
+:class:`~ratesvc.customs.products.ProductRecords`, so once per request and briefly cached). A
+complete declaration is put on the shipment (each package declares its own box), so a quote made
+from it records it; an incomplete one is kept as ``customs`` for the label path to refuse with
+422 ``customs_incomplete`` (rating needs no declaration, so rates are still given).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from dataclasses import dataclass
 import msgspec
 
 from ratesvc.accounts import AccountServices
+from ratesvc.customs import Declaration, Incomplete, declaration_for_sale, is_international
+from ratesvc.customs.packages import declared, refusal
 from ratesvc.errors import (
     AlreadyShipped,
     InvalidRequest,
@@ -34,6 +43,13 @@ class SaleShipment:
     fulfilment: Fulfilment
     shipment: ShipmentIn
     defaults: list[str]
+    # None: not international (or no ship-from to tell); else the declaration, or what it lacks
+    customs: Declaration | Incomplete | None = None
+
+    def require_customs(self) -> None:
+        """422 ``customs_incomplete`` when the sale is international and cannot be declared."""
+        if isinstance(self.customs, Incomplete):
+            raise refusal(self.sale.sale_id, self.customs)
 
 
 async def shipment_for_sale(
@@ -89,11 +105,30 @@ async def shipment_for_sale(
     ship_from = None
     if services.account.ship_from is None and sale.location:
         ship_from = await _location_address(services, sale.location, deadline)
+    shipment = ShipmentIn(ship_to=ship_to, packages=parcels.packages, ship_from=ship_from)
+    from_country = (ship_from or services.account.ship_from or ship_to).country
+    customs: Declaration | Incomplete | None = None
+    if is_international(from_country, ship_to):
+        customs = await _declaration(services, sale, fulfilment, ship_to.country, deadline)
+        if isinstance(customs, Declaration):
+            shipment = declared(shipment, customs)
     return SaleShipment(
-        sale=sale,
-        fulfilment=fulfilment,
-        shipment=ShipmentIn(ship_to=ship_to, packages=parcels.packages, ship_from=ship_from),
-        defaults=parcels.defaults,
+        sale=sale, fulfilment=fulfilment, shipment=shipment, defaults=parcels.defaults,
+        customs=customs,
+    )  # fmt: skip
+
+
+async def _declaration(
+    services: AccountServices, sale: Sale, fulfilment: Fulfilment, destination: str,
+    deadline: float,
+) -> Declaration | Incomplete:  # fmt: skip
+    """The fulfilment's declaration, from the records of the products it packs."""
+    assert services.products is not None  # an account with Cin7 Core credentials has them
+    products = await services.products.read(
+        (packed.product_id for packed in fulfilment.packed), deadline=deadline
+    )
+    return declaration_for_sale(
+        sale, fulfilment, products, services.account.customs, destination=destination
     )
 
 

@@ -159,13 +159,23 @@ def make_automated(
 
 
 @pytest.fixture
-async def invoicing(
+def make_labelling(
     aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
-) -> TestClient:
+) -> MakeService:
+    """The service with both sandboxes and a quick write-back, plus ``extra`` settings."""
+
+    async def make(**extra: str) -> TestClient:
+        env = service_env(
+            sandbox_url, tmp_path / "data", cin7_url, **{"RATESVC_WRITEBACK_RETRY_S": "0.05",
+            "RATESVC_CIN7_MIN_INTERVAL_S": "0.01", **extra},
+        )  # fmt: skip
+        client: TestClient = await aiohttp_client(create_app(load_settings(env)))
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def invoicing(make_labelling: MakeService) -> TestClient:
     """The service with the shipping charge written to the sale's draft invoice."""
-    env = service_env(
-        sandbox_url, tmp_path / "data", cin7_url, RATESVC_INVOICE_SHIPPING="true",
-        RATESVC_WRITEBACK_RETRY_S="0.05", RATESVC_CIN7_MIN_INTERVAL_S="0.01",
-    )  # fmt: skip
-    client: TestClient = await aiohttp_client(create_app(load_settings(env)))
-    return client
+    return await make_labelling(RATESVC_INVOICE_SHIPPING="true")

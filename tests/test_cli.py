@@ -58,8 +58,8 @@ async def test_demo_prints_curls_that_return_real_sandbox_data() -> None:
             line = await asyncio.wait_for(process.stdout.readline(), 20)
             assert line, "the demo stopped before printing its instructions"
             lines.append(line.decode())
-        commands = [line.strip() for line in lines if line.strip().startswith("curl")]
-        assert len(commands) == 4
+        commands = [line.strip() for line in lines if line.strip().startswith(("curl", "for "))]
+        assert len(commands) == 7
         rates, sale_rates, label = [json.loads(await shell(c)) for c in commands[:3]]
         assert rates["complete"] is True
         assert {q["carrier_code"] for q in rates["quotes"]} == {
@@ -74,8 +74,21 @@ async def test_demo_prints_curls_that_return_real_sandbox_data() -> None:
         assert all(p["tracking_number"].startswith("1Z") for p in label["packages"])
         assert re.search(r"API token:\s+\S{20,}", "".join(lines))
 
+        # The sale to Canada: two labels with customs forms, both on the sale; then a refusal.
+        abroad = json.loads(await shell(commands[3]))
+        assert abroad["status"] in ("purchased", "completed"), abroad
+        assert all(p["customs_form_url"] for p in abroad["packages"])
+        on_sale = json.loads(await shell(commands[4]))
+        assert sorted(on_sale["Attachments"]) == sorted(
+            f"{kind}-{p['tracking_number']}.pdf"
+            for p in abroad["packages"] for kind in ("customs", "label")
+        )  # fmt: skip
+        refused = json.loads(await shell(commands[5]))
+        assert refused["code"] == "customs_incomplete"
+        assert "Tea-Oolong (Oolong Tea 100 g): no HS code" in refused["detail"]
+
         # Pack a sale: the webhook ships it, and the command shows the label on the sale.
-        sale = json.loads(await shell(commands[3]))
+        sale = json.loads(await shell(commands[6]))
         (fulfilment,) = sale["Fulfilments"]
         assert (fulfilment["Pack"], fulfilment["Ship"]) == ("AUTHORISED", "AUTHORISED")
         (tracking,) = fulfilment["Tracking"]

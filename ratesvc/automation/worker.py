@@ -380,6 +380,7 @@ class Automation:
         labelled = await self._active_label(account.name, prepared.sale.sale_id, task_id)
         if labelled is not None:
             return _label_outcome(labelled, bought=f"already labelled by {labelled.label_id}")
+        prepared.require_customs()  # incomplete: attention naming each product and field
         guessed = [d for d in prepared.defaults if "no weight for" in d]
         if guessed and not rule.allow_default_weights:
             return Outcome("attention", "product weights missing: " + "; ".join(guessed))

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ratesvc.customs.rules import is_international as _crosses_border
 from ratesvc.errors import CustomsRequired, FieldError
 from ratesvc.models import Address, CustomsDeclaration, CustomsIn, PackageIn
 
-MILITARY_STATES = frozenset({"AA", "AE", "AP"})
 _NO_HEADER = CustomsIn()
 
 
 def is_international(ship_from: Address, ship_to: Address) -> bool:
-    military = (ship_to.state or "").strip().upper() in MILITARY_STATES
-    return ship_from.country != ship_to.country or (ship_to.country == "US" and military)
+    return _crosses_border(ship_from.country, ship_to)
 
 
 def require_items(

@@ -2,9 +2,11 @@
 
 Everything that can be known before buying is checked here, before anything is recorded: the
 quote is the account's and unexpired, the sale is still packed and unshipped and still packs what
-was quoted (``sale_changed`` otherwise), the carrier offers the service and package, and the plan
-round-trips through the ledger's format (a box too heavy to record is a 422 naming the box, not a
-row that cannot be read back).
+was quoted (``sale_changed`` otherwise; for an international sale, the same products in each
+box), an international sale can be declared to customs (``customs_incomplete`` otherwise; a
+quote's recorded declaration is used as it was quoted), the carrier offers the service and
+package, and the plan round-trips through the ledger's format (a box too heavy to record is a
+422 naming the box, not a row that cannot be read back).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.config import Account
+from ratesvc.customs import packages
 from ratesvc.errors import FieldError, InvalidRequest, NotFound, QuoteExpired, SaleChanged
 from ratesvc.labels.customs import require_items
 from ratesvc.labels.models import LabelPlan, LabelsRequest
@@ -79,6 +82,9 @@ async def make_plan(
                 services, sale_id, task_id, deadline=deadline, relabel=relabel
             )
             _check_unchanged(stored, now.shipment)
+            now.require_customs()
+            if now.customs is not None and not any(p.customs_items for p in shipment.packages):
+                shipment = now.shipment  # quoted before the sale could be declared: declare now
     else:
         carrier, service = request.carrier_code or "", request.service_code or ""
         sale_id = task_id = None
@@ -87,6 +93,7 @@ async def make_plan(
             prepared = await shipment_for_sale(
                 services, request.sale_id, request.task_id, deadline=deadline, relabel=relabel
             )
+            prepared.require_customs()
             shipment = prepared.shipment
             sale_id, task_id = prepared.sale.sale_id, prepared.fulfilment.task_id
         else:
@@ -124,6 +131,9 @@ def _check_unchanged(stored: StoredQuote, now: ShipmentIn) -> None:
         changed.append("its packed boxes")
     if then.ship_to != now.ship_to:
         changed.append("its ship-to address")
+    held_then, held_now = packages.contents(then), packages.contents(now)
+    if any(held_then) and any(held_now) and held_then != held_now:
+        changed.append("what its boxes hold")
     if changed:
         raise SaleChanged(
             f"sale {stored.sale_id}: {' and '.join(changed)} changed since quote "

@@ -1,0 +1,86 @@
+"""Cin7 Core product records for customs, read once per request and kept briefly per account.
+
+A sale's order lines carry each product's name, SKU, weight and size but not its HS code or
+country of origin: those are on the product record (``GET /product``), one call per product.
+Cin7 Core allows 60 calls a minute per application, so records are kept for ``ttl_s`` (60 s by
+default: long enough that rating a sale and then buying its label reads each product once, short
+enough that a fix made in Cin7 Core is seen at the next try a minute later), at most
+``max_entries`` per account (least recently used dropped first), and concurrent reads of one
+product share one call. A product Cin7 Core does not have is remembered as missing for the same
+time; a failed read is not remembered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from ratesvc.errors import UpstreamNotFound
+from ratesvc.limiter import Priority
+from ratesvc.sales import Product
+from ratesvc.upstreams.cin7.client import Cin7Client
+
+TTL_S = 60.0
+MAX_ENTRIES = 2_000
+
+
+class ProductRecords:
+    """One account's product records (see the module docstring)."""
+
+    def __init__(
+        self, cin7: Cin7Client, *, ttl_s: float = TTL_S, max_entries: int = MAX_ENTRIES
+    ) -> None:
+        self._cin7 = cin7
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._kept: OrderedDict[str, tuple[float, Product | None]] = OrderedDict()
+        self._reading: dict[str, asyncio.Future[Product | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    async def read(
+        self, product_ids: Iterable[str], *, deadline: float | None,
+        priority: Priority = Priority.NORMAL,
+    ) -> dict[str, Product]:  # fmt: skip
+        """The records of ``product_ids`` that Cin7 Core has, each read at most once (concurrently
+        with the others); an upstream failure other than "not found" is raised."""
+        wanted = list(dict.fromkeys(product_ids))
+        found = await asyncio.gather(*(self._one(pid, deadline, priority) for pid in wanted))
+        return {pid: product for pid, product in zip(wanted, found, strict=True) if product}
+
+    async def _one(
+        self, product_id: str, deadline: float | None, priority: Priority
+    ) -> Product | None:
+        kept = self._kept.get(product_id)
+        if kept is not None and kept[0] > time.monotonic():
+            self._kept.move_to_end(product_id)
+            return kept[1]
+        reading = self._reading.get(product_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self._fetch(product_id, deadline, priority))
+            self._reading[product_id] = reading
+            reading.add_done_callback(functools.partial(self._read, product_id))
+        # shield: one caller giving up (its request cancelled) does not cancel the others' read
+        return await asyncio.shield(reading)
+
+    def _read(self, product_id: str, reading: asyncio.Future[Product | None]) -> None:
+        self._reading.pop(product_id, None)
+        if not reading.cancelled():
+            reading.exception()  # retrieved: every caller may have gone (no "never retrieved")
+
+    async def _fetch(
+        self, product_id: str, deadline: float | None, priority: Priority
+    ) -> Product | None:
+        try:
+            product = await self._cin7.get_product(product_id, deadline=deadline, priority=priority)
+        except UpstreamNotFound:
+            product = None
+        self._kept[product_id] = (time.monotonic() + self._ttl_s, product)
+        self._kept.move_to_end(product_id)
+        while len(self._kept) > self._max_entries:
+            self._kept.popitem(last=False)
+        return product

@@ -290,7 +290,8 @@ def _key(name: str) -> str:
     """A name folded for matching: no case, accents, apostrophes, punctuation or extra spaces."""
     plain = unicodedata.normalize("NFKD", name)
     plain = "".join(c for c in plain if not unicodedata.combining(c)).casefold()
-    return _NOT_WORD.sub(" ", plain.replace("'", "").replace("\u2019", "")).strip()
+    plain = plain.replace("'", "").replace("\u2019", "").replace(".", "")  # U.S.A. = USA
+    return _NOT_WORD.sub(" ", plain).strip()
 
 
 _BY_NAME: dict[str, str] = {
@@ -304,6 +305,14 @@ def alpha2_from_alpha3(code: str | None) -> str | None:
     if not code:
         return None
     return _BY_ALPHA3.get(code.strip().upper())
+
+
+def alpha2(code: str | None) -> str | None:
+    """``"cn"`` → ``"CN"``; None when it is not an assigned alpha-2 code."""
+    if not code:
+        return None
+    upper = code.strip().upper()
+    return upper if upper in ISO_3166_ALPHA2 else None
 
 
 def alpha2_from_name(name: str | None) -> str | None:

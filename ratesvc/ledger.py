@@ -128,8 +128,11 @@ MIGRATIONS: list[str] = [
 SQLITE_MAX_VARIABLES = 500  # stay well under SQLite's limit on "?" in one statement
 
 
+STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the ledger's UTC time stamps
+
+
 def now_text() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime(STAMP_FORMAT)
 
 
 @dataclass(frozen=True)

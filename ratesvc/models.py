@@ -11,6 +11,7 @@ Validation that a type annotation cannot express is done in ``__post_init__``, r
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -252,10 +253,27 @@ class CustomsIn(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
     non_delivery: NonDelivery = "return_to_sender"
 
 
+DESCRIPTION_MAX = 100
+UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})  # Unicode categories
+
+
+def description_problem(text: str) -> str | None:
+    """Why ``text`` (trimmed) cannot describe goods to customs, or None: 3 to 100 characters,
+    printable (no control, format or invisible characters), with at least one letter."""
+    if any(unicodedata.category(c) in UNPRINTABLE for c in text):
+        return "must be printable text (no control or invisible characters)"
+    if not 3 <= len(text) <= DESCRIPTION_MAX:
+        return f"must be 3 to {DESCRIPTION_MAX} characters besides surrounding white space"
+    if not any(c.isalpha() for c in text):
+        return "must describe the goods in words (a number or code alone is not a description)"
+    return None
+
+
 class CustomsItem(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One line of a package's customs declaration. ``value`` is the line's total in USD."""
 
-    description: Annotated[str, msgspec.Meta(min_length=3, max_length=100)]
+    # the length is checked once trimmed (``description_problem``); this bounds the raw text
+    description: Annotated[str, msgspec.Meta(min_length=3, max_length=4 * DESCRIPTION_MAX)]
     quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
     value: Money
     country_of_origin: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")]
@@ -264,8 +282,9 @@ class CustomsItem(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if len(self.description) < 3:
-            raise ValueError("description: must be 3 to 100 characters besides white space")
+        problem = description_problem(self.description)
+        if problem is not None:
+            raise ValueError(f"description: {problem}")
         require_text(self, "sku")
         if self.country_of_origin not in ISO_3166_ALPHA2:
             raise ValueError("country_of_origin: must be an ISO 3166-1 alpha-2 code such as CN")
@@ -294,9 +313,8 @@ class PackageIn(Inbound, frozen=True, kw_only=True, forbid_unknown_fields=True):
     dimensions: Dimensions | None = None
     package_code: Code | msgspec.UnsetType | None = msgspec.UNSET
     box: ShortText | None = None
-    customs_items: (
-        Annotated[list[CustomsItem], msgspec.Meta(min_length=1, max_length=100)] | None
-    ) = None
+    # [] is the same as absent: nothing declared
+    customs_items: Annotated[list[CustomsItem], msgspec.Meta(max_length=100)] | None = None
 
     @property
     def requested_package_code(self) -> str | None:

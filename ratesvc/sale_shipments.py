@@ -19,6 +19,8 @@ from it records it; an incomplete one is kept as ``customs`` for the label path 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 import msgspec
@@ -31,10 +33,13 @@ from ratesvc.errors import (
     InvalidRequest,
     NotFound,
     SaleNotReady,
+    UpstreamFailure,
     UpstreamNotFound,
 )
 from ratesvc.models import Address, ShipmentIn
 from ratesvc.sales import SHIPPED_STATES, STATUS_AUTHORISED, Fulfilment, Sale, parcels_for
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,13 @@ async def shipment_for_sale(
     *,
     deadline: float,
     relabel: bool = False,
+    declare: bool = True,
 ) -> SaleShipment:
     """``relabel``: the sale's earlier labels were voided, so a Ship left authorised without
-    tracking (Cin7 Core cannot un-authorise it) may be labelled again."""
+    tracking (Cin7 Core cannot un-authorise it) may be labelled again. ``declare=False``
+    (rating): the declaration is wanted but not needed, so product records that cannot be read
+    within half the time left leave the shipment undeclared (``customs`` None; a quote made from
+    it is declared when bought) instead of failing the request."""
     if services.cin7 is None:
         raise InvalidRequest.field(
             "sale_id",
@@ -109,7 +118,16 @@ async def shipment_for_sale(
     from_country = (ship_from or services.account.ship_from or ship_to).country
     customs: Declaration | Incomplete | None = None
     if is_international(from_country, ship_to):
-        customs = await _declaration(services, sale, fulfilment, ship_to.country, deadline)
+        wait_until = deadline
+        if not declare:  # half the time left at most: the rates need the rest
+            now = asyncio.get_running_loop().time()
+            wait_until = now + max(0.0, deadline - now) / 2
+        try:
+            customs = await _declaration(services, sale, fulfilment, ship_to.country, wait_until)
+        except UpstreamFailure as exc:
+            if declare:
+                raise
+            log.warning("sale %s rated without its declaration: %s", sale_id, exc.detail)
         if isinstance(customs, Declaration):
             shipment = declared(shipment, customs)
     return SaleShipment(
@@ -127,9 +145,12 @@ async def _declaration(
     products = await services.products.read(
         (packed.product_id for packed in fulfilment.packed), deadline=deadline
     )
-    return declaration_for_sale(
+    result = declaration_for_sale(
         sale, fulfilment, products, services.account.customs, destination=destination
     )
+    if isinstance(result, Incomplete):  # read them again at the retry: they may be fixed
+        services.products.forget(p.product_id for p in result.problems if p.product_id)
+    return result
 
 
 async def _location_address(

@@ -35,7 +35,9 @@ async def post_rates(request: web.Request) -> web.Response:
     deadline = asyncio.get_running_loop().time() + account.request_deadline_s
     shipment, sale_id, task_id, defaults = body.shipment, None, None, []
     if body.sale_id is not None:  # the sale is read again every time: no replay for it
-        prepared = await shipment_for_sale(services, body.sale_id, body.task_id, deadline=deadline)
+        prepared = await shipment_for_sale(
+            services, body.sale_id, body.task_id, deadline=deadline, declare=False
+        )
         shipment, defaults = prepared.shipment, prepared.defaults
         sale_id, task_id = prepared.sale.sale_id, prepared.fulfilment.task_id
     assert shipment is not None  # RatesRequest guarantees one of the two

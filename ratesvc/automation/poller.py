@@ -17,6 +17,10 @@ a listed sale is taken from the ledger alone, without reading the sale:
   the sale as the person is asked to look at it. When the stamp changes (a person fixed the
   product weights and re-authorised the pack, say), the sale is recorded again and re-examined;
   the event in attention is resolved when the new one buys the label;
+* except a sale refused for its customs declaration: the fix is made on a *product* record,
+  which leaves the sale's stamp as it was, so its event in attention is put back in the queue
+  when it has waited :data:`CUSTOMS_RECHECK_S` (30 min; the retry reads the products again).
+  A person who fixed it need not wait: retry the event;
 * otherwise the event's key is the sale and its ``Updated`` stamp: a sale seen before and not
   changed since is not recorded again. A sale that changed (for instance a second fulfilment was
   packed after the first was shipped) is recorded and processed.
@@ -25,6 +29,8 @@ a listed sale is taken from the ledger alone, without reading the sale:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -34,15 +40,17 @@ import orjson
 from ratesvc.accounts import AccountServices
 from ratesvc.automation.events import PACK_AUTHORISED, Cin7Event
 from ratesvc.automation.worker import Automation
-from ratesvc.errors import UpstreamFailure
+from ratesvc.customs.packages import REFUSED
+from ratesvc.errors import RequestError, UpstreamFailure
 from ratesvc.labels.lifecycle import IN_FLIGHT, LabelStatus
-from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, PurchaseRow
+from ratesvc.ledger import OPEN_EVENT_STATUSES, STAMP_FORMAT, EventRow, Ledger, PurchaseRow
 from ratesvc.metrics import Metrics
 from ratesvc.upstreams.cin7 import wire
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
+CUSTOMS_RECHECK_S = 1800.0  # a sale refused for customs is looked at again after this long
 MAX_PAGES = 50
 
 
@@ -128,6 +136,9 @@ class Poller:
             for event in events[item.SaleID]:
                 if event.status == "attention" and event.sale_updated is None:
                     await self._ledger.set_event(event.event_id, sale_updated=item.Updated)
+                if _customs_recheck_due(event):
+                    with contextlib.suppress(RequestError):  # being processed meanwhile
+                        await self._automation.retry(account.name, event.event_id, by="the poller")
             if _handled(item, events[item.SaleID], purchases[item.SaleID]):
                 skipped += 1
                 continue
@@ -148,6 +159,13 @@ class Poller:
         self._metrics.automation_polled_sales.labels(account.name, "recorded").inc(recorded)
         self._metrics.automation_polled_sales.labels(account.name, "skipped").inc(skipped)
         return PollResult(listed=len(ids), recorded=recorded, skipped=skipped, calls=calls)
+
+
+def _customs_recheck_due(event: EventRow) -> bool:
+    if event.status != "attention" or REFUSED not in (event.reason or ""):
+        return False
+    since = dt.datetime.strptime(event.updated_at, STAMP_FORMAT).replace(tzinfo=dt.UTC)
+    return (dt.datetime.now(dt.UTC) - since).total_seconds() >= CUSTOMS_RECHECK_S
 
 
 def _handled(item: wire.SaleListItem, events: list[EventRow], purchases: list[PurchaseRow]) -> bool:

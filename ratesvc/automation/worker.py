@@ -170,7 +170,7 @@ class Automation:
             self._metrics.automation_deduplicated.labels(source).inc()
         return recorded, created
 
-    async def retry(self, account: str, event_id: str) -> EventRow:
+    async def retry(self, account: str, event_id: str, *, by: str = "a person") -> EventRow:
         """Put an event in ``attention`` or ``failed`` back in the queue, due now, with its
         attempts reset (a fresh set of tries) and ``reason`` saying what it was. 404 for an
         unknown event or another account's; 409 ``event_not_retryable`` for any other."""
@@ -180,7 +180,10 @@ class Automation:
         requeued = None
         if event_id not in self._running:  # the status is checked as it is changed
             requeued = await self._ledger.requeue_event(
-                event_id, statuses=RETRYABLE, reason=f"retry requested; before: {row.reason}"
+                event_id,
+                statuses=RETRYABLE,
+                reason=f"retry requested{'' if by == 'a person' else f' by {by}'}; before: "
+                f"{row.reason}",
             )
         if requeued is None:
             status = (await self._ledger.event(event_id) or row).status
@@ -190,7 +193,7 @@ class Automation:
             raise EventNotRetryable(
                 f"event {event_id} is {state}; only an event in attention or failed can be retried"
             )
-        log.info("event %s put back in the queue by a person (was %s)", event_id, row.status)
+        log.info("event %s put back in the queue by %s (was %s)", event_id, by, row.status)
         self.nudge()
         return requeued
 

@@ -8,7 +8,8 @@
   currency, which must then be USD. A sale where neither currency is USD is refused: ratesvc keeps
   no exchange rates of its own, and a declared value must be one the warehouse can stand behind;
 * ``hs_code`` and ``country_of_origin`` (ISO alpha-2) from the product record, the account's
-  default origin standing in for a missing one.
+  default origin standing in for a missing one (never for one that is stated but is not a
+  country ratesvc can read: that is reported, quoting it).
 
 Whatever is missing is reported, every product and field at once, in words a warehouse person
 can act on in Cin7 Core; nothing is guessed.
@@ -17,18 +18,21 @@ can act on in Cin7 Core; nothing is guessed.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
 
 import msgspec
 
 from ratesvc.customs.rules import Contents, CustomsRules, NonDelivery
+from ratesvc.models import DESCRIPTION_MAX, UNPRINTABLE
 from ratesvc.sales import Fulfilment, Product, Sale, SaleLine
 from ratesvc.units import to_cents
 
 USD = "USD"
+MAX_VALUE = Decimal("9999999999.99")  # what the API's money strings (and ledger) hold
+MAX_QUANTITY = 1_000_000  # as models.CustomsItem
 _HS_CODE = re.compile(r"[0-9]+(?:\.[0-9]+)*")  # digits, dots between groups (6-10 digits)
-_DESCRIPTION_MAX = 100
 
 
 class CustomsItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,21 +171,32 @@ class _Checks:
             report("description", _SHORT_DESCRIPTION.format(description))
         if quantity != quantity.to_integral_value() or quantity < 1:
             report("quantity", _NOT_WHOLE.format(box, quantity))
+        elif quantity > MAX_QUANTITY:
+            report("quantity", _TOO_MANY.format(box, quantity))
         value = None
         if info.usd_total is not None:
-            value = to_cents(info.usd_total * quantity / info.ordered)
+            try:
+                value = to_cents(info.usd_total * quantity / info.ordered)
+            except ArithmeticError:  # beyond Decimal's precision: a price no parcel is worth
+                value = MAX_VALUE + 1
         if info.usd_total is None and info.valued:
             report("value", _NO_PRICE)
         elif value is not None and value <= 0:
             report("value", _ZERO_VALUE)
+        elif value is not None and value > MAX_VALUE:
+            report("value", _TOO_VALUABLE.format(box))
+            value = None
         hs_code = product.hs_code if product is not None else None
         if hs_code is not None and not _hs_code_ok(hs_code):
             report("hs_code", _BAD_HS_CODE.format(hs_code))
         elif hs_code is None and self.need_hs:
             report("hs_code", _NO_HS_CODE)
-        origin = (product.origin if product is not None else None) or default_origin
+        origin = product.origin if product is not None else None
+        given = product.origin_given if product is not None else None
+        if origin is None and not given:  # a stated origin that cannot be read is never replaced
+            origin = default_origin
         if origin is None:
-            report("country_of_origin", _no_origin(product.origin_given if product else None))
+            report("country_of_origin", _no_origin(given))
         if description is None or value is None or origin is None:
             return None
         return CustomsItem(
@@ -199,6 +214,11 @@ _NO_PRICE = "no price on the sale's order lines: price it on the sale in Cin7 Co
 _ZERO_VALUE = (
     "a zero value: customs needs the goods' value; price the line on the sale in Cin7 Core "
     "(a free item still declares what it is worth)"
+)
+_TOO_MANY = "{} holds {:f} of it: more than customs accepts on one line (1,000,000)"
+_TOO_VALUABLE = (
+    "its value in {} is more than customs forms accept (9,999,999,999.99 USD): check the "
+    "line's price, discount and the sale's currency rate in Cin7 Core"
 )
 _NO_HS_CODE = "no HS code: set the product's HS Code in Cin7 Core (6-10 digits, e.g. 0902.10)"
 _BAD_HS_CODE = "the HS code {!r} is not 6-10 digits: correct the product's HS Code in Cin7 Core"
@@ -260,7 +280,10 @@ def _price(
     priced = [line for line in mine if line.price is not None and line.quantity > 0]
     quantity = sum((line.quantity for line in priced), Decimal(0))
     if rate is not None and priced:
-        usd_total = sum((_net(line) * line.quantity for line in priced), Decimal(0)) * rate
+        try:
+            usd_total = sum((_net(line) * line.quantity for line in priced), Decimal(0)) * rate
+        except ArithmeticError:  # beyond Decimal's range: reported as too valuable
+            usd_total = Decimal("Infinity")
     return _Priced(
         usd_total=usd_total,
         ordered=quantity or Decimal(1),
@@ -283,8 +306,10 @@ def _hs_code_ok(code: str) -> bool:
 
 
 def _words(name: str | None, sku: str | None) -> str | None:
-    """A name as a description: None when it is empty or only the SKU."""
-    text = " ".join((name or "").split())
-    if not text or (sku and text.casefold() == sku.strip().casefold()):
+    """A name as a description: control and invisible characters dropped, white space collapsed,
+    at most 100 characters; None when nothing in words is left or it is only the SKU."""
+    printable = "".join(c for c in name or "" if unicodedata.category(c) not in UNPRINTABLE)
+    text = " ".join(printable.split())
+    if not any(c.isalpha() for c in text) or (sku and text.casefold() == sku.strip().casefold()):
         return None
-    return text[:_DESCRIPTION_MAX]
+    return text[:DESCRIPTION_MAX].rstrip()

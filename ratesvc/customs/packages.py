@@ -11,20 +11,26 @@ import msgspec
 
 from ratesvc.customs.declaration import CustomsItem, Declaration, Incomplete
 from ratesvc.errors import CustomsIncomplete, FieldError
-from ratesvc.models import CustomsIn, PackageIn, ShipmentIn
+from ratesvc.models import CustomsIn, ShipmentIn
 from ratesvc.models import CustomsItem as DeclaredItem
 
 _SKU_MAX = 100
+REFUSED = "cannot be declared to customs"  # in every refusal's detail (the poller looks for it)
 
 
 def declared(shipment: ShipmentIn, declaration: Declaration) -> ShipmentIn:
-    """``shipment`` (one package per packed box, in the fulfilment's box order) with each
-    package's customs items and the declaration's header."""
-    packages: list[PackageIn] = []
-    for package in shipment.packages:
-        box = declaration.for_box(package.box or "")
-        items = [_item(item) for item in box.items] if box is not None else []
-        packages.append(msgspec.structs.replace(package, customs_items=items or None))
+    """``shipment`` (one package per packed box, in the fulfilment's box order, as the
+    declaration's boxes are) with each package's customs items and the declaration's header."""
+    # By position, not by name: a package's box name is trimmed, Cin7 Core's is not, and two
+    # boxes may differ only by white space. Both lists follow the fulfilment's box order.
+    if len(declaration.boxes) != len(shipment.packages):
+        raise ValueError(
+            f"{len(declaration.boxes)} declared boxes for {len(shipment.packages)} packages"
+        )
+    packages = [
+        msgspec.structs.replace(package, customs_items=[_item(i) for i in box.items] or None)
+        for package, box in zip(shipment.packages, declaration.boxes, strict=True)
+    ]
     header = CustomsIn(contents=declaration.contents, non_delivery=declaration.non_delivery)
     return msgspec.structs.replace(shipment, packages=packages, customs=header)
 
@@ -46,7 +52,7 @@ def refusal(sale_id: str, incomplete: Incomplete) -> CustomsIncomplete:
         for problem in incomplete.problems
     ]  # fmt: skip
     return CustomsIncomplete(
-        f"sale {sale_id} cannot be declared to customs, so nothing was bought: "
+        f"sale {sale_id} {REFUSED}, so nothing was bought: "
         + "; ".join(incomplete.errors())
         + ". Fix these in Cin7 Core, then try again.",
         errors,

@@ -4,10 +4,17 @@ A sale's order lines carry each product's name, SKU, weight and size but not its
 country of origin: those are on the product record (``GET /product``), one call per product.
 Cin7 Core allows 60 calls a minute per application, so records are kept for ``ttl_s`` (60 s by
 default: long enough that rating a sale and then buying its label reads each product once, short
-enough that a fix made in Cin7 Core is seen at the next try a minute later), at most
-``max_entries`` per account (least recently used dropped first), and concurrent reads of one
-product share one call. A product Cin7 Core does not have is remembered as missing for the same
-time; a failed read is not remembered.
+enough that an edit made in Cin7 Core is seen soon after), at most ``max_entries`` per account
+(least recently used dropped first), and concurrent reads of one product share one call. A
+product Cin7 Core does not have is remembered as missing for the same time; a failed read is not
+remembered; a product a declaration found wanting is forgotten at once (:meth:`forget`), so the
+retry after fixing it in Cin7 Core reads it again.
+
+A shared read belongs to no caller: it runs with its own deadline (``READ_S``, so a request
+that gives up early does not cut short the read another caller is waiting for), and each caller
+waits for it only until its own deadline (504 ``deadline_exceeded`` then; the read goes on and
+is kept, so a retry a moment later finds it). Cin7 Core's pacing (about a call a second) makes a
+sale of many products slow to declare the first time.
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from ratesvc.errors import UpstreamNotFound
+from ratesvc.errors import UpstreamNotFound, UpstreamTimeout
 from ratesvc.limiter import Priority
 from ratesvc.sales import Product
 from ratesvc.upstreams.cin7.client import Cin7Client
 
 TTL_S = 60.0
 MAX_ENTRIES = 2_000
+READ_S = 120.0  # how long one shared read may wait for Cin7 Core's limiter and answer
 
 
 class ProductRecords:
@@ -49,18 +57,31 @@ class ProductRecords:
         """The records of ``product_ids`` that Cin7 Core has, each read at most once (concurrently
         with the others); an upstream failure other than "not found" is raised."""
         wanted = list(dict.fromkeys(product_ids))
-        found = await asyncio.gather(*(self._one(pid, deadline, priority) for pid in wanted))
+        reads = [self._one(pid, priority) for pid in wanted]
+        try:
+            async with asyncio.timeout_at(deadline):
+                found = await asyncio.gather(*reads)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"Cin7 Core's product records ({len(wanted)}) were not all read in time; they "
+                "are still being read: try again in a few seconds",
+                upstream="cin7", endpoint="product",
+            ) from None  # fmt: skip
         return {pid: product for pid, product in zip(wanted, found, strict=True) if product}
 
-    async def _one(
-        self, product_id: str, deadline: float | None, priority: Priority
-    ) -> Product | None:
+    def forget(self, product_ids: Iterable[str]) -> None:
+        """Read these again next time (a declaration found them wanting: they may be fixed)."""
+        for product_id in product_ids:
+            self._kept.pop(product_id, None)
+
+    async def _one(self, product_id: str, priority: Priority) -> Product | None:
         kept = self._kept.get(product_id)
         if kept is not None and kept[0] > time.monotonic():
             self._kept.move_to_end(product_id)
             return kept[1]
         reading = self._reading.get(product_id)
         if reading is None:
+            deadline = asyncio.get_running_loop().time() + READ_S
             reading = asyncio.ensure_future(self._fetch(product_id, deadline, priority))
             self._reading[product_id] = reading
             reading.add_done_callback(functools.partial(self._read, product_id))

@@ -82,9 +82,9 @@ async def make_plan(
                 services, sale_id, task_id, deadline=deadline, relabel=relabel
             )
             _check_unchanged(stored, now.shipment)
-            now.require_customs()
             if now.customs is not None and not any(p.customs_items for p in shipment.packages):
-                shipment = now.shipment  # quoted before the sale could be declared: declare now
+                now.require_customs()  # quoted before the sale could be declared: declare now
+                shipment = now.shipment
     else:
         carrier, service = request.carrier_code or "", request.service_code or ""
         sale_id = task_id = None

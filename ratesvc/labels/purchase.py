@@ -35,7 +35,7 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import UpstreamFailure, UpstreamThrottled
-from ratesvc.labels.customs import declaration
+from ratesvc.labels.customs import declaration, is_international
 from ratesvc.labels.lifecycle import LabelStatus, PackageState, package_sources, sources
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
@@ -195,10 +195,13 @@ class PurchaseUnit:
                 log.warning("reconciling %s: %s", package.purchase_key, exc.detail)
                 found, listed_all = None, False
             if found is not None:
+                reprint = "its PDF"
+                if is_international(plan.ship_from, plan.ship_to):
+                    reprint = "its PDF and its customs form (international: the parcel needs it)"
                 await self._ledger.set_detail(
                     self._label_id,
-                    "a label was recovered from ShipStation after an unknown outcome; reprint "
-                    "its PDF from ShipStation",
+                    f"package {package.n}: a label was recovered from ShipStation after an "
+                    f"unknown outcome; reprint {reprint} from ShipStation",
                 )
                 return await self._bought(package, found, pdf=None)
             age = (dt.datetime.now(dt.UTC) - attempt).total_seconds()

@@ -66,7 +66,7 @@ async def test_an_international_sale_missing_an_hs_code_goes_to_attention_naming
 async def test_an_event_in_attention_for_customs_is_labelled_once_the_product_is_fixed(
     make_automated: MakeService, cin7_sandbox: Cin7Sandbox, sandbox: ShipStationSandbox
 ) -> None:
-    client = await make_automated(RATESVC_CUSTOMS_PRODUCT_TTL_S="0")
+    client = await make_automated()  # the default product TTL: refused products are read again
     await client.post(URL, json=pack_payload(cin7_sandbox, "sale-international-nohs"), headers=HOOK)
     await until(lambda: has_status(client, "attention"))
     (event,) = await events(client)

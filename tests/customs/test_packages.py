@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
+
 from ratesvc.customs import BoxDeclaration, CustomsItem, CustomsProblem, Declaration, Incomplete
 from ratesvc.customs.packages import contents, declared, refusal
 from ratesvc.models import Address, PackageIn, ShipmentIn, Weight
@@ -43,10 +45,20 @@ def test_each_package_declares_only_its_own_box() -> None:
     assert contents(result) == [[("Scale", 1)], [("Mug", 4), ("Cup", 1)]]
 
 
-def test_a_box_the_declaration_does_not_name_declares_nothing() -> None:
-    shipment = ShipmentIn(ship_to=TO, packages=[package("Box 9")])
+def test_packages_are_matched_to_boxes_by_position_not_by_name() -> None:
+    # Cin7 Core's "Box 1 " is the package's "Box 1" once trimmed; position is what they share
+    shipment = ShipmentIn(ship_to=TO, packages=[package("box 1 "), package("Second")])
 
-    assert declared(shipment, DECLARATION).packages[0].customs_items is None
+    result = declared(shipment, DECLARATION)
+
+    assert contents(result) == [[("Scale", 1)], [("Mug", 4), ("Cup", 1)]]
+
+
+def test_a_declaration_for_another_number_of_boxes_is_refused() -> None:
+    shipment = ShipmentIn(ship_to=TO, packages=[package("Box 1")])
+
+    with pytest.raises(ValueError, match="2 declared boxes for 1 packages"):
+        declared(shipment, DECLARATION)
 
 
 def test_a_refusal_names_each_product_and_field_and_says_nothing_was_bought() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ratesvc.countries import alpha2_from_alpha3, alpha2_from_name
+from ratesvc.countries import alpha2, alpha2_from_alpha3, alpha2_from_name
 from ratesvc.errors import (
     UpstreamAuth,
     UpstreamError,
@@ -47,7 +47,7 @@ def product_from_wire(item: wire.Product) -> Product:
     sides = None
     if item.Length and item.Width and item.Height:
         sides = (item.Length, item.Width, item.Height)
-    origin = alpha2_from_alpha3(item.CountryOfOriginCode) or alpha2_from_name(item.CountryOfOrigin)
+    origin = _origin(item.CountryOfOriginCode, item.CountryOfOrigin)
     given = None
     if origin is None:
         given = _text(item.CountryOfOriginCode) or _text(item.CountryOfOrigin)
@@ -56,6 +56,12 @@ def product_from_wire(item: wire.Product) -> Product:
         sides=sides, length_unit=item.DimensionsUnits, name=_text(item.Name),
         hs_code=_text(item.HSCode), origin=origin, origin_given=given,
     )  # fmt: skip
+
+
+def _origin(code: str | None, name: str | None) -> str | None:
+    """ISO alpha-2 from the product's origin: its alpha-3 code first, then its name; either
+    field may hold an alpha-2 code instead ("US", "cn")."""
+    return alpha2_from_alpha3(code) or alpha2(code) or alpha2_from_name(name) or alpha2(name)
 
 
 def _text(value: str | None) -> str | None:
@@ -95,7 +101,7 @@ def sale_from_wire(sale: wire.Sale) -> Sale:
                 name=line.Name,
                 quantity=line.Quantity,
                 price=line.Price,
-                discount=line.Discount,
+                discount=line.Discount or Decimal(0),
                 total=line.Total,
             )
             for line in sale.Order.Lines

@@ -65,6 +65,8 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     finally:
         for services in accounts.values():
             await services.catalog.close()
+            if services.products is not None:
+                await services.products.close()
         await shipstation.close()
         await cin7.close()
 

@@ -18,9 +18,10 @@ a listed sale is taken from the ledger alone, without reading the sale:
   product weights and re-authorised the pack, say), the sale is recorded again and re-examined;
   the event in attention is resolved when the new one buys the label;
 * except a sale refused for its customs declaration: the fix is made on a *product* record,
-  which leaves the sale's stamp as it was, so its event in attention is put back in the queue
-  when it has waited :data:`CUSTOMS_RECHECK_S` (30 min; the retry reads the products again).
-  A person who fixed it need not wait: retry the event;
+  which leaves the sale's stamp as it was, so its (newest) event in attention is put back in the
+  queue when it has waited :data:`CUSTOMS_RECHECK_S` (30 min), then at least as long as it has
+  been stuck (1 h, 2 h, ... at most a day); the retry reads the products again. A person who
+  fixed it need not wait: retry the event;
 * otherwise the event's key is the sale and its ``Updated`` stamp: a sale seen before and not
   changed since is not recorded again. A sale that changed (for instance a second fulfilment was
   packed after the first was shipped) is recorded and processed.
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
 CUSTOMS_RECHECK_S = 1800.0  # a sale refused for customs is looked at again after this long
+CUSTOMS_RECHECK_MAX_S = 86400.0  # ... backing off to at most this
 MAX_PAGES = 50
 
 
@@ -136,9 +138,10 @@ class Poller:
             for event in events[item.SaleID]:
                 if event.status == "attention" and event.sale_updated is None:
                     await self._ledger.set_event(event.event_id, sale_updated=item.Updated)
-                if _customs_recheck_due(event):
-                    with contextlib.suppress(RequestError):  # being processed meanwhile
-                        await self._automation.retry(account.name, event.event_id, by="the poller")
+            recheck = _customs_recheck(item, events[item.SaleID])
+            if recheck is not None and _handled(item, events[item.SaleID], purchases[item.SaleID]):
+                with contextlib.suppress(RequestError):  # being processed meanwhile
+                    await self._automation.retry(account.name, recheck.event_id, by="the poller")
             if _handled(item, events[item.SaleID], purchases[item.SaleID]):
                 skipped += 1
                 continue
@@ -161,11 +164,32 @@ class Poller:
         return PollResult(listed=len(ids), recorded=recorded, skipped=skipped, calls=calls)
 
 
-def _customs_recheck_due(event: EventRow) -> bool:
-    if event.status != "attention" or REFUSED not in (event.reason or ""):
-        return False
-    since = dt.datetime.strptime(event.updated_at, STAMP_FORMAT).replace(tzinfo=dt.UTC)
-    return (dt.datetime.now(dt.UTC) - since).total_seconds() >= CUSTOMS_RECHECK_S
+def _customs_recheck(item: wire.SaleListItem, events: list[EventRow]) -> EventRow | None:
+    """The sale's event in attention for its customs declaration that is due to be looked at
+    again, if any: only the newest one, only while the sale is as it was (a changed sale gets
+    a new event anyway), and with a back-off — it waits at least as long as it has been stuck
+    (30 min, then 1 h, 2 h, ... at most a day), so a refusal nobody fixes costs a few reads a
+    day, not one every poll."""
+    refused = [
+        e for e in events
+        if e.status == "attention" and REFUSED in (e.reason or "")
+        and e.sale_updated in (None, item.Updated)
+    ]  # fmt: skip
+    if not refused or any(e.status in OPEN_EVENT_STATUSES for e in events):
+        return None
+    newest = max(refused, key=lambda e: e.received_at)
+    now = dt.datetime.now(dt.UTC)
+    since = _parse(newest.updated_at) or now
+    stuck = (since - (_parse(newest.received_at) or since)).total_seconds()
+    wait = min(max(CUSTOMS_RECHECK_S, stuck), CUSTOMS_RECHECK_MAX_S)
+    return newest if (now - since).total_seconds() >= wait else None
+
+
+def _parse(stamp: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
 
 
 def _handled(item: wire.SaleListItem, events: list[EventRow], purchases: list[PurchaseRow]) -> bool:

@@ -59,9 +59,7 @@ class Declaration(msgspec.Struct, frozen=True, kw_only=True):
     contents: Contents
     non_delivery: NonDelivery
     boxes: list[BoxDeclaration]
-
-    def for_box(self, box: str) -> BoxDeclaration | None:
-        return next((b for b in self.boxes if b.box == box), None)
+    held: list[list[tuple[str | None, Decimal]]] = []  # per box: (SKU, quantity) as packed
 
 
 class CustomsProblem(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +76,7 @@ class Incomplete(msgspec.Struct, frozen=True, kw_only=True):
     """Why no declaration could be built: fix these in Cin7 Core (or the account settings)."""
 
     problems: list[CustomsProblem]
+    held: list[list[tuple[str | None, Decimal]]] = []  # per box: (SKU, quantity) as packed
 
     def errors(self) -> list[str]:
         return [problem.message for problem in self.problems]
@@ -115,20 +114,25 @@ def declaration_for_sale(
     check = _Checks(problems, need_hs=rules.require_hs_code and destination.upper() != "US")
     priced: dict[str, _Priced] = {}
     boxes: list[BoxDeclaration] = []
+    held: list[list[tuple[str | None, Decimal]]] = []
     for box in fulfilment.boxes:
         items: list[CustomsItem] = []
+        held.append([])
         for product_id, quantity in _contents(fulfilment, box).items():
             product = products.get(product_id) or sale.products.get(product_id)
             info = priced.get(product_id)
             if info is None:
                 info = priced[product_id] = _price(sale.lines, product_id, product, rate)
+            held[-1].append((info.sku, quantity))
             item = check.item(box, quantity, product_id, product, info, rules.default_origin)
             if item is not None:
                 items.append(item)
         boxes.append(BoxDeclaration(box=box, items=items))
     if problems:
-        return Incomplete(problems=problems)
-    return Declaration(contents=rules.contents, non_delivery=rules.non_delivery, boxes=boxes)
+        return Incomplete(problems=problems, held=held)
+    return Declaration(
+        contents=rules.contents, non_delivery=rules.non_delivery, boxes=boxes, held=held
+    )
 
 
 def _contents(fulfilment: Fulfilment, box: str) -> dict[str, Decimal]:

@@ -7,6 +7,8 @@ API's money strings): a sale's label and a shipment's label are then bought the 
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import msgspec
 
 from ratesvc.customs.declaration import CustomsItem, Declaration, Incomplete
@@ -35,13 +37,19 @@ def declared(shipment: ShipmentIn, declaration: Declaration) -> ShipmentIn:
     return msgspec.structs.replace(shipment, packages=packages, customs=header)
 
 
-def contents(shipment: ShipmentIn) -> list[list[tuple[str | None, int]]]:
+def contents(shipment: ShipmentIn) -> list[list[tuple[str | None, Decimal]]]:
     """Per package, what it declares (SKU and quantity, in order): a quote's boxes against the
-    sale's boxes now."""
+    sale's boxes now (:func:`held`)."""
     return [
-        [(item.sku, item.quantity) for item in package.customs_items or ()]
+        [(item.sku, Decimal(item.quantity)) for item in package.customs_items or ()]
         for package in shipment.packages
     ]
+
+
+def held(customs: Declaration | Incomplete) -> list[list[tuple[str | None, Decimal]]]:
+    """Per box, what the sale packs in it now, as :func:`contents` reads a declared shipment —
+    whether or not the sale can be declared now."""
+    return [[(_sku(sku), quantity) for sku, quantity in box] for box in customs.held]
 
 
 def refusal(sale_id: str, incomplete: Incomplete) -> CustomsIncomplete:
@@ -65,8 +73,12 @@ def _field(product: str | None, field: str) -> str:
     return f"products[{product}].{field}"
 
 
+def _sku(sku: str | None) -> str | None:
+    return sku.strip()[:_SKU_MAX] if sku and sku.strip() else None
+
+
 def _item(item: CustomsItem) -> DeclaredItem:
-    sku = item.sku.strip()[:_SKU_MAX] if item.sku and item.sku.strip() else None
+    sku = _sku(item.sku)
     return DeclaredItem(
         description=item.description, quantity=item.quantity, value=f"{item.value:.2f}",
         country_of_origin=item.country_of_origin, hs_code=item.hs_code, sku=sku,

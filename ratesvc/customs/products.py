@@ -46,6 +46,7 @@ class ProductRecords:
         self._max_entries = max_entries
         self._kept: OrderedDict[str, tuple[float, Product | None]] = OrderedDict()
         self._reading: dict[str, asyncio.Future[Product | None]] = {}
+        self._batches: set[asyncio.Future[list[Product | None]]] = set()  # reads of one call
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -55,12 +56,20 @@ class ProductRecords:
         priority: Priority = Priority.NORMAL,
     ) -> dict[str, Product]:  # fmt: skip
         """The records of ``product_ids`` that Cin7 Core has, each read at most once (concurrently
-        with the others); an upstream failure other than "not found" is raised."""
+        with the others); an upstream failure other than "not found" is raised.
+
+        When every read of one call has finished, all its records are kept afresh together: a
+        sale of more products than Cin7 Core's pace reads within the TTL (a hundred at a call a
+        second) is then found whole by the retry after a 504, not expiring at one end while the
+        other end is still being read."""
         wanted = list(dict.fromkeys(product_ids))
-        reads = [self._one(pid, priority) for pid in wanted]
+        batch = asyncio.gather(*(self._future(pid, priority) for pid in wanted))
+        self._batches.add(batch)
+        batch.add_done_callback(functools.partial(self._batch_done, wanted))
         try:
             async with asyncio.timeout_at(deadline):
-                found = await asyncio.gather(*reads)
+                # shield: a caller giving up (deadline, cancelled request) cancels only its wait
+                found = await asyncio.shield(batch)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"Cin7 Core's product records ({len(wanted)}) were not all read in time; they "
@@ -74,19 +83,41 @@ class ProductRecords:
         for product_id in product_ids:
             self._kept.pop(product_id, None)
 
-    async def _one(self, product_id: str, priority: Priority) -> Product | None:
+    async def close(self) -> None:
+        """Stop the reads still running (the service is stopping; nobody waits for them)."""
+        reads = list(self._reading.values())
+        for reading in reads:
+            reading.cancel()
+        await asyncio.gather(*reads, *self._batches, return_exceptions=True)
+
+    def _future(self, product_id: str, priority: Priority) -> asyncio.Future[Product | None]:
         kept = self._kept.get(product_id)
         if kept is not None and kept[0] > time.monotonic():
             self._kept.move_to_end(product_id)
-            return kept[1]
+            done: asyncio.Future[Product | None] = asyncio.get_running_loop().create_future()
+            done.set_result(kept[1])
+            return done
         reading = self._reading.get(product_id)
         if reading is None:
             deadline = asyncio.get_running_loop().time() + READ_S
             reading = asyncio.ensure_future(self._fetch(product_id, deadline, priority))
             self._reading[product_id] = reading
             reading.add_done_callback(functools.partial(self._read, product_id))
-        # shield: one caller giving up (its request cancelled) does not cancel the others' read
-        return await asyncio.shield(reading)
+        return reading
+
+    def _batch_done(self, wanted: list[str], batch: asyncio.Future[list[Product | None]]) -> None:
+        self._batches.discard(batch)
+        if batch.cancelled() or batch.exception() is not None:
+            return
+        expires = time.monotonic() + self._ttl_s
+        for product_id, product in zip(wanted, batch.result(), strict=True):
+            self._keep(product_id, product, expires)
+
+    def _keep(self, product_id: str, product: Product | None, expires: float) -> None:
+        self._kept[product_id] = (expires, product)
+        self._kept.move_to_end(product_id)
+        while len(self._kept) > self._max_entries:
+            self._kept.popitem(last=False)
 
     def _read(self, product_id: str, reading: asyncio.Future[Product | None]) -> None:
         self._reading.pop(product_id, None)
@@ -100,8 +131,5 @@ class ProductRecords:
             product = await self._cin7.get_product(product_id, deadline=deadline, priority=priority)
         except UpstreamNotFound:
             product = None
-        self._kept[product_id] = (time.monotonic() + self._ttl_s, product)
-        self._kept.move_to_end(product_id)
-        while len(self._kept) > self._max_entries:
-            self._kept.popitem(last=False)
+        self._keep(product_id, product, time.monotonic() + self._ttl_s)
         return product

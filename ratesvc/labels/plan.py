@@ -24,9 +24,8 @@ from ratesvc.customs import packages
 from ratesvc.errors import FieldError, InvalidRequest, NotFound, QuoteExpired, SaleChanged
 from ratesvc.labels.customs import require_items
 from ratesvc.labels.models import LabelPlan, LabelsRequest
-from ratesvc.models import ShipmentIn
 from ratesvc.quotes import QuoteStore, StoredQuote
-from ratesvc.sale_shipments import shipment_for_sale
+from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
 
 _PLAN_CODEC = msgspec.json.Decoder(LabelPlan)
 _AT_PACKAGE = re.compile(r"\$\.packages\[(?P<i>[0-9]+)\]\.(?P<field>[\w.\[\]]+)")
@@ -81,7 +80,7 @@ async def make_plan(
             now = await shipment_for_sale(
                 services, sale_id, task_id, deadline=deadline, relabel=relabel
             )
-            _check_unchanged(stored, now.shipment)
+            _check_unchanged(stored, now)
             if now.customs is not None and not any(p.customs_items for p in shipment.packages):
                 now.require_customs()  # quoted before the sale could be declared: declare now
                 shipment = now.shipment
@@ -121,9 +120,11 @@ async def make_plan(
     return _recordable(plan)
 
 
-def _check_unchanged(stored: StoredQuote, now: ShipmentIn) -> None:
-    """The sale still packs the boxes, and ships to the address, that were quoted."""
-    then = stored.shipment
+def _check_unchanged(stored: StoredQuote, sale_now: SaleShipment) -> None:
+    """The sale still packs the boxes, and ships to the address, that were quoted; when the
+    quote declared its boxes' contents, they still hold the same products (whether or not the
+    sale can be declared now)."""
+    then, now = stored.shipment, sale_now.shipment
     changed = []
     if [(p.weight, p.dimensions) for p in then.packages] != [
         (p.weight, p.dimensions) for p in now.packages
@@ -131,9 +132,9 @@ def _check_unchanged(stored: StoredQuote, now: ShipmentIn) -> None:
         changed.append("its packed boxes")
     if then.ship_to != now.ship_to:
         changed.append("its ship-to address")
-    held_then, held_now = packages.contents(then), packages.contents(now)
-    if any(held_then) and any(held_now) and held_then != held_now:
-        changed.append("what its boxes hold")
+    held_then, customs_now = packages.contents(then), sale_now.customs
+    if any(held_then) and customs_now is not None and held_then != packages.held(customs_now):
+        changed.append("what its boxes hold")  # (SKU, quantity) per box
     if changed:
         raise SaleChanged(
             f"sale {stored.sale_id}: {' and '.join(changed)} changed since quote "

@@ -92,9 +92,8 @@ def test_each_box_declares_only_what_it_holds() -> None:
                    CustomsItem(description="Cast iron teapot", quantity=1, value=Decimal("49.99"),
                                hs_code="7323.91", country_of_origin="VN", sku="POT")]),
     ]  # fmt: skip
-    box_2 = result.for_box("Box 2")
-    assert box_2 is not None and box_2.value == Decimal("74.99")
-    assert result.for_box("Box 3") is None
+    assert result.boxes[1].value == Decimal("74.99")
+    assert result.held == [[("TEA", 4)], [("TEA", 2), ("POT", 1)]]
 
 
 def test_pack_lines_of_one_product_in_one_box_are_one_item() -> None:

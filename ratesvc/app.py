@@ -21,6 +21,7 @@ from ratesvc.api.routes import setup_routes
 from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import ConfigError, Settings
+from ratesvc.console import setup_console
 from ratesvc.labels import Labels, LabelTiming, WriteBackWorker
 from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
@@ -40,6 +41,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_labels)
     app.cleanup_ctx.append(_automation)
     setup_routes(app)
+    setup_console(app)
     return app
 
 

@@ -54,7 +54,7 @@ export function duration(seconds) {
 }
 
 export function weight(w) {
-  return w ? `${w.value} ${w.unit}` : "—";
+  return w ? `${Number(w.value).toLocaleString(undefined, { maximumFractionDigits: 1 })} ${w.unit}` : "—";
 }
 
 export function dimensions(d) {

@@ -21,9 +21,11 @@ from ratesvc.api.routes import setup_routes
 from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import ConfigError, Settings
+from ratesvc.console import setup_console
 from ratesvc.labels import Labels, LabelTiming, WriteBackWorker
 from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
+from ratesvc.operator import ReadySales, WebhookWatch
 from ratesvc.quotes import LegCache, QuoteStore
 from ratesvc.rating import Rater
 from ratesvc.replay import AnswerReplay
@@ -39,7 +41,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_rating)
     app.cleanup_ctx.append(_labels)
     app.cleanup_ctx.append(_automation)
+    app.cleanup_ctx.append(_operator)
     setup_routes(app)
+    setup_console(app)
     return app
 
 
@@ -149,3 +153,15 @@ async def _automation(app: web.Application) -> AsyncIterator[None]:
     finally:
         await poller.stop()
         await automation.stop()
+
+
+async def _operator(app: web.Application) -> AsyncIterator[None]:
+    """What the console reads: the ready list and the webhook state, with their caches; the
+    Cin7 Core reads still running at shutdown are cancelled."""
+    sales = app[keys.READY_SALES] = ReadySales(app[keys.LEDGER])
+    watch = app[keys.WEBHOOK_WATCH] = WebhookWatch()
+    try:
+        yield
+    finally:
+        await sales.close()
+        await watch.close()

@@ -147,6 +147,7 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
         "",
         "ratesvc demo is running (Ctrl-C to stop)",
         f"  service:              {url}   (API docs: {url}/openapi.json)",
+        f"  operator console:     {url}/console/   (sign in with the API token below)",
         f"  ShipStation sandbox:  http://127.0.0.1:{sandbox_port}   (knobs: /__sandbox/knobs)",
         f"  Cin7 Core sandbox:    http://127.0.0.1:{cin7_port}   (sales: sale-simple, "
         "sale-multibox, sale-international, sale-international-nohs, sale-eur, sale-advanced, "

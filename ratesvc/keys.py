@@ -11,6 +11,7 @@ from ratesvc.config import Settings
 from ratesvc.labels import Labels
 from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
+from ratesvc.operator import ReadySales, WebhookWatch
 from ratesvc.rating import Rater
 from ratesvc.replay import AnswerReplay
 
@@ -23,3 +24,5 @@ LEDGER = web.AppKey("ledger", Ledger)
 LABELS = web.AppKey("labels", Labels)
 AUTOMATION = web.AppKey("automation", Automation)
 POLLER = web.AppKey("poller", Poller)
+READY_SALES = web.AppKey("ready_sales", ReadySales)
+WEBHOOK_WATCH = web.AppKey("webhook_watch", WebhookWatch)

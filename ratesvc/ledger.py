@@ -216,6 +216,17 @@ class EventRow:
     updated_at: str
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What an account has waiting, counted (``GET /v1/status``): open write-back jobs and when
+    the oldest was queued; events and labels by status (only the statuses asked for)."""
+
+    write_backs: int
+    oldest_write_back_at: str | None
+    events: dict[str, int]
+    labels: dict[str, int]
+
+
 OPEN_EVENT_STATUSES = ("received", "failed")  # still to be processed (now or after a back-off)
 
 
@@ -693,6 +704,29 @@ class Ledger:
                 (account, *part),
             )
         return found
+
+    async def backlog(
+        self, account: str, *, event_statuses: Sequence[str], label_statuses: Sequence[str]
+    ) -> Backlog:
+        """Counts only (indexed): cheap enough to answer every status request."""
+        jobs = await self._fetch(
+            "SELECT COUNT(*), MIN(o.created_at) FROM outbox o JOIN purchases p "
+            "ON p.label_id = o.label_id WHERE o.state IN ('pending', 'running') AND p.account = ?",
+            (account,),
+        )
+        counts: list[dict[str, int]] = []
+        for table, statuses in (("events", event_statuses), ("purchases", label_statuses)):
+            marks = ",".join("?" * len(statuses))
+            rows = await self._fetch(
+                f"SELECT status, COUNT(*) FROM {table} WHERE account = ? AND status IN ({marks}) "
+                "GROUP BY status",
+                (account, *statuses),
+            )
+            counts.append({status: 0 for status in statuses} | {str(s): int(n) for s, n in rows})
+        return Backlog(
+            write_backs=int(jobs[0][0]), oldest_write_back_at=jobs[0][1],
+            events=counts[0], labels=counts[1],
+        )  # fmt: skip
 
     # --- retention ---------------------------------------------------------------------------
 

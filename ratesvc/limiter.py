@@ -78,6 +78,17 @@ class Permit:
 
 
 @dataclass(frozen=True)
+class LimiterState:
+    """What an operator sees of a limiter: the window's ``limit``, the calls ``remaining`` in it,
+    seconds until it resets (None: unknown) and the rate-limit refusals seen since start."""
+
+    limit: int
+    remaining: int
+    reset_after_s: float | None
+    throttled: int
+
+
+@dataclass(frozen=True)
 class RateHeaders:
     limit: int | None
     remaining: int | None
@@ -139,6 +150,7 @@ class RateLimiter:
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._throttled = 0
 
     # --- public surface ------------------------------------------------------------------
 
@@ -149,6 +161,18 @@ class RateLimiter:
     @property
     def remaining(self) -> int:
         return self._remaining
+
+    def state(self) -> LimiterState:
+        """The window as it stands (read-only: a window that ended is shown as a fresh one, and
+        one never heard of as full)."""
+        now = asyncio.get_running_loop().time()
+        if self._reset_at is None or now >= self._reset_at:
+            return LimiterState(limit=self._limit, remaining=self._limit, reset_after_s=None,
+                                throttled=self._throttled)  # fmt: skip
+        return LimiterState(
+            limit=self._limit, remaining=max(0, self._remaining),
+            reset_after_s=self._reset_at - now, throttled=self._throttled,
+        )  # fmt: skip
 
     @asynccontextmanager
     async def slot(self, priority: Priority, deadline: float | None) -> AsyncIterator[Permit]:
@@ -220,6 +244,7 @@ class RateLimiter:
     def _on_throttled(self, now: float, info: RateHeaders) -> None:
         reset_s = info.reset_s if info.reset_s is not None else self._throttle_pause_s
         log.warning("%s: upstream answered 429; pausing the key for %.1f s", self.name, reset_s)
+        self._throttled += 1
         if self._metrics is not None:
             self._metrics.limiter_throttled.labels(self.name).inc()
         if info.limit:

@@ -17,6 +17,10 @@ from ratesvc.api.params import (
     LABEL_CURSOR,
     LIMIT_DEFAULT,
     LIMIT_MAX,
+    SALES_CURSOR,
+    SALES_LIMIT_DEFAULT,
+    SALES_LIMIT_MAX,
+    SEARCH_MAX,
 )
 from ratesvc.automation.events import EVENT_STATUSES, MAX_ID
 from ratesvc.labels.lifecycle import LabelStatus, PackageState, WriteBackState
@@ -40,6 +44,20 @@ def list_params(statuses: tuple[str, ...], cursor: str) -> tuple[Param, ...]:
               "`next_cursor` of the previous page"),
     )  # fmt: skip
 
+
+# ratesvc.api.paging.sales_query
+SALES_LIST_PARAMS = (
+    Param("ready", "query", {"type": "string", "enum": ["true"]},
+          "Must be `true`: the packed, unshipped sales (the only list served)", required=True,
+          example="true"),
+    Param("search", "query", {"type": "string", "maxLength": SEARCH_MAX},
+          "Case-insensitive part of the order number or the customer (empty: all)",
+          example="SO-10"),
+    Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": SALES_LIMIT_MAX,
+                             "default": SALES_LIMIT_DEFAULT}, "Page size", example=25),
+    Param("cursor", "query", {"type": "string", "pattern": SALES_CURSOR},
+          "`next_cursor` of the previous page"),
+)  # fmt: skip
 
 IDEMPOTENCY_KEY = Param(
     "Idempotency-Key", "header",
@@ -105,7 +123,8 @@ _LABELS_RULE = {"oneOf": [
 EXTRAS = Extras(
     enums={"Label.status": LABEL_STATUSES, "LabelPackage.state": PACKAGE_STATES,
            "WriteBack.state": WRITE_BACK_STATES, "AutomationEvent.status": EVENT_STATUSES,
-           "WebhookReceipt.status": EVENT_STATUSES},
+           "WebhookReceipt.status": EVENT_STATUSES, "ReadySale.label_status": LABEL_STATUSES,
+           "SaleAutomation.status": EVENT_STATUSES},
     rules={RatesRequest: _RATES_RULE, LabelsRequest: _LABELS_RULE},
     schemes=WEBHOOK_SCHEMES,
 )  # fmt: skip

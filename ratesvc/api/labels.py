@@ -63,6 +63,18 @@ async def get_label_pdf(request: web.Request) -> web.Response:
     return web.Response(body=pdf, content_type="application/pdf")
 
 
+async def get_label_print(request: web.Request) -> web.Response:
+    """Every bought package's label in one PDF, in box order."""
+    services = current_account(request)
+    labels = request.app[keys.LABELS]
+    label_id = request.match_info["label_id"]
+    pdf = await labels.printable(label_id, services.account.name)
+    return web.Response(
+        body=pdf, content_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="labels-{label_id}.pdf"'},
+    )  # fmt: skip
+
+
 async def get_customs_pdf(request: web.Request) -> web.Response:
     services = current_account(request)
     n = whole_number(request.match_info["n"], name="n", low=1, high=PACKAGE_MAX)

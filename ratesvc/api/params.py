@@ -20,6 +20,9 @@ _DIGITS = re.compile(r"[0-9]{1,9}")
 
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 200
+SALES_LIMIT_DEFAULT = 25  # GET /v1/sales: a screen of the ready list
+SALES_LIMIT_MAX = 100
+SEARCH_MAX = 100
 PACKAGE_MAX = 999  # far above any label's package count: a larger n is refused, a smaller one 404s
 FILTER_MAX = 64  # the longest sale_id a request body may carry (SaleRef)
 IDEMPOTENCY_KEY_MAX = 255
@@ -27,6 +30,7 @@ IDEMPOTENCY_KEY_MAX = 255
 ID_PATTERN = r"^[A-Za-z0-9_\-]{1,100}$"
 LABEL_CURSOR = r"^lb_[A-Za-z0-9_\-]{1,64}$"
 EVENT_CURSOR = r"^ev_[A-Za-z0-9_\-]{1,64}$"
+SALES_CURSOR = r"^sl_[A-Za-z0-9_\-]{1,400}$"
 
 
 def whole_number(raw: str, *, name: str, low: int, high: int) -> int:

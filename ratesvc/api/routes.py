@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ratesvc.api import automation, carriers, health, labels, rates, webhooks
+from ratesvc.api import automation, carriers, health, labels, operator, rates, webhooks
 from ratesvc.api.document import (
     EVENT_CURSOR_PARAMS,
     EXTRAS,
@@ -16,6 +16,7 @@ from ratesvc.api.document import (
     LABEL_LIST_PARAMS,
     LABELS_EXAMPLE,
     RATES_EXAMPLE,
+    SALES_LIST_PARAMS,
     WEBHOOK_EVENT,
     WEBHOOK_EXAMPLE,
     WEBHOOK_SCHEMES,
@@ -24,6 +25,7 @@ from ratesvc.api.openapi import Route, build_openapi
 from ratesvc.automation.events import AutomationEvent, EventList, WebhookReceipt
 from ratesvc.labels import Label, LabelList, LabelsRequest
 from ratesvc.models import CarriersResponse, RatesRequest, RatesResponse
+from ratesvc.operator import ReadySaleList, Status
 from ratesvc.quotes import StoredQuote
 
 
@@ -62,6 +64,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/labels/{label_id}/packages/{n}/label.pdf", labels.get_label_pdf,
           "A package's label PDF", errors=(404, 422), content_type="application/pdf",
           tags=("labels",)),
+    Route("GET", "/v1/labels/{label_id}/label.pdf", labels.get_label_print,
+          "Every bought package's label in one PDF, in box order (print a whole sale at once); "
+          "404 when a package's PDF is not here, 409 already_voided for a voided label",
+          errors=(404, 409), content_type="application/pdf", tags=("labels",)),
     Route("GET", "/v1/labels/{label_id}/packages/{n}/customs.pdf", labels.get_customs_pdf,
           "A package's customs form (international labels, when ShipStation returned one)",
           errors=(404, 422), content_type="application/pdf", tags=("labels",)),
@@ -82,6 +88,14 @@ ROUTES: tuple[Route, ...] = (
           "Put an event in attention or failed back in the queue, due now, its attempts reset "
           "(409 event_not_retryable otherwise)", AutomationEvent, errors=(404, 409),
           tags=("automation",)),
+    Route("GET", "/v1/sales", operator.list_sales,
+          "Packed, unshipped Cin7 Core sales (ReadyForShipping), with their boxes, labels and "
+          "automation state; a sale not read yet is `pending`", ReadySaleList,
+          errors=(422, 502, 503, 504), params=SALES_LIST_PARAMS, tags=("operator",)),
+    Route("GET", "/v1/status", operator.get_status,
+          "What an operator watches: upstream budgets, write-back backlog, automation queue, "
+          "labels waiting, the Cin7 Core webhook's state (never fails for a down upstream)",
+          Status, tags=("operator",)),
 )  # fmt: skip
 
 

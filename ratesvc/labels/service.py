@@ -45,6 +45,7 @@ from ratesvc.errors import (
 from ratesvc.labels.lifecycle import LabelStatus, PackageState
 from ratesvc.labels.models import Label, LabelsRequest
 from ratesvc.labels.plan import fulfilment_key, make_plan, stored_quote
+from ratesvc.labels.printing import merged_label_pdf
 from ratesvc.labels.purchase import LabelTiming, PurchaseUnit
 from ratesvc.labels.retention import Retention
 from ratesvc.labels.views import label_view
@@ -338,6 +339,10 @@ class Labels:
             return await asyncio.to_thread(Path(path).read_bytes)
         except FileNotFoundError:
             raise NotFound(f"the {what} of label {label_id} package {n} is gone") from None
+
+    async def printable(self, label_id: str, account: str) -> bytes:
+        """Every bought package's label in one PDF, in box order (see :mod:`.printing`)."""
+        return await merged_label_pdf(self._ledger, label_id, account)
 
     async def page(
         self, account: str, *, sale_id: str | None, status: str | None, limit: int,

@@ -10,7 +10,8 @@ window answered, beyond that, in one of the three throttling styles (503, 429, o
 Knobs (``knobs`` attribute, or ``PUT /__sandbox/knobs``): latency, error rate, the throttling
 style, the window, ``down`` (every call answers 503 "maintenance"), and
 ``multiple_organisations`` (every call with good credentials answers ``300 Multiple Choices``, as
-Cin7 Core does for a user who belongs to several organisations). Counters:
+Cin7 Core does for a user who belongs to several organisations). ``sale_reads`` (an event):
+cleared, sale reads wait until it is set. Counters:
 ``GET /__sandbox/calls``. ``POST /__sandbox/sales/{id}/pack`` authorises a sale's pack.
 """
 
@@ -111,6 +112,9 @@ class Cin7Sandbox:
         self.attachments: dict[str, list[dict[str, Any]]] = {}
         self.invoices: dict[str, list[dict[str, Any]]] = {}
         self.webhooks: list[dict[str, Any]] = []
+        # Cleared, every GET /sale waits until it is set again (a sale read still on its way).
+        self.sale_reads = asyncio.Event()
+        self.sale_reads.set()
         self.writes: deque[tuple[str, str, Any]] = deque(maxlen=1000)  # (method, path, body)
         self._rng = random.Random(self.knobs.seed)
         self._last_stamp = dt.datetime(2026, 1, 1)
@@ -434,6 +438,7 @@ class Cin7Sandbox:
         raise Cin7Fault(400, f"Sale with ID {sale_id} not found", code=404)
 
     async def _get_sale(self, request: web.Request) -> web.Response:
+        await self.sale_reads.wait()
         sale = copy.deepcopy(self._sale(request.query.get("ID")))
         if request.query.get("CountryFormat", "").lower() != "code2":
             for address in (

@@ -228,3 +228,28 @@ async def test_what_the_webhook_accepts_is_valid_by_the_document(
     assert not validator(document, schema).is_valid({**body, "SaleID": {}})
     refused = await client.post(WEBHOOK_URL, json={**body, "SaleID": {}}, headers=HOOK)
     assert refused.status == 400
+
+
+async def test_the_operator_routes_are_declared(document: dict[str, Any]) -> None:
+    paths = document["paths"]
+    sales = paths["/v1/sales"]["get"]
+    params = {p["name"]: p for p in sales["parameters"]}
+    printed = paths["/v1/labels/{label_id}/label.pdf"]["get"]
+    status = paths["/v1/status"]["get"]
+
+    assert set(params) == {"ready", "search", "limit", "cursor"}
+    assert (params["ready"]["required"], params["ready"]["schema"]["enum"]) == (True, ["true"])
+    assert params["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100,
+                                         "default": 25}  # fmt: skip
+    assert params["search"]["schema"]["maxLength"] == 100
+    assert {"200", "401", "422", "503"} <= set(sales["responses"])
+    assert "application/pdf" in printed["responses"]["200"]["content"]
+    assert {"404", "409"} <= set(printed["responses"])
+    assert set(status["responses"]) == {"200", "401", "405", "413"}  # never a 5xx
+    schemas = document["components"]["schemas"]
+    assert schemas["ReadySale"]["properties"]["details"]["enum"] == [
+        "pending", "ready", "unavailable"
+    ]  # fmt: skip
+    assert schemas["WebhookState"]["properties"]["state"]["enum"] == [
+        "active", "inactive", "unknown"
+    ]  # fmt: skip

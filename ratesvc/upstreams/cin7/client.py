@@ -204,9 +204,11 @@ class Cin7Client:
         )  # fmt: skip
         return _decode(answer.body, wire.Webhook, "webhooks")
 
-    async def webhooks(self, *, deadline: float | None) -> list[wire.Webhook]:
+    async def webhooks(
+        self, *, deadline: float | None, priority: Priority = Priority.NORMAL
+    ) -> list[wire.Webhook]:
         answer = await self._http.call(
-            "GET", "/webhooks", endpoint="webhooks", priority=Priority.NORMAL, deadline=deadline,
+            "GET", "/webhooks", endpoint="webhooks", priority=priority, deadline=deadline,
             retry=Retry.SAFE,
         )  # fmt: skip
         return _decode(answer.body, wire.WebhookList, "webhooks").Webhooks

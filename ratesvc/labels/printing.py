@@ -1,0 +1,56 @@
+"""Every label of a purchase in one PDF, in box order, for printing a whole sale at once.
+
+Only bought packages are printed. A voided label is refused (409 ``already_voided``: a voided
+label must not be stuck on a box); a label with no bought package yet (``purchasing``, or nothing
+bought) and a bought package whose PDF is not here (recovered from ShipStation's list, or
+forgotten by retention) are 404 ``not_found`` naming what is missing. The merge (pypdf) runs in a
+thread: a sale of many boxes must not stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import pypdf
+from pypdf.errors import PyPdfError
+
+from ratesvc.errors import AlreadyVoided, NotFound
+from ratesvc.labels.lifecycle import LabelStatus, PackageState
+from ratesvc.ledger import Ledger
+
+
+async def merged_label_pdf(ledger: Ledger, label_id: str, account: str) -> bytes:
+    row = await ledger.purchase(label_id)
+    if row is None or row.account != account:
+        raise NotFound(f"no label {label_id}")
+    if row.status == LabelStatus.VOIDED:
+        raise AlreadyVoided(f"label {label_id} is voided: its labels must not be printed")
+    bought = [p for p in await ledger.packages(label_id) if p.state == PackageState.BOUGHT]
+    if not bought:
+        raise NotFound(f"label {label_id} has no bought package to print (it is {row.status})")
+    missing = next((p for p in bought if p.pdf_path is None), None)
+    if missing is not None:
+        raise NotFound(_gone(missing.n))
+    paths = [(p.n, Path(p.pdf_path)) for p in bought if p.pdf_path is not None]
+    return await asyncio.to_thread(_merge, paths)
+
+
+def _gone(n: int) -> str:
+    return f"package {n} has no label PDF here: reprint it from ShipStation"
+
+
+def _merge(paths: list[tuple[int, Path]]) -> bytes:
+    writer = pypdf.PdfWriter()
+    for n, path in paths:
+        try:
+            writer.append(pypdf.PdfReader(io.BytesIO(path.read_bytes())))
+        except FileNotFoundError:
+            raise NotFound(_gone(n)) from None
+        except (PyPdfError, ValueError) as exc:
+            raise NotFound(f"package {n}'s label PDF cannot be read here ({exc}): reprint it "
+                           "from ShipStation") from exc  # fmt: skip
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()

@@ -1,0 +1,119 @@
+"""``GET /v1/status``: what an operator watches, for the account of the token.
+
+Per ShipStation key and Cin7 Core application the limiter's window (read from the limiter, no
+call made); the write-back backlog, the automation queue and the labels waiting for a person
+(counted in the ledger); the Cin7 Core webhook's state (:mod:`.webhook_state`, cached). It never
+fails because an upstream is down: what cannot be known is said to be ``unknown``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+from ratesvc.accounts import AccountServices
+from ratesvc.labels.lifecycle import LabelStatus
+from ratesvc.ledger import STAMP_FORMAT, Ledger
+from ratesvc.limiter import RateLimiter
+from ratesvc.operator.webhook_state import WebhookState, WebhookWatch
+
+_WAITING, _RETRYING, _ATTENTION = "received", "failed", "attention"  # event statuses
+_LABELS = (LabelStatus.ATTENTION, LabelStatus.PURCHASING)
+
+
+class ShipStationBudget(msgspec.Struct, frozen=True, kw_only=True):
+    key: str  # the key pair's id, as in logs and metrics
+    limit: int
+    remaining: int
+    resets_at: str | None
+    throttled: int  # rate-limit refusals seen since start
+
+
+class Cin7Budget(msgspec.Struct, frozen=True, kw_only=True):
+    application: str  # the API application's id, as in logs and metrics
+    limit: int
+    remaining: int
+    resets_at: str | None
+    throttled: int
+
+
+class WriteBackBacklog(msgspec.Struct, frozen=True, kw_only=True):
+    backlog: int
+    oldest_age_s: float | None
+
+
+class AutomationQueue(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool
+    waiting: int
+    retrying: int
+    attention: int
+
+
+class LabelsWaiting(msgspec.Struct, frozen=True, kw_only=True):
+    attention: int
+    purchasing: int
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True):
+    generated_at: str
+    account: str
+    shipstation: list[ShipStationBudget]
+    cin7: list[Cin7Budget]
+    write_back: WriteBackBacklog
+    automation: AutomationQueue
+    labels: LabelsWaiting
+    webhook: WebhookState
+
+
+def _rfc3339(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _budget(limiter: RateLimiter, now: dt.datetime) -> tuple[str, int, int, str | None, int]:
+    state = limiter.state()
+    resets_at = None
+    if state.reset_after_s is not None:
+        resets_at = _rfc3339(now + dt.timedelta(seconds=state.reset_after_s))
+    name = limiter.name.partition(":")[2] or limiter.name
+    return name, state.limit, state.remaining, resets_at, state.throttled
+
+
+async def account_status(
+    services: AccountServices, ledger: Ledger, webhooks: WebhookWatch, *, base_url: str
+) -> Status:
+    now = dt.datetime.now(dt.UTC)
+    name = services.account.name
+    key, limit, remaining, resets_at, throttled = _budget(services.shipstation.limiter, now)
+    shipstation = [ShipStationBudget(key=key, limit=limit, remaining=remaining,
+                                     resets_at=resets_at, throttled=throttled)]  # fmt: skip
+    cin7: list[Cin7Budget] = []
+    if services.cin7 is not None:
+        app, limit, remaining, resets_at, throttled = _budget(services.cin7.limiter, now)
+        cin7.append(Cin7Budget(application=app, limit=limit, remaining=remaining,
+                               resets_at=resets_at, throttled=throttled))  # fmt: skip
+    backlog = await ledger.backlog(
+        name, event_statuses=(_WAITING, _RETRYING, _ATTENTION), label_statuses=_LABELS
+    )
+    oldest = None
+    if backlog.oldest_write_back_at is not None:
+        queued = dt.datetime.strptime(backlog.oldest_write_back_at, STAMP_FORMAT)
+        oldest = round(max(0.0, (now - queued.replace(tzinfo=dt.UTC)).total_seconds()), 1)
+    return Status(
+        generated_at=_rfc3339(now),
+        account=name,
+        shipstation=shipstation,
+        cin7=cin7,
+        write_back=WriteBackBacklog(backlog=backlog.write_backs, oldest_age_s=oldest),
+        automation=AutomationQueue(
+            enabled=services.account.rule.on,
+            waiting=backlog.events[_WAITING],
+            retrying=backlog.events[_RETRYING],
+            attention=backlog.events[_ATTENTION],
+        ),
+        labels=LabelsWaiting(
+            attention=backlog.labels[LabelStatus.ATTENTION],
+            purchasing=backlog.labels[LabelStatus.PURCHASING],
+        ),
+        webhook=await webhooks.state(services, base_url),
+    )

@@ -1,0 +1,128 @@
+"""``GET /v1/labels/{label_id}/label.pdf``: every bought package's label in one PDF, in box order;
+404 for what is not here, 409 ``already_voided`` for a voided label."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+import pypdf
+import pytest
+from aiohttp.test_utils import TestClient
+
+from ratesvc.app import create_app
+from ratesvc.sandbox.shipstation import ShipStationSandbox
+from tests.api.test_labels import EXPLICIT, until
+from tests.conftest import ACME_AUTH, AUTH, MakeService, acme_settings
+
+OTHER = {"Authorization": "Bearer other-token-0123456789"}
+
+MULTIBOX = {"sale_id": "sale-multibox", "carrier_code": "fedex", "service_code": "fedex_ground",
+            "write_back": False}  # fmt: skip
+
+
+@pytest.fixture
+async def printing(make_labelling: MakeService) -> TestClient:
+    return await make_labelling(RATESVC_LABEL_SETTLE_S="0")
+
+
+async def buy(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post("/v1/labels", json=body, headers=AUTH)
+    label: dict[str, Any] = await response.json()
+    assert response.status == 201, label
+    return label
+
+
+async def problem_of(client: TestClient, url: str, status: int, **headers: str) -> dict[str, Any]:
+    response = await client.get(url, headers={**AUTH, **headers})
+    problem: dict[str, Any] = await response.json()
+    assert response.status == status, problem
+    assert response.content_type == "application/problem+json"
+    return problem
+
+
+async def test_a_two_box_sale_prints_as_one_pdf_of_two_pages_in_box_order(
+    printing: TestClient,
+) -> None:
+    label = await buy(printing, MULTIBOX)
+
+    response = await printing.get(f"/v1/labels/{label['label_id']}/label.pdf", headers=AUTH)
+
+    assert response.status == 200
+    assert response.content_type == "application/pdf"
+    assert response.headers["Content-Disposition"] == (
+        f'inline; filename="labels-{label["label_id"]}.pdf"'
+    )
+    pages = pypdf.PdfReader(io.BytesIO(await response.read())).pages
+    assert len(pages) == 2
+    for page, package in zip(pages, label["packages"], strict=True):
+        assert package["tracking_number"] in page.extract_text()
+
+
+async def test_a_voided_label_is_not_printed(printing: TestClient) -> None:
+    label = await buy(printing, MULTIBOX)
+    voided = await printing.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
+    assert voided.status == 200
+
+    problem = await problem_of(printing, f"/v1/labels/{label['label_id']}/label.pdf", 409)
+
+    assert problem["code"] == "already_voided"
+    assert label["label_id"] in problem["detail"]
+
+
+async def test_a_package_whose_pdf_is_gone_is_named(printing: TestClient, tmp_path: Path) -> None:
+    label = await buy(printing, MULTIBOX)
+    (tmp_path / "data" / "labels" / label["label_id"] / "2.pdf").unlink()  # lost on disk
+
+    problem = await problem_of(printing, f"/v1/labels/{label['label_id']}/label.pdf", 404)
+
+    assert problem["code"] == "not_found"
+    assert problem["detail"] == "package 2 has no label PDF here: reprint it from ShipStation"
+
+
+async def test_a_label_still_purchasing_has_nothing_to_print(
+    printing: TestClient, sandbox: ShipStationSandbox
+) -> None:
+    sandbox.set_latency(700)  # the purchase is under way for a while
+    buying = asyncio.create_task(printing.post("/v1/labels", json=MULTIBOX, headers=AUTH))
+    listed: list[dict[str, Any]] = []
+
+    async def recorded() -> bool:
+        listed[:] = (await (await printing.get("/v1/labels", headers=AUTH)).json())["labels"]
+        return bool(listed)
+
+    await until(recorded)
+    label_id = listed[0]["label_id"]
+
+    problem = await problem_of(printing, f"/v1/labels/{label_id}/label.pdf", 404)
+
+    assert (
+        problem["detail"] == f"label {label_id} has no bought package to print (it is purchasing)"
+    )
+    assert (await buying).status == 201
+    printed = await printing.get(f"/v1/labels/{label_id}/label.pdf", headers=AUTH)
+    assert printed.status == 200
+
+
+async def test_unknown_and_other_accounts_labels_are_404(
+    aiohttp_client: Any, sandbox_url: str, tmp_path: Path
+) -> None:
+    other = (
+        '[accounts.other]\napi_tokens = ["other-token-0123456789"]\n'
+        'ship_from = { postal_code = "78703", country = "US" }\n'
+        f'shipstation = {{ url = "{sandbox_url}", api_key = "k", api_secret = "s" }}\n'
+    )
+    settings = acme_settings(tmp_path, sandbox_url, other)
+    client: TestClient = await aiohttp_client(create_app(settings))
+    response = await client.post("/v1/labels", json=EXPLICIT, headers=ACME_AUTH)
+    label_id = (await response.json())["label_id"]
+    own = await client.get(f"/v1/labels/{label_id}/label.pdf", headers=ACME_AUTH)
+
+    theirs = await problem_of(client, f"/v1/labels/{label_id}/label.pdf", 404, **OTHER)
+    unknown = await problem_of(client, "/v1/labels/lb_nothing/label.pdf", 404, **ACME_AUTH)
+
+    assert own.status == 200
+    assert theirs == {**theirs, "code": "not_found", "detail": f"no label {label_id}"}
+    assert unknown["code"] == "not_found"

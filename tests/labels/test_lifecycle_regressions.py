@@ -243,8 +243,10 @@ async def test_a_label_voided_while_its_write_back_waits_never_reaches_the_sale(
     """Cin7 Core writes fail; buy a sale's label (its write-back fails and waits to be retried);
     void it (200, ``voided``); Cin7 Core recovers; the waiting write-back then put the voided
     tracking number (and PDF) on the sale. A void cancels a pending write-back: the sale never
-    carries voided tracking and the label stays ``voided``."""
-    client = await make_automated()
+    carries voided tracking and the label stays ``voided``. (The retry waits 30 s, so the void
+    finds the write-back waiting, never in flight: one in flight is followed by its correction,
+    the next test.)"""
+    client = await make_automated(RATESVC_WRITEBACK_RETRY_S="30")
     cin7_sandbox.knobs.writes_down = True
     status, label = await post_label(client, SALE)
     assert status == 201, label

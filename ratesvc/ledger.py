@@ -123,6 +123,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE packages ADD COLUMN customs_pdf_path TEXT;
     """,
+    # 5: the sale's order number, so a person finds a label by it
+    """
+    ALTER TABLE purchases ADD COLUMN order_number TEXT;
+    """,
 ]
 
 SQLITE_MAX_VARIABLES = 500  # stay well under SQLite's limit on "?" in one statement
@@ -153,6 +157,7 @@ class PurchaseRow:
     updated_at: str
     voided_at: str | None
     fulfilment_key: str | None = None  # "sale:<sale>:<task>" while the label holds it
+    order_number: str | None = None  # the sale's order number, when the label is for a sale
 
 
 @dataclass(frozen=True)
@@ -418,14 +423,19 @@ class Ledger:
         status: str | None = None,
         after: str | None = None,
         limit: int = 50,
+        search: str | None = None,
     ) -> list[PurchaseRow]:
-        """Newest first; ``after`` is the ``label_id`` the previous page ended with."""
-        rows = await self._page("purchases", "label_id", account, sale_id, status, after, limit)
+        """Newest first; ``after`` is the ``label_id`` the previous page ended with. ``search``:
+        the sale's order number, the sale id or a package's tracking number contains it
+        (case-insensitive; ``%`` and ``_`` are taken literally)."""
+        rows = await self._page(
+            "purchases", "label_id", account, sale_id, status, after, limit, search=search
+        )
         return [PurchaseRow(*row) for row in rows]
 
     async def _page(
         self, table: str, id_column: str, account: str, sale_id: str | None,
-        status: str | None, after: str | None, limit: int,
+        status: str | None, after: str | None, limit: int, *, search: str | None = None,
     ) -> list[Any]:  # fmt: skip
         """One page of an account's rows of ``table`` (a name from this module), newest first."""
         sql = f"SELECT * FROM {table} WHERE account = ?"
@@ -434,6 +444,14 @@ class Ledger:
             if value is not None:
                 sql += f" AND {column} = ?"
                 args.append(value)
+        if search is not None:  # purchases only
+            pattern = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            sql += (
+                " AND (lower(order_number) LIKE ? ESCAPE '\\' OR lower(sale_id) LIKE ? ESCAPE '\\'"
+                " OR label_id IN (SELECT label_id FROM packages WHERE tracking_number LIKE ?"
+                " ESCAPE '\\'))"
+            )
+            args += [f"%{pattern}%"] * 3
         if after is not None:
             sql += f" AND rowid < (SELECT rowid FROM {table} WHERE {id_column} = ?)"
             args.append(after)

@@ -257,6 +257,7 @@ class StoredQuote(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     expires_at: dt.datetime
     sale_id: str | None = None
     task_id: str | None = None
+    order_number: str | None = None  # the sale's, for people looking for its label
 
 
 class QuoteLine(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -283,6 +284,7 @@ class QuoteBatch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     lines: list[QuoteLine]
     sale_id: str | None = None
     task_id: str | None = None
+    order_number: str | None = None
 
 
 TOKEN_LENGTH = 22  # secrets.token_urlsafe(16)
@@ -364,4 +366,5 @@ class QuoteStore:
             package_codes=line.package_codes, shipment=batch.shipment, ship_from=batch.ship_from,
             total=line.total, currency=batch.currency, quoted_at=line.quoted_at,
             expires_at=batch.expires_at, sale_id=batch.sale_id, task_id=batch.task_id,
+            order_number=batch.order_number,
         )  # fmt: skip

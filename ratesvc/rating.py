@@ -182,6 +182,7 @@ class Rater:
         deadline: float,
         sale_id: str | None = None,
         task_id: str | None = None,
+        order_number: str | None = None,
     ) -> Rating:
         account = services.account
         ship_from = shipment.ship_from or account.ship_from
@@ -232,6 +233,7 @@ class Rater:
         batch = QuoteBatch(
             token=token, account=account.name, shipment=shipment, ship_from=ship_from,
             currency=CURRENCY, expires_at=expires_at, sale_id=sale_id, task_id=task_id,
+            order_number=order_number,
             lines=made.lines,
         )  # fmt: skip
         self._store.put(batch, size=batch_bytes(batch, lines=made.lines_bytes))

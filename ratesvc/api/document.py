@@ -140,4 +140,9 @@ LABELS_EXAMPLE = {"carrier_code": "ups", "service_code": "ups_ground", "shipment
 WEBHOOK_EXAMPLE = {"EventType": "Sale/PackAuthorised", "SaleID": "sale-simple",
                    "TaskID": "task-simple-1"}  # fmt: skip
 EVENT_CURSOR_PARAMS = list_params(EVENT_STATUSES, EVENT_CURSOR)
-LABEL_LIST_PARAMS = list_params(LABEL_STATUSES, LABEL_CURSOR)
+LABEL_LIST_PARAMS = (
+    *list_params(LABEL_STATUSES, LABEL_CURSOR),
+    Param("search", "query", {"type": "string", "maxLength": FILTER_MAX},
+          "Case-insensitive part of the sale's order number, the sale id or a tracking number "
+          "(empty: all)", example="SO-10"),
+)  # fmt: skip

@@ -45,11 +45,11 @@ async def list_labels(request: web.Request) -> web.Response:
     account = current_account(request).account.name
     query = await list_query(
         request.query, statuses=LABEL_STATUSES, account=account, cursor_pattern=LABEL_CURSOR,
-        lookup=request.app[keys.LEDGER].purchase,
+        lookup=request.app[keys.LEDGER].purchase, extra=("search",),
     )  # fmt: skip
     labels, cursor = await request.app[keys.LABELS].page(
         account, sale_id=query.sale_id, status=query.status, limit=query.limit,
-        cursor=query.cursor,
+        cursor=query.cursor, search=query.search,
     )  # fmt: skip
     return _json(LabelList(labels=labels, next_cursor=cursor))
 

@@ -30,10 +30,15 @@ async def list_sales(request: web.Request) -> web.Response:
     return _json(page)
 
 
+# The command that subscribes Cin7 Core names this service's public address, which the service
+# cannot know (a proxy, TLS, a Host header anyone can set): the person fills it in.
+PUBLIC_URL_PLACEHOLDER = "https://RATESVC-PUBLIC-ADDRESS"
+
+
 async def get_status(request: web.Request) -> web.Response:
     services = current_account(request)
     status = await account_status(
         services, request.app[keys.LEDGER], request.app[keys.WEBHOOK_WATCH],
-        base_url=str(request.url.origin()),
+        base_url=PUBLIC_URL_PLACEHOLDER,
     )  # fmt: skip
     return _json(status)

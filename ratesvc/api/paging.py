@@ -30,6 +30,7 @@ class ListQuery:
     sale_id: str | None
     limit: int
     cursor: str | None
+    search: str | None = None  # GET /v1/labels: order number, sale id or tracking number
 
 
 async def list_query(
@@ -39,10 +40,11 @@ async def list_query(
     account: str,
     cursor_pattern: str,
     lookup: Callable[[str], Awaitable[Owned | None]],
+    extra: tuple[str, ...] = (),
 ) -> ListQuery:
     """The parameters of a list request; 422 naming the first bad one. ``lookup`` finds the row
     a cursor names (it must be the account's)."""
-    refuse_unknown(query, ("status", "sale_id", "limit", "cursor"))
+    refuse_unknown(query, ("status", "sale_id", "limit", "cursor", *extra))
     status = query.get("status")
     if status is not None and status not in statuses:
         raise InvalidRequest.field("status", f"must be one of {', '.join(statuses)}")
@@ -53,7 +55,14 @@ async def list_query(
     cursor = await check_cursor(
         query.get("cursor"), pattern=cursor_pattern, account=account, lookup=lookup
     )
-    return ListQuery(status=status, sale_id=sale_id, limit=limit, cursor=cursor)
+    search = query.get("search") if "search" in extra else None
+    if search is not None:
+        search = (
+            text_param(search.strip(), name="search", max_length=FILTER_MAX)
+            if search.strip()
+            else None
+        )
+    return ListQuery(status=status, sale_id=sale_id, limit=limit, cursor=cursor, search=search)
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,14 @@ def sales_query(query: Mapping[str, str]) -> SalesQuery:
 
 
 def refuse_unknown(query: Mapping[str, str], known: tuple[str, ...]) -> None:
+    """422 naming the first parameter that is not known, or that is given more than once (which
+    one would count is anyone's guess)."""
     unknown = set(query) - set(known)
     if unknown:
         raise InvalidRequest.field(sorted(unknown)[0], "is not a known query parameter")
+    if len(query) != len(set(query)):  # a MultiDict (aiohttp's query) lists each occurrence
+        repeated = sorted(k for k in set(query) if list(query).count(k) > 1)[0]
+        raise InvalidRequest.field(repeated, "must be given once")
 
 
 def _limit(query: Mapping[str, str], default: int, high: int) -> int:

@@ -34,12 +34,14 @@ async def post_rates(request: web.Request) -> web.Response:
     body = decode_json(raw, RatesRequest)
     deadline = asyncio.get_running_loop().time() + account.request_deadline_s
     shipment, sale_id, task_id, defaults = body.shipment, None, None, []
+    order_number = None
     if body.sale_id is not None:  # the sale is read again every time: no replay for it
         prepared = await shipment_for_sale(
             services, body.sale_id, body.task_id, deadline=deadline, declare=False
         )
         shipment, defaults = prepared.shipment, prepared.defaults
         sale_id, task_id = prepared.sale.sale_id, prepared.fulfilment.task_id
+        order_number = prepared.sale.order_number
     assert shipment is not None  # RatesRequest guarantees one of the two
     rating = await request.app[keys.RATER].rate(
         services,
@@ -50,6 +52,7 @@ async def post_rates(request: web.Request) -> web.Response:
         deadline=deadline,
         sale_id=sale_id,
         task_id=task_id,
+        order_number=order_number,
     )
     response = rating.response
     if defaults:

@@ -66,7 +66,8 @@ ROUTES: tuple[Route, ...] = (
           tags=("labels",)),
     Route("GET", "/v1/labels/{label_id}/label.pdf", labels.get_label_print,
           "Every bought package's label in one PDF, in box order (print a whole sale at once); "
-          "404 when a package's PDF is not here, 409 already_voided for a voided label",
+          "404 when a package's PDF is not here, 409 already_voided for a voided label, 409 "
+          "reconciling while a box is still being bought",
           errors=(404, 409), content_type="application/pdf", tags=("labels",)),
     Route("GET", "/v1/labels/{label_id}/packages/{n}/customs.pdf", labels.get_customs_pdf,
           "A package's customs form (international labels, when ShipStation returned one)",

@@ -425,7 +425,7 @@ class Automation:
         rating = await self._rater.rate(
             services, prepared.shipment, carriers=carriers, service_codes=service_codes,
             max_age_s=None, deadline=deadline, sale_id=prepared.sale.sale_id,
-            task_id=prepared.fulfilment.task_id,
+            task_id=prepared.fulfilment.task_id, order_number=prepared.sale.order_number,
         )  # fmt: skip
         answer = rating.response
         if answer.errors and not last_try:  # the cheapest may be among those that failed

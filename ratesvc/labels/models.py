@@ -73,6 +73,7 @@ class LabelPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sale_id: str | None = None
     task_id: str | None = None
     quote_id: str | None = None
+    order_number: str | None = None  # the sale's (Cin7 Core's SaleOrderNumber), when known
     charge: str | None = None  # what the customer was quoted (markup included), when quoted
     customs: CustomsIn | None = None
 
@@ -101,6 +102,7 @@ class Label(msgspec.Struct, frozen=True, kw_only=True):
     detail: str | None
     sale_id: str | None
     task_id: str | None
+    order_number: str | None
     carrier_code: str
     service_code: str
     package_code: str | None

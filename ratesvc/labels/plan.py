@@ -75,18 +75,20 @@ async def make_plan(
         carrier, service = stored.carrier_code, stored.service_code
         codes = [code or "package" for code in stored.package_codes]
         sale_id, task_id = stored.sale_id, stored.task_id
+        order_number = stored.order_number
         charge: str | None = stored.total
         if sale_id is not None and not sale_checked:  # it may have moved on since quoted
             now = await shipment_for_sale(
                 services, sale_id, task_id, deadline=deadline, relabel=relabel
             )
             _check_unchanged(stored, now)
+            order_number = now.sale.order_number
             if now.customs is not None and not any(p.customs_items for p in shipment.packages):
                 now.require_customs()  # quoted before the sale could be declared: declare now
                 shipment = now.shipment
     else:
         carrier, service = request.carrier_code or "", request.service_code or ""
-        sale_id = task_id = None
+        sale_id = task_id = order_number = None
         charge = None
         if request.sale_id is not None:
             prepared = await shipment_for_sale(
@@ -95,6 +97,7 @@ async def make_plan(
             prepared.require_customs()
             shipment = prepared.shipment
             sale_id, task_id = prepared.sale.sale_id, prepared.fulfilment.task_id
+            order_number = prepared.sale.order_number
         else:
             assert request.shipment is not None
             shipment = request.shipment
@@ -115,7 +118,7 @@ async def make_plan(
         test_label=request.test_label,
         write_back=sale_id is not None and request.write_back is not False,
         sale_id=sale_id, task_id=task_id, quote_id=request.quote_id, charge=charge,
-        customs=shipment.customs,
+        customs=shipment.customs, order_number=order_number,
     )  # fmt: skip
     return _recordable(plan)
 

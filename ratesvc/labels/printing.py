@@ -1,6 +1,8 @@
 """Every label of a purchase in one PDF, in box order, for printing a whole sale at once.
 
-Only bought packages are printed. A voided label is refused (409 ``already_voided``: a voided
+Only bought packages are printed (a voided or failed box has no label to stick). A label with a
+box still being bought is refused (409 ``reconciling``: printing would leave it out unnoticed). A
+voided label is refused (409 ``already_voided``: a voided
 label must not be stuck on a box); a label with no bought package yet (``purchasing``, or nothing
 bought) and a bought package whose PDF is not here (recovered from ShipStation's list, or
 forgotten by retention) are 404 ``not_found`` naming what is missing. The merge (pypdf) runs in a
@@ -16,9 +18,11 @@ from pathlib import Path
 import pypdf
 from pypdf.errors import PyPdfError
 
-from ratesvc.errors import AlreadyVoided, NotFound
+from ratesvc.errors import AlreadyVoided, NotFound, Reconciling
 from ratesvc.labels.lifecycle import LabelStatus, PackageState
 from ratesvc.ledger import Ledger
+
+_BEING_BOUGHT = (PackageState.PENDING, PackageState.UNKNOWN)
 
 
 async def merged_label_pdf(ledger: Ledger, label_id: str, account: str) -> bytes:
@@ -27,7 +31,14 @@ async def merged_label_pdf(ledger: Ledger, label_id: str, account: str) -> bytes
         raise NotFound(f"no label {label_id}")
     if row.status == LabelStatus.VOIDED:
         raise AlreadyVoided(f"label {label_id} is voided: its labels must not be printed")
-    bought = [p for p in await ledger.packages(label_id) if p.state == PackageState.BOUGHT]
+    packages = await ledger.packages(label_id)
+    buying = next((p for p in packages if p.state in _BEING_BOUGHT), None)
+    if buying is not None:  # printing now would silently leave a box out
+        raise Reconciling(
+            f"package {buying.n} of label {label_id} is still being bought ({buying.state}): "
+            "print when every box is bought", label_id=label_id,
+        )  # fmt: skip
+    bought = [p for p in packages if p.state == PackageState.BOUGHT]
     if not bought:
         raise NotFound(f"label {label_id} has no bought package to print (it is {row.status})")
     missing = next((p for p in bought if p.pdf_path is None), None)

@@ -141,7 +141,7 @@ class Labels:
             write_back_attempts=0, write_back_error=None, created_at=stamp, updated_at=stamp,
             voided_at=None,
             fulfilment_key=fulfilment_key(plan.sale_id, plan.task_id)
-            if plan.sale_id and plan.task_id else None,
+            if plan.sale_id and plan.task_id else None, order_number=plan.order_number,
         )  # fmt: skip
         packages = [(n, p.box, f"{label_id}:{n}") for n, p in enumerate(plan.packages, start=1)]
         try:
@@ -346,10 +346,15 @@ class Labels:
 
     async def page(
         self, account: str, *, sale_id: str | None, status: str | None, limit: int,
-        cursor: str | None,
+        cursor: str | None, search: str | None = None,
     ) -> tuple[list[Label], str | None]:  # fmt: skip
         rows = await self._ledger.purchases(
-            account, sale_id=sale_id, status=status, after=cursor, limit=limit + 1
+            account,
+            sale_id=sale_id,
+            status=status,
+            after=cursor,
+            limit=limit + 1,
+            search=search,
         )
         shown = rows[:limit]
         packages = await self._ledger.packages_of([row.label_id for row in shown])

@@ -38,7 +38,7 @@ def label_view(row: PurchaseRow, packages: list[PackageRow]) -> Label:
         detail = f"the recorded plan of this label cannot be read; {detail or 'a person must look'}"
     return Label(
         label_id=row.label_id, status=row.status, detail=detail, sale_id=row.sale_id,
-        task_id=row.task_id, carrier_code=carrier,
+        task_id=row.task_id, order_number=row.order_number, carrier_code=carrier,
         service_code=plan.service_code if plan else "",
         package_code=codes.pop() if len(codes) == 1 else None,
         ship_date=plan.ship_date if plan else dt.date.fromisoformat(row.created_at[:10]),

@@ -37,7 +37,7 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.customs import is_international
-from ratesvc.errors import InvalidRequest, UpstreamFailure
+from ratesvc.errors import InvalidRequest, UpstreamFailure, UpstreamTimeout
 from ratesvc.labels.lifecycle import LabelStatus
 from ratesvc.ledger import Ledger
 from ratesvc.limiter import Priority
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 LIST_TTL_S = 15.0
 SALES_MAX = 2000
 WAIT_S = 3.0
+DEADLINE_MARGIN_S = 0.2  # left of a request's deadline to answer the page
 READ_DEADLINE_S = 60.0  # a sale read waits behind everything else: it may take a while
 LIST_PAGE = 1000  # Cin7 Core's largest saleList page
 LIST_MAX_PAGES = 50
@@ -185,10 +186,14 @@ class ReadySales:
         if after is not None:
             offset, last = after
             ids = [s.sale_id for s in listed]
-            start = ids.index(last) + 1 if last in ids else min(offset, len(listed))
+            if last not in ids and offset > len(listed):
+                raise InvalidRequest.field(
+                    "cursor", "is past the end of the list: start again without a cursor"
+                )
+            start = ids.index(last) + 1 if last in ids else offset
         shown = listed[start : start + limit]
         more = start + limit < len(listed)
-        details = await self._read_all(services, shown)
+        details = await self._read_all(services, shown, deadline)
         sales = await self._with_ledger(services.account.name, shown, details)
         next_cursor = encode_cursor(start + limit, shown[-1].sale_id) if more and shown else None
         return ReadySaleList(sales=sales, next_cursor=next_cursor)
@@ -203,9 +208,18 @@ class ReadySales:
             return kept[0]
         task = self._listing.get(name)
         if task is None:
+            # the first caller's deadline bounds the shared read: Cin7 Core down or throttled is
+            # then that caller's 503 with a retry time, not a wait past anyone's deadline
             task = self._listing[name] = asyncio.create_task(self._read_list(services, deadline))
             task.add_done_callback(_forget(self._listing, name))
-        return await asyncio.shield(task)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                "Cin7 Core's ready-to-ship list was not read in time; it is still being read: "
+                "try again in a few seconds", upstream="cin7", endpoint="saleList",
+            ) from None  # fmt: skip
 
     async def _read_list(self, services: AccountServices, deadline: float) -> list[_Listed]:
         cin7 = services.cin7
@@ -226,7 +240,7 @@ class ReadySales:
     # --- each sale -------------------------------------------------------------------------------
 
     async def _read_all(
-        self, services: AccountServices, shown: list[_Listed]
+        self, services: AccountServices, shown: list[_Listed], deadline: float
     ) -> dict[str, _Details]:
         name = services.account.name
         now = asyncio.get_running_loop().time()
@@ -246,8 +260,10 @@ class ReadySales:
                 read = self._reads[key] = asyncio.create_task(self._read(services, key))
                 read.add_done_callback(_forget(self._reads, key))
             waiting.append(read)
-        if waiting:
-            await asyncio.wait([asyncio.shield(t) for t in waiting], timeout=self._wait_s)
+        # at most wait_s, and never past the request's deadline (what is not read is pending)
+        wait_s = min(self._wait_s, deadline - asyncio.get_running_loop().time() - DEADLINE_MARGIN_S)
+        if waiting and wait_s > 0:
+            await asyncio.wait([asyncio.shield(t) for t in waiting], timeout=wait_s)
         for sale in shown:
             known = self._details.get((name, sale.sale_id, sale.updated))
             if known is not None:
@@ -299,12 +315,15 @@ class ReadySales:
         self, account: str, shown: list[_Listed], details: dict[str, _Details]
     ) -> list[ReadySale]:
         ids = [s.sale_id for s in shown]
-        labels: dict[str, tuple[str, str, str]] = {}  # sale -> (created_at, label_id, status)
+        # (sale, fulfilment) -> (created_at, label_id, status): a sale's label is the listed
+        # fulfilment's (an advanced sale's shipped fulfilment has its own, older label)
+        labels: dict[tuple[str, str], tuple[str, str, str]] = {}
         for row in await self._ledger.purchases_for_sales(account, ids):
-            if row.sale_id is None or row.status in _NOT_LIVE:
+            if row.sale_id is None or row.task_id is None or row.status in _NOT_LIVE:
                 continue
+            key = (row.sale_id.lower(), row.task_id.lower())
             newest = (row.created_at, row.label_id, row.status)
-            labels[row.sale_id] = max(labels.get(row.sale_id, newest), newest)
+            labels[key] = max(labels.get(key, newest), newest)
         events: dict[str, tuple[str, SaleAutomation]] = {}
         for event in await self._ledger.events_for_sales(account, ids):
             if event.sale_id is None:
@@ -316,7 +335,8 @@ class ReadySales:
         sales = []
         for sale in shown:
             known = details.get(sale.sale_id)
-            label = labels.get(sale.sale_id)
+            task = known.task_id if known is not None else None
+            label = labels.get((sale.sale_id.lower(), task.lower())) if task else None
             last_event = events.get(sale.sale_id)
             state: Details = "pending"
             if known is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 from typing import Literal
 
 import msgspec
@@ -48,7 +49,8 @@ def target_path(account: str) -> str:
 
 
 def subscribe_command(account: str, url: str) -> str:
-    return f"ratesvc cin7 subscribe --account {account} --url {url}"
+    """Quoted for a shell: the URL comes from Cin7 Core (or a placeholder with spaces)."""
+    return f"ratesvc cin7 subscribe --account {shlex.quote(account)} --url {shlex.quote(url)}"
 
 
 def judge(hooks: list[wire.Webhook], account: str, base_url: str) -> WebhookState:

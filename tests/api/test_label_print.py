@@ -82,7 +82,7 @@ async def test_a_package_whose_pdf_is_gone_is_named(printing: TestClient, tmp_pa
     assert problem["detail"] == "package 2 has no label PDF here: reprint it from ShipStation"
 
 
-async def test_a_label_still_purchasing_has_nothing_to_print(
+async def test_a_label_with_a_box_still_being_bought_is_not_printed_short_of_it(
     printing: TestClient, sandbox: ShipStationSandbox
 ) -> None:
     sandbox.set_latency(700)  # the purchase is under way for a while
@@ -96,11 +96,10 @@ async def test_a_label_still_purchasing_has_nothing_to_print(
     await until(recorded)
     label_id = listed[0]["label_id"]
 
-    problem = await problem_of(printing, f"/v1/labels/{label_id}/label.pdf", 404)
+    problem = await problem_of(printing, f"/v1/labels/{label_id}/label.pdf", 409)
 
-    assert (
-        problem["detail"] == f"label {label_id} has no bought package to print (it is purchasing)"
-    )
+    assert problem["code"] == "reconciling"
+    assert problem["detail"].startswith(f"package 1 of label {label_id} is still being bought")
     assert (await buying).status == 201
     printed = await printing.get(f"/v1/labels/{label_id}/label.pdf", headers=AUTH)
     assert printed.status == 200

@@ -103,7 +103,10 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
     """
     settings = app[keys.SETTINGS]
     ledger = Ledger(settings.data_dir / "ledger.sqlite3")
-    worker = WriteBackWorker(ledger, app[keys.ACCOUNTS], base_s=settings.writeback_retry_s)
+    worker = WriteBackWorker(
+        ledger, app[keys.ACCOUNTS], base_s=settings.writeback_retry_s,
+        attention_after=settings.writeback_attention_after,
+    )  # fmt: skip
     labels = Labels(
         ledger,
         data_dir=settings.data_dir,

@@ -200,6 +200,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     quote_store_max_bytes: int = 64 << 20
     label_settle_s: float = 60.0
     writeback_retry_s: float = 5.0
+    writeback_attention_after: int = 50  # failed write-back tries before the label asks a person
     cin7_min_interval_s: float = 1.0
     cin7_throttle_pause_s: float = 20.0
     cin7_window_s: float = 60.0
@@ -586,6 +587,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         quote_store_max_bytes=size("RATESVC_QUOTE_STORE_MAX_BYTES", "quote_store_max_bytes"),
         label_settle_s=number("RATESVC_LABEL_SETTLE_S", "label_settle_s", 60.0, 0, 3600),
         writeback_retry_s=number("RATESVC_WRITEBACK_RETRY_S", "writeback_retry_s", 5.0, 0.01, 3600),
+        writeback_attention_after=whole(
+            "RATESVC_WRITEBACK_ATTENTION_AFTER", "writeback_attention_after", 50, 1, 1000
+        ),
         cin7_min_interval_s=number(
             "RATESVC_CIN7_MIN_INTERVAL_S", "cin7_min_interval_s", 1.0, 0, 60
         ),

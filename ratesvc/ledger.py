@@ -479,17 +479,23 @@ class Ledger:
         job: JobResult | None = None,
         release: bool = False,
         cancel_write_back: bool = False,
+        unchanged_since: str | None = None,
     ) -> PurchaseRow:
         """Move a purchase to ``to`` in one transaction with what goes with it: other
         ``fields``, an outbox job queued (``enqueue``: its kind) or settled (``job``), pending
         write-back jobs cancelled, and, with ``release``, the fulfilment and client key given
         up. Raises :class:`IllegalTransition` (writing nothing) when the current status is not
-        in ``allowed_from``."""
+        in ``allowed_from``, or (``unchanged_since``: an ``updated_at`` read before) when the
+        row was changed since."""
         async with self._transaction() as db:
             current = await self._one(
-                "SELECT status FROM purchases WHERE label_id = ?", (label_id,)
+                "SELECT status, updated_at FROM purchases WHERE label_id = ?", (label_id,)
             )
-            if current is None or current[0] not in allowed_from:
+            if (
+                current is None
+                or current[0] not in allowed_from
+                or (unchanged_since is not None and current[1] != unchanged_since)
+            ):
                 raise IllegalTransition(label_id, current[0] if current else None, to)
             columns: dict[str, Any] = {"status": to, "updated_at": now_text(), **(fields or {})}
             if release:
@@ -687,6 +693,18 @@ class Ledger:
                     (now, job.id),
                 )
         return [dataclasses.replace(job, state="running") for job in claimed]
+
+    async def due_now(self, label_id: str) -> int:
+        """The label's waiting jobs (write-back, void correction) are due now, not after their
+        back-off; a running one is left alone. How many were waiting."""
+        stamp = now_text()
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE outbox SET next_at = ?, updated_at = ? WHERE label_id = ? "
+                "AND state = 'pending'",
+                (stamp, stamp, label_id),
+            )
+            return cursor.rowcount
 
     async def release_running_jobs(self) -> int:
         """At start-up: jobs a previous process was running are due again (each step of a job

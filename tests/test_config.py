@@ -424,3 +424,28 @@ def test_toml_customs_problems_name_the_account_and_key(tmp_path: Path) -> None:
         "CN",
         "accounts.one.customs.require_hs_code: must be true or false",
     ]
+
+
+# --- the write-back ----------------------------------------------------------------------------
+
+
+def test_a_write_back_asks_a_person_after_50_failed_tries_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ratesvc.toml"
+    path.write_text(TOML.replace("[service]\n", "[service]\nwriteback_attention_after = 7\n"))
+    env = {"RATESVC_CONFIG": str(path), **TOML_ENV}
+
+    assert load_settings(MINIMAL).writeback_attention_after == 50
+    assert load_settings({**MINIMAL, "RATESVC_WRITEBACK_ATTENTION_AFTER": "1"}
+                         ).writeback_attention_after == 1  # fmt: skip
+    assert load_settings(env).writeback_attention_after == 7
+    assert load_settings({**env, "RATESVC_WRITEBACK_ATTENTION_AFTER": "1000"}
+                         ).writeback_attention_after == 1000  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "-1", "2.5", "lots", "²", "9" * 4400])
+def test_a_bad_write_back_attention_threshold_is_one_clear_line(value: str) -> None:
+    (problem,) = problems_of({**MINIMAL, "RATESVC_WRITEBACK_ATTENTION_AFTER": value})
+
+    assert problem.startswith("RATESVC_WRITEBACK_ATTENTION_AFTER: must be a")

@@ -1,4 +1,4 @@
-"""``/v1/labels``: buy (exactly once), read, list, download, void."""
+"""``/v1/labels``: buy (exactly once), read, list, download, void, retry the write-back."""
 
 from __future__ import annotations
 
@@ -87,4 +87,12 @@ async def get_customs_pdf(request: web.Request) -> web.Response:
 async def void_label(request: web.Request) -> web.Response:
     services = current_account(request)
     label = await request.app[keys.LABELS].void(services, request.match_info["label_id"])
+    return _json(label)
+
+
+async def retry_write_back(request: web.Request) -> web.Response:
+    services = current_account(request)
+    label = await request.app[keys.LABELS].retry_write_back(
+        request.match_info["label_id"], services.account.name
+    )
     return _json(label)

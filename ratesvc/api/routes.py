@@ -75,6 +75,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/labels/{label_id}/void", labels.void_label,
           "Void every package of a label", Label, errors=(404, 409, 502, 503, 504),
           tags=("labels",)),
+    Route("POST", "/v1/labels/{label_id}/write-back/retry", labels.retry_write_back,
+          "Try the label's waiting Cin7 Core write-back (or a voided label's tracking "
+          "correction) now instead of after its back-off; the label, unchanged when nothing "
+          "is waiting", Label, errors=(404,), tags=("labels",)),
     Route("POST", "/v1/webhooks/cin7/{account}", webhooks.cin7_webhook,
           "Cin7 Core webhook target: records the event (202; a repeat answers 200) and ships "
           "packed sales in the background by the account's rule. Authenticated with the account's "

@@ -361,6 +361,20 @@ class Labels:
         labels = [label_view(row, packages[row.label_id]) for row in shown]
         return labels, rows[limit - 1].label_id if len(rows) > limit else None
 
+    # --- the write-back, now -------------------------------------------------------------------
+
+    async def retry_write_back(self, label_id: str, account: str) -> Label:
+        """Make the label's waiting write-back (or a voided label's tracking correction) due
+        now instead of after its back-off, and wake the worker. A label with nothing waiting is
+        answered unchanged (a job that is running is being tried already)."""
+        row = await self._ledger.purchase(label_id)
+        if row is None or row.account != account:
+            raise NotFound(f"no label {label_id}")
+        if await self._ledger.due_now(label_id):
+            log.info("write-back of %s made due now by request", label_id)
+            self._on_queued()
+        return await self.view(label_id, account)
+
     # --- voiding -------------------------------------------------------------------------------
 
     async def void(self, services: AccountServices, label_id: str) -> Label:

@@ -11,8 +11,12 @@ they write, so repeating a job (after a crash, a time-out, or a retry) never dup
 * ``void_correction`` — after a void, clear the voided tracking numbers from the Ship lines.
 
 A failed job is retried with exponential backoff (``base_s`` doubling up to ``max_s``) through
-throttling and outages; the label says ``write_back_failed`` meanwhile. A Ship authorised with
-someone else's tracking cannot be fixed by retrying: the label goes to ``attention``.
+throttling and outages; the label says ``write_back_failed`` meanwhile, and ``attention`` once
+``attention_after`` tries have failed (a person should look at Cin7 Core) — the job is still
+retried, and succeeding completes the label. A person can make the waiting job due now
+(:meth:`ratesvc.ledger.Ledger.due_now`, ``POST /v1/labels/{id}/write-back/retry``). A Ship
+authorised with someone else's tracking cannot be fixed by retrying: the label goes to
+``attention`` and its job ends.
 
 A job is ``running`` while a worker does it (jobs left running by a process that stopped are due
 again at start-up). A void while a write-back is ``pending`` and untried cancels it; while it is
@@ -36,9 +40,9 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import RatesvcError, UpstreamFailure
-from ratesvc.labels.lifecycle import JobKind, LabelStatus, PackageState, sources
+from ratesvc.labels.lifecycle import JobKind, LabelStatus, PackageState, WriteBackState, sources
 from ratesvc.labels.models import LabelPlan
-from ratesvc.ledger import IllegalTransition, JobResult, Ledger, OutboxRow, PackageRow
+from ratesvc.ledger import IllegalTransition, JobResult, Ledger, OutboxRow, PackageRow, PurchaseRow
 from ratesvc.sales import SHIPPED_STATES
 from ratesvc.tracking import carrier_name, tracking_url
 from ratesvc.upstreams.cin7 import wire
@@ -62,7 +66,15 @@ SALE_VOIDED = (
 
 _STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 _WRITABLE = frozenset({LabelStatus.PURCHASED, LabelStatus.WRITE_BACK_FAILED})
-"""A write-back job may only run, and settle, for a label in one of these statuses."""
+"""A write-back job may only run, and settle, for a label in one of these statuses — or for one
+its own failed tries sent to ``attention`` (see :func:`held_by_write_back`)."""
+
+
+def held_by_write_back(row: PurchaseRow) -> bool:
+    """The label is in ``attention`` because its write-back kept failing (still retried). Other
+    ways to ``attention`` end or cancel the write-back job (a refusal retrying cannot fix, the
+    sale voided, a partial void), so none of them leaves a job to run."""
+    return row.status == LabelStatus.ATTENTION and row.write_back_state == WriteBackState.FAILED
 
 
 def _line(plan: LabelPlan, package: PackageRow, *, live: bool) -> wire.ShipLineWrite:
@@ -176,7 +188,9 @@ class WriteBackWorker:
         if row is None or services is None or services.cin7 is None:
             await self._ledger.settle_job(JobResult(job.id, "cancelled", "no such label/account"))
             return
-        if job.kind == JobKind.WRITE_BACK and row.status not in _WRITABLE:
+        # a label in attention for its failed tries settles only if nothing else changed it since
+        since = row.updated_at if held_by_write_back(row) else None
+        if job.kind == JobKind.WRITE_BACK and row.status not in _WRITABLE and since is None:
             # voided (its correction is queued if needed), or held for a person
             await self._ledger.settle_job(JobResult(job.id, "cancelled", f"label {row.status}"))
             return
@@ -193,7 +207,7 @@ class WriteBackWorker:
                 await self._ledger.set_detail(job.label_id, exc.detail)
                 return
             await self._outcome(job, LabelStatus.ATTENTION, JobResult(job.id, "done", exc.detail),
-                                detail=exc.detail, write_back_state="failed",
+                                since, detail=exc.detail, write_back_state="failed",
                                 write_back_error=exc.detail)  # fmt: skip
             return
         except UpstreamFailure as exc:
@@ -213,31 +227,44 @@ class WriteBackWorker:
                         write_back_error=exc.detail,
                     )
                 return
-            status = (
-                LabelStatus.ATTENTION
-                if attempts >= self._attention_after
-                else LabelStatus.WRITE_BACK_FAILED
-            )
-            await self._outcome(job, status, retry, write_back_state="failed",
-                                write_back_error=exc.detail)  # fmt: skip
+            if since is not None or attempts >= self._attention_after:
+                why = (
+                    f"the write-back to Cin7 Core has failed {attempts} time(s) and is still "
+                    f"retried; once Cin7 Core works again, retry it now: {exc.detail}"
+                )
+                await self._outcome(
+                    job, LabelStatus.ATTENTION, retry, since, detail=why,
+                    write_back_state="failed", write_back_error=exc.detail,
+                )  # fmt: skip
+                return
+            await self._outcome(job, LabelStatus.WRITE_BACK_FAILED, retry, since,
+                                write_back_state="failed", write_back_error=exc.detail)  # fmt: skip
             return
         if job.kind == JobKind.VOID_CORRECTION:
             await self._ledger.settle_job(JobResult(job.id, "done"))
+            if job.attempts >= self._attention_after:  # its "not cleared yet" is over
+                await self._ledger.set_detail(job.label_id, None, write_back_error=None)
             return
-        await self._outcome(job, LabelStatus.COMPLETED, JobResult(job.id, "done"),
-                            write_back_state="done", write_back_error=None)  # fmt: skip
+        cleared = {"detail": None} if since is not None else {}  # the attention is over
+        await self._outcome(job, LabelStatus.COMPLETED, JobResult(job.id, "done"), since,
+                            write_back_state="done", write_back_error=None, **cleared)  # fmt: skip
 
     async def _outcome(
-        self, job: OutboxRow, to: LabelStatus, result: JobResult, **fields: object
-    ) -> None:
+        self, job: OutboxRow, to: LabelStatus, result: JobResult, since: str | None,
+        **fields: object,
+    ) -> None:  # fmt: skip
         """The job's result and the label's new status, in one transaction. A label voided
         meanwhile keeps its status: the job is settled alone (cancelled, as the void queued the
-        correction of whatever it wrote)."""
+        correction of whatever it wrote). ``since``: the job ran for a label its failed tries
+        had sent to ``attention`` (at that ``updated_at``); it settles only if the label is
+        unchanged (a partial void, say, keeps its own ``attention``)."""
         fields["write_back_attempts"] = job.attempts + 1
+        allowed = _WRITABLE if since is None else frozenset({LabelStatus.ATTENTION})
         try:
             await self._ledger.transition(
-                job.label_id, to, _WRITABLE & sources(to), fields=fields, job=result
-            )
+                job.label_id, to, allowed & sources(to), fields=fields, job=result,
+                unchanged_since=since,
+            )  # fmt: skip
         except IllegalTransition as exc:
             log.info("write-back of %s: label no longer takes it (%s)", job.label_id, exc.current)
             await self._ledger.settle_job(JobResult(job.id, "cancelled", f"label {exc.current}"))

@@ -105,18 +105,27 @@ async def test_a_label_with_a_box_still_being_bought_is_not_printed_short_of_it(
     assert printed.status == 200
 
 
-async def test_unknown_and_other_accounts_labels_are_404(
-    aiohttp_client: Any, sandbox_url: str, tmp_path: Path
-) -> None:
+async def acme_label(
+    aiohttp_client: Any, tmp_path: Path, sandbox_url: str
+) -> tuple[TestClient, str]:
+    """The service of two accounts, ``acme`` (``ACME_AUTH``) and ``other`` (``OTHER``), and the
+    id of a label ``acme`` bought."""
     other = (
         '[accounts.other]\napi_tokens = ["other-token-0123456789"]\n'
         'ship_from = { postal_code = "78703", country = "US" }\n'
         f'shipstation = {{ url = "{sandbox_url}", api_key = "k", api_secret = "s" }}\n'
     )
-    settings = acme_settings(tmp_path, sandbox_url, other)
-    client: TestClient = await aiohttp_client(create_app(settings))
+    client: TestClient = await aiohttp_client(
+        create_app(acme_settings(tmp_path, sandbox_url, other))
+    )
     response = await client.post("/v1/labels", json=EXPLICIT, headers=ACME_AUTH)
-    label_id = (await response.json())["label_id"]
+    return client, (await response.json())["label_id"]
+
+
+async def test_unknown_and_other_accounts_labels_are_404(
+    aiohttp_client: Any, sandbox_url: str, tmp_path: Path
+) -> None:
+    client, label_id = await acme_label(aiohttp_client, tmp_path, sandbox_url)
     own = await client.get(f"/v1/labels/{label_id}/label.pdf", headers=ACME_AUTH)
 
     theirs = await problem_of(client, f"/v1/labels/{label_id}/label.pdf", 404, **OTHER)

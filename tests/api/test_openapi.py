@@ -254,3 +254,13 @@ async def test_the_operator_routes_are_declared(document: dict[str, Any]) -> Non
     assert schemas["WebhookState"]["properties"]["state"]["enum"] == [
         "active", "inactive", "unknown"
     ]  # fmt: skip
+
+
+async def test_retrying_a_write_back_is_declared(document: dict[str, Any]) -> None:
+    retry = document["paths"]["/v1/labels/{label_id}/write-back/retry"]["post"]
+    ok = retry["responses"]["200"]["content"]["application/json"]["schema"]
+
+    assert ok == component(document, "Label")
+    assert {"200", "401", "404"} <= set(retry["responses"])
+    assert not {"409", "422", "5XX", "502", "503"} & set(retry["responses"])
+    assert [p["name"] for p in retry["parameters"]] == ["label_id"]

@@ -13,7 +13,7 @@ from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.knobs import Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.automation.support import events, pack_payload, until
-from tests.conftest import AUTH, HOOK, WEBHOOK_URL
+from tests.conftest import AUTH, HOOK, WEBHOOK_URL, MakeService
 from tests.console.conftest import (
     console_url,
     new_page,
@@ -114,6 +114,14 @@ async def test_rate_buy_print_and_the_write_back_of_the_two_box_sale(
     assert page.errors == []  # type: ignore[attr-defined]
 
 
+async def in_needs_attention(page: Page, row: str, why: str, shots: Path, name: str) -> None:
+    """Opens Needs attention and sees SO-1001's ``row`` there with its reason."""
+    await page.get_by_role("link", name="Needs attention").click()
+    await expect(page.locator(row)).to_contain_text("SO-1001")
+    await expect(page.locator(row)).to_contain_text(why)
+    await screenshot(page, shots, name)
+
+
 async def test_an_event_in_attention_is_retried_from_the_console(
     browser: Browser, service: TestClient, cin7_sandbox: Cin7Sandbox, shots: Path
 ) -> None:
@@ -123,11 +131,7 @@ async def test_an_event_in_attention_is_retried_from_the_console(
 
     page = await new_page(browser)
     await sign_in(page, service)
-    await page.get_by_role("link", name="Needs attention").click()
-    row = page.locator("tr[data-event-id]")
-    await expect(row).to_contain_text("SO-1001")
-    await expect(row).to_contain_text("gave up after")
-    await screenshot(page, shots, "attention")
+    await in_needs_attention(page, "tr[data-event-id]", "gave up after", shots, "attention")
 
     cin7_sandbox.knobs.down = False
     await page.get_by_role("button", name="Retry the event of SO-1001").click()
@@ -142,6 +146,41 @@ async def test_an_event_in_attention_is_retried_from_the_console(
     ).to_be_visible()
     await expect(page.locator("#webhook")).to_be_visible()
     await screenshot(page, shots, "health")
+
+
+async def test_a_label_whose_write_back_failed_is_retried_from_the_console(
+    browser: Browser, make_automated: MakeService, cin7_sandbox: Cin7Sandbox, shots: Path
+) -> None:
+    # one refused write-back sends the label to Needs attention; the next try is 30 s away, so
+    # what writes it back is the button
+    service = await make_automated(
+        RATESVC_WRITEBACK_ATTENTION_AFTER="1", RATESVC_WRITEBACK_RETRY_S="30"
+    )
+    cin7_sandbox.knobs.writes_down = True
+    page = await new_page(browser)
+    await sign_in(page, service)
+    await page.get_by_role("link", name="Open sale SO-1001").click()
+    await rate(page)
+    await page.locator("button.buy").first.click()
+    await page.locator("#confirm-ok").click()
+    await expect(page.locator("#label-status")).to_have_text("attention", timeout=SLOW)
+    await expect(page.locator("#write-back")).to_have_attribute("data-state", "failed")
+    await expect(page.get_by_role("button", name="Retry write-back")).to_be_visible()
+    tracking = await page.locator("a.tracking").inner_text()
+
+    why = "write-back to Cin7 Core has failed 1 time(s)"
+    await in_needs_attention(page, "tr[data-label-id]", why, shots, "attention-label")
+
+    cin7_sandbox.knobs.writes_down = False
+    await page.get_by_role("button", name="Retry the write-back of SO-1001").click()
+    await expect(page.locator("#attention-news")).to_contain_text(
+        "The label of SO-1001 is resolved: written back to Cin7 Core", timeout=SLOW
+    )
+    await expect(page.get_by_text("No label needs attention.")).to_be_visible()
+    (label,) = (await (await service.get("/v1/labels", headers=AUTH)).json())["labels"]
+    assert (label["status"], label["write_back"]["state"]) == ("completed", "done")
+    assert sale_tracking(cin7_sandbox, "sale-simple") == {tracking}
+    assert page.errors == []  # type: ignore[attr-defined]
 
 
 async def has_attention(service: TestClient) -> bool:

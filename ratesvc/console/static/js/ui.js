@@ -1,6 +1,6 @@
 // Shared pieces of the screens: error boxes, the confirmation dialog, PDFs opened with the token.
 
-import { get, query, request } from "./api.js";
+import { get, post, query, request } from "./api.js";
 import { h, replace } from "./dom.js";
 
 /** An alert region; ``show(error)`` puts the problem's detail in it, in words. */
@@ -92,4 +92,32 @@ export function pager(base, keep, params, nextCursor) {
     nav.append(h("a", { href: `${base}${query({ ...keep, cursor: nextCursor, trail: [...trail, cursor].join(",") })}` }, "Next page"));
   }
   return nav;
+}
+
+/** A label whose write-back to Cin7 Core failed and is waiting for its next try. */
+export function writeBackRetryable(label) {
+  return label.write_back.state === "failed" && (label.status === "attention" || label.status === "write_back_failed");
+}
+
+/**
+ * "Retry write-back": tries the label's waiting write-back now (``POST …/write-back/retry``).
+ * Busy while the call runs; a problem goes to ``errors`` in words; ``done`` gets the label.
+ */
+export function retryWriteBackButton(label, { name, errors, done, id = null }) {
+  const button = h("button", { type: "button", class: "primary", id, "aria-label": name }, "Retry write-back");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    button.textContent = "Retrying…";
+    errors.show(null);
+    try {
+      done(await post(`/v1/labels/${encodeURIComponent(label.label_id)}/write-back/retry`, {}));
+    } catch (error) {
+      errors.show(error);
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+      button.textContent = "Retry write-back";
+    }
+  });
+  return button;
 }

@@ -2,17 +2,44 @@
 
 import { get, post, query } from "../api.js";
 import { h, heading, money, replace, table, when } from "../dom.js";
-import { confirmDialog, errorBox, orderNumbers } from "../ui.js";
+import { confirmDialog, errorBox, labelOf, orderNumbers, retryWriteBackButton, writeBackRetryable } from "../ui.js";
+
+const WATCH_MS = 1000;
+const WATCH_FOR = 45; // polls of a retried write-back before saying it is still waiting
 
 export function render(main, { alive, go }) {
   const errors = errorBox();
   const labels = h("section", { "aria-labelledby": "att-labels" }, h("h2", { id: "att-labels" }, "Labels"), h("p", { class: "muted" }, "Loading…"));
   const events = h("section", { "aria-labelledby": "att-events" }, h("h2", { id: "att-events" }, "Automation events"), h("p", { class: "muted" }, "Loading…"));
+  const news = h("div", { role: "status", id: "attention-news" });
   const refresh = h("button", { type: "button", id: "refresh" }, "Refresh");
   refresh.addEventListener("click", () => load());
-  main.append(heading("Needs attention"), h("div", { class: "toolbar" }, refresh), errors, labels, events);
+  main.append(heading("Needs attention"), h("div", { class: "toolbar" }, refresh), errors, news, labels, events);
 
   const openSale = (saleId, what) => h("a", { href: `#/sale/${encodeURIComponent(saleId)}`, "aria-label": `Open the sale of ${what}` }, "Open sale");
+
+  // A retried write-back: polled until the label leaves attention, or its next try fails too.
+  async function watch(before, order, slot) {
+    replace(slot, h("span", { class: "muted" }, "Retried; waiting for Cin7 Core…"));
+    for (let i = 0; i < WATCH_FOR; i++) {
+      await new Promise((resolve) => setTimeout(resolve, WATCH_MS));
+      if (!alive()) return;
+      let fresh;
+      try { fresh = await labelOf(before.label_id, true); } catch (error) { if (alive()) errors.show(error); return; }
+      if (!alive()) return;
+      if (fresh.status !== "attention") {
+        replace(news, h("p", { class: "ok" }, `The label of ${order} is resolved: ${fresh.status === "completed" ? "written back to Cin7 Core" : fresh.status}.`));
+        load(true);
+        return;
+      }
+      if (fresh.write_back.attempts > before.write_back.attempts) {
+        errors.show({ detail: `The write-back of ${order} failed again: ${fresh.write_back.last_error || fresh.detail}` });
+        load(true);
+        return;
+      }
+    }
+    replace(news, h("p", { class: "muted" }, `The write-back of ${order} was retried and has not finished yet; this list refreshes by itself.`));
+  }
 
   function showLabels(list) {
     const rows = list.map((l) => {
@@ -24,10 +51,19 @@ export function render(main, { alive, go }) {
         voidButton.disabled = true;
         try { await post(`/v1/labels/${encodeURIComponent(l.label_id)}/void`, {}); load(); } catch (error) { errors.show(error); voidButton.disabled = false; }
       });
+      const actions = h("span", { class: "actions" });
+      if (writeBackRetryable(l)) {
+        const slot = h("span");
+        slot.append(retryWriteBackButton(l, {
+          name: `Retry the write-back of ${order}`, errors,
+          done: () => { replace(news); watch(l, order, slot); },
+        }));
+        actions.append(slot);
+      }
+      actions.append(voidButton, l.sale_id ? openSale(l.sale_id, order) : "");
       return {
         attrs: { "data-label-id": l.label_id },
-        cells: [order, l.label_id, l.detail || "needs a person", money(l.total_cost, l.currency), when(l.created_at),
-          h("span", { class: "actions" }, voidButton, l.sale_id ? openSale(l.sale_id, order) : null)],
+        cells: [order, l.label_id, l.detail || "needs a person", money(l.total_cost, l.currency), when(l.created_at), actions],
       };
     });
     replace(labels, h("h2", { id: "att-labels" }, "Labels"),

@@ -3,7 +3,7 @@
 
 import { ApiError, get, newKey, post, query } from "../api.js";
 import { dimensions, h, heading, money, place, replace, table, weight, when } from "../dom.js";
-import { confirmDialog, errorBox, knownSales, labelOf, openPdf, orderNumbers, pdfLink, remember, status } from "../ui.js";
+import { confirmDialog, errorBox, knownSales, labelOf, openPdf, orderNumbers, pdfLink, remember, retryWriteBackButton, status, writeBackRetryable } from "../ui.js";
 
 const LIVE = new Set(["purchasing", "purchased", "completed", "write_back_failed", "attention"]);
 const POLL_MS = 1000;
@@ -123,6 +123,9 @@ export function render(main, { args, alive }) {
     const voidable = LIVE.has(label.status) && label.status !== "purchasing";
     const voidButton = h("button", { type: "button", class: "danger", id: "void" }, "Void labels");
     voidButton.addEventListener("click", () => voidLabel(label, voidButton));
+    const retry = writeBackRetryable(label)
+      ? retryWriteBackButton(label, { id: "retry-write-back", name: "Retry write-back", errors, done: (fresh) => showLabel(fresh) })
+      : null;
     replace(labelSection,
       h("h2", { id: "label-h" }, "Label "),
       h("dl", { class: "facts" },
@@ -137,7 +140,7 @@ export function render(main, { args, alive }) {
           wb.last_error ? ` (attempt ${wb.attempts}: ${wb.last_error})` : "")),
       working ? h("progress", { "aria-label": "Write-back in progress" }) : null,
       table(null, [{ title: "Box" }, { title: "Tracking" }, { title: "Cost", cls: "money" }, { title: "Label" }, customs ? { title: "Customs" } : null].filter(Boolean), rows),
-      h("div", { class: "toolbar" }, bought.length ? print : null, printSlot, voidable ? voidButton : null),
+      h("div", { class: "toolbar" }, bought.length ? print : null, printSlot, retry, voidable ? voidButton : null),
       packageErrors);
     labelSection.querySelector("h2").append(h("span", { class: "muted" }, label.label_id));
     if (label.status === "voided" || label.status === "failed") {
@@ -145,16 +148,23 @@ export function render(main, { args, alive }) {
     } else {
       replace(ratesSection);
     }
-    if (working || label.status === "purchasing") {
-      poll = setTimeout(async () => {
-        try {
-          const fresh = await labelOf(label.label_id, true);
-          if (alive()) showLabel(fresh);
-        } catch (error) {
-          if (alive()) { errors.show(error); poll = setTimeout(() => showLabel(label), POLL_MS * 5); }
-        }
-      }, POLL_MS);
-    }
+    if (working || label.status === "purchasing") watch(label);
+  }
+
+  // Polls the label while work goes on; the section is drawn again only when the label changed
+  // (so focus stays put) and never under a retry that is being sent.
+  function watch(label) {
+    poll = setTimeout(async () => {
+      try {
+        const fresh = await labelOf(label.label_id, true);
+        if (!alive()) return;
+        const same = JSON.stringify(fresh) === JSON.stringify(label);
+        if (same || labelSection.querySelector("[aria-busy=true]")) watch(label);
+        else showLabel(fresh);
+      } catch (error) {
+        if (alive()) { errors.show(error); poll = setTimeout(() => showLabel(label), POLL_MS * 5); }
+      }
+    }, POLL_MS);
   }
 
   async function voidLabel(label, button) {

@@ -21,7 +21,8 @@
 * ``purchased``: every package bought; the write-back job is queued in the same transaction.
 * ``attention``: a person must look (``detail`` says why). The purchase unit may still settle
   an unknown outcome afterwards, so ``attention`` can move on to ``purchased``, ``completed`` or
-  ``failed``.
+  ``failed``. A write-back that failed ``RATESVC_WRITEBACK_ATTENTION_AFTER`` times also lands
+  here and is still retried (now, on request): written back, the label is ``completed``.
 * ``voided``: terminal. The void cancels a write-back that has not started and queues the
   correction of one that has, in the same transaction; nothing moves a voided label again.
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ratesvc.api.problems import problem_response
 from ratesvc.errors import NotFound
 
 STATIC = Path(__file__).parent / "static"
@@ -62,8 +63,10 @@ def _files() -> dict[str, _File]:
 async def console_file(request: web.Request) -> web.Response:
     name = request.match_info.get("path", "") or "index.html"
     file = _files().get(name)
-    if file is None:
-        raise NotFound(f"no console file {name!r}")
+    if file is None:  # a problem like any 404, with the console's headers too
+        response = problem_response(NotFound(f"no console file {name!r}"), None)
+        response.headers.update({k: v for k, v in _HEADERS.items() if k != "Cache-Control"})
+        return response
     headers = {**_HEADERS, "ETag": file.etag}
     if file.etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)

@@ -1,6 +1,7 @@
 // The console's entry: a hash router over the screens, the sign-in guard and the nav.
 
 import { onUnauthorized, token } from "./api.js";
+import { forgetAll } from "./ui.js";
 import * as attention from "./screens/attention.js";
 import * as health from "./screens/health.js";
 import * as labels from "./screens/labels.js";
@@ -58,12 +59,14 @@ async function render() {
 
 onUnauthorized((error) => {
   token.clear();
+  forgetAll();
   sessionStorage.setItem("ratesvc.signin-message", error.detail);
   go("#/signin");
 });
 
 document.getElementById("signout").addEventListener("click", () => {
   token.clear();
+  forgetAll();
   sessionStorage.removeItem("ratesvc.signin-message");
   go("#/signin");
 });

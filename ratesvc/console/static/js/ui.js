@@ -56,11 +56,18 @@ export function pdfLink(path, text, label, errors) {
   return link;
 }
 
-/** Sale id → order number, learned from every list the console reads (labels carry none). */
+/** Sale id → order number, learned from every list the console reads (for events, which carry
+ * none; labels carry theirs). Forgotten at sign-out. */
 export const orderNumbers = new Map();
 
 /** The ready-to-ship sales last listed, by sale id (the sale screen starts from them). */
 export const knownSales = new Map();
+
+/** Forget what the signed-in person was shown (sign-out, or a token refused). */
+export function forgetAll() {
+  orderNumbers.clear();
+  knownSales.clear();
+}
 
 export function remember(sales) {
   for (const sale of sales) {

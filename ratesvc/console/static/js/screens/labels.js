@@ -24,19 +24,12 @@ export function render(main, { params, go, alive }) {
   const results = h("div", { "aria-live": "polite" }, h("p", { class: "muted" }, "Loading the labels…"));
   main.append(heading("Labels"), form, errors, results);
 
-  const matches = (label) => {
-    if (!search) return true;
-    const needle = search.toLowerCase();
-    const order = label.order_number || orderNumbers.get(label.sale_id) || "";
-    return [order, label.sale_id || "", label.label_id, ...label.packages.map((p) => p.tracking_number || "")]
-      .some((text) => text.toLowerCase().includes(needle));
-  };
-
   async function load() {
     try {
-      const page = await get(`/v1/labels${query({ status: chosen, limit: 100, cursor: params.get("cursor") || "" })}`);
+      // the service searches every label (order number, sale id, tracking number)
+      const page = await get(`/v1/labels${query({ status: chosen, search, limit: 100, cursor: params.get("cursor") || "" })}`);
       if (!alive()) return;
-      const shown = page.labels.filter(matches);
+      const shown = page.labels;
       const errorsOfPdfs = errorBox();
       const rows = shown.map((l) => {
         const order = l.order_number || orderNumbers.get(l.sale_id) || l.sale_id || "—";
@@ -57,8 +50,8 @@ export function render(main, { params, go, alive }) {
       const columns = ["Order", "Status", "Service", "Tracking and PDFs", "Cost", "Bought"].map((title) => ({ title, cls: title === "Cost" ? "money" : null }));
       replace(results,
         errorsOfPdfs,
-        rows.length ? table(search ? `${rows.length} of ${page.labels.length} label(s) on this page match “${search}”` : `${rows.length} label(s)`, columns, rows)
-          : h("p", {}, search ? `No label on this page matches “${search}”.` : "No label."),
+        rows.length ? table(search ? `${rows.length} label(s) match “${search}”` : `${rows.length} label(s)`, columns, rows)
+          : h("p", {}, search ? `No label matches “${search}”.` : "No label."),
         pager("#/labels", { status: chosen, q: search }, params, page.next_cursor));
     } catch (error) {
       if (alive()) { errors.show(error); replace(results); }

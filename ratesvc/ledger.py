@@ -126,6 +126,11 @@ MIGRATIONS: list[str] = [
     # 5: the sale's order number, so a person finds a label by it
     """
     ALTER TABLE purchases ADD COLUMN order_number TEXT;
+    UPDATE purchases SET order_number = (
+        SELECT e.order_number FROM events e WHERE e.account = purchases.account
+        AND lower(e.sale_id) = lower(purchases.sale_id) AND e.order_number IS NOT NULL
+        ORDER BY e.rowid DESC LIMIT 1
+    ) WHERE sale_id IS NOT NULL;
     """,
 ]
 
@@ -254,6 +259,11 @@ class IllegalTransition(Exception):
         self.to = to
 
 
+def _casefold(value: object) -> object:
+    """SQL ``casefold(x)``: Unicode case folding (SQLite's ``lower`` folds ASCII only)."""
+    return value.casefold() if isinstance(value, str) else value
+
+
 def _stamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -288,6 +298,7 @@ class Ledger:
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._db.create_function("casefold", 1, _casefold, deterministic=True)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._db.execute("PRAGMA foreign_keys=ON")
@@ -428,6 +439,8 @@ class Ledger:
         """Newest first; ``after`` is the ``label_id`` the previous page ended with. ``search``:
         the sale's order number, the sale id or a package's tracking number contains it
         (case-insensitive; ``%`` and ``_`` are taken literally)."""
+        if search is not None and "\x00" in search:  # LIKE would stop at it: match-all
+            return []
         rows = await self._page(
             "purchases", "label_id", account, sale_id, status, after, limit, search=search
         )
@@ -445,11 +458,13 @@ class Ledger:
                 sql += f" AND {column} = ?"
                 args.append(value)
         if search is not None:  # purchases only
-            pattern = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            folded = search.casefold()  # casefold() in SQL too: SQLite's own folds ASCII only
+            pattern = folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             sql += (
-                " AND (lower(order_number) LIKE ? ESCAPE '\\' OR lower(sale_id) LIKE ? ESCAPE '\\'"
-                " OR label_id IN (SELECT label_id FROM packages WHERE tracking_number LIKE ?"
-                " ESCAPE '\\'))"
+                " AND (casefold(order_number) LIKE ? ESCAPE '\\'"
+                " OR casefold(sale_id) LIKE ? ESCAPE '\\'"
+                " OR label_id IN (SELECT label_id FROM packages WHERE casefold(tracking_number)"
+                " LIKE ? ESCAPE '\\'))"
             )
             args += [f"%{pattern}%"] * 3
         if after is not None:
@@ -552,6 +567,10 @@ class Ledger:
             if corrected:
                 await self._enqueue(label_id, "void_correction")
             elif write_back == "pending":
+                write_back = "cancelled"
+            if partly is not None and write_back in ("pending", "failed"):
+                # stopped for good (the correction clears the voided boxes): a label in attention
+                # with a failed write-back is one its write-back holds, which this one is not
                 write_back = "cancelled"
             stamp = now_text()
             if partly is not None:

@@ -11,6 +11,7 @@ what the document promises and what the handlers accept are the same numbers.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -51,8 +52,12 @@ def is_text(value: str) -> bool:
 
 
 def text_param(raw: str, *, name: str, max_length: int) -> str:
-    """A free-text parameter: 1 to ``max_length`` characters, not blank, UTF-8."""
-    if not raw.strip() or len(raw) > max_length or not is_text(raw):
+    """A free-text parameter: 1 to ``max_length`` characters, not blank, UTF-8, no control
+    characters (a NUL would end a SQL pattern early)."""
+    if (
+        not raw.strip() or len(raw) > max_length or not is_text(raw)
+        or any(unicodedata.category(c) == "Cc" for c in raw)
+    ):  # fmt: skip
         raise InvalidRequest.field(name, f"must be 1 to {max_length} characters of text")
     return raw
 

@@ -70,6 +70,9 @@ _WRITABLE = frozenset({LabelStatus.PURCHASED, LabelStatus.WRITE_BACK_FAILED})
 its own failed tries sent to ``attention`` (see :func:`held_by_write_back`)."""
 
 
+NOT_CLEARED = "voided, but its tracking could not be cleared in Cin7 Core yet"
+
+
 def held_by_write_back(row: PurchaseRow) -> bool:
     """The label is in ``attention`` because its write-back kept failing (still retried). Other
     ways to ``attention`` end or cancel the write-back job (a refusal retrying cannot fix, the
@@ -206,8 +209,10 @@ class WriteBackWorker:
                 await self._ledger.settle_job(JobResult(job.id, "done", exc.detail))
                 await self._ledger.set_detail(job.label_id, exc.detail)
                 return
+            # stopped for good (retrying cannot fix it): ``cancelled``, so the label is not one
+            # its write-back still holds (nothing is offered a retry that would do nothing)
             await self._outcome(job, LabelStatus.ATTENTION, JobResult(job.id, "done", exc.detail),
-                                since, detail=exc.detail, write_back_state="failed",
+                                since, detail=exc.detail, write_back_state="cancelled",
                                 write_back_error=exc.detail)  # fmt: skip
             return
         except UpstreamFailure as exc:
@@ -220,10 +225,12 @@ class WriteBackWorker:
             if job.kind == JobKind.VOID_CORRECTION:
                 await self._ledger.settle_job(retry)
                 if attempts >= self._attention_after:
+                    # a partly voided label keeps its own reason (the boxes left to settle)
+                    now = await self._ledger.purchase(job.label_id) or row
+                    keep = now.status == LabelStatus.ATTENTION
                     await self._ledger.set_detail(
                         job.label_id,
-                        "voided, but its tracking could not be cleared in Cin7 Core yet (still "
-                        f"retrying): {exc.detail}",
+                        now.detail if keep else f"{NOT_CLEARED} (still retrying): {exc.detail}",
                         write_back_error=exc.detail,
                     )
                 return
@@ -242,8 +249,11 @@ class WriteBackWorker:
             return
         if job.kind == JobKind.VOID_CORRECTION:
             await self._ledger.settle_job(JobResult(job.id, "done"))
-            if job.attempts >= self._attention_after:  # its "not cleared yet" is over
+            after = await self._ledger.purchase(job.label_id)
+            if after is not None and (after.detail or "").startswith(NOT_CLEARED):  # it is over
                 await self._ledger.set_detail(job.label_id, None, write_back_error=None)
+            elif after is not None and after.write_back_error is not None:  # a reason of its own
+                await self._ledger.set_detail(job.label_id, after.detail, write_back_error=None)
             return
         cleared = {"detail": None} if since is not None else {}  # the attention is over
         await self._outcome(job, LabelStatus.COMPLETED, JobResult(job.id, "done"), since,

@@ -37,7 +37,7 @@ EIGHT_CARRIERS = (
 
 @dataclass
 class Stack:
-    sandbox: ShipStationSandbox
+    sandbox: ShipStationSandbox | None  # None: running in another process
     sandbox_url: str
     url: str
     session: aiohttp.ClientSession
@@ -54,6 +54,33 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 @asynccontextmanager
+async def service(sandbox_url: str, **env: str) -> AsyncIterator[Stack]:
+    """The service in front of a ShipStation sandbox running elsewhere (``sandbox`` is None)."""
+    with tempfile.TemporaryDirectory(prefix="ratesvc-bench-") as data_dir:
+        app = create_app(load_settings(_env(sandbox_url, data_dir, env)))
+        runner, url = await serve_app(app)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            try:
+                yield Stack(sandbox=None, sandbox_url=sandbox_url, url=url, session=session,
+                            app=app)  # fmt: skip
+            finally:
+                await runner.cleanup()
+
+
+def _env(sandbox_url: str, data_dir: str, env: dict[str, str]) -> dict[str, str]:
+    return {
+        "RATESVC_API_TOKEN": TOKEN,
+        "RATESVC_SHIPSTATION_URL": sandbox_url,
+        "RATESVC_SHIPSTATION_API_KEY": "sandbox-key",
+        "RATESVC_SHIPSTATION_API_SECRET": "sandbox-secret",
+        "RATESVC_SHIP_FROM": SHIP_FROM,
+        "RATESVC_DATA_DIR": data_dir,
+        "RATESVC_LOG_LEVEL": "WARNING",
+        **env,
+    }
+
+
+@asynccontextmanager
 async def stack(
     knobs: Knobs, *, carriers: Sequence[str] = EIGHT_CARRIERS, **env: str
 ) -> AsyncIterator[Stack]:
@@ -61,18 +88,7 @@ async def stack(
     sandbox = ShipStationSandbox(knobs=knobs, carriers=tuple(carriers))
     sandbox_runner, sandbox_url = await serve_app(sandbox.app)
     with tempfile.TemporaryDirectory(prefix="ratesvc-bench-") as data_dir:
-        settings = load_settings(
-            {
-                "RATESVC_API_TOKEN": TOKEN,
-                "RATESVC_SHIPSTATION_URL": sandbox_url,
-                "RATESVC_SHIPSTATION_API_KEY": "sandbox-key",
-                "RATESVC_SHIPSTATION_API_SECRET": "sandbox-secret",
-                "RATESVC_SHIP_FROM": SHIP_FROM,
-                "RATESVC_DATA_DIR": data_dir,
-                "RATESVC_LOG_LEVEL": "WARNING",
-                **env,
-            }
-        )
+        settings = load_settings(_env(sandbox_url, data_dir, env))
         app = create_app(settings)
         runner, url = await serve_app(app)
         connector = aiohttp.TCPConnector(limit=0)

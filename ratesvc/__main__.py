@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ratesvc import __version__
+from ratesvc import __version__, event_loop
 from ratesvc.app import create_app
 from ratesvc.checks import check_accounts
 from ratesvc.cin7_commands import subscribe_command, webhooks_command
@@ -138,9 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        loop = event_loop.choose(os.environ)
+    except ConfigError as exc:
+        print(f"ratesvc: {exc}", file=sys.stderr)
+        return 2
+    try:
         if args.command == "serve":
             assert settings is not None
-            asyncio.run(_serve(settings))
+            event_loop.run(_serve(settings), loop)
         elif args.command == "check":
             assert settings is not None
             return asyncio.run(_check(settings))
@@ -148,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert settings is not None
             return asyncio.run(_cin7(settings, args))
         elif args.command == "demo":
-            asyncio.run(_demo(args))
+            event_loop.run(_demo(args), loop)
         else:
             asyncio.run(_sandbox(args))
     except OSError as exc:

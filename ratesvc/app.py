@@ -59,7 +59,7 @@ def _session(*, connections: int) -> aiohttp.ClientSession:
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession per upstream (ShipStation, Cin7 Core), shared by every account."""
-    shipstation = _session(connections=100)
+    shipstation = _session(connections=app[keys.SETTINGS].shipstation_connections)
     cin7 = _session(connections=10)  # Cin7 Core is paced to about a call a second anyway
     accounts: dict[str, AccountServices] = {}
     try:

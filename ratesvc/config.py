@@ -205,6 +205,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cin7_throttle_pause_s: float = 20.0
     cin7_window_s: float = 60.0
     customs_product_ttl_s: float = 60.0  # Cin7 Core product records kept for customs
+    # connections to ShipStation at once: a cold quote calls every carrier at once, so the pool
+    # must hold concurrent quotes x carriers or legs queue for a connection (benchmarks/cold_*)
+    shipstation_connections: int = 512
     automation_retry_s: float = 30.0
     retention_days: float = 90.0  # finished events, outbox rows and label PDFs are kept this long
     accounts: dict[str, Account] = {}
@@ -597,6 +600,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "RATESVC_CIN7_THROTTLE_PAUSE_S", "cin7_throttle_pause_s", 20.0, 0.01, 600
         ),
         cin7_window_s=number("RATESVC_CIN7_WINDOW_S", "cin7_window_s", 60.0, 0.1, 3600),
+        shipstation_connections=whole(
+            "RATESVC_SHIPSTATION_CONNECTIONS", "shipstation_connections", 512, 1, 100_000
+        ),
         customs_product_ttl_s=number(
             "RATESVC_CUSTOMS_PRODUCT_TTL_S", "customs_product_ttl_s", 60.0, 0, 3600
         ),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import automation, budget, coalescing, common, fanout, memory
+from benchmarks import automation, budget, coalescing, cold_throughput, common, fanout, memory
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +38,14 @@ async def test_fanout_measures_every_carrier_count(results_in: Path) -> None:
     saved = json.loads((results_in / "fanout.json").read_text())
     assert set(saved["p50_s"]) == {"1", "4", "8"}
     assert saved["sequential_p50_s"]["8"] > saved["p50_s"]["8"]
+
+
+async def test_cold_throughput_measures_every_configuration(results_in: Path) -> None:
+    await cold_throughput.main(quotes=6, concurrency=3, latency_ms=20, rounds=1)
+
+    saved = json.loads((results_in / "cold_throughput.json").read_text())
+    assert set(saved["results"]) == set(cold_throughput.CONFIGS)
+    assert all(r["quotes_per_s"] > 0 for r in saved["results"].values())
 
 
 async def test_automation_ships_every_packed_sale_once(results_in: Path) -> None:

@@ -449,3 +449,16 @@ def test_a_bad_write_back_attention_threshold_is_one_clear_line(value: str) -> N
     (problem,) = problems_of({**MINIMAL, "RATESVC_WRITEBACK_ATTENTION_AFTER": value})
 
     assert problem.startswith("RATESVC_WRITEBACK_ATTENTION_AFTER: must be a")
+
+
+def test_the_shipstation_pool_holds_concurrent_quotes_times_carriers_by_default() -> None:
+    assert load_settings(MINIMAL).shipstation_connections == 512
+    assert load_settings({**MINIMAL, "RATESVC_SHIPSTATION_CONNECTIONS": "64"}
+                         ).shipstation_connections == 64  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "2.5", "many", "100001"])
+def test_a_bad_shipstation_pool_size_is_one_clear_line(value: str) -> None:
+    (problem,) = problems_of({**MINIMAL, "RATESVC_SHIPSTATION_CONNECTIONS": value})
+
+    assert problem.startswith("RATESVC_SHIPSTATION_CONNECTIONS: must be a")

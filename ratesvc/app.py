@@ -35,6 +35,11 @@ USER_AGENT = f"ratesvc/{__version__}"
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
+    app[keys.TOKENS] = {
+        token.digest(): name
+        for name, account in settings.accounts.items()
+        for token in account.api_tokens
+    }
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
     app.cleanup_ctx.append(_upstreams)

@@ -16,6 +16,8 @@ from ratesvc.rating import Rater
 from ratesvc.replay import AnswerReplay
 
 SETTINGS = web.AppKey("settings", Settings)
+# SHA-256 digest of each API token -> its account's name (built once; the middleware's lookup)
+TOKENS = web.AppKey("tokens", dict[bytes, str])
 METRICS = web.AppKey("metrics", Metrics)
 ACCOUNTS = web.AppKey("accounts", dict[str, AccountServices])
 RATER = web.AppKey("rater", Rater)

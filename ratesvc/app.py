@@ -22,6 +22,7 @@ from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import ConfigError, Settings
 from ratesvc.console import setup_console
+from ratesvc.fd_limit import fitting_pool
 from ratesvc.labels import Labels, LabelTiming, WriteBackWorker
 from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
@@ -64,7 +65,7 @@ def _session(*, connections: int) -> aiohttp.ClientSession:
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession per upstream (ShipStation, Cin7 Core), shared by every account."""
-    shipstation = _session(connections=app[keys.SETTINGS].shipstation_connections)
+    shipstation = _session(connections=fitting_pool(app[keys.SETTINGS].shipstation_connections))
     cin7 = _session(connections=10)  # Cin7 Core is paced to about a call a second anyway
     accounts: dict[str, AccountServices] = {}
     try:

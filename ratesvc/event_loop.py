@@ -2,8 +2,8 @@
 
 ``RATESVC_EVENT_LOOP``: ``auto`` (the default: uvloop if importable), ``uvloop`` (required: an
 error when it is missing) or ``asyncio``. uvloop is a dependency on Linux and macOS; it cut the
-service's CPU per cold 8-carrier quote enough to move concurrent cold throughput from 78 % to
-about 82 % of the ideal (``benchmarks/cold_throughput.py`` compares both loops in one run).
+service's CPU per cold 8-carrier quote enough to move concurrent cold throughput from 80 % to
+84 % of the ideal (``benchmarks/cold_throughput.py`` compares both loops in one run).
 """
 
 from __future__ import annotations

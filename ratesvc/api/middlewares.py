@@ -39,9 +39,23 @@ _REQUEST_ID_KEY = "ratesvc.request_id"
 _ACCOUNT_KEY = "ratesvc.account"
 # Routes under /v1/ that authenticate themselves (Cin7 Core's webhook credential).
 _SELF_AUTHENTICATED = ("/v1/webhooks/",)
-# Generated request ids: a random per-process prefix and a counter (unique, no syscall each)
-_ID_PREFIX = os.urandom(8).hex()
+# Generated request ids: a counter under a keyed hash (unique, cheap, and it says nothing of how
+# many requests others made); the key and counter are drawn again in a forked child.
+_ID_KEY = os.urandom(16)
 _IDS = itertools.count()
+
+
+def _new_ids() -> None:
+    global _ID_KEY, _IDS
+    _ID_KEY, _IDS = os.urandom(16), itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_ids)
+
+
+def _generated_id() -> str:
+    counter = next(_IDS).to_bytes(8, "big")
+    return hashlib.blake2b(counter, key=_ID_KEY, digest_size=16).hexdigest()
 
 
 def request_id(request: web.Request) -> str:
@@ -65,7 +79,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """
     started = time.perf_counter()
     given = request.headers.get("X-Request-Id", "")
-    rid = given if given and _REQUEST_ID.fullmatch(given) else f"{_ID_PREFIX}{next(_IDS):016x}"
+    rid = given if given and _REQUEST_ID.fullmatch(given) else _generated_id()
     request[_REQUEST_ID_KEY] = rid
     try:
         limit = request.app[keys.SETTINGS].max_body_bytes

@@ -144,6 +144,16 @@ def now_text() -> str:
     return dt.datetime.now(dt.UTC).strftime(STAMP_FORMAT)
 
 
+def parse_stamp(text: str) -> dt.datetime:
+    """A ledger time stamp as an aware UTC datetime (ValueError when it is not one)."""
+    return dt.datetime.strptime(text, STAMP_FORMAT).replace(tzinfo=dt.UTC)
+
+
+def format_stamp(moment: dt.datetime) -> str:
+    """A UTC datetime as the ledger writes its time stamps."""
+    return moment.strftime(STAMP_FORMAT)
+
+
 @dataclass(frozen=True)
 class PurchaseRow:
     label_id: str
@@ -262,10 +272,6 @@ class IllegalTransition(Exception):
 def _casefold(value: object) -> object:
     """SQL ``casefold(x)``: Unicode case folding (SQLite's ``lower`` folds ASCII only)."""
     return value.casefold() if isinstance(value, str) else value
-
-
-def _stamp(moment: dt.datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def chunks(values: Sequence[str]) -> list[Sequence[str]]:
@@ -676,7 +682,7 @@ class Ledger:
             await self.db.execute(
                 "UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?, "
                 "next_at = ?, updated_at = ? WHERE id = ?",
-                (job.error, _stamp(job.next_at), now_text(), job.id),
+                (job.error, format_stamp(job.next_at), now_text(), job.id),
             )
         else:
             await self.db.execute(
@@ -789,7 +795,7 @@ class Ledger:
         """Forget what finished before ``before``: settled events and outbox jobs are deleted;
         (events, jobs, PDF paths of finished labels to delete: labels and customs forms) — the paths
         are cleared here."""
-        cutoff = _stamp(before)
+        cutoff = format_stamp(before)
         async with self._transaction() as db:
             events = await db.execute(
                 "DELETE FROM events WHERE status IN ('processed', 'ignored') AND updated_at < ?",

@@ -44,7 +44,7 @@ from ratesvc.automation.worker import Automation
 from ratesvc.customs.packages import REFUSED
 from ratesvc.errors import RequestError, UpstreamFailure
 from ratesvc.labels.lifecycle import IN_FLIGHT, LabelStatus
-from ratesvc.ledger import OPEN_EVENT_STATUSES, STAMP_FORMAT, EventRow, Ledger, PurchaseRow
+from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, PurchaseRow, parse_stamp
 from ratesvc.metrics import Metrics
 from ratesvc.upstreams.cin7 import wire
 
@@ -187,7 +187,7 @@ def _customs_recheck(item: wire.SaleListItem, events: list[EventRow]) -> EventRo
 
 def _parse(stamp: str) -> dt.datetime | None:
     try:
-        return dt.datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=dt.UTC)
+        return parse_stamp(stamp)
     except ValueError:
         return None
 

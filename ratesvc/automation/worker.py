@@ -67,7 +67,14 @@ from ratesvc.errors import (
 from ratesvc.labels import SALE_VOIDED as SALE_VOIDED_DETAIL
 from ratesvc.labels import Label, Labels, LabelsRequest
 from ratesvc.labels.lifecycle import SETTLED, LabelStatus
-from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, now_text
+from ratesvc.ledger import (
+    OPEN_EVENT_STATUSES,
+    EventRow,
+    Ledger,
+    format_stamp,
+    now_text,
+    parse_stamp,
+)
 from ratesvc.metrics import Metrics
 from ratesvc.rating import Rater
 from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
@@ -77,7 +84,6 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 6
 MAX_BACKOFF_S = 3600.0
 RECHECK_S = 30.0  # at most this long between two looks at a label still being bought
-_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 BOUGHT = (LabelStatus.PURCHASED, LabelStatus.COMPLETED, LabelStatus.WRITE_BACK_FAILED)
 RETRYABLE = ("attention", "failed")  # event statuses a person may put back in the queue
 
@@ -238,7 +244,7 @@ class Automation:
         timeout = 60.0
         next_at = await self._ledger.next_event_due_at()
         if next_at is not None:
-            due_at = dt.datetime.strptime(next_at, _STAMP).replace(tzinfo=dt.UTC)
+            due_at = parse_stamp(next_at)
             timeout = min(60.0, (due_at - dt.datetime.now(dt.UTC)).total_seconds())
             if timeout <= 0 and (self._running or due):
                 timeout = 60.0  # what is due is being processed; its end wakes the loop
@@ -321,7 +327,7 @@ class Automation:
         next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=min(RECHECK_S, self._retry_s))
         await self._ledger.set_event(
             row.event_id, status="received", reason=outcome.reason, label_id=outcome.label_id,
-            attempts=attempts, next_at=next_at.strftime(_STAMP),
+            attempts=attempts, next_at=format_stamp(next_at),
         )  # fmt: skip
         log.info("event %s: %s", row.event_id, outcome.reason)
 
@@ -340,7 +346,7 @@ class Automation:
         next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         await self._ledger.set_event(
             row.event_id, status="failed", reason=reason, attempts=attempts, label_id=None,
-            next_at=next_at.strftime(_STAMP),
+            next_at=format_stamp(next_at),
         )  # fmt: skip
         self._metrics.automation_failed.labels("retry").inc()
         log.info("event %s failed (%s); retry in %.1f s", row.event_id, reason, delay)

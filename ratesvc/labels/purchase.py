@@ -39,13 +39,12 @@ from ratesvc.labels.customs import declaration, is_international
 from ratesvc.labels.lifecycle import LabelStatus, PackageState, package_sources, sources
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
-from ratesvc.ledger import IllegalTransition, Ledger, PackageRow, now_text
+from ratesvc.ledger import IllegalTransition, Ledger, PackageRow, now_text, parse_stamp
 from ratesvc.models import LabelRequest, ShipmentRecord
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5  # createlabel calls for one package that provably bought nothing
-_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 P = PackageState
 S = LabelStatus
 
@@ -184,7 +183,7 @@ class PurchaseUnit:
     async def _settle(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
         """Look for the last attempt at ShipStation until it is found or provably absent."""
         stamp = package.attempt_at or now_text()
-        attempt = dt.datetime.strptime(stamp, _STAMP).replace(tzinfo=dt.UTC)
+        attempt = parse_stamp(stamp)
         loop = asyncio.get_running_loop()
         while True:
             try:

@@ -8,7 +8,6 @@ way ShipStation's own shipment record says: voided there is voided here.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Callable
 
@@ -25,12 +24,10 @@ from ratesvc.labels.lifecycle import SETTLED, VOIDABLE, LabelStatus, PackageStat
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
 from ratesvc.labels.views import plan_of
-from ratesvc.ledger import IllegalTransition, Ledger, PackageRow
+from ratesvc.ledger import IllegalTransition, Ledger, PackageRow, parse_stamp
 
 log = logging.getLogger(__name__)
 S = LabelStatus
-
-_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 async def void_label(
@@ -134,7 +131,7 @@ async def void_package(
         if result.approved:
             return None
     if plan is not None and package.attempt_at is not None:
-        attempt = dt.datetime.strptime(package.attempt_at, _STAMP).replace(tzinfo=dt.UTC)
+        attempt = parse_stamp(package.attempt_at)
         try:
             found, _ = await find_shipment(services, plan, package.purchase_key, attempt)
         except UpstreamFailure:

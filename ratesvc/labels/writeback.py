@@ -42,7 +42,15 @@ from ratesvc.accounts import AccountServices
 from ratesvc.errors import RatesvcError, UpstreamFailure
 from ratesvc.labels.lifecycle import JobKind, LabelStatus, PackageState, WriteBackState, sources
 from ratesvc.labels.models import LabelPlan
-from ratesvc.ledger import IllegalTransition, JobResult, Ledger, OutboxRow, PackageRow, PurchaseRow
+from ratesvc.ledger import (
+    IllegalTransition,
+    JobResult,
+    Ledger,
+    OutboxRow,
+    PackageRow,
+    PurchaseRow,
+    parse_stamp,
+)
 from ratesvc.sales import SHIPPED_STATES
 from ratesvc.tracking import carrier_name, tracking_url
 from ratesvc.upstreams.cin7 import wire
@@ -64,7 +72,6 @@ SALE_VOIDED = (
 )
 
 
-_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 _WRITABLE = frozenset({LabelStatus.PURCHASED, LabelStatus.WRITE_BACK_FAILED})
 """A write-back job may only run, and settle, for a label in one of these statuses — or for one
 its own failed tries sent to ``attention`` (see :func:`held_by_write_back`)."""
@@ -162,7 +169,7 @@ class WriteBackWorker:
         timeout = 60.0
         next_at = await self._ledger.next_due_at()
         if next_at is not None:
-            due = dt.datetime.strptime(next_at, _STAMP).replace(tzinfo=dt.UTC)
+            due = parse_stamp(next_at)
             timeout = max(0.0, min(60.0, (due - dt.datetime.now(dt.UTC)).total_seconds()))
         if len(self._running) >= self._concurrency:
             timeout = 60.0

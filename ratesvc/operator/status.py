@@ -14,7 +14,7 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.labels.lifecycle import LabelStatus
-from ratesvc.ledger import STAMP_FORMAT, Ledger
+from ratesvc.ledger import Ledger, parse_stamp
 from ratesvc.limiter import RateLimiter
 from ratesvc.operator.webhook_state import WebhookState, WebhookWatch
 
@@ -97,8 +97,8 @@ async def account_status(
     )
     oldest = None
     if backlog.oldest_write_back_at is not None:
-        queued = dt.datetime.strptime(backlog.oldest_write_back_at, STAMP_FORMAT)
-        oldest = round(max(0.0, (now - queued.replace(tzinfo=dt.UTC)).total_seconds()), 1)
+        queued = parse_stamp(backlog.oldest_write_back_at)
+        oldest = round(max(0.0, (now - queued).total_seconds()), 1)
     return Status(
         generated_at=_rfc3339(now),
         account=name,

@@ -343,7 +343,7 @@ class RateLimiter:
         self._waiters = kept  # sorted, hence a valid heap
         if self._metrics is not None:
             self._metrics.limiter_remaining.labels(self.name).set(self._remaining)
-        self._schedule(loop)
+        self._schedule(loop, now)
 
     def _reject(self, waiter: _Waiter, now: float) -> None:
         reset_after = None if self._reset_at is None else max(0.0, self._reset_at - now)
@@ -359,10 +359,12 @@ class RateLimiter:
             )
         )
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _schedule(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        """Set the timer for the next moment the queue can move, judged at the same ``now`` the
+        pump judged it (a second clock read could fall past a pacing slot the pump found
+        closed, and the waiter would sleep until the window's end)."""
         wake_at = None
         if self._waiters:
-            now = loop.time()
             if self._next_slot > now:
                 wake_at = self._next_slot
             if self._reset_at is not None and self._remaining <= 0:

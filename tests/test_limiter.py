@@ -272,6 +272,44 @@ def test_a_paced_turn_handed_back_unused_goes_to_the_next_waiter_at_once() -> No
         runner.run(scenario())
 
 
+class RunningClock(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves ``step`` seconds on top of real time at every read, so no
+    two reads of it agree (a busy machine between two lines of code)."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self._step = step
+        self._offset = 0.0
+
+    def time(self) -> float:
+        self._offset += self._step
+        return super().time() + self._offset
+
+
+def test_a_waiter_arriving_just_before_its_paced_slot_is_served_at_the_slot() -> None:
+    """Whatever time passes between the limiter's own clock reads, a waiter the pacing holds
+    back is woken when its slot comes, not when the window ends a minute later. (The steps
+    sweep the gaps finely enough that, for any count of reads between the two calls, one of
+    them lands the slot between two reads of the same pump.)"""
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter("t", limit=60, window_s=60, min_interval_s=0.01)
+        first = await limiter.acquire(Priority.NORMAL, None)
+        limiter.observe(first, 200, {})  # no rate headers: the limiter counts for itself
+        limiter.release(first)
+        asked = loop.time()
+        second = await limiter.acquire(Priority.NORMAL, None)
+        limiter.release(second)
+        return loop.time() - asked
+
+    waits = {}
+    for step_us in range(300, 5000, 50):
+        with asyncio.Runner(loop_factory=lambda: RunningClock(step_us / 1e6)) as runner:
+            waits[step_us] = runner.run(asyncio.wait_for(scenario(), 120))
+    assert {step: wait for step, wait in waits.items() if wait >= 1.0} == {}
+
+
 # --- against the sandbox's fixed window -------------------------------------------------------
 
 

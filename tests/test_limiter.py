@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -305,7 +306,7 @@ def test_a_waiter_arriving_just_before_its_paced_slot_is_served_at_the_slot() ->
 
     waits = {}
     for step_us in range(300, 5000, 50):
-        with asyncio.Runner(loop_factory=lambda: RunningClock(step_us / 1e6)) as runner:
+        with asyncio.Runner(loop_factory=functools.partial(RunningClock, step_us / 1e6)) as runner:
             waits[step_us] = runner.run(asyncio.wait_for(scenario(), 120))
     assert {step: wait for step, wait in waits.items() if wait >= 1.0} == {}
 

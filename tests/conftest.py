@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from ratesvc.config import Settings, load_settings
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import ShipStationSandbox
+from tests.backends import fresh_database, fresh_redis_prefix
 
 DATA = Path(__file__).parent / "data"
 TOKEN = "test-token-0123456789abcdef"
@@ -179,3 +180,20 @@ def make_labelling(
 async def invoicing(make_labelling: MakeService) -> TestClient:
     """The service with the shipping charge written to the sale's draft invoice."""
     return await make_labelling(RATESVC_INVOICE_SHIPPING="true")
+
+
+# --- real backends (PostgreSQL, Redis): each test gets its own database / key prefix ---
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database's URL (dropped after the test); fails when unreachable."""
+    async with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[tuple[str, str]]:
+    """``(redis_url, key_prefix)`` for this test alone (its keys deleted after the test)."""
+    async with fresh_redis_prefix() as pair:
+        yield pair

@@ -210,7 +210,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shipstation_connections: int = 512
     automation_retry_s: float = 30.0
     retention_days: float = 90.0  # finished events, outbox rows and label PDFs are kept this long
+    # the ledger: None is SQLite at <data_dir>/ledger.sqlite3; else sqlite:///path or postgresql://
+    database_url: str | None = None
+    # None: cache, limiters and stores in this process; redis://...: shared by every replica
+    redis_url: str | None = None
     accounts: dict[str, Account] = {}
+
+    @property
+    def ledger_url(self) -> str:
+        """Where the ledger lives (``sqlite:///...`` or ``postgresql://...``)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
 
     def account_for_token(self, token: str) -> Account | None:
         """The account a bearer token belongs to (compared by SHA-256 digest)."""
@@ -220,6 +229,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 if candidate.digest() == digest:
                     return account
         return None
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///`` URL, as SQLAlchemy reads them: ``sqlite:///var/l.db`` is
+    relative to the working directory, ``sqlite:////srv/l.db`` absolute."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != "sqlite" or not rest.startswith("/") or len(rest) < 2:
+        raise ValueError("not a sqlite:/// URL")
+    return Path(rest[1:])
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -610,11 +628,45 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "RATESVC_AUTOMATION_RETRY_S", "automation_retry_s", 30.0, 0.01, 3600
         ),
         retention_days=number("RATESVC_RETENTION_DAYS", "retention_days", 90.0, 1, 36500),
+        database_url=_backend_url(
+            reader,
+            "RATESVC_DATABASE_URL",
+            service_value("RATESVC_DATABASE_URL", "database_url"),
+            ("sqlite", "postgresql", "postgres"),
+        ),
+        redis_url=_backend_url(
+            reader,
+            "RATESVC_REDIS_URL",
+            service_value("RATESVC_REDIS_URL", "redis_url"),
+            ("redis", "rediss", "unix"),
+        ),
         accounts=accounts,
     )
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def _backend_url(reader: _Reader, where: str, raw: object, schemes: tuple[str, ...]) -> str | None:
+    """A backend's URL (unset: the embedded default); its scheme must be one of ``schemes``.
+    Problems never repeat the URL, which may carry a password."""
+    text = reader.text(where, raw)
+    if text is None:
+        return None
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in schemes or not rest:
+        reader.problems.append(
+            f"{where}: must be a URL starting with "
+            + " or ".join(f"{scheme}://" for scheme in schemes)
+        )
+        return None
+    if scheme.lower() == "sqlite" and (not rest.startswith("/") or len(rest) < 2):
+        reader.problems.append(
+            f"{where}: a SQLite URL names a file: sqlite:///relative/ledger.db or "
+            "sqlite:////absolute/ledger.db"
+        )
+        return None
+    return text
 
 
 _SHIPSTATION_ENV = {

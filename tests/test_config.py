@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ratesvc.config import DEFAULT_SHIPSTATION_URL, ConfigError, load_settings
+from ratesvc.config import DEFAULT_SHIPSTATION_URL, ConfigError, load_settings, sqlite_path
 from ratesvc.customs import CustomsRules
 
 MINIMAL = {
@@ -462,3 +462,54 @@ def test_a_bad_shipstation_pool_size_is_one_clear_line(value: str) -> None:
     (problem,) = problems_of({**MINIMAL, "RATESVC_SHIPSTATION_CONNECTIONS": value})
 
     assert problem.startswith("RATESVC_SHIPSTATION_CONNECTIONS: must be a")
+
+
+def test_without_backend_urls_the_ledger_is_sqlite_in_the_data_dir_and_nothing_is_shared(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings({**MINIMAL, "RATESVC_DATA_DIR": str(tmp_path)})
+
+    assert settings.database_url is None
+    assert settings.redis_url is None
+    assert sqlite_path(settings.ledger_url) == tmp_path / "ledger.sqlite3"
+    assert sqlite_path(load_settings(MINIMAL).ledger_url) == Path("var/ledger.sqlite3")
+
+
+def test_backend_urls_come_from_the_environment_or_the_service_table(tmp_path: Path) -> None:
+    env = {
+        **MINIMAL,
+        "RATESVC_DATABASE_URL": "postgresql://ratesvc:pw@db:5432/ratesvc",
+        "RATESVC_REDIS_URL": "redis://cache:6379/2",
+    }
+    config = tmp_path / "ratesvc.toml"
+    config.write_text(
+        '[service]\ndatabase_url = "sqlite:////srv/ledger.db"\nredis_url = "rediss://c:6380/0"\n'
+        '[accounts.a]\napi_tokens = ["a-token-0123456789abcdef"]\n'
+        '[accounts.a.shipstation]\napi_key = "k"\napi_secret = "s"\n'
+    )
+
+    from_env = load_settings(env)
+    from_file = load_settings({"RATESVC_CONFIG": str(config)})
+
+    assert from_env.ledger_url == "postgresql://ratesvc:pw@db:5432/ratesvc"
+    assert from_env.redis_url == "redis://cache:6379/2"
+    assert sqlite_path(from_file.ledger_url) == Path("/srv/ledger.db")
+    assert from_file.redis_url == "rediss://c:6380/0"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RATESVC_DATABASE_URL", "mysql://root:secret@db/x"),
+        ("RATESVC_DATABASE_URL", "postgresql:/secret@db"),
+        ("RATESVC_DATABASE_URL", "sqlite://secret.db"),
+        ("RATESVC_DATABASE_URL", "sqlite:///"),
+        ("RATESVC_REDIS_URL", "http://:secret@cache:6379"),
+        ("RATESVC_REDIS_URL", "redis://"),
+    ],
+)
+def test_a_bad_backend_url_is_one_line_that_does_not_repeat_it(name: str, value: str) -> None:
+    (problem,) = problems_of({**MINIMAL, name: value})
+
+    assert problem.startswith(f"{name}: must be a URL") or "names a file" in problem
+    assert "secret" not in problem

@@ -59,14 +59,15 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     """The process's Redis client when ``RATESVC_REDIS_URL`` is set (else None). Opened first
     and closed last: the limiters, the quote cache and the stores use it. An unreachable Redis
     is logged, not fatal (:mod:`ratesvc.storage.redis_client`)."""
-    url = app[keys.SETTINGS].redis_url
+    settings = app[keys.SETTINGS]
+    url = settings.redis_url
     if url is None:
         app[keys.REDIS] = None
         yield
         return
     redis = app[keys.REDIS] = open_redis(url)
     try:
-        await check_at_start(redis, url)
+        await check_at_start(redis, url, settings.redis_prefix)
         yield
     finally:
         await redis.aclose()

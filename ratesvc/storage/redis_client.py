@@ -85,11 +85,11 @@ async def ping(redis: Redis, timeout_s: float = PING_TIMEOUT_S) -> str | None:
     return None
 
 
-async def check_at_start(redis: Redis, url: str) -> bool:
+async def check_at_start(redis: Redis, url: str, prefix: str) -> bool:
     """PING once at start-up; a failure is logged (the service starts anyway and degrades)."""
     problem = await ping(redis, CONNECT_TIMEOUT_S + PING_TIMEOUT_S)
     if problem is None:
-        log.info("Redis at %s answers: limiters, quote cache and stores are shared", redacted(url))
+        log.info("Redis at %s answers (keys prefixed %r)", redacted(url), prefix)
         return True
     log.warning(
         "Redis at %s is unreachable (%s): starting anyway; until it answers /readyz is 503 "

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -70,7 +70,7 @@ def redacted(url: str) -> str:
     except ValueError:  # a port that is no number: show none rather than fail
         port = None
     netloc = f"{host}:{port}" if port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 async def ping(redis: Redis, timeout_s: float = PING_TIMEOUT_S) -> str | None:

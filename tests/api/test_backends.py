@@ -21,6 +21,7 @@ from ratesvc.app import create_app
 from ratesvc.config import Settings
 from ratesvc.ledger import MIGRATIONS, Ledger
 from ratesvc.storage.probes import ledger_state
+from ratesvc.storage.redis_client import redacted
 from tests.conftest import AUTH
 
 MakeClient = Callable[..., Any]
@@ -212,3 +213,17 @@ async def test_status_shows_redis_unreachable_without_failing(client_with: MakeC
     assert redis["reachable"] is False
     assert redis["detail"].startswith("error: ")
     assert redis["location"] == f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@[::1]:6380/2", "redis://[::1]:6380/2"),
+        ("rediss://user:pw@cache/0?ssl_cert_reqs=none", "rediss://cache/0"),
+        ("unix://user@/run/redis.sock?db=0&password=pw", "unix:///run/redis.sock"),
+        ("postgresql://u:pw@db:5432/ratesvc?sslpassword=pw", "postgresql://db:5432/ratesvc"),
+        ("redis://cache:notaport/0", "redis://cache/0"),
+    ],
+)
+def test_a_backend_is_shown_without_user_password_or_query(url: str, shown: str) -> None:
+    assert redacted(url) == shown

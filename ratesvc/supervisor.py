@@ -77,6 +77,8 @@ def run_workers(count: int, serve: Callable[[int], int]) -> int:
             with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+        while signal.sigtimedwait(_SIGNALS, 0) is not None:
+            pass  # a late SIGTERM is answered already: unblocked, it would kill the exit status
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 

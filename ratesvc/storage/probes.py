@@ -64,9 +64,10 @@ def _retrieve(task: asyncio.Task[int]) -> None:
 
 async def ledger_state(ledger: Ledger, settings: Settings) -> BackendState:
     engine = ledger_engine(ledger)
-    location = str(ledger.path)
     if engine == "postgresql" and is_postgresql(settings.database_url):
         location = redacted(settings.ledger_url)
+    else:
+        location = str(getattr(ledger, "path", ""))
     try:
         version = await asyncio.wait_for(asyncio.shield(_ledger_probe(ledger)), LEDGER_TIMEOUT_S)
         detail = f"ok (schema {version})"

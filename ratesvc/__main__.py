@@ -10,12 +10,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from ratesvc import __version__, event_loop
+from ratesvc import __version__, event_loop, supervisor
 from ratesvc.app import create_app
 from ratesvc.checks import check_accounts
 from ratesvc.cin7_commands import subscribe_command, webhooks_command
-from ratesvc.config import ConfigError, Settings, load_settings
+from ratesvc.config import MAX_WORKERS, ConfigError, Settings, load_settings, workers_problem
 from ratesvc.demo import run_demo, start_site
 from ratesvc.sandbox.knobs import Knobs, Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
@@ -27,10 +28,25 @@ def _settings_or_exit() -> Settings:
     try:
         return load_settings(os.environ)
     except ConfigError as exc:
-        print("ratesvc: the configuration has problems:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
-        raise SystemExit(2) from exc
+        _refuse(exc.problems, exc)
+
+
+def _refuse(problems: list[str], cause: BaseException | None = None) -> NoReturn:
+    print("ratesvc: the configuration has problems:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    raise SystemExit(2) from cause
+
+
+def _workers(text: str) -> int:
+    """``--workers``: 1 to 64 (like ``RATESVC_WORKERS``)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_WORKERS}")
+    return count
 
 
 def _stop_event() -> asyncio.Event:
@@ -41,18 +57,44 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, *, port: int | None = None, worker: str = "") -> None:
+    """Serve until SIGTERM or SIGINT; a ``worker`` (of several) shares ``port`` with the others."""
     try:
-        runner, port = await start_site(create_app(settings), settings.host, settings.port)
+        runner, port = await start_site(
+            create_app(settings), settings.host, settings.port if port is None else port,
+            reuse_port=bool(worker),
+        )  # fmt: skip
     except ConfigError as exc:
         print("ratesvc: cannot start:", *exc.problems, sep="\n  - ", file=sys.stderr)
         raise SystemExit(2) from exc
-    log.info("ratesvc %s serving on http://%s:%d", __version__, settings.host, port)
+    log.info("ratesvc %s serving on http://%s:%d%s", __version__, settings.host, port,
+             f" ({worker})" if worker else "")  # fmt: skip
     try:
         await _stop_event().wait()
     finally:
         log.info("shutting down")
         await runner.cleanup()
+
+
+def _serve_workers(settings: Settings, workers: int, loop: str) -> int:
+    """``serve --workers N`` (N > 1): see :mod:`ratesvc.supervisor`."""
+    reserved, port = supervisor.reserve_port(settings.host, settings.port)
+    log.info("ratesvc %s starting %d workers on http://%s:%d", __version__, workers,
+             settings.host, port)  # fmt: skip
+
+    def serve(number: int) -> int:
+        reserved.close()  # the parent's; this worker binds its own beside it
+        try:
+            event_loop.run(_serve(settings, port=port, worker=f"worker {number}/{workers}"), loop)
+        except OSError as exc:
+            print(f"ratesvc: worker {number}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    try:
+        return supervisor.run_workers(workers, serve)
+    finally:
+        reserved.close()
 
 
 async def _sandbox(args: argparse.Namespace) -> None:
@@ -102,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ratesvc", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ratesvc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the service from RATESVC_* configuration")
+    serve = commands.add_parser("serve", help="run the service from RATESVC_* configuration")
+    serve.add_argument(
+        "--workers", type=_workers, default=None, metavar="N",
+        help="processes serving the port together (SO_REUSEPORT; default RATESVC_WORKERS or 1); "
+        "more than 1 needs RATESVC_DATABASE_URL=postgresql://... and RATESVC_REDIS_URL",
+    )  # fmt: skip
     demo = commands.add_parser("demo", help="run the service against built-in sandboxes")
     demo.add_argument("--port", type=int, default=8080, help="service port (0: any free port)")
     demo.add_argument("--data-dir", default=None, help="default: a new temporary directory")
@@ -128,14 +175,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     listing.add_argument("--account", default=None, help="one account (default: every account)")
     args = parser.parse_args(argv)
 
+    workers = 1
     if args.command in ("serve", "check", "cin7"):
         settings = _settings_or_exit()
         level = settings.log_level
+        if args.command == "serve":
+            workers = settings.workers if args.workers is None else args.workers
+            if problem := workers_problem(settings, workers, f"--workers {workers}"):
+                _refuse([problem])
     else:
         settings, level = None, os.environ.get("RATESVC_LOG_LEVEL", "WARNING").upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s "
+        + ("[%(process)d] " if workers > 1 else "")
+        + "%(name)s: %(message)s",
     )
     try:
         loop = event_loop.choose(os.environ)
@@ -145,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             assert settings is not None
+            if workers > 1:
+                return _serve_workers(settings, workers, loop)
             event_loop.run(_serve(settings), loop)
         elif args.command == "check":
             assert settings is not None

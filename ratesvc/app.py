@@ -1,6 +1,6 @@
 """``create_app(settings)``: the whole service as one aiohttp application.
 
-No I/O happens here; every resource (the upstream HTTP sessions, the per-account clients) is
+No I/O happens here; every resource (Redis, the upstream HTTP sessions, the per-account clients) is
 opened and closed in ``cleanup_ctx``, so the app can be started and stopped any number of times
 by tests. A context that fails after opening something closes it before the failure propagates
 (aiohttp cleans up only the contexts that had started).
@@ -30,6 +30,7 @@ from ratesvc.operator import ReadySales, WebhookWatch
 from ratesvc.quotes import LegCache, QuoteStore
 from ratesvc.rating import Rater
 from ratesvc.replay import AnswerReplay
+from ratesvc.storage.redis_client import check_at_start, open_redis
 
 USER_AGENT = f"ratesvc/{__version__}"
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     }
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
+    app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_rating)
     app.cleanup_ctx.append(_labels)
@@ -51,6 +53,24 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     setup_routes(app)
     setup_console(app)
     return app
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    """The process's Redis client when ``RATESVC_REDIS_URL`` is set (else None). Opened first
+    and closed last: the limiters, the quote cache and the stores use it. An unreachable Redis
+    is logged, not fatal (:mod:`ratesvc.storage.redis_client`)."""
+    settings = app[keys.SETTINGS]
+    url = settings.redis_url
+    if url is None:
+        app[keys.REDIS] = None
+        yield
+        return
+    redis = app[keys.REDIS] = open_redis(url)
+    try:
+        await check_at_start(redis, url, settings.redis_prefix)
+        yield
+    finally:
+        await redis.aclose()
 
 
 def _session(*, connections: int) -> aiohttp.ClientSession:

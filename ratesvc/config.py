@@ -35,6 +35,8 @@ from ratesvc.sales import Packaging
 DEFAULT_SHIPSTATION_URL = "https://ssapi.shipstation.com"
 DEFAULT_CIN7_URL = "https://inventory.dearsystems.com/ExternalApi/v2"
 DEFAULT_ACCOUNT = "default"
+DEFAULT_REDIS_PREFIX = "ratesvc:"
+MAX_WORKERS = 64
 MIN_TOKEN_LENGTH = 16
 
 
@@ -214,6 +216,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
     # None: cache, limiters and stores in this process; redis://...: shared by every replica
     redis_url: str | None = None
+    # every Redis key of this deployment starts with it: deployments sharing a Redis differ here
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
+    # processes ``ratesvc serve`` runs on one port (SO_REUSEPORT); above 1 needs both backends
+    workers: int = 1
     accounts: dict[str, Account] = {}
 
     @property
@@ -231,6 +237,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return None
 
 
+def is_postgresql(url: str | None) -> bool:
+    """Whether a ``RATESVC_DATABASE_URL`` names PostgreSQL (``postgresql://`` or ``postgres://``)."""
+    return url is not None and url.partition("://")[0].lower() in ("postgresql", "postgres")
+
+
+def workers_problem(settings: Settings, workers: int, where: str = "RATESVC_WORKERS") -> str | None:
+    """One line when ``workers`` processes cannot share this configuration's state, else None.
+
+    Several workers (or replicas) act as one service only when the ledger is in PostgreSQL and
+    the limiters, quote cache and stores are in Redis; with SQLite and in-process state each
+    would spend the full ShipStation budget and resume the others' purchases.
+    """
+    if workers <= 1:
+        return None
+    database = "PostgreSQL" if is_postgresql(settings.database_url) else "SQLite"
+    redis = "set" if settings.redis_url else "unset"
+    if database == "PostgreSQL" and redis == "set":
+        return None
+    return (
+        f"{where}: {workers} workers need shared backends: set both RATESVC_DATABASE_URL="
+        f"postgresql://... (now {database}) and RATESVC_REDIS_URL=redis://... (now {redis})"
+    )
+
+
 def sqlite_path(url: str) -> Path:
     """The file of a ``sqlite:///`` URL, as SQLAlchemy reads them: ``sqlite:///var/l.db`` is
     relative to the working directory, ``sqlite:////srv/l.db`` absolute."""
@@ -241,6 +271,8 @@ def sqlite_path(url: str) -> Path:
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Redis key prefixes: no spaces, braces (a Redis Cluster hash tag) or glob characters (SCAN MATCH)
+_REDIS_PREFIX = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 _SIZE = re.compile(r"([0-9]{1,15}) ?([KMG]iB|B|)", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
@@ -640,11 +672,27 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             service_value("RATESVC_REDIS_URL", "redis_url"),
             ("redis", "rediss", "unix"),
         ),
+        redis_prefix=_redis_prefix(reader, service_value("RATESVC_REDIS_PREFIX", "redis_prefix")),
+        workers=whole("RATESVC_WORKERS", "workers", 1, 1, MAX_WORKERS),
         accounts=accounts,
     )
+    if problem := workers_problem(settings, settings.workers):
+        reader.problems.append(problem)
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def _redis_prefix(reader: _Reader, raw: object) -> str:
+    text = reader.text("RATESVC_REDIS_PREFIX", raw)
+    if text is None:
+        return DEFAULT_REDIS_PREFIX
+    if not _REDIS_PREFIX.fullmatch(text):
+        reader.problems.append(
+            "RATESVC_REDIS_PREFIX: must be 1 to 64 letters, digits or . _ : - (e.g. ratesvc:prod:)"
+        )
+        return DEFAULT_REDIS_PREFIX
+    return text
 
 
 def _backend_url(reader: _Reader, where: str, raw: object, schemes: tuple[str, ...]) -> str | None:

@@ -24,11 +24,14 @@ DEMO_SHIP_FROM = (
 )
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_site(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app``; ``reuse_port``: beside other processes on the same port (SO_REUSEPORT)."""
     runner = web.AppRunner(app, access_log=None)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
         await site.start()
     except BaseException:
         await runner.cleanup()  # the contexts that started (a later one failed, or the port)

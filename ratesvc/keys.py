@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from ratesvc.accounts import AccountServices
 from ratesvc.automation.poller import Poller
@@ -28,3 +29,6 @@ AUTOMATION = web.AppKey("automation", Automation)
 POLLER = web.AppKey("poller", Poller)
 READY_SALES = web.AppKey("ready_sales", ReadySales)
 WEBHOOK_WATCH = web.AppKey("webhook_watch", WebhookWatch)
+# the process's Redis client (ratesvc.storage.redis_client); None: RATESVC_REDIS_URL is unset.
+# Redis-backed components take it with ``settings.redis_prefix``.
+REDIS: web.AppKey[Redis | None] = web.AppKey("redis")

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ratesvc.config import DEFAULT_SHIPSTATION_URL, ConfigError, load_settings, sqlite_path
+from ratesvc.config import (
+    DEFAULT_SHIPSTATION_URL,
+    ConfigError,
+    load_settings,
+    sqlite_path,
+    workers_problem,
+)
 from ratesvc.customs import CustomsRules
 
 MINIMAL = {
@@ -513,3 +519,74 @@ def test_a_bad_backend_url_is_one_line_that_does_not_repeat_it(name: str, value:
 
     assert problem.startswith(f"{name}: must be a URL") or "names a file" in problem
     assert "secret" not in problem
+
+
+BACKENDS = {
+    "RATESVC_DATABASE_URL": "postgresql://ratesvc:pw@db:5432/ratesvc",
+    "RATESVC_REDIS_URL": "redis://cache:6379/0",
+}
+
+
+def test_one_worker_and_the_ratesvc_prefix_by_default() -> None:
+    settings = load_settings(MINIMAL)
+
+    assert settings.workers == 1
+    assert settings.redis_prefix == "ratesvc:"
+
+
+def test_workers_and_the_redis_prefix_come_from_the_environment_or_the_service_table(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "ratesvc.toml"
+    config.write_text(
+        '[service]\nworkers = 3\nredis_prefix = "ratesvc:staging:"\n'
+        'database_url = "postgresql://db/ratesvc"\nredis_url = "redis://cache:6379/0"\n'
+        '[accounts.a]\napi_tokens = ["a-token-0123456789abcdef"]\n'
+        '[accounts.a.shipstation]\napi_key = "k"\napi_secret = "s"\n'
+    )
+
+    from_env = load_settings(
+        {**MINIMAL, **BACKENDS, "RATESVC_WORKERS": "4", "RATESVC_REDIS_PREFIX": "acme:prod:"}
+    )
+    from_file = load_settings({"RATESVC_CONFIG": str(config)})
+    overridden = load_settings({"RATESVC_CONFIG": str(config), "RATESVC_WORKERS": "2"})
+
+    assert (from_env.workers, from_env.redis_prefix) == (4, "acme:prod:")
+    assert (from_file.workers, from_file.redis_prefix) == (3, "ratesvc:staging:")
+    assert overridden.workers == 2
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two", "1.5", "-1"])
+def test_workers_are_a_whole_number_from_1_to_64(value: str) -> None:
+    (problem,) = problems_of({**MINIMAL, **BACKENDS, "RATESVC_WORKERS": value})
+
+    assert problem.startswith("RATESVC_WORKERS: must be a")
+
+
+@pytest.mark.parametrize(
+    ("backends", "now"),
+    [
+        ({}, "(now SQLite) and RATESVC_REDIS_URL=redis://... (now unset)"),
+        ({"RATESVC_REDIS_URL": "redis://cache:6379/0"}, "(now SQLite) and"),
+        ({"RATESVC_DATABASE_URL": "postgresql://db/x"}, "(now PostgreSQL) and"),
+        ({"RATESVC_DATABASE_URL": "sqlite:///l.db", "RATESVC_REDIS_URL": "redis://c"}, "SQLite"),
+    ],
+)
+def test_several_workers_need_postgresql_and_redis_said_in_one_line(
+    backends: dict[str, str], now: str
+) -> None:
+    (problem,) = problems_of({**MINIMAL, **backends, "RATESVC_WORKERS": "2"})
+
+    assert problem.startswith("RATESVC_WORKERS: 2 workers need shared backends: set both ")
+    assert "RATESVC_DATABASE_URL=postgresql://" in problem
+    assert "RATESVC_REDIS_URL=redis://" in problem
+    assert now in problem
+    assert workers_problem(load_settings({**MINIMAL, **BACKENDS}), 2) is None
+    assert workers_problem(load_settings(MINIMAL), 1) is None
+
+
+@pytest.mark.parametrize("value", ["has space", "ratesvc:{tag}:", "ratesvc*", "a?b", "x" * 65])
+def test_a_redis_prefix_is_tame_text(value: str) -> None:
+    (problem,) = problems_of({**MINIMAL, "RATESVC_REDIS_PREFIX": value})
+
+    assert problem.startswith("RATESVC_REDIS_PREFIX: must be 1 to 64 letters, digits or")

@@ -10,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from ratesvc import keys
+from ratesvc.storage.probes import backend_states
 
 _encoder = msgspec.json.Encoder()
 
@@ -19,8 +20,12 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    """``checks``: each check's result (``ok ...`` or ``error: ...``); ``failed``: the names of
+    those that failed (``config``, ``data_dir``, ``ledger``, ``redis``), empty when ready."""
+
     status: str
     checks: dict[str, str]
+    failed: list[str] = []
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -46,26 +51,26 @@ def _data_dir_writable(data_dir: Path) -> str:
     return "ok"
 
 
-async def _ledger_writable(request: web.Request) -> str:
-    ledger = request.app[keys.LEDGER]
-    try:
-        await ledger.writable()
-    except Exception as exc:
-        return f"error: {exc}"
-    return f"ok (schema {await ledger.version()})"
-
-
 async def readyz(request: web.Request) -> web.Response:
-    """200 when the configuration is loaded and the data directory and ledger are writable."""
-    settings = request.app[keys.SETTINGS]
-    checks = {
-        "config": f"ok ({len(settings.accounts)} account(s))",
-        "data_dir": await asyncio.to_thread(_data_dir_writable, settings.data_dir),
-        "ledger": await _ledger_writable(request),
-    }
-    ready = all(value.startswith("ok") for value in checks.values())
+    """200 when the configuration is loaded, the data directory is writable and every configured
+    backend answers in time (the ledger; Redis when ``RATESVC_REDIS_URL`` is set); else 503 with
+    the failed checks named in ``failed``."""
+    app = request.app
+    settings = app[keys.SETTINGS]
+    data_dir, backends = await asyncio.gather(
+        asyncio.to_thread(_data_dir_writable, settings.data_dir),
+        backend_states(app[keys.LEDGER], app[keys.REDIS], settings),
+    )
+    checks = {"config": f"ok ({len(settings.accounts)} account(s))", "data_dir": data_dir}
+    checks.update(
+        (backend.name, backend.detail if backend.reachable else f"error: {backend.engine} at "
+         f"{backend.location}: {backend.detail.removeprefix('error: ')}")
+        for backend in backends
+    )  # fmt: skip
+    failed = [name for name, value in checks.items() if not value.startswith("ok")]
     return _json(
-        Readiness(status="ready" if ready else "not_ready", checks=checks), 200 if ready else 503
+        Readiness(status="not_ready" if failed else "ready", checks=checks, failed=failed),
+        503 if failed else 200,
     )
 
 

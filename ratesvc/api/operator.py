@@ -12,6 +12,7 @@ from ratesvc import keys
 from ratesvc.api.middlewares import current_account
 from ratesvc.api.paging import sales_query
 from ratesvc.operator import account_status
+from ratesvc.storage.probes import backend_states
 
 _encoder = msgspec.json.Encoder()
 
@@ -37,8 +38,10 @@ PUBLIC_URL_PLACEHOLDER = "https://RATESVC-PUBLIC-ADDRESS"
 
 async def get_status(request: web.Request) -> web.Response:
     services = current_account(request)
+    app = request.app
+    backends = await backend_states(app[keys.LEDGER], app[keys.REDIS], app[keys.SETTINGS])
     status = await account_status(
-        services, request.app[keys.LEDGER], request.app[keys.WEBHOOK_WATCH],
-        base_url=PUBLIC_URL_PLACEHOLDER,
+        services, app[keys.LEDGER], app[keys.WEBHOOK_WATCH], base_url=PUBLIC_URL_PLACEHOLDER,
+        backends=backends,
     )  # fmt: skip
     return _json(status)

@@ -36,8 +36,11 @@ async def openapi(_request: web.Request) -> web.Response:
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", health.healthz, "Liveness", health.Health, auth=False,
           tags=("operations",)),
-    Route("GET", "/readyz", health.readyz, "Readiness: config loaded, data directory writable",
-          health.Readiness, also=((503, "Not ready: `checks` says what failed"),), auth=False,
+    Route("GET", "/readyz", health.readyz,
+          "Readiness: config loaded, data directory writable, each configured backend (the "
+          "ledger; Redis when RATESVC_REDIS_URL is set) answering within a second",
+          health.Readiness, also=((503, "Not ready: `failed` names the checks that failed "
+          "(`ledger`, `redis`, `data_dir`), `checks` says why"),), auth=False,
           tags=("operations",)),
     Route("GET", "/metrics", health.metrics, "Prometheus metrics", auth=False,
           content_type="text/plain", tags=("operations",)),
@@ -99,7 +102,8 @@ ROUTES: tuple[Route, ...] = (
           errors=(422, 502, 503, 504), params=SALES_LIST_PARAMS, tags=("operator",)),
     Route("GET", "/v1/status", operator.get_status,
           "What an operator watches: upstream budgets, write-back backlog, automation queue, "
-          "labels waiting, the Cin7 Core webhook's state (never fails for a down upstream)",
+          "labels waiting, the Cin7 Core webhook's state (never fails for a down upstream), "
+          "each backend (engine, reachable) and the process that answered",
           Status, tags=("operator",)),
 )  # fmt: skip
 

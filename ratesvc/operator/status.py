@@ -2,13 +2,16 @@
 
 Per ShipStation key and Cin7 Core application the limiter's window (read from the limiter, no
 call made); the write-back backlog, the automation queue and the labels waiting for a person
-(counted in the ledger); the Cin7 Core webhook's state (:mod:`.webhook_state`, cached). It never
+(counted in the ledger); the Cin7 Core webhook's state (:mod:`.webhook_state`, cached); each
+backend's engine and reachability; the process that answered (host and pid). It never
 fails because an upstream is down: what cannot be known is said to be ``unknown``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 
 import msgspec
 
@@ -17,6 +20,7 @@ from ratesvc.labels.lifecycle import LabelStatus
 from ratesvc.ledger import Ledger, parse_stamp
 from ratesvc.limiter import RateLimiter
 from ratesvc.operator.webhook_state import WebhookState, WebhookWatch
+from ratesvc.storage.probes import BackendState
 
 _WAITING, _RETRYING, _ATTENTION = "received", "failed", "attention"  # event statuses
 _LABELS = (LabelStatus.ATTENTION, LabelStatus.PURCHASING)
@@ -55,6 +59,13 @@ class LabelsWaiting(msgspec.Struct, frozen=True, kw_only=True):
     purchasing: int
 
 
+class Instance(msgspec.Struct, frozen=True, kw_only=True):
+    """The process that answered: behind a load balancer, which replica and which worker."""
+
+    host: str
+    pid: int
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     generated_at: str
     account: str
@@ -64,6 +75,8 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     automation: AutomationQueue
     labels: LabelsWaiting
     webhook: WebhookState
+    backends: list[BackendState]  # the ledger, and Redis when configured (no credentials)
+    instance: Instance
 
 
 def _rfc3339(moment: dt.datetime) -> str:
@@ -80,7 +93,12 @@ def _budget(limiter: RateLimiter, now: dt.datetime) -> tuple[str, int, int, str 
 
 
 async def account_status(
-    services: AccountServices, ledger: Ledger, webhooks: WebhookWatch, *, base_url: str
+    services: AccountServices,
+    ledger: Ledger,
+    webhooks: WebhookWatch,
+    *,
+    base_url: str,
+    backends: list[BackendState],
 ) -> Status:
     now = dt.datetime.now(dt.UTC)
     name = services.account.name
@@ -116,4 +134,6 @@ async def account_status(
             purchasing=backlog.labels[LabelStatus.PURCHASING],
         ),
         webhook=await webhooks.state(services, base_url),
+        backends=backends,
+        instance=Instance(host=socket.gethostname(), pid=os.getpid()),
     )

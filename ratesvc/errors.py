@@ -21,6 +21,7 @@
     │   │   ├── CustomsRequired       422 customs_required (international, no customs_items)
     │   │   └── CustomsIncomplete     422 customs_incomplete (a sale's declaration lacks facts)
     │   └── IdempotencyKeyReused      422 idempotency_key_reused
+    ├── StorageUnavailable            503 storage_unavailable: the shared store (Redis) is down
     └── UpstreamFailure               ShipStation or Cin7 Core let us down (5xx)
         ├── UpstreamError             502 upstream_error: answered with an error we cannot fix
         │   └── UpstreamNotFound      502 upstream_error: the thing asked for is not there
@@ -48,7 +49,8 @@ PROBLEM_CODES = (
     "already_shipped", "already_labelled", "sale_changed", "reconciling", "already_voided",
     "void_rejected", "event_not_retryable", "quote_expired", "payload_too_large", "invalid_request",
     "idempotency_key_reused", "customs_required", "customs_incomplete", "upstream_error",
-    "upstream_auth", "upstream_unavailable", "deadline_exceeded", "internal_error",
+    "upstream_auth", "upstream_unavailable", "deadline_exceeded", "storage_unavailable",
+    "internal_error",
 )  # fmt: skip
 
 
@@ -177,6 +179,17 @@ class CustomsIncomplete(InvalidRequest):
 
     code = "customs_incomplete"
     status = 422
+
+
+class StorageUnavailable(RatesvcError):
+    """What replicas share (quotes, in Redis) cannot be reached now; retrying later may help.
+
+    Rating never answers with it (it falls back to this process); reading a quote does, since
+    the quote may well exist where it cannot be read.
+    """
+
+    code = "storage_unavailable"
+    status = 503
 
 
 class UpstreamFailure(RatesvcError):

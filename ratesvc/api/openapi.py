@@ -46,8 +46,10 @@ _ERRORS: dict[int, tuple[str, tuple[str, ...]]] = {
           ("invalid_request", "idempotency_key_reused", "customs_required",
            "customs_incomplete")),
     502: ("An upstream answered with an error we cannot fix", ("upstream_error", "upstream_auth")),
-    503: ("Upstream down, or rate-limited past the deadline (then with Retry-After)",
-          ("upstream_unavailable",)),
+    503: ("Upstream down, or rate-limited past the deadline (then with Retry-After); "
+          "`storage_unavailable`: the store replicas share quotes in (Redis) cannot be reached "
+          "now — the quote may exist, try again shortly",
+          ("upstream_unavailable", "storage_unavailable")),
     504: ("Nothing came back before the request deadline", ("deadline_exceeded",)),
 }  # fmt: skip
 _ALWAYS = (405, 413)  # any route: another method; a body over the limit

@@ -54,7 +54,7 @@ ROUTES: tuple[Route, ...] = (
           errors=(404, 409, 502, 503, 504), tags=("rates",)),
     Route("GET", "/v1/quotes/{quote_id}", rates.get_quote,
           "A quote handed out by POST /v1/rates, with the shipment it is for", StoredQuote,
-          errors=(404, 410), tags=("rates",)),
+          errors=(404, 410, 503), tags=("rates",)),
     Route("POST", "/v1/labels", labels.post_label,
           "Buy labels, one per package, exactly once (Idempotency-Key header)", Label,
           request=LabelsRequest, request_example=LABELS_EXAMPLE, status=201,

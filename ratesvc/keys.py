@@ -14,7 +14,7 @@ from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
 from ratesvc.operator import ReadySales, WebhookWatch
 from ratesvc.rating import Rater
-from ratesvc.replay import AnswerReplay
+from ratesvc.replay import ReplayProtocol
 
 SETTINGS = web.AppKey("settings", Settings)
 # SHA-256 digest of each API token -> its account's name (built once; the middleware's lookup)
@@ -22,7 +22,7 @@ TOKENS = web.AppKey("tokens", dict[bytes, str])
 METRICS = web.AppKey("metrics", Metrics)
 ACCOUNTS = web.AppKey("accounts", dict[str, AccountServices])
 RATER = web.AppKey("rater", Rater)
-REPLAY = web.AppKey("replay", AnswerReplay)
+REPLAY: web.AppKey[ReplayProtocol] = web.AppKey("replay")
 LEDGER = web.AppKey("ledger", Ledger)
 LABELS = web.AppKey("labels", Labels)
 AUTOMATION = web.AppKey("automation", Automation)

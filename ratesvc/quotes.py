@@ -13,6 +13,10 @@
   may forget a quote before it expires. Quotes are kept per answer (one batch, one random token),
   since the quotes of one answer share their shipment and expiry.
 
+These are the embedded (one process) implementations of :class:`LegCacheProtocol`,
+:class:`QuoteStoreProtocol` and :class:`SharedFlights`; :mod:`ratesvc.storage.shared_quotes`
+builds them, or their Redis counterparts that several replicas share.
+
 Memory is bounded by *estimates* (:func:`held_bytes`): the msgpack size of what an entry keeps,
 times how much larger the same data is as Python objects, plus a fixed cost per entry. The
 factors were measured with ``tracemalloc`` (``tests/test_quotes.py`` keeps them honest).
@@ -21,6 +25,7 @@ factors were measured with ``tracemalloc`` (``tests/test_quotes.py`` keeps them 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import re
 import secrets
@@ -28,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 from aiocache import SimpleMemoryCache
@@ -113,6 +118,39 @@ class ByteLRU(Generic[K, V]):
 class CachedLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rows: list[RateRow]
     quoted_at: dt.datetime
+
+
+class LegCacheProtocol(Protocol):
+    """Rate rows of successful legs, by canonical leg key (what :class:`Rater` reads and fills)."""
+
+    @property
+    def held_bytes(self) -> int: ...
+
+    async def get(self, key: str) -> CachedLeg | None: ...
+
+    async def get_many(self, keys: list[str]) -> list[CachedLeg | None]: ...
+
+    async def put(self, key: str, value: CachedLeg) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SharedFlights(Protocol):
+    """One upstream call per leg across replicas (behind the in-process :class:`SingleFlight`).
+
+    ``call`` asks ShipStation and puts the answer in the cache; ``known`` is the entry the caller
+    saw in the cache (None: none), so a fresher one another replica wrote meanwhile is taken
+    instead of calling again.
+    """
+
+    async def run(
+        self,
+        key: str,
+        call: Callable[[], Awaitable[CachedLeg]],
+        *,
+        known: CachedLeg | None,
+        deadline: float,
+    ) -> CachedLeg: ...
 
 
 # Per msgpack byte, what each kind of entry costs as Python objects: measured with tracemalloc on
@@ -294,6 +332,12 @@ def new_token() -> str:
     return secrets.token_urlsafe(16)
 
 
+def new_tokens(count: int) -> list[str]:
+    """``count`` tokens like :func:`new_token`'s, drawn at once."""
+    drawn = base64.urlsafe_b64encode(secrets.token_bytes(18 * count)).decode()
+    return [drawn[i : i + TOKEN_LENGTH] for i in range(0, 24 * count, 24)]
+
+
 def quote_id(token: str, index: int) -> str:
     return f"qt_{token}{index:x}"
 
@@ -312,6 +356,45 @@ def batch_bytes(batch: QuoteBatch, *, lines: int | None = None) -> int:
         return held_bytes(batch, per_encoded_byte=BATCH_PER_ENCODED_BYTE)
     rest = (batch.shipment, batch.ship_from)
     return held_bytes(rest, per_encoded_byte=BATCH_PER_ENCODED_BYTE, extra=lines)
+
+
+class QuoteStoreProtocol(Protocol):
+    """Where the quotes handed out are kept until they are bought (or expire)."""
+
+    @property
+    def held_bytes(self) -> int: ...
+
+    async def put(self, batch: QuoteBatch, *, size: int | None = None) -> None:
+        """Keep ``batch``; ``size`` is its :func:`batch_bytes`, when the caller knows it."""
+
+    async def get(self, quote_id: str) -> StoredQuote | None:
+        """The quote, expired or not, or None when it is unknown (or forgotten)."""
+
+
+def split_quote_id(quote_id: str) -> tuple[str, int] | None:
+    """(batch token, index) of a well-formed quote id, else None."""
+    token, index = quote_id[3 : 3 + TOKEN_LENGTH], quote_id[3 + TOKEN_LENGTH :]
+    if not quote_id.startswith("qt_") or len(token) != TOKEN_LENGTH:
+        return None
+    if not _INDEX.fullmatch(index):  # int() also takes "-1", " 0", "0_0", "٠"
+        return None
+    return token, int(index, 16)
+
+
+def stored_quote(batch: QuoteBatch, quote_id: str, index: int) -> StoredQuote | None:
+    """Quote ``index`` of ``batch``, named ``quote_id``; None past the batch's last quote."""
+    try:
+        line = batch.lines[index]
+    except IndexError:
+        return None
+    return StoredQuote(
+        quote_id=quote_id, account=batch.account, carrier_code=line.carrier_code,
+        service_code=line.service_code, service_name=line.service_name,
+        package_codes=line.package_codes, shipment=batch.shipment, ship_from=batch.ship_from,
+        total=line.total, currency=batch.currency, quoted_at=line.quoted_at,
+        expires_at=batch.expires_at, sale_id=batch.sale_id, task_id=batch.task_id,
+        order_number=batch.order_number,
+    )  # fmt: skip
 
 
 class QuoteStore:
@@ -340,8 +423,15 @@ class QuoteStore:
         """The estimate a batch was stored with, if it is still here."""
         return self._batches.size_of(token)
 
-    def put(self, batch: QuoteBatch, *, size: int | None = None) -> None:
+    async def put(self, batch: QuoteBatch, *, size: int | None = None) -> None:
         """Keep ``batch``; ``size`` is its :func:`batch_bytes`, when the caller knows it."""
+        self.keep(batch, size=size)
+
+    async def get(self, quote_id: str) -> StoredQuote | None:
+        return self.find(quote_id)
+
+    def keep(self, batch: QuoteBatch, *, size: int | None = None) -> None:
+        """:meth:`put`, without waiting: the store is in this process."""
         self._batches.put(batch.token, batch, batch_bytes(batch) if size is None else size)
         now = dt.datetime.now(dt.UTC)
         while (oldest := self._batches.oldest()) is not None and oldest is not batch:
@@ -349,22 +439,10 @@ class QuoteStore:
                 return
             self._batches.pop_oldest()
 
-    def get(self, quote_id: str) -> StoredQuote | None:
-        token, index = quote_id[3 : 3 + TOKEN_LENGTH], quote_id[3 + TOKEN_LENGTH :]
-        batch = self._batches.get(token)
-        if not quote_id.startswith("qt_") or batch is None:
+    def find(self, quote_id: str) -> StoredQuote | None:
+        """:meth:`get`, without waiting."""
+        where = split_quote_id(quote_id)
+        batch = None if where is None else self._batches.get(where[0])
+        if where is None or batch is None:
             return None
-        if not _INDEX.fullmatch(index):  # int() also takes "-1", " 0", "0_0", "٠"
-            return None
-        try:
-            line = batch.lines[int(index, 16)]
-        except IndexError:
-            return None
-        return StoredQuote(
-            quote_id=quote_id, account=batch.account, carrier_code=line.carrier_code,
-            service_code=line.service_code, service_name=line.service_name,
-            package_codes=line.package_codes, shipment=batch.shipment, ship_from=batch.ship_from,
-            total=line.total, currency=batch.currency, quoted_at=line.quoted_at,
-            expires_at=batch.expires_at, sale_id=batch.sale_id, task_id=batch.task_id,
-            order_number=batch.order_number,
-        )  # fmt: skip
+        return stored_quote(batch, quote_id, where[1])

@@ -5,9 +5,10 @@ absolute deadline (each leg inside ``asyncio.timeout_at``, stragglers cancelled 
 ``TaskGroup``), and turns the rows into quotes:
 
 * a leg is answered from the cache when its entry is younger than ``max_age_s``, else by
-  ShipStation through :class:`~ratesvc.quotes.SingleFlight`; when the key pair's limiter cannot
-  serve it before the deadline, a cached answer up to ``max_stale_s`` old is used instead and the
-  quote says ``stale`` with its age;
+  ShipStation through :class:`~ratesvc.quotes.SingleFlight` (and, when replicas share a cache,
+  their :class:`~ratesvc.quotes.SharedFlights`: one call whichever replica asks); when the key
+  pair's limiter cannot serve it before the deadline, a cached answer up to ``max_stale_s`` old
+  is used instead and the quote says ``stale`` with its age;
 * with several packages a quote covers all of them: costs are summed per service (and per package
   variant) and a service missing for any package is not offered; a carrier with any failed leg
   offers nothing and is listed in ``errors``;
@@ -53,10 +54,11 @@ from ratesvc.quotes import (
     MIB,
     ByteLRU,
     CachedLeg,
-    LegCache,
+    LegCacheProtocol,
     QuoteBatch,
     QuoteLine,
-    QuoteStore,
+    QuoteStoreProtocol,
+    SharedFlights,
     SingleFlight,
     StoredQuote,
     batch_bytes,
@@ -160,14 +162,16 @@ class Rater:
     def __init__(
         self,
         *,
-        cache: LegCache,
-        store: QuoteStore,
+        cache: LegCacheProtocol,
+        store: QuoteStoreProtocol,
         max_stale_s: float,
         memo_max_bytes: int = 8 * MIB,
+        shared_flights: SharedFlights | None = None,
     ) -> None:
         self._cache = cache
         self._store = store
         self._flights: SingleFlight[CachedLeg] = SingleFlight()
+        self._shared = shared_flights
         self._max_stale_s = max_stale_s
         self._made = _Memo(max_bytes=memo_max_bytes)
 
@@ -236,7 +240,7 @@ class Rater:
             order_number=order_number,
             lines=made.lines,
         )  # fmt: skip
-        self._store.put(batch, size=batch_bytes(batch, lines=made.lines_bytes))
+        await self._store.put(batch, size=batch_bytes(batch, lines=made.lines_bytes))
         oldest = min((a.quoted_at for a in answers), default=now)
         return Rating(
             response=RatesResponse(quotes=quotes, errors=errors, complete=not errors,
@@ -300,11 +304,11 @@ class Rater:
         )
 
     @property
-    def quotes(self) -> QuoteStore:
+    def quotes(self) -> QuoteStoreProtocol:
         return self._store
 
     @property
-    def cache(self) -> LegCache:
+    def cache(self) -> LegCacheProtocol:
         return self._cache
 
     @property
@@ -312,8 +316,8 @@ class Rater:
         """The estimate of what the memo of quotes made from cache entries holds in memory."""
         return self._made.held_bytes
 
-    def stored(self, quote_id: str) -> StoredQuote | None:
-        return self._store.get(quote_id)
+    async def stored(self, quote_id: str) -> StoredQuote | None:
+        return await self._store.get(quote_id)
 
     # --- legs ------------------------------------------------------------------------------------
 
@@ -357,11 +361,16 @@ class Rater:
     async def _fetch(
         self, services: AccountServices, leg: Leg, cached: CachedLeg | None, deadline: float
     ) -> LegAnswer:
-        async def call() -> CachedLeg:
+        async def upstream() -> CachedLeg:
             rows = await services.shipstation.get_rates(leg.rate_request(), deadline=deadline)
             entry = CachedLeg(rows=rows, quoted_at=dt.datetime.now(dt.UTC).replace(microsecond=0))
             await self._cache.put(leg.key, entry)
             return entry
+
+        async def call() -> CachedLeg:
+            if self._shared is None:
+                return await upstream()
+            return await self._shared.run(leg.key, upstream, known=cached, deadline=deadline)
 
         try:
             entry = await self._flights.run(leg.key, call)

@@ -12,12 +12,16 @@ building the quotes again.
 
 Kept answers are bounded by an estimate of the bytes they hold (the encoded answer, the request
 body that keys it, the batch it copies); the least recently kept go first.
+
+:class:`AnswerReplay` is the embedded implementation of :class:`ReplayProtocol`; replicas share
+:class:`ratesvc.storage.redis_quotes.RedisAnswerReplay` instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
@@ -41,6 +45,28 @@ class _Kept:
 MAX_BODY_BYTES = 16 * 1024  # bodies kept as keys: a real rate request is far smaller
 
 
+class ReplayProtocol(Protocol):
+    """Finished answers kept by (account, request body), for as long as they may be replayed."""
+
+    @property
+    def held_bytes(self) -> int: ...
+
+    async def replay(self, account: str, body: bytes, catalog_version: int) -> bytes | None:
+        """The answer to ``body`` again, with fresh quote ids, or None."""
+
+    async def keep(
+        self,
+        account: str,
+        body: bytes,
+        answer: bytes,
+        batch: QuoteBatch,
+        *,
+        fresh_until: dt.datetime,
+        catalog_version: int,
+    ) -> None:
+        """Remember ``answer`` (encoded, with ``batch``'s token in its quote ids)."""
+
+
 class AnswerReplay:
     """Kept answers, least recently kept first out, under ``max_bytes`` (estimated)."""
 
@@ -53,7 +79,7 @@ class AnswerReplay:
         """The estimate of what the kept answers hold in memory."""
         return self._kept.bytes
 
-    def replay(self, account: str, body: bytes, catalog_version: int) -> bytes | None:
+    async def replay(self, account: str, body: bytes, catalog_version: int) -> bytes | None:
         """The answer to ``body`` again, with fresh quote ids, or None."""
         kept = self._kept.get((account, body))
         if kept is None:
@@ -62,10 +88,10 @@ class AnswerReplay:
             self._kept.pop((account, body))
             return None
         token = new_token()
-        self._store.put(msgspec.structs.replace(kept.batch, token=token), size=kept.batch_bytes)
+        self._store.keep(msgspec.structs.replace(kept.batch, token=token), size=kept.batch_bytes)
         return kept.answer.replace(kept.batch.token.encode(), token.encode())
 
-    def keep(
+    async def keep(
         self,
         account: str,
         body: bytes,

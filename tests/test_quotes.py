@@ -246,28 +246,28 @@ def first_quote(token: str) -> str:
 
 def test_quotes_are_found_by_batch_token_and_index() -> None:
     store = QuoteStore()
-    store.put(batch("b1", dt.timedelta(minutes=5)))
+    store.keep(batch("b1", dt.timedelta(minutes=5)))
     token = "b1".ljust(TOKEN_LENGTH, "x")
 
-    found = store.get(quote_id(token, 1))
+    found = store.find(quote_id(token, 1))
 
     assert found is not None
     assert (found.quote_id, found.carrier_code, found.total) == (f"qt_{token}1", "ups", "1.99")
-    assert store.get(quote_id(token, 2)) is None
-    assert store.get(f"qt_{token}zz") is None
-    assert store.get("qt_short") is None
-    assert store.get("xx_" + token + "0") is None
+    assert store.find(quote_id(token, 2)) is None
+    assert store.find(f"qt_{token}zz") is None
+    assert store.find("qt_short") is None
+    assert store.find("xx_" + token + "0") is None
 
 
 def test_the_quote_store_stays_within_its_byte_budget_keeping_the_newest() -> None:
     store = QuoteStore(max_bytes=MIB)
     over = []
     for n in range(5_000):
-        store.put(batch(f"q{n}", dt.timedelta(minutes=15), lines=10))
+        store.keep(batch(f"q{n}", dt.timedelta(minutes=15), lines=10))
         over.append(store.held_bytes > MIB)
 
     assert not any(over)
-    found = [store.get(first_quote(f"q{n}")) is not None for n in range(5_000)]
+    found = [store.find(first_quote(f"q{n}")) is not None for n in range(5_000)]
     kept = found.index(True)
     assert 100 < kept < 5_000 - 100  # many answers were forgotten and many kept...
     assert all(found[kept:])  # ...the most recent ones, without a gap
@@ -276,14 +276,14 @@ def test_the_quote_store_stays_within_its_byte_budget_keeping_the_newest() -> No
 
 def test_expired_quotes_are_kept_for_a_grace_period_then_dropped() -> None:
     store = QuoteStore(grace=dt.timedelta(hours=1))
-    store.put(batch("gone", dt.timedelta(hours=-2)))  # past expiry and grace
-    store.put(batch("grace", dt.timedelta(minutes=-30)))  # expired, within the grace period
+    store.keep(batch("gone", dt.timedelta(hours=-2)))  # past expiry and grace
+    store.keep(batch("grace", dt.timedelta(minutes=-30)))  # expired, within the grace period
 
-    store.put(batch("new", dt.timedelta(minutes=5)))
+    store.keep(batch("new", dt.timedelta(minutes=5)))
 
-    assert store.get(first_quote("gone")) is None
-    assert store.get(first_quote("grace")) is not None  # answered 410, not 404
-    assert store.get(first_quote("new")) is not None
+    assert store.find(first_quote("gone")) is None
+    assert store.find(first_quote("grace")) is not None  # answered 410, not 404
+    assert store.find(first_quote("new")) is not None
     assert len(store) == 2
 
 
@@ -309,7 +309,7 @@ def test_the_byte_estimate_follows_the_memory_really_held() -> None:
     def fill() -> QuoteStore:
         store = QuoteStore(max_bytes=1 << 40)
         for raw in encoded:  # decoded: every string and date its own object, nothing shared
-            store.put(msgspec.msgpack.decode(raw, type=QuoteBatch))
+            store.keep(msgspec.msgpack.decode(raw, type=QuoteBatch))
         return store
 
     held, store = traced_growth(fill)
@@ -325,10 +325,10 @@ async def test_the_answer_replay_stays_within_its_byte_budget() -> None:
     for n in range(2_000):
         kept = batch(f"r{n}", dt.timedelta(minutes=15))
         answer = b'{"quotes": "' + kept.token.encode() + b'"}' + b" " * 2_000
-        replay.keep("default", f"body {n}".encode(), answer, kept, fresh_until=fresh,
+        await replay.keep("default", f"body {n}".encode(), answer, kept, fresh_until=fresh,
                     catalog_version=1)  # fmt: skip
         assert replay.held_bytes <= MIB
 
-    assert replay.replay("default", b"body 0", 1) is None
-    again = replay.replay("default", b"body 1999", 1)
+    assert await replay.replay("default", b"body 0", 1) is None
+    again = await replay.replay("default", b"body 1999", 1)
     assert again is not None and b"r1999" not in again  # a new token in the quote ids

@@ -26,9 +26,9 @@ async def post_rates(request: web.Request) -> web.Response:
     services = current_account(request)
     account = services.account
     raw = await read_json(request)
-    catalog_version = services.catalog.version
+    catalog_version = await services.catalog.current_version()
     replay = request.app[keys.REPLAY]
-    replayed = replay.replay(account.name, raw, catalog_version)
+    replayed = await replay.replay(account.name, raw, catalog_version)
     if replayed is not None:
         return web.Response(body=replayed, content_type="application/json")
     body = decode_json(raw, RatesRequest)
@@ -59,7 +59,7 @@ async def post_rates(request: web.Request) -> web.Response:
         response = msgspec.structs.replace(response, defaults=defaults)
     answer = _encoder.encode(response)
     if rating.replayable and sale_id is None:
-        replay.keep(
+        await replay.keep(
             account.name, raw, answer, rating.batch,
             fresh_until=rating.fresh_until,
             catalog_version=catalog_version,
@@ -70,7 +70,7 @@ async def post_rates(request: web.Request) -> web.Response:
 async def get_quote(request: web.Request) -> web.Response:
     services = current_account(request)
     quote_id = request.match_info["quote_id"]
-    stored = request.app[keys.RATER].stored(quote_id)
+    stored = await request.app[keys.RATER].stored(quote_id)
     if stored is None or stored.account != services.account.name:
         raise NotFound(f"no quote {quote_id}")
     if stored.expires_at <= dt.datetime.now(dt.UTC):

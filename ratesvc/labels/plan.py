@@ -24,7 +24,7 @@ from ratesvc.customs import packages
 from ratesvc.errors import FieldError, InvalidRequest, NotFound, QuoteExpired, SaleChanged
 from ratesvc.labels.customs import require_items
 from ratesvc.labels.models import LabelPlan, LabelsRequest
-from ratesvc.quotes import QuoteStore, StoredQuote
+from ratesvc.quotes import QuoteStoreProtocol, StoredQuote
 from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
 
 _PLAN_CODEC = msgspec.json.Decoder(LabelPlan)
@@ -43,8 +43,8 @@ def today(account: Account) -> dt.date:
     return dt.datetime.now(zoneinfo.ZoneInfo(account.timezone)).date()
 
 
-def stored_quote(quotes: QuoteStore, account: Account, quote_id: str) -> StoredQuote:
-    stored = quotes.get(quote_id)
+async def stored_quote(quotes: QuoteStoreProtocol, account: Account, quote_id: str) -> StoredQuote:
+    stored = await quotes.get(quote_id)
     if stored is None or stored.account != account.name:
         raise NotFound(f"no quote {quote_id}")
     if stored.expires_at <= dt.datetime.now(dt.UTC):
@@ -55,7 +55,7 @@ def stored_quote(quotes: QuoteStore, account: Account, quote_id: str) -> StoredQ
 async def make_plan(
     services: AccountServices,
     request: LabelsRequest,
-    quotes: QuoteStore,
+    quotes: QuoteStoreProtocol,
     *,
     sale_checked: bool,
     relabel: bool,
@@ -70,7 +70,7 @@ async def make_plan(
         raise InvalidRequest.field("ship_date", "must not be in the past")
     deadline = asyncio.get_running_loop().time() + account.request_deadline_s
     if request.quote_id is not None:
-        stored = stored_quote(quotes, account, request.quote_id)
+        stored = await stored_quote(quotes, account, request.quote_id)
         shipment, ship_from = stored.shipment, stored.ship_from
         carrier, service = stored.carrier_code, stored.service_code
         codes = [code or "package" for code in stored.package_codes]

@@ -51,7 +51,7 @@ from ratesvc.labels.retention import Retention
 from ratesvc.labels.views import label_view
 from ratesvc.labels.void import settle_interrupted_voids, void_label
 from ratesvc.ledger import IdempotencyConflict, IllegalTransition, Ledger, PurchaseRow, now_text
-from ratesvc.quotes import QuoteStore
+from ratesvc.quotes import QuoteStoreProtocol
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Labels:
         ledger: Ledger,
         *,
         data_dir: Path,
-        quotes: QuoteStore,
+        quotes: QuoteStoreProtocol,
         accounts: dict[str, AccountServices],
         timing: LabelTiming,
         on_queued: Callable[[], None] = lambda: None,
@@ -173,7 +173,7 @@ class Labels:
             same = await self._ledger.live_purchase_by_request(account, request_hash)
             if same is not None:
                 return same.label_id
-        claim = self._claimed_fulfilment(services, request)
+        claim = await self._claimed_fulfilment(services, request)
         if claim is None:
             return None
         holder = await self._ledger.purchase_by_fulfilment(account, claim)
@@ -182,11 +182,13 @@ class Labels:
         await self._refuse_unless_replay(holder, idem_key, request_hash)
         return holder.label_id
 
-    def _claimed_fulfilment(self, services: AccountServices, request: LabelsRequest) -> str | None:
+    async def _claimed_fulfilment(
+        self, services: AccountServices, request: LabelsRequest
+    ) -> str | None:
         """The fulfilment the request names without reading the sale (a quote of a sale, or a
         sale with its task), or None."""
         if request.quote_id is not None:
-            quote = self._quotes.get(request.quote_id)
+            quote = await self._quotes.get(request.quote_id)
             if quote is None or quote.account != services.account.name:
                 return None
             if quote.sale_id is None or quote.task_id is None:
@@ -238,7 +240,8 @@ class Labels:
         sale_id = request.sale_id
         if sale_id is None and request.quote_id is not None:
             with contextlib.suppress(Exception):
-                sale_id = stored_quote(self._quotes, services.account, request.quote_id).sale_id
+                stored = await stored_quote(self._quotes, services.account, request.quote_id)
+                sale_id = stored.sale_id
         if sale_id is None:
             return False
         voided = await self._ledger.purchases(

@@ -27,10 +27,9 @@ from ratesvc.labels import Labels, LabelTiming, WriteBackWorker
 from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
 from ratesvc.operator import ReadySales, WebhookWatch
-from ratesvc.quotes import LegCache, QuoteStore
 from ratesvc.rating import Rater
-from ratesvc.replay import AnswerReplay
 from ratesvc.storage.redis_client import check_at_start, open_redis
+from ratesvc.storage.shared_quotes import build_rating_state
 
 USER_AGENT = f"ratesvc/{__version__}"
 
@@ -102,23 +101,20 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _rating(app: web.Application) -> AsyncIterator[None]:
-    """The quote cache, in-flight calls and quote store, shared by every account."""
+    """The quote cache, in-flight calls, quote store, replay and (shared) carrier catalogues."""
     settings = app[keys.SETTINGS]
-    cache = LegCache(
-        backend=settings.quote_cache,
-        max_entries=settings.quote_cache_max_entries,
-        max_bytes=settings.quote_cache_max_bytes,
-        ttl_s=max(settings.quote_max_stale_s, *(a.quote_ttl_s for a in settings.accounts.values())),
-    )
+    state = build_rating_state(None, "", settings)  # the integrator passes a Redis client here
     try:
-        budget = settings.quote_store_max_bytes  # the replay and the memo get a share of it
-        store = QuoteStore(max_bytes=budget)
-        app[keys.RATER] = Rater(cache=cache, store=store, max_stale_s=settings.quote_max_stale_s,
-                                memo_max_bytes=budget // 8)  # fmt: skip
-        app[keys.REPLAY] = AnswerReplay(store, max_bytes=budget // 4)
+        app[keys.RATER] = Rater(
+            cache=state.cache, store=state.store, shared_flights=state.flights,
+            max_stale_s=settings.quote_max_stale_s,
+            memo_max_bytes=settings.quote_store_max_bytes // 8,
+        )  # fmt: skip
+        app[keys.REPLAY] = state.replay
+        state.share_catalogs(app[keys.ACCOUNTS].values())
         yield
     finally:
-        await cache.close()
+        await state.close()
 
 
 async def _labels(app: web.Application) -> AsyncIterator[None]:

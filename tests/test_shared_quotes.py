@@ -215,7 +215,7 @@ async def test_an_answer_kept_on_one_replica_is_replayed_on_the_other(
     assert replayed == kept.replace(old.encode(), new.encode())  # the same answer, byte for byte
     url, prefix = redis_prefix
     async with aioredis.Redis.from_url(url) as redis:
-        assert await redis.get(f"{prefix}quote:{new}") == b"@" + old.encode()  # a replay's copy
+        assert await redis.get(f"{prefix}quote:v1:{new}") == b"@" + old.encode()  # a replay's copy
     quote = await b.get(f"/v1/quotes/{ids_replayed[1]}", headers=AUTH)
     assert quote.status == 200
     assert (await quote.json())["quote_id"] == ids_replayed[1]
@@ -338,9 +338,9 @@ async def test_legs_are_shared_through_redis_and_near_cached_no_longer_than_they
 
         await one.put("fresh", fresh)
         await one.put("old", old)
-        assert 0 < await redis.pttl(f"{prefix}leg:fresh") <= ttl * 1000
+        assert 0 < await redis.pttl(one.key("fresh")) <= ttl * 1000
         assert await other.get_many(["fresh", "missing"]) == [fresh, None]  # via Redis
-        await redis.delete(f"{prefix}leg:fresh")
+        await redis.delete(one.key("fresh"))
         assert await other.get("fresh") == fresh  # from its near-cache: no round trip
 
         await asyncio.sleep(0.1)  # past the old leg's life, within the near-cache's ttl

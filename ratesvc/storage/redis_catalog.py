@@ -1,8 +1,8 @@
 """Carrier catalogues replicas share: :class:`~ratesvc.catalog.CatalogSharing` in Redis.
 
-Per account, a hash ``<prefix>catalog:<account>`` holds ``body`` (the
+Per account, a hash ``<prefix>catalog:v1:<account>`` holds ``body`` (the
 :class:`~ratesvc.models.CarriersResponse` as msgpack), ``version`` and ``refresh_at`` (ms, Redis's
-clock), and ``<prefix>catalog-lock:<account>`` is the claim of the one replica loading it. A
+clock), and ``<prefix>catalog-lock:v1:<account>`` is the claim of the one replica loading it. A
 version is the publishing moment in milliseconds (or the previous version + 1 if that is not
 larger), so versions only grow, also across a Redis restart that lost them, and never equal the
 negative versions of copies a replica keeps alone during an outage.
@@ -66,10 +66,10 @@ class RedisCatalogSharing:
         self._release = client.register_script(_RELEASE)
 
     def key(self, account: str) -> str:
-        return f"{self._prefix}catalog:{account}"
+        return f"{self._prefix}catalog:v1:{account}"
 
     def lock_key(self, account: str) -> str:
-        return f"{self._prefix}catalog-lock:{account}"
+        return f"{self._prefix}catalog-lock:v1:{account}"
 
     async def read(self, account: str, *, known_version: int) -> SharedCopy | None:
         reply = await self._call(

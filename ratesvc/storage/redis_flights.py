@@ -3,13 +3,13 @@
 Behind each replica's in-process :class:`~ratesvc.quotes.SingleFlight` (so a replica asks Redis
 once per leg, however many of its requests want it), :meth:`RedisFlights.run`:
 
-1. In one round trip, ``SET <prefix>leg-lock:<leg> <token> NX PX <lease> GET`` and ``GET`` the
+1. In one round trip, ``SET <prefix>leg-lock:v1:<leg> <token> NX PX <lease> GET`` and ``GET`` the
    leg's cache entry. An entry newer than the one the caller saw was written by another replica
    meanwhile: it is the answer (no call).
 2. The lock taken: this replica calls ShipStation (the call writes the cache), renewing the lease
    every third of it while the call runs, then — one script — records the outcome under
-   ``<prefix>leg-done:<token>`` (``OUTCOME_TTL_S``), frees the lock if still its own, and
-   publishes the outcome on ``<prefix>leg-flights``. The outcome is the entry, or the upstream
+   ``<prefix>leg-done:v1:<token>`` (``OUTCOME_TTL_S``), frees the lock if still its own, and
+   publishes the outcome on ``<prefix>leg-flights:v1``. The outcome is the entry, or the upstream
    failure (shared with the replicas waiting for that call, as in-process waiters share it), or
    *abandoned* (the call was cancelled: nobody waits for it here).
 3. The lock held by another replica: wait for that holder's outcome, from the channel (one
@@ -139,7 +139,7 @@ class RedisFlights:
         self._health = health
         self._prefix = cache.prefix
         self.lease_s = lease_s
-        self.channel = f"{cache.prefix}leg-flights"
+        self.channel = f"{cache.prefix}leg-flights:v1"
         self._finish = client.register_script(_FINISH)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -149,10 +149,10 @@ class RedisFlights:
         self._background: set[asyncio.Task[Any]] = set()
 
     def lock_key(self, key: str) -> str:
-        return f"{self._prefix}leg-lock:{key}"
+        return f"{self._prefix}leg-lock:v1:{key}"
 
     def _outcome_key(self, token: str) -> str:
-        return f"{self._prefix}leg-done:{token}"
+        return f"{self._prefix}leg-done:v1:{token}"
 
     async def run(
         self,

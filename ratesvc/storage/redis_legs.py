@@ -1,7 +1,7 @@
 """The leg cache replicas share: aiocache's Redis backend behind a small per-process near-cache.
 
 * Entries are :class:`~ratesvc.quotes.CachedLeg` as msgpack (:class:`MsgspecSerializer`: exact,
-  ``Decimal`` and ``datetime`` included), under ``<prefix>leg:<canonical leg key>``, living
+  ``Decimal`` and ``datetime`` included), under ``<prefix>leg:v1:<canonical leg key>``, living
   ``ttl_s`` (the longest staleness ever accepted) like the embedded cache's.
 * :class:`NearCache` keeps what this process read or wrote for ``near_ttl_s`` (a few seconds,
   never past the entry's own life in Redis), bounded by entries and by an estimate of bytes, so a
@@ -127,7 +127,7 @@ class RedisLegCache:
 
     def key(self, key: str) -> str:
         """The Redis key of a canonical leg key."""
-        return f"{self.prefix}leg:{key}"
+        return f"{self.prefix}leg:v1:{key}"
 
     def _key(self, key: str, namespace: str | None = None) -> str:
         return self.key(key)

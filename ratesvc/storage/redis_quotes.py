@@ -1,13 +1,13 @@
 """The quote store and the answer replay replicas share, in Redis.
 
 * :class:`RedisQuoteStore`: each answer's :class:`~ratesvc.quotes.QuoteBatch` as msgpack under
-  ``<prefix>quote:<token>``, living until its quotes expire plus ``tail_s`` (so an expired quote
+  ``<prefix>quote:v1:<token>``, living until its quotes expire plus ``tail_s`` (so an expired quote
   answers 410 *expired* for a while, then 404 *unknown*). A replayed answer's batch is stored as
   a reference, ``@<token of the batch it copies>``: the copy expires with the original, so the
   original outlives it. A batch that cannot be written (Redis down) is kept in this process, so
   the replica that quoted it can still sell it; reading a quote Redis cannot be asked for is
   :class:`~ratesvc.errors.StorageUnavailable` (503), since it may well exist.
-* :class:`RedisAnswerReplay`: a hash under ``<prefix>replay:<SHA-256 of account and body>``
+* :class:`RedisAnswerReplay`: a hash under ``<prefix>replay:v1:<SHA-256 of account and body>``
   holding the encoded answer, the token of the batch its quote ids name, the account, the
   carrier catalogue version (shared, see :mod:`ratesvc.catalog`) and until when it is fresh and
   its quotes valid; it lives while fresh. A trip to Redis for a replay is one script call
@@ -81,7 +81,7 @@ class RedisQuoteStore:
         self.tail_s = tail_s
 
     def key(self, token: str) -> str:
-        return f"{self._prefix}quote:{token}"
+        return f"{self._prefix}quote:v1:{token}"
 
     @property
     def held_bytes(self) -> int:
@@ -209,7 +209,7 @@ class RedisAnswerReplay:
 
     def key(self, account: str, body: bytes) -> str:
         digest = hashlib.sha256(account.encode() + b"\0" + body).hexdigest()
-        return f"{self._prefix}replay:{digest}"
+        return f"{self._prefix}replay:v1:{digest}"
 
     async def close(self) -> None:
         refills = list(self._refills.values())

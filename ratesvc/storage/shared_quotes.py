@@ -3,21 +3,24 @@ or, given a Redis client, shared by every replica.
 
 :func:`build_rating_state` chooses. Without Redis: the embedded implementations
 (:mod:`ratesvc.quotes`, :mod:`ratesvc.replay`), exactly as a single process always had them. With
-Redis, under the key prefix ``P``:
+Redis, under the key prefix ``P`` (``settings.redis_prefix``), each namespace followed by the
+format version of its values (``v1``; a release changing a format bumps it, so a rolling deploy
+never reads the other release's values):
 
-==============================  =================================================  =============
-key                             holds                                              lives
-==============================  =================================================  =============
-``P leg:<canonical leg key>``   a leg's rate rows (msgpack ``CachedLeg``)           cache TTL
-``P leg-lock:<leg key>``        the replica calling ShipStation for the leg         3 s, renewed
-``P leg-done:<token>``          that call's outcome, for waiters missing a message  10 s
-``P leg-flights`` (channel)     the outcomes, as they happen                        —
-``P quote:<token>``             an answer's quotes (msgpack ``QuoteBatch``),        expiry + 60 s
-                                or ``@<token>``: a replayed copy of that one
-``P replay:<sha256>``           an answer to replay for (account, body)             while fresh
-``P catalog:<account>``         the carrier catalogue, its version, refresh time    7 days
-``P catalog-lock:<account>``    the replica loading or refreshing it                its deadline
-==============================  =================================================  =============
+=================================  ==============================================  ============
+key                                holds                                           lives
+=================================  ==============================================  ============
+``P leg:v1:<canonical leg key>``   a leg's rate rows (msgpack ``CachedLeg``)        cache TTL
+``P leg-lock:v1:<leg key>``        the replica calling ShipStation for the leg      3 s, renewed
+``P leg-done:v1:<token>``          that call's outcome, for waiters missing the     10 s
+                                   message
+``P leg-flights:v1`` (channel)     the outcomes, as they happen                     —
+``P quote:v1:<token>``             an answer's quotes (msgpack ``QuoteBatch``), or  expiry + 60 s
+                                   ``@<token>``: a replayed copy of that one
+``P replay:v1:<sha256>``           an answer to replay for (account, body)          while fresh
+``P catalog:v1:<account>``         the carrier catalogue, its version, refresh at   7 days
+``P catalog-lock:v1:<account>``    the replica loading or refreshing it             its deadline
+=================================  ==============================================  ============
 
 Each replica keeps, for ``near_ttl_s`` (a few seconds), the legs it read (a near-cache) and the
 answers it replayed with copies of their batch stored ahead, and its in-process single-flight in

@@ -39,6 +39,7 @@ from ratesvc.rating import Rater
 from ratesvc.sandbox.knobs import Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from ratesvc.storage.redis_catalog import RedisCatalogSharing
+from ratesvc.storage.redis_client import open_redis
 from ratesvc.storage.redis_flights import RedisFlights
 from ratesvc.storage.redis_health import RedisHealth
 from ratesvc.storage.redis_legs import MsgspecSerializer, NearCache, RedisLegCache
@@ -89,7 +90,7 @@ def shared(app: web.Application, redis_url: str, prefix: str) -> web.Application
 
     async def rating(app: web.Application) -> AsyncIterator[None]:
         settings = app[keys.SETTINGS]
-        client = aioredis.Redis.from_url(redis_url)
+        client = open_redis(redis_url)  # the process's client, as the app opens it
         state = build_rating_state(client, prefix, settings)
         app[keys.RATER] = Rater(cache=state.cache, store=state.store,
                                 shared_flights=state.flights,

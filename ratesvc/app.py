@@ -103,8 +103,7 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
 async def _rating(app: web.Application) -> AsyncIterator[None]:
     """The quote cache, in-flight calls, quote store, replay and (shared) carrier catalogues."""
     settings = app[keys.SETTINGS]
-    # shared by replicas: build_rating_state(app[keys.REDIS], settings.redis_prefix, settings)
-    state = build_rating_state(None, "", settings)
+    state = build_rating_state(app[keys.REDIS], settings.redis_prefix, settings)
     try:
         app[keys.RATER] = Rater(
             cache=state.cache, store=state.store, shared_flights=state.flights,

@@ -102,9 +102,8 @@ async def test_an_unreachable_redis_starts_the_service_says_so_and_readyz_names_
     assert body["checks"]["redis"].startswith(f"error: redis at redis://127.0.0.1:{port}/0: ")
     assert body["checks"]["ledger"].startswith("ok")
     assert carriers.status == 200
-    (warning,) = [r.getMessage() for r in caplog.records if "Redis" in r.getMessage()]
+    (warning,) = [r.getMessage() for r in caplog.records if "starting anyway" in r.getMessage()]
     assert f"Redis at redis://127.0.0.1:{port}/0 is unreachable" in warning
-    assert "starting anyway" in warning
     assert "s3cret-pw" not in caplog.text + str(body)
 
 

@@ -14,9 +14,9 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.labels.lifecycle import LabelStatus
-from ratesvc.ledger import Ledger, parse_stamp
 from ratesvc.limiter import RateLimiter
 from ratesvc.operator.webhook_state import WebhookState, WebhookWatch
+from ratesvc.storage.ledger import Ledger, parse_stamp
 
 _WAITING, _RETRYING, _ATTENTION = "received", "failed", "attention"  # event statuses
 _LABELS = (LabelStatus.ATTENTION, LabelStatus.PURCHASING)

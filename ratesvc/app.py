@@ -8,7 +8,6 @@ by tests. A context that fails after opening something closes it before the fail
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -24,10 +23,10 @@ from ratesvc.config import ConfigError, Settings
 from ratesvc.console import setup_console
 from ratesvc.fd_limit import fitting_pool
 from ratesvc.labels import Labels, LabelTiming, WriteBackWorker
-from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
 from ratesvc.operator import ReadySales, WebhookWatch
 from ratesvc.rating import Rater
+from ratesvc.storage.ledger import Ledger, LedgerUnavailable
 from ratesvc.storage.redis_client import check_at_start, open_redis
 from ratesvc.storage.shared_quotes import build_rating_state
 
@@ -118,20 +117,20 @@ async def _rating(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _labels(app: web.Application) -> AsyncIterator[None]:
-    """The ledger, the label purchases it records, and the write-back worker draining it.
+    """The ledger (on the engine ``RATESVC_DATABASE_URL`` names), the label purchases it records,
+    and the write-back worker draining it.
 
     Purchases a previous process left unfinished are resumed (reconciled) at start-up; at
     shutdown purchases in progress get a grace period to finish before they are cancelled.
     """
     settings = app[keys.SETTINGS]
-    ledger = Ledger(settings.data_dir / "ledger.sqlite3")
+    ledger = Ledger.from_url(settings.ledger_url)
     worker = WriteBackWorker(
         ledger, app[keys.ACCOUNTS], base_s=settings.writeback_retry_s,
         attention_after=settings.writeback_attention_after,
     )  # fmt: skip
     labels = Labels(
         ledger,
-        data_dir=settings.data_dir,
         quotes=app[keys.RATER].quotes,
         accounts=app[keys.ACCOUNTS],
         timing=LabelTiming(settle_s=settings.label_settle_s),
@@ -141,7 +140,7 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
     app[keys.LEDGER] = ledger
     app[keys.LABELS] = labels
     try:  # whatever fails below, what was opened or started is closed or stopped
-        await _open(ledger)
+        await _open(ledger, settings)
         await worker.start()
         await labels.start()
         yield
@@ -151,13 +150,14 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
         await ledger.close()
 
 
-async def _open(ledger: Ledger) -> None:
+async def _open(ledger: Ledger, settings: Settings) -> None:
+    """A ledger that cannot be opened stops start-up with one line naming the setting and the
+    place (a file, or PostgreSQL's host, port and database — never the URL's password)."""
+    setting = "RATESVC_DATABASE_URL" if settings.database_url else "RATESVC_DATA_DIR"
     try:
         await ledger.open()
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(
-            [f"RATESVC_DATA_DIR: cannot open the ledger {ledger.path}: {exc}"]
-        ) from exc
+    except LedgerUnavailable as exc:
+        raise ConfigError([f"{setting}: {exc}"]) from exc
 
 
 async def _automation(app: web.Application) -> AsyncIterator[None]:

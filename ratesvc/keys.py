@@ -10,11 +10,11 @@ from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import Settings
 from ratesvc.labels import Labels
-from ratesvc.ledger import Ledger
 from ratesvc.metrics import Metrics
 from ratesvc.operator import ReadySales, WebhookWatch
 from ratesvc.rating import Rater
 from ratesvc.replay import ReplayProtocol
+from ratesvc.storage.ledger import Ledger
 
 SETTINGS = web.AppKey("settings", Settings)
 # SHA-256 digest of each API token -> its account's name (built once; the middleware's lookup)

@@ -197,3 +197,14 @@ async def redis_prefix() -> AsyncIterator[tuple[str, str]]:
     """``(redis_url, key_prefix)`` for this test alone (its keys deleted after the test)."""
     async with fresh_redis_prefix() as pair:
         yield pair
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def ledger_env(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """The ledger's engine, for tests that run on both: ``{}`` (SQLite in the data directory, the
+    default) or ``RATESVC_DATABASE_URL`` naming a fresh PostgreSQL database (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    async with fresh_database() as url:
+        yield {"RATESVC_DATABASE_URL": url}

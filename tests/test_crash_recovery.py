@@ -1,5 +1,6 @@
 """A ``ratesvc serve`` process killed (SIGKILL) while ShipStation has bought a label but before the
-ledger knows it: the restarted service finds the label at ShipStation and never buys it again."""
+ledger knows it: the restarted service finds the label at ShipStation and never buys it again —
+on either ledger engine."""
 
 from __future__ import annotations
 
@@ -33,11 +34,15 @@ def free_port() -> int:
 
 
 async def test_a_killed_purchase_is_adopted_after_restart_not_bought_twice(
-    aiohttp_client: Any, sandbox: ShipStationSandbox, sandbox_url: str, tmp_path: Path
+    aiohttp_client: Any,
+    sandbox: ShipStationSandbox,
+    sandbox_url: str,
+    tmp_path: Path,
+    ledger_env: dict[str, str],
 ) -> None:
     port = free_port()
     env = service_env(sandbox_url, tmp_path / "data", RATESVC_LABEL_SETTLE_S="0",
-                      RATESVC_PORT=str(port))  # fmt: skip
+                      RATESVC_PORT=str(port), **ledger_env)  # fmt: skip
     sandbox.label_fault = "hang"  # ShipStation buys, then takes its time to answer
     sandbox.knobs.hang_s = 30
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RATESVC_")}

@@ -19,7 +19,6 @@ import aiohttp
 import asyncpg
 import pytest
 
-from ratesvc.ledger import Ledger
 from tests.conftest import AUTH, service_env
 from tests.test_cli import COMMAND
 
@@ -143,12 +142,6 @@ async def replica_env(
     key prefix) and the ShipStation sandbox, on any free port."""
     redis_url, prefix = redis_prefix
     data_dir = tmp_path / "data"
-    # Until the PostgreSQL ledger lands (issue 12), the workers open the SQLite ledger in the
-    # data directory whatever RATESVC_DATABASE_URL says; it is migrated here, once, so two
-    # workers starting at once do not both migrate it. See test_workers_keep_the_ledger_in_...
-    ledger = Ledger(data_dir / "ledger.sqlite3")
-    await ledger.open()
-    await ledger.close()
     return clean_env(**service_env(
         sandbox_url, data_dir, RATESVC_PORT="0", RATESVC_DATABASE_URL=postgres_url,
         RATESVC_REDIS_URL=redis_url, RATESVC_REDIS_PREFIX=prefix,
@@ -274,11 +267,6 @@ async def test_a_taken_port_is_one_line_and_no_worker_starts(
     assert "workers started" not in err.decode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the PostgreSQL ledger lands with issue 12 (branch ledger-pg): remove this marker "
-    "when RATESVC_DATABASE_URL=postgresql:// opens it",
-)
 async def test_workers_keep_the_ledger_in_postgresql(
     replica_env: dict[str, str], postgres_url: str
 ) -> None:

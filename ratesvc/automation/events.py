@@ -35,7 +35,7 @@ import msgspec
 import orjson
 
 from ratesvc.errors import MalformedJson, RequestError
-from ratesvc.ledger import EventRow
+from ratesvc.storage.ledger import EventRow
 
 PACK_AUTHORISED = "Sale/PackAuthorised"
 SALE_VOIDED = "Sale/Voided"

@@ -44,8 +44,8 @@ from ratesvc.automation.worker import Automation
 from ratesvc.customs.packages import REFUSED
 from ratesvc.errors import RequestError, UpstreamFailure
 from ratesvc.labels.lifecycle import IN_FLIGHT, LabelStatus
-from ratesvc.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, PurchaseRow, parse_stamp
 from ratesvc.metrics import Metrics
+from ratesvc.storage.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, PurchaseRow, parse_stamp
 from ratesvc.upstreams.cin7 import wire
 
 log = logging.getLogger(__name__)

@@ -67,7 +67,10 @@ from ratesvc.errors import (
 from ratesvc.labels import SALE_VOIDED as SALE_VOIDED_DETAIL
 from ratesvc.labels import Label, Labels, LabelsRequest
 from ratesvc.labels.lifecycle import SETTLED, LabelStatus
-from ratesvc.ledger import (
+from ratesvc.metrics import Metrics
+from ratesvc.rating import Rater
+from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
+from ratesvc.storage.ledger import (
     OPEN_EVENT_STATUSES,
     EventRow,
     Ledger,
@@ -75,9 +78,6 @@ from ratesvc.ledger import (
     now_text,
     parse_stamp,
 )
-from ratesvc.metrics import Metrics
-from ratesvc.rating import Rater
-from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,9 @@ Package states: ``pending`` (not yet tried, or provably not bought) → ``unknow
 that it was throttled); ``unknown`` → ``failed`` when ShipStation refused it for good; ``bought``
 → ``voided``.
 
-Every change goes through :func:`transition` (in :mod:`ratesvc.ledger`, one SQL transaction with
-the outbox jobs it implies); an illegal one is refused and logged, never silently applied.
+Every change goes through :func:`transition` (in :mod:`ratesvc.storage.ledger`, one SQL
+transaction with the outbox jobs it implies); an illegal one is refused and logged, never silently
+applied.
 """
 
 from __future__ import annotations

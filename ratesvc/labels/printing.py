@@ -5,7 +5,8 @@ box still being bought is refused (409 ``reconciling``: printing would leave it 
 voided label is refused (409 ``already_voided``: a voided
 label must not be stuck on a box); a label with no bought package yet (``purchasing``, or nothing
 bought) and a bought package whose PDF is not here (recovered from ShipStation's list, or
-forgotten by retention) are 404 ``not_found`` naming what is missing. The merge (pypdf) runs in a
+forgotten by retention) are 404 ``not_found`` naming what is missing. The PDFs are read from the
+ledger in one query (a file for packages older versions bought); the merge (pypdf) runs in a
 thread: a sale of many boxes must not stall the event loop.
 """
 
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-from pathlib import Path
 
 import pypdf
 from pypdf.errors import PyPdfError
 
 from ratesvc.errors import AlreadyVoided, NotFound, Reconciling
+from ratesvc.labels.documents import LABEL, package_pdf
 from ratesvc.labels.lifecycle import LabelStatus, PackageState
-from ratesvc.ledger import Ledger
+from ratesvc.storage.ledger import Ledger
 
 _BEING_BOUGHT = (PackageState.PENDING, PackageState.UNKNOWN)
 
@@ -41,24 +42,31 @@ async def merged_label_pdf(ledger: Ledger, label_id: str, account: str) -> bytes
     bought = [p for p in packages if p.state == PackageState.BOUGHT]
     if not bought:
         raise NotFound(f"label {label_id} has no bought package to print (it is {row.status})")
-    missing = next((p for p in bought if p.pdf_path is None), None)
+    missing = next((p for p in bought if not p.has_pdf), None)
     if missing is not None:
         raise NotFound(_gone(missing.n))
-    paths = [(p.n, Path(p.pdf_path)) for p in bought if p.pdf_path is not None]
-    return await asyncio.to_thread(_merge, paths)
+    stored = await ledger.documents(label_id, LABEL)
+    pdfs: list[tuple[int, bytes]] = []
+    for package in bought:
+        try:
+            content = await package_pdf(ledger, package, LABEL, stored=stored)
+        except FileNotFoundError:
+            content = None
+        if content is None:
+            raise NotFound(_gone(package.n))
+        pdfs.append((package.n, content))
+    return await asyncio.to_thread(_merge, pdfs)
 
 
 def _gone(n: int) -> str:
     return f"package {n} has no label PDF here: reprint it from ShipStation"
 
 
-def _merge(paths: list[tuple[int, Path]]) -> bytes:
+def _merge(pdfs: list[tuple[int, bytes]]) -> bytes:
     writer = pypdf.PdfWriter()
-    for n, path in paths:
+    for n, content in pdfs:
         try:
-            writer.append(pypdf.PdfReader(io.BytesIO(path.read_bytes())))
-        except FileNotFoundError:
-            raise NotFound(_gone(n)) from None
+            writer.append(pypdf.PdfReader(io.BytesIO(content)))
         except (PyPdfError, ValueError) as exc:
             raise NotFound(f"package {n}'s label PDF cannot be read here ({exc}): reprint it "
                            "from ShipStation") from exc  # fmt: skip

@@ -26,21 +26,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import UpstreamFailure, UpstreamThrottled
 from ratesvc.labels.customs import declaration, is_international
+from ratesvc.labels.documents import CUSTOMS, LABEL
 from ratesvc.labels.lifecycle import LabelStatus, PackageState, package_sources, sources
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
-from ratesvc.ledger import IllegalTransition, Ledger, PackageRow, now_text, parse_stamp
 from ratesvc.models import LabelRequest, ShipmentRecord
+from ratesvc.storage.ledger import IllegalTransition, Ledger, PackageRow, now_text, parse_stamp
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +73,12 @@ class PurchaseUnit:
         services: AccountServices,
         label_id: str,
         *,
-        pdf_dir: Path,
         timing: LabelTiming,
         on_queued: Callable[[], None],
     ) -> None:
         self._ledger = ledger
         self._services = services
         self._label_id = label_id
-        self._pdf_dir = pdf_dir
         self._timing = timing
         self._on_queued = on_queued
         self._started = 0.0
@@ -266,9 +263,16 @@ class PurchaseUnit:
 
     # --- packages ------------------------------------------------------------------------------
 
-    async def _move(self, package: PackageRow, to: PackageState, **fields: object) -> PackageRow:
+    async def _move(
+        self,
+        package: PackageRow,
+        to: PackageState,
+        *,
+        documents: dict[str, bytes] | None = None,
+        **fields: object,
+    ) -> PackageRow:
         return await self._ledger.move_package(
-            self._label_id, package.n, to, package_sources(to), **fields
+            self._label_id, package.n, to, package_sources(to), documents=documents, **fields
         )
 
     async def _bought(
@@ -280,27 +284,10 @@ class PurchaseUnit:
         form: bytes | None = None,
     ) -> PackageRow:
         """Record the package bought, with its label PDF and customs form (when ShipStation
-        returned them) fsynced next to each other first."""
-        path = form_path = None
-        if pdf:
-            path = await asyncio.to_thread(self._save_pdf, f"{package.n}.pdf", pdf)
-        if form:
-            form_path = await asyncio.to_thread(self._save_pdf, f"{package.n}.customs.pdf", form)
+        returned them) kept in the ledger in the same transaction."""
+        documents = {kind: content for kind, content in ((LABEL, pdf), (CUSTOMS, form)) if content}
         return await self._move(
-            package, P.BOUGHT, shipment_id=record.shipment_id,
+            package, P.BOUGHT, documents=documents, shipment_id=record.shipment_id,
             tracking_number=record.tracking_number, cost=str(record.shipment_cost),
-            insurance_cost=str(record.insurance_cost), pdf_path=path,
-            customs_pdf_path=form_path,
+            insurance_cost=str(record.insurance_cost),
         )  # fmt: skip
-
-    def _save_pdf(self, name: str, pdf: bytes) -> str:
-        folder = self._pdf_dir / self._label_id
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
-        temporary = folder / f"{name}.tmp"
-        with temporary.open("wb") as handle:
-            handle.write(pdf)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
-        return str(path)

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from ratesvc.ledger import Ledger
+from ratesvc.storage.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,12 @@ class Retention:
             await asyncio.sleep(EVERY_S)
 
     async def purge(self) -> tuple[int, int, int]:
-        """(events, outbox jobs, PDF files) forgotten."""
+        """(events, outbox jobs, PDFs) forgotten — PDFs kept in the ledger and older ones kept as
+        files alike."""
         before = dt.datetime.now(dt.UTC) - self._keep
-        events, jobs, paths = await self._ledger.purge(before)
-        removed = await asyncio.to_thread(_unlink_all, paths)
+        purged = await self._ledger.purge(before)
+        events, jobs = purged.events, purged.jobs
+        removed = purged.documents + await asyncio.to_thread(_unlink_all, purged.paths)
         if events or jobs or removed:
             log.info("retention: forgot %d events, %d outbox jobs, %d label PDFs", events, jobs,
                      removed)  # fmt: skip

@@ -31,7 +31,6 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Callable
-from pathlib import Path
 
 import msgspec
 
@@ -42,6 +41,7 @@ from ratesvc.errors import (
     NotFound,
     Reconciling,
 )
+from ratesvc.labels.documents import CUSTOMS, LABEL, package_pdf
 from ratesvc.labels.lifecycle import LabelStatus, PackageState
 from ratesvc.labels.models import Label, LabelsRequest
 from ratesvc.labels.plan import fulfilment_key, make_plan, stored_quote
@@ -50,8 +50,14 @@ from ratesvc.labels.purchase import LabelTiming, PurchaseUnit
 from ratesvc.labels.retention import Retention
 from ratesvc.labels.views import label_view
 from ratesvc.labels.void import settle_interrupted_voids, void_label
-from ratesvc.ledger import IdempotencyConflict, IllegalTransition, Ledger, PurchaseRow, now_text
 from ratesvc.quotes import QuoteStoreProtocol
+from ratesvc.storage.ledger import (
+    IdempotencyConflict,
+    IllegalTransition,
+    Ledger,
+    PurchaseRow,
+    now_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,6 @@ class Labels:
         self,
         ledger: Ledger,
         *,
-        data_dir: Path,
         quotes: QuoteStoreProtocol,
         accounts: dict[str, AccountServices],
         timing: LabelTiming,
@@ -74,7 +79,6 @@ class Labels:
         """``on_queued`` is called when a write-back job was queued (to wake the worker)."""
         self._on_queued = on_queued
         self._ledger = ledger
-        self._dir = data_dir / "labels"
         self._quotes = quotes
         self._accounts = accounts
         self._timing = timing
@@ -270,7 +274,7 @@ class Labels:
         if running is not None and not running[0].done():
             return running[0]
         purchase = PurchaseUnit(
-            self._ledger, services, label_id, pdf_dir=self._dir, timing=self._timing,
+            self._ledger, services, label_id, timing=self._timing,
             on_queued=self._on_queued,
         )  # fmt: skip
         unit = asyncio.create_task(purchase.run())
@@ -333,15 +337,15 @@ class Labels:
         if row is None or row.account != account:
             raise NotFound(f"no label {label_id}")
         package = next((p for p in await self._ledger.packages(label_id) if p.n == n), None)
-        path = (
-            None if package is None else package.customs_pdf_path if customs else package.pdf_path
-        )
-        if path is None:
-            raise NotFound(f"label {label_id} has no {what} for package {n}")
         try:
-            return await asyncio.to_thread(Path(path).read_bytes)
+            content = None if package is None else await package_pdf(
+                self._ledger, package, CUSTOMS if customs else LABEL
+            )  # fmt: skip
         except FileNotFoundError:
             raise NotFound(f"the {what} of label {label_id} package {n} is gone") from None
+        if content is None:
+            raise NotFound(f"label {label_id} has no {what} for package {n}")
+        return content
 
     async def printable(self, label_id: str, account: str) -> bytes:
         """Every bought package's label in one PDF, in box order (see :mod:`.printing`)."""

@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 import msgspec
 
 from ratesvc.labels.models import Label, LabelPackage, LabelPlan, WriteBack
-from ratesvc.ledger import PackageRow, PurchaseRow
+from ratesvc.storage.ledger import PackageRow, PurchaseRow
 from ratesvc.tracking import tracking_url
 from ratesvc.units import money_str
 
@@ -50,10 +50,10 @@ def label_view(row: PurchaseRow, packages: list[PackageRow]) -> Label:
                 cost=money_str(_money(p.cost)) if p.cost else None,
                 insurance_cost=money_str(_money(p.insurance_cost)) if p.insurance_cost else None,
                 label_url=f"/v1/labels/{row.label_id}/packages/{p.n}/label.pdf"
-                if p.pdf_path else None,
+                if p.has_pdf else None,
                 state=p.state,
                 customs_form_url=f"/v1/labels/{row.label_id}/packages/{p.n}/customs.pdf"
-                if p.customs_pdf_path else None,
+                if p.has_customs_pdf else None,
             )
             for p in packages
         ],

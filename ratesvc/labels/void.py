@@ -24,7 +24,7 @@ from ratesvc.labels.lifecycle import SETTLED, VOIDABLE, LabelStatus, PackageStat
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
 from ratesvc.labels.views import plan_of
-from ratesvc.ledger import IllegalTransition, Ledger, PackageRow, parse_stamp
+from ratesvc.storage.ledger import IllegalTransition, Ledger, PackageRow, parse_stamp
 
 log = logging.getLogger(__name__)
 S = LabelStatus

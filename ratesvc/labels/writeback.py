@@ -14,15 +14,15 @@ A failed job is retried with exponential backoff (``base_s`` doubling up to ``ma
 throttling and outages; the label says ``write_back_failed`` meanwhile, and ``attention`` once
 ``attention_after`` tries have failed (a person should look at Cin7 Core) — the job is still
 retried, and succeeding completes the label. A person can make the waiting job due now
-(:meth:`ratesvc.ledger.Ledger.due_now`, ``POST /v1/labels/{id}/write-back/retry``). A Ship
-authorised with someone else's tracking cannot be fixed by retrying: the label goes to
+(:meth:`ratesvc.storage.ledger.Ledger.due_now`, ``POST /v1/labels/{id}/write-back/retry``). A
+Ship authorised with someone else's tracking cannot be fixed by retrying: the label goes to
 ``attention`` and its job ends.
 
 A job is ``running`` while a worker does it (jobs left running by a process that stopped are due
 again at start-up). A void while a write-back is ``pending`` and untried cancels it; while it is
 running, or after it ran, the void queues a ``void_correction`` behind it (see
-:meth:`ratesvc.ledger.Ledger.void`), and the write-back's own outcome no longer moves the label.
-A correction that keeps failing is retried for as long as it takes (the voided label stays
+:meth:`ratesvc.storage.ledger.Ledger.void`), and the write-back's own outcome no longer moves the
+label. A correction that keeps failing is retried for as long as it takes (the voided label stays
 ``voided``; its ``detail`` says the correction is late).
 """
 
@@ -34,15 +34,16 @@ import datetime as dt
 import logging
 import random
 from decimal import Decimal
-from pathlib import Path
 
 import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import RatesvcError, UpstreamFailure
+from ratesvc.labels.documents import CUSTOMS, LABEL, package_pdf
 from ratesvc.labels.lifecycle import JobKind, LabelStatus, PackageState, WriteBackState, sources
 from ratesvc.labels.models import LabelPlan
-from ratesvc.ledger import (
+from ratesvc.sales import SHIPPED_STATES
+from ratesvc.storage.ledger import (
     IllegalTransition,
     JobResult,
     Ledger,
@@ -51,7 +52,6 @@ from ratesvc.ledger import (
     PurchaseRow,
     parse_stamp,
 )
-from ratesvc.sales import SHIPPED_STATES
 from ratesvc.tracking import carrier_name, tracking_url
 from ratesvc.upstreams.cin7 import wire
 from ratesvc.upstreams.cin7.client import Cin7Client
@@ -318,13 +318,15 @@ class WriteBackWorker:
         attached = set(sale.attachments)
         for package in packages:
             files = (
-                (pdf_name(package.tracking_number, package.n), package.pdf_path),
-                (customs_name(package.tracking_number, package.n), package.customs_pdf_path),
-            )
-            for name, path in files:
-                if path and name not in attached:
-                    content = await asyncio.to_thread(Path(path).read_bytes)
-                    await cin7.attach(plan.sale_id, name, content, deadline=deadline)
+                (pdf_name(package.tracking_number, package.n), LABEL, package.has_pdf),
+                (customs_name(package.tracking_number, package.n), CUSTOMS,
+                 package.has_customs_pdf),
+            )  # fmt: skip
+            for name, kind, kept in files:
+                if kept and name not in attached:
+                    content = await package_pdf(self._ledger, package, kind)
+                    if content is not None:
+                        await cin7.attach(plan.sale_id, name, content, deadline=deadline)
         if services.account.invoice_shipping:
             await self._charge(cin7, plan, packages, deadline)
 

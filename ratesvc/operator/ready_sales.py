@@ -39,10 +39,10 @@ from ratesvc.accounts import AccountServices
 from ratesvc.customs import is_international
 from ratesvc.errors import InvalidRequest, UpstreamFailure, UpstreamTimeout
 from ratesvc.labels.lifecycle import LabelStatus
-from ratesvc.ledger import Ledger
 from ratesvc.limiter import Priority
 from ratesvc.models import Address, Dimensions, Weight
 from ratesvc.sales import parcels_for
+from ratesvc.storage.ledger import Ledger
 
 log = logging.getLogger(__name__)
 

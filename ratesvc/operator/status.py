@@ -17,9 +17,9 @@ import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.labels.lifecycle import LabelStatus
-from ratesvc.ledger import Ledger, parse_stamp
 from ratesvc.limiter import RateLimiter
 from ratesvc.operator.webhook_state import WebhookState, WebhookWatch
+from ratesvc.storage.ledger import Ledger, parse_stamp
 from ratesvc.storage.probes import BackendState
 
 _WAITING, _RETRYING, _ATTENTION = "received", "failed", "attention"  # event statuses

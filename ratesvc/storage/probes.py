@@ -15,8 +15,8 @@ import weakref
 import msgspec
 from redis.asyncio import Redis
 
-from ratesvc.config import Settings, is_postgresql
-from ratesvc.ledger import Ledger
+from ratesvc.config import Settings, sqlite_path
+from ratesvc.storage.ledger import Ledger
 from ratesvc.storage.redis_client import PING_TIMEOUT_S, ping, redacted
 
 LEDGER_TIMEOUT_S = 1.0  # one rolled-back write and one read
@@ -33,8 +33,8 @@ class BackendState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def ledger_engine(ledger: Ledger) -> str:
-    """The engine of the ledger actually opened (an engine says so in its ``engine``)."""
-    return str(getattr(ledger, "engine", "sqlite"))
+    """The engine of the ledger actually opened (``sqlite`` or ``postgresql``)."""
+    return ledger.engine.dialect
 
 
 # The probe still running per ledger. It is shielded, never cancelled: a SQLite check cut off
@@ -64,10 +64,10 @@ def _retrieve(task: asyncio.Task[int]) -> None:
 
 async def ledger_state(ledger: Ledger, settings: Settings) -> BackendState:
     engine = ledger_engine(ledger)
-    if engine == "postgresql" and is_postgresql(settings.database_url):
+    if engine == "postgresql":
         location = redacted(settings.ledger_url)
     else:
-        location = str(getattr(ledger, "path", ""))
+        location = str(sqlite_path(settings.ledger_url))
     try:
         version = await asyncio.wait_for(asyncio.shield(_ledger_probe(ledger)), LEDGER_TIMEOUT_S)
         detail = f"ok (schema {version})"

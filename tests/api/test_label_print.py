@@ -12,10 +12,12 @@ import pypdf
 import pytest
 from aiohttp.test_utils import TestClient
 
+from ratesvc import keys
 from ratesvc.app import create_app
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.api.test_labels import EXPLICIT, until
 from tests.conftest import ACME_AUTH, AUTH, MakeService, acme_settings
+from tests.ledger_sql import ledger_sql
 
 OTHER = {"Authorization": "Bearer other-token-0123456789"}
 
@@ -73,8 +75,14 @@ async def test_a_voided_label_is_not_printed(printing: TestClient) -> None:
 
 
 async def test_a_package_whose_pdf_is_gone_is_named(printing: TestClient, tmp_path: Path) -> None:
+    """Box 2's PDF is a file an older version wrote (before the ledger kept PDFs), lost on
+    disk; box 1's is in the ledger."""
     label = await buy(printing, MULTIBOX)
-    (tmp_path / "data" / "labels" / label["label_id"] / "2.pdf").unlink()  # lost on disk
+    url, label_id = printing.app[keys.SETTINGS].ledger_url, label["label_id"]
+    lost = str(tmp_path / "data" / "labels" / label_id / "2.pdf")
+    await ledger_sql(url, "DELETE FROM documents WHERE label_id = ? AND n = 2", (label_id,))
+    await ledger_sql(url, "UPDATE packages SET pdf_path = ? WHERE label_id = ? AND n = 2",
+                     (lost, label_id))  # fmt: skip
 
     problem = await problem_of(printing, f"/v1/labels/{label['label_id']}/label.pdf", 404)
 

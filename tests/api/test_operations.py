@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from ratesvc.app import create_app
 from ratesvc.config import ConfigError, Settings
-from ratesvc.ledger import MIGRATIONS
+from ratesvc.storage.ledger import SCHEMA_VERSION
 from tests.conftest import AUTH
 
 
@@ -32,7 +32,7 @@ async def test_readyz_checks_config_and_a_writable_data_dir(
     assert response.status == 200
     assert body["status"] == "ready"
     assert body["checks"]["data_dir"] == "ok"
-    assert body["checks"]["ledger"] == f"ok (schema {len(MIGRATIONS)})"
+    assert body["checks"]["ledger"] == f"ok (schema {SCHEMA_VERSION})"
     assert (tmp_path / "data").is_dir()
 
 

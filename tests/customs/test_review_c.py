@@ -14,12 +14,12 @@ from ratesvc import keys
 from ratesvc.automation import poller as poller_module
 from ratesvc.customs.products import ProductRecords
 from ratesvc.errors import UpstreamTimeout
-from ratesvc.ledger import STAMP_FORMAT
 from ratesvc.limiter import Priority
 from ratesvc.sales import Product
 from ratesvc.sandbox import cin7_data
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
+from ratesvc.storage.ledger import STAMP_FORMAT
 from ratesvc.upstreams.cin7.client import Cin7Client
 from tests.automation.support import URL, events, pack_payload, until
 from tests.automation.test_reexamine import FOREIGN
@@ -48,15 +48,12 @@ async def _age_events(client: TestClient, seconds: float) -> None:
         moved = dt.datetime.strptime(stamp, STAMP_FORMAT) - dt.timedelta(seconds=seconds)
         return moved.strftime(STAMP_FORMAT)
 
-    rows = await (await ledger.db.execute(
-        "SELECT event_id, received_at, updated_at FROM events"
-    )).fetchall()  # fmt: skip
+    rows = await ledger.engine.fetch("SELECT event_id, received_at, updated_at FROM events")
     for event_id, received, updated in rows:
-        await ledger.db.execute(
+        await ledger.engine.execute(
             "UPDATE events SET received_at = ?, updated_at = ? WHERE event_id = ?",
             (back(received), back(updated), event_id),
         )
-    await ledger.db.commit()
 
 
 # --- C1: every superseded customs attention of a sale is re-queued, for ever -------------------

@@ -4,9 +4,9 @@ kept, served and forgotten with the label."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.api.test_labels import buy, label_of, labels, until  # noqa: F401 (the fixture)
 from tests.conftest import AUTH
 from tests.labels.conftest import Service
-from tests.labels.test_retention import _age
+from tests.labels.test_retention import age
+from tests.ledger_sql import ledger_sql
 
 TO_CANADA = {"name": "A. Client", "street1": "1 Yonge St", "city": "Toronto", "state": "ON",
              "postal_code": "M5E 1W7", "country": "CA"}  # fmt: skip
@@ -243,15 +244,16 @@ async def test_retention_forgets_customs_forms_with_the_label_pdfs(
     client = restartable.client
     assert client is not None
     label = await buy(client, shipment_label(TO_CANADA, box("Box 1", TEA)))
-    folder = tmp_path / "data"
-    assert sorted(p.name for p in folder.rglob("*.pdf")) == ["1.customs.pdf", "1.pdf"]
-    _age(folder, 91)
+    kept = "SELECT n, kind FROM documents ORDER BY kind"
+    assert await restartable.sql(kept) == [(1, "customs"), (1, "label")]  # in the ledger
+    assert await asyncio.to_thread(lambda: list(tmp_path.rglob("*.pdf"))) == []  # no files
+    await age(restartable, 91)
 
     _, _, removed = await client.app[keys.LABELS].retention.purge()
 
     url = f"/v1/labels/{label['label_id']}"
     assert removed == 2  # the label PDF and the customs form
-    assert list(folder.rglob("*.pdf")) == []
+    assert await restartable.sql(kept) == []
     assert (await client.get(url + "/packages/1/customs.pdf", headers=AUTH)).status == 404
     viewed = await (await client.get(url, headers=AUTH)).json()
     assert viewed["packages"][0]["customs_form_url"] is None
@@ -261,16 +263,19 @@ async def sale_label_with_a_form(
     client: TestClient, cin7_sandbox: Cin7Sandbox, folder: Path
 ) -> tuple[dict[str, Any], bytes]:
     """A sale's label whose write-back waits for Cin7 Core, its package recorded with a customs
-    form as the purchase unit records one (a sale's declaration is built from the sale
-    elsewhere); Cin7 Core is back when this returns."""
+    form kept as a file, as versions before ledger migration 6 kept them (a sale's declaration
+    is built from the sale elsewhere); Cin7 Core is back when this returns."""
     cin7_sandbox.knobs.writes_down = True
     sale = {"sale_id": "sale-simple", "carrier_code": "ups", "service_code": "ups_ground"}
     label = await buy(client, sale)
     await until(lambda: status_is(client, label["label_id"], "write_back_failed"))
     form = label_pdf(["CUSTOMS DECLARATION"])
     (folder / "form.pdf").write_bytes(form)
-    with sqlite3.connect(folder / "data" / "ledger.sqlite3") as db:
-        db.execute("UPDATE packages SET customs_pdf_path = ?", (str(folder / "form.pdf"),))
+    await ledger_sql(
+        client.app[keys.SETTINGS].ledger_url,
+        "UPDATE packages SET customs_pdf_path = ?",
+        (str(folder / "form.pdf"),),
+    )
     return label, form
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import sqlite3
 import zoneinfo
 from pathlib import Path
 from typing import Any
@@ -157,7 +156,7 @@ async def test_a_restart_with_cin7_down_still_writes_the_label_back_once(
     await until(lambda: status_is(client, label["label_id"], "completed"))
 
     assert len(sale_tracking(cin7_sandbox)) == 1
-    assert [kind for kind, _ in restartable.outbox(label["label_id"])] == ["write_back"]
+    assert [kind for kind, _ in await restartable.outbox(label["label_id"])] == ["write_back"]
 
 
 # --- 5. unknown outcomes stay unknown ---------------------------------------------------------
@@ -327,13 +326,14 @@ async def test_an_unreadable_recorded_purchase_goes_to_a_person_and_never_breaks
     client = restartable.client
     assert client is not None
     label = await buy(client, EXPLICIT)
-    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as db:
-        plan = db.execute("SELECT plan FROM purchases").fetchone()[0]
-        heavy = plan.replace(b'"value":3.0', b'"value":120000.0').replace(
-            b'"unit":"lb"', b'"unit":"g"'
-        )
-        db.execute("UPDATE purchases SET plan = ?, status = 'purchasing'", (heavy,))
-        db.execute("UPDATE packages SET state = 'pending', shipment_id = NULL")
+    ((plan,),) = await restartable.sql("SELECT plan FROM purchases")
+    heavy = (
+        bytes(plan)
+        .replace(b'"value":3.0', b'"value":120000.0')
+        .replace(b'"unit":"lb"', b'"unit":"g"')
+    )
+    await restartable.sql("UPDATE purchases SET plan = ?, status = 'purchasing'", (heavy,))
+    await restartable.sql("UPDATE packages SET state = 'pending', shipment_id = NULL")
 
     client = await restartable.restart()
     await until(lambda: status_is(client, label["label_id"], "attention"))
@@ -356,8 +356,7 @@ async def test_a_void_cut_off_by_a_crash_between_boxes_is_settled_at_start(
     await until(lambda: status_is(client, label["label_id"], "completed"))
     first, second = label["packages"]
     sandbox.shipments[first["shipment_id"]]["voided"] = True
-    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as db:
-        db.execute("UPDATE packages SET state = 'voided' WHERE n = 1")
+    await restartable.sql("UPDATE packages SET state = 'voided' WHERE n = 1")
 
     client = await restartable.restart()
     await until(lambda: restartable.drained(label["label_id"]))
@@ -386,8 +385,7 @@ async def test_a_second_void_cut_off_by_a_crash_is_finished_at_start(
     await until(lambda: restartable.drained(label_id))
     assert sale_tracking(cin7_sandbox, "sale-multibox") == {second["tracking_number"]}
     sandbox.shipments[second["shipment_id"]]["voided"] = True  # the second void, then the crash
-    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as db:
-        db.execute("UPDATE packages SET state = 'voided' WHERE n = 2")
+    await restartable.sql("UPDATE packages SET state = 'voided' WHERE n = 2")
 
     client = await restartable.restart()
     await until(lambda: restartable.drained(label_id))

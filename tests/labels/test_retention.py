@@ -4,7 +4,7 @@ are kept."""
 
 from __future__ import annotations
 
-import sqlite3
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -12,17 +12,17 @@ import pytest
 from ratesvc import keys
 from ratesvc.config import ConfigError, load_settings
 from ratesvc.sandbox.cin7 import Cin7Sandbox
+from ratesvc.storage.ledger import format_stamp
 from tests.api.test_labels import EXPLICIT, buy, until
 from tests.conftest import AUTH, service_env
 from tests.labels.conftest import SALE, Service, status_is
 
 
-def _age(data: Path, days: int) -> None:
+async def age(service: Service, days: int) -> None:
     """Move every row's last change ``days`` into the past (time passing, for the ledger)."""
-    stamp = f"strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{days} days')"
-    with sqlite3.connect(data / "ledger.sqlite3") as db:
-        for table in ("purchases", "outbox", "events"):
-            db.execute(f"UPDATE {table} SET updated_at = {stamp}")
+    stamp = format_stamp(dt.datetime.now(dt.UTC) - dt.timedelta(days=days))
+    for table in ("purchases", "outbox", "events"):
+        await service.sql(f"UPDATE {table} SET updated_at = ?", (stamp,))
 
 
 async def test_old_finished_records_are_forgotten_and_labels_are_kept(
@@ -34,8 +34,7 @@ async def test_old_finished_records_are_forgotten_and_labels_are_kept(
     await until(lambda: status_is(client, done["label_id"], "completed"))
     cin7_sandbox.knobs.writes_down = True
     explicit = await buy(client, EXPLICIT)  # no write-back: completed, its PDF is old too
-    data = tmp_path / "data"
-    _age(data, 91)
+    await age(restartable, 91)
 
     events, jobs, pdfs = await client.app[keys.LABELS].retention.purge()
     gone = await client.get(f"/v1/labels/{done['label_id']}/packages/1/label.pdf", headers=AUTH)
@@ -58,11 +57,11 @@ async def test_what_is_younger_or_unfinished_is_kept(
     cin7_sandbox.knobs.writes_down = True
     stuck = await buy(client, SALE)  # its write-back keeps failing: still in progress
     await until(lambda: status_is(client, stuck["label_id"], "write_back_failed"))
-    _age(tmp_path / "data", 89)
+    await age(restartable, 89)
     fresh = await buy(client, {**EXPLICIT, "shipment": {**EXPLICIT["shipment"]}}, key="f")
 
     assert await client.app[keys.LABELS].retention.purge() == (0, 0, 0)
-    _age(tmp_path / "data", 91)
+    await age(restartable, 91)
     assert await client.app[keys.LABELS].retention.purge() == (
         0,
         0,

@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from ratesvc.ledger import MIGRATIONS
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import ShipStationSandbox
+from ratesvc.storage.migrations import SQLITE_MIGRATIONS
 from tests.api.test_labels import buy, label_of, until
 from tests.conftest import AUTH
 from tests.labels.conftest import Service, status_is
 from tests.labels.test_exactly_once import sale_tracking
+from tests.ledger_sql import ledger_sql_many
 
 MULTIBOX = {"sale_id": "sale-multibox", "carrier_code": "fedex", "service_code": "fedex_ground"}
 
@@ -76,7 +77,7 @@ async def test_a_void_cut_short_after_the_first_box_leaves_no_voided_tracking_on
     assert not dead & on_sale, (
         f"voided tracking {dead & on_sale} left on the sale; label is {shown['status']} "
         f"(packages {[p['state'] for p in shown['packages']]}), outbox "
-        f"{restartable.outbox(label['label_id'])}"
+        f"{await restartable.outbox(label['label_id'])}"
     )
 
 
@@ -91,7 +92,7 @@ def _old_database(path: Path, label: tuple[Any, ...], package_n: int, attempt_at
     path.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        for number, script in enumerate(MIGRATIONS[:2], start=1):  # identical at 2016a76
+        for number, script in enumerate(SQLITE_MIGRATIONS[:2], start=1):  # identical at 2016a76
             db.executescript(script)
             db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
         db.execute("INSERT INTO purchases VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", label)
@@ -102,6 +103,7 @@ def _old_database(path: Path, label: tuple[Any, ...], package_n: int, attempt_at
         )
 
 
+@pytest.mark.parametrize("ledger_env", ["sqlite"], indirect=True)  # an old SQLite ledger
 async def test_an_old_ledgers_timed_out_last_attempt_is_reconciled_not_taken_for_unbought(
     restartable: Service, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
 ) -> None:
@@ -122,13 +124,12 @@ async def test_an_old_ledgers_timed_out_last_attempt_is_reconciled_not_taken_for
     bought = await buy(client, sale)
     label_id = bought["label_id"]
     data = restartable.data
-    with sqlite3.connect(data / "ledger.sqlite3") as db:
-        plan, request_hash, created = db.execute(
-            "SELECT plan, request_hash, created_at FROM purchases WHERE label_id = ?", (label_id,)
-        ).fetchone()
-        (attempt_at,) = db.execute(
-            "SELECT attempt_at FROM packages WHERE label_id = ?", (label_id,)
-        ).fetchone()
+    ((plan, request_hash, created),) = await restartable.sql(
+        "SELECT plan, request_hash, created_at FROM purchases WHERE label_id = ?", (label_id,)
+    )
+    ((attempt_at,),) = await restartable.sql(
+        "SELECT attempt_at FROM packages WHERE label_id = ?", (label_id,)
+    )
     old = data.parent / "old-data"
     detail = ("package 1: ShipStation did not answer createlabel within 60 s; check ShipStation "
               f"for purchase key {label_id}:1 before buying again")  # fmt: skip
@@ -169,21 +170,21 @@ async def test_a_large_backlog_of_backed_off_write_backs_does_not_stall_new_ones
     succeeds (here it is never even tried)."""
     client = restartable.client
     assert client is not None
-    data = restartable.data
     later = "2999-01-01T00:00:00.000000Z"  # backed off: not due (any future time will do)
     await client.close()
-    with sqlite3.connect(data / "ledger.sqlite3") as db:
-        db.executemany(
-            "INSERT INTO purchases (label_id, account, request_hash, plan, status, sale_id, "
-            "task_id, write_back_state, created_at, updated_at) VALUES "
-            "(?, 'other-org', 'h', x'7b7d', 'write_back_failed', ?, 't', 'failed', ?, ?)",
-            [(f"lb_backlog{i}", f"backlog-sale-{i}", later, later) for i in range(5000)],
-        )
-        db.executemany(
-            "INSERT INTO outbox (label_id, kind, state, attempts, next_at, created_at, "
-            "updated_at) VALUES (?, 'write_back', 'pending', 3, ?, ?, ?)",
-            [(f"lb_backlog{i}", later, later, later) for i in range(5000)],
-        )
+    await ledger_sql_many(
+        restartable.ledger_url,
+        "INSERT INTO purchases (label_id, account, request_hash, plan, status, sale_id, "
+        "task_id, write_back_state, created_at, updated_at) VALUES "
+        "(?, 'other-org', 'h', ?, 'write_back_failed', ?, 't', 'failed', ?, ?)",
+        [(f"lb_backlog{i}", b"{}", f"backlog-sale-{i}", later, later) for i in range(5000)],
+    )
+    await ledger_sql_many(
+        restartable.ledger_url,
+        "INSERT INTO outbox (label_id, kind, state, attempts, next_at, created_at, "
+        "updated_at) VALUES (?, 'write_back', 'pending', 3, ?, ?, ?)",
+        [(f"lb_backlog{i}", later, later, later) for i in range(5000)],
+    )
     client = await restartable.start()
     label = await buy(client, {"sale_id": "sale-simple", "carrier_code": "ups",
                                "service_code": "ups_ground"})  # fmt: skip
@@ -193,5 +194,5 @@ async def test_a_large_backlog_of_backed_off_write_backs_does_not_stall_new_ones
         shown = await label_of(client, label["label_id"])
         pytest.fail(
             f"label {label['label_id']} still {shown['status']} after 5 s, write-back "
-            f"{shown['write_back']}; outbox {restartable.outbox(label['label_id'])}"
+            f"{shown['write_back']}; outbox {await restartable.outbox(label['label_id'])}"
         )

@@ -5,8 +5,8 @@ docstring says how."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
-import sqlite3
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from ratesvc import keys
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import ShipStationSandbox
+from ratesvc.storage.ledger import format_stamp
 from tests.api.test_labels import buy, label_of, until
 from tests.conftest import AUTH
 from tests.labels.conftest import SALE, Service, status_is
@@ -165,10 +166,9 @@ async def test_a_void_after_retention_purged_the_write_back_job_still_clears_the
     await until(lambda: status_is(client, label["label_id"], "completed"))
     tracking = label["packages"][0]["tracking_number"]
     assert sale_tracking(cin7_sandbox) == {tracking}
-    with sqlite3.connect(restartable.data / "ledger.sqlite3") as db:  # 8 days pass
-        for table in ("purchases", "outbox"):
-            db.execute(f"UPDATE {table} SET updated_at = "
-                       "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days')")  # fmt: skip
+    eight_days_ago = format_stamp(dt.datetime.now(dt.UTC) - dt.timedelta(days=8))
+    for table in ("purchases", "outbox"):  # 8 days pass
+        await restartable.sql(f"UPDATE {table} SET updated_at = ?", (eight_days_ago,))
     await client.app[keys.LABELS].retention.purge()
 
     voided = await client.post(f"/v1/labels/{label['label_id']}/void", headers=AUTH)
@@ -262,18 +262,18 @@ async def test_a_purchasing_row_whose_plan_cannot_be_read_does_not_stay_purchasi
     sandbox.label_fault = "refuse"  # record a real row, then poison its plan as 8 did
     failed = await buy(client, SALE, key="heavy")
     await restartable.client.close()
-    with sqlite3.connect(restartable.data / "ledger.sqlite3") as db:
-        plan = db.execute("SELECT plan FROM purchases WHERE label_id = ?",
-                          (failed["label_id"],)).fetchone()[0]  # fmt: skip
-        poisoned = re.sub(rb'"weight":\{"value":[0-9.]+', b'"weight":{"value":120000', plan)
-        assert poisoned != plan
-        db.execute(
-            "UPDATE purchases SET status = 'purchasing', plan = ?, idem_key = 'heavy', "
-            "fulfilment_key = 'sale:sale-simple:task-sale-simple' WHERE label_id = ?",
-            (poisoned, failed["label_id"]),
-        )
-        db.execute("UPDATE packages SET state = 'pending', attempts = 0 WHERE label_id = ?",
-                   (failed["label_id"],))  # fmt: skip
+    ((plan,),) = await restartable.sql(
+        "SELECT plan FROM purchases WHERE label_id = ?", (failed["label_id"],)
+    )
+    poisoned = re.sub(rb'"weight":\{"value":[0-9.]+', b'"weight":{"value":120000', bytes(plan))
+    assert poisoned != plan
+    await restartable.sql(
+        "UPDATE purchases SET status = 'purchasing', plan = ?, idem_key = 'heavy', "
+        "fulfilment_key = 'sale:sale-simple:task-sale-simple' WHERE label_id = ?",
+        (poisoned, failed["label_id"]),
+    )
+    await restartable.sql("UPDATE packages SET state = 'pending', attempts = 0 WHERE label_id = ?",
+                          (failed["label_id"],))  # fmt: skip
     sandbox.label_fault = None
     client = await restartable.start()
     await asyncio.sleep(1.0)

@@ -17,8 +17,8 @@ from tests.labels.conftest import Service, status_is
 MULTIBOX = {"sale_id": "sale-multibox", "carrier_code": "fedex", "service_code": "fedex_ground"}
 
 
-def jobs(service: Service, label_id: str) -> list[tuple[str, str]]:
-    return service.outbox(label_id)
+async def jobs(service: Service, label_id: str) -> list[tuple[str, str]]:
+    return await service.outbox(label_id)
 
 
 # --- W1: a partial void's attention is completed by a write-back resumed after a restart ------
@@ -47,7 +47,7 @@ async def test_a_partial_voids_attention_is_not_completed_by_a_write_back_resume
     cin7_sandbox.knobs.latency = Latency(base_ms=4000)  # the next try stays in flight
 
     async def in_flight() -> bool:
-        return ("write_back", "running") in jobs(restartable, label_id)
+        return ("write_back", "running") in await jobs(restartable, label_id)
 
     await until(in_flight)
     sandbox.refused_voids.add(label["packages"][1]["shipment_id"])
@@ -56,7 +56,7 @@ async def test_a_partial_voids_attention_is_not_completed_by_a_write_back_resume
     assert response.status == 409, await response.text()
     assert partly["status"] == "attention"
     assert "void again" in partly["detail"]
-    assert ("write_back", "running") in jobs(restartable, label_id)
+    assert ("write_back", "running") in await jobs(restartable, label_id)
 
     cin7_sandbox.knobs.latency = Latency()
     cin7_sandbox.knobs.writes_down = False
@@ -120,14 +120,16 @@ async def test_a_partial_voids_reason_survives_its_late_correction(
 
 from pathlib import Path  # noqa: E402
 
-from ratesvc.ledger import MIGRATIONS, Ledger  # noqa: E402
+from ratesvc.storage.ledger import Ledger  # noqa: E402
+from ratesvc.storage.migrations import SQLITE_MIGRATIONS  # noqa: E402
+from ratesvc.storage.sqlite_engine import SQLiteEngine  # noqa: E402
 
 
 def v4_ledger(path: Path, order_numbers: dict[str, str | None]) -> None:
     """A ledger written by the code before 096e4d3 (migrations 1-4), one sale label per entry."""
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for number, script in enumerate(MIGRATIONS[:4], start=1):
+    for number, script in enumerate(SQLITE_MIGRATIONS[:4], start=1):
         for statement in filter(str.strip, script.split(";")):
             db.execute(statement)
         db.execute("INSERT INTO schema_version VALUES (?)", (number,))
@@ -168,7 +170,7 @@ async def test_labels_from_before_migration_5_read_back_and_are_found_by_order_n
     sale's order number. (Rows do read back: the column order matches ``PurchaseRow``.)"""
     path = tmp_path / "ledger.sqlite3"
     v4_ledger(path, {"lb_old1": "SO-9001", "lb_old2": "SO-9002"})
-    ledger = Ledger(path)
+    ledger = Ledger(SQLiteEngine(path))
     await ledger.open()
     try:
         old = await ledger.purchase("lb_old1")
@@ -191,11 +193,10 @@ async def test_search_is_case_insensitive_beyond_ascii(tmp_path: Path) -> None:
     letter is not found even by itself, typed exactly."""
     path = tmp_path / "ledger.sqlite3"
     v4_ledger(path, {"lb_x": None})
-    ledger = Ledger(path)
+    ledger = Ledger(SQLiteEngine(path))
     await ledger.open()
     try:
-        async with ledger._transaction() as db:
-            await db.execute("UPDATE purchases SET order_number = 'VÉ-1001'")
+        await ledger.engine.execute("UPDATE purchases SET order_number = 'VÉ-1001'")
         found = await ledger.purchases("default", search="VÉ-1001")
         assert [r.label_id for r in found] == ["lb_x"]
     finally:
@@ -208,7 +209,7 @@ async def test_a_nul_in_search_is_not_a_match_everything_wildcard(tmp_path: Path
     a control character should be a 422 or match nothing.)"""
     path = tmp_path / "ledger.sqlite3"
     v4_ledger(path, {"lb_a": None, "lb_b": None})
-    ledger = Ledger(path)
+    ledger = Ledger(SQLiteEngine(path))
     await ledger.open()
     try:
         assert await ledger.purchases("default", search="\x00") == []
@@ -243,9 +244,9 @@ async def test_a_label_offered_retry_write_back_has_a_write_back_waiting(
     await until(ended)
     shown = await label_of(client, label_id)
     offered = shown["status"] == "attention" and shown["write_back"]["state"] == "failed"
-    waiting = [state for kind, state in restartable.outbox(label_id) if state == "pending"]
+    waiting = [state for kind, state in await restartable.outbox(label_id) if state == "pending"]
 
     assert not offered or waiting, (
         f"offered Retry write-back ({shown['status']}, write_back {shown['write_back']}) "
-        f"with no job waiting: {restartable.outbox(label_id)}"
+        f"with no job waiting: {await restartable.outbox(label_id)}"
     )

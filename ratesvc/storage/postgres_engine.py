@@ -1,0 +1,169 @@
+"""The shared engine: PostgreSQL through asyncpg, for several replicas on one ledger.
+
+Why asyncpg (over psycopg 3): it is maintained (MagicStack, releases following PostgreSQL's),
+speaks PostgreSQL's binary protocol natively instead of wrapping libpq, is the fastest asyncio
+driver in its own and independent benchmarks, prepares and caches every statement it runs (the
+ledger's statements are a small fixed set), and ships a connection pool — no extra package.
+
+Transactions run at ``READ COMMITTED`` in a pooled connection. Unlike SQLite's single writer,
+writers here run side by side (in one process and across replicas), so the ledger makes each of
+its read-then-write steps safe explicitly: it locks the rows it read (``SELECT … FOR UPDATE``,
+:attr:`PostgresEngine.for_update`), writes conditionally (``UPDATE … WHERE state IN (…)``, the
+row count telling who won), or lets a unique index decide (``INSERT … ON CONFLICT DO NOTHING``).
+A transaction PostgreSQL aborts for a deadlock or a serialization failure is run again.
+
+Migrations run under ``pg_advisory_xact_lock``: replicas starting together queue on the lock, the
+first migrates, the others then read the new version and have nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from ratesvc.storage.migrations import postgresql_migrations
+from ratesvc.storage.sql import (
+    Connection,
+    Dialect,
+    LedgerUnavailable,
+    RetryTransaction,
+    Row,
+    numbered,
+    rowcount,
+)
+
+T = TypeVar("T")
+
+POOL_SIZE = 10  # connections per process; replicas × this must stay under max_connections
+CONNECT_TIMEOUT_S = 10.0
+RETRIES = 5  # a transaction aborted by a deadlock or serialization failure is run again
+MIGRATION_LOCK = 0x7261746573766301  # "ratesvc" + 1: the advisory lock migrations run under
+_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError, RetryTransaction)
+
+
+def address(url: str) -> str:
+    """``host:port/database`` of a PostgreSQL URL — never its user or password."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        host = parts.hostname or query.get("host", ["localhost"])[0]
+        port = parts.port or int(query.get("port", ["5432"])[0])
+    except ValueError:
+        return "(an address that cannot be read)"
+    database = parts.path.lstrip("/") or query.get("dbname", [""])[0] or "(default database)"
+    return f"{host}:{port}/{database}"
+
+
+class _Connection:
+    """A pooled connection inside a transaction."""
+
+    def __init__(self, connection: PoolConnectionProxy[Any]) -> None:
+        self._connection = connection
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return rowcount(await self._connection.execute(numbered(sql), *args))
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._connection.executemany(numbered(sql), rows)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(record) for record in await self._connection.fetch(numbered(sql), *args)]
+
+    async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        record = await self._connection.fetchrow(numbered(sql), *args)
+        return None if record is None else tuple(record)
+
+
+class PostgresEngine:
+    dialect: Dialect = "postgresql"
+    for_update = " FOR UPDATE"
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._password = urlsplit(url).password or ""
+        self.where = f"PostgreSQL at {address(url)}"
+        self._pool: asyncpg.Pool[Any] | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool[Any]:
+        if self._pool is None:
+            raise RuntimeError("the ledger is not open")
+        return self._pool
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        return text.replace(self._password, "***") if self._password else text
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url, min_size=1, max_size=self._pool_size, timeout=CONNECT_TIMEOUT_S,
+                server_settings={"application_name": "ratesvc"},
+            )  # fmt: skip
+        except (OSError, TimeoutError, ValueError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:  # fmt: skip
+            raise LedgerUnavailable(f"cannot reach {self.where}: {self._scrub(exc)}") from None
+        try:
+            await self._migrate()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self.close()
+            raise LedgerUnavailable(
+                f"cannot migrate the ledger on {self.where}: {self._scrub(exc)}"
+            ) from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def _migrate(self) -> None:
+        """Each missing migration in its own transaction, under the advisory lock, the version
+        read after the lock is held (``CREATE TABLE IF NOT EXISTS`` is not safe to race either)."""
+        migrations = postgresql_migrations()
+        async with self.pool.acquire() as connection:
+            while True:
+                async with connection.transaction():
+                    await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                    await connection.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+                    )
+                    version = await connection.fetchval("SELECT MAX(version) FROM schema_version")
+                    version = int(version or 0)
+                    if version >= len(migrations):
+                        return
+                    await connection.execute(migrations[version])  # several statements
+                    await connection.execute(
+                        "INSERT INTO schema_version (version) VALUES ($1)", version + 1
+                    )
+
+    async def run(self, body: Callable[[Connection], Awaitable[T]]) -> T:
+        for attempt in range(RETRIES):
+            try:
+                async with self.pool.acquire() as connection, connection.transaction():
+                    return await body(_Connection(connection))
+            except _RETRYABLE:
+                if attempt == RETRIES - 1:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(record) for record in await self.pool.fetch(numbered(sql), *args)]
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return rowcount(await self.pool.execute(numbered(sql), *args))
+
+    async def writable(self) -> None:
+        """A server in recovery (a standby) or read-only by default takes no writes."""
+        read_only = await self.pool.fetchval(
+            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
+        )
+        if read_only:
+            raise RuntimeError(f"{self.where} is read-only (a standby?)")

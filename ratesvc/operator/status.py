@@ -18,7 +18,7 @@ import msgspec
 from ratesvc.accounts import AccountServices
 from ratesvc.labels.lifecycle import LabelStatus
 from ratesvc.ledger import Ledger, parse_stamp
-from ratesvc.limiter import RateLimiter
+from ratesvc.limiter import Limiter
 from ratesvc.operator.webhook_state import WebhookState, WebhookWatch
 from ratesvc.storage.probes import BackendState
 
@@ -83,7 +83,7 @@ def _rfc3339(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _budget(limiter: RateLimiter, now: dt.datetime) -> tuple[str, int, int, str | None, int]:
+def _budget(limiter: Limiter, now: dt.datetime) -> tuple[str, int, int, str | None, int]:
     state = limiter.state()
     resets_at = None
     if state.reset_after_s is not None:

@@ -37,6 +37,7 @@ from ratesvc.upstreams.shipstation.client import ShipStationClient
 from tests.automation.support import until
 
 ROOT = Path(__file__).resolve().parents[2]
+REPLICA = (sys.executable, "-m", "tests.storage.replica")
 
 
 def headers(limit: int, remaining: int, reset_s: float) -> dict[str, str]:
@@ -227,6 +228,35 @@ async def test_a_label_waiting_on_one_replica_goes_before_quotes_of_another(
             for task in queued:
                 task.cancel()
             await asyncio.gather(*queued, return_exceptions=True)
+
+
+async def test_a_replica_that_dies_waiting_holds_nobody_back_for_long(
+    redis_prefix: tuple[str, str],
+) -> None:
+    url, prefix = redis_prefix
+    child = await asyncio.create_subprocess_exec(
+        *REPLICA, "urgent", url, prefix,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
+        async with replicas(url, prefix, 1, window_s=60) as (quotes,):
+            probe = await quotes.acquire(Priority.NORMAL, None)
+            await answered(quotes, probe, 200, headers(40, 0, 1.0))  # spent for a second
+            reset_at = now() + 1.0
+            child.stdin.write(b"go\n")
+            assert await asyncio.wait_for(child.stdout.readline(), 5) == b"waiting\n"
+            child.kill()  # registered as waiting at URGENT, and gone
+
+            await quotes.acquire(Priority.NORMAL, now() + 3)
+
+            assert now() - reset_at < 0.3  # at the reset: the dead replica's wait had lapsed
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
 
 
 async def test_a_reserve_keeps_the_last_calls_of_a_window_for_urgent_callers(
@@ -533,21 +563,10 @@ async def test_replica_processes_sharing_one_limiter_get_no_429_and_use_the_budg
 ) -> None:
     url, prefix = redis_prefix
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = (*REPLICA, "rates", sandbox_url, url, prefix, "60")
+    pipes = {"stdin": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.PIPE}
     processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.storage.replica",
-            sandbox_url,
-            url,
-            prefix,
-            "60",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        for _ in range(3)
+        await asyncio.create_subprocess_exec(*command, **pipes, env=env, cwd=ROOT) for _ in range(3)
     ]
     for process in processes:  # all set up, then all at once
         assert process.stdout is not None

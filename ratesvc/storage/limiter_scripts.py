@@ -13,6 +13,10 @@ A window is one hash (``KEYS[1]``), times in microseconds of Redis's clock:
 ``epoch``     counts windows and 429s: answers to calls of an older epoch are not adopted
 =========== =================================================================================
 
+Acquiring is idempotent: a client that retries a command whose answer was lost (the process's
+client retries once) gets the first answer again, kept under ``KEYS[3]`` (one per replica) with
+the call's token, rather than a second grant or a probe lease nobody holds.
+
 The waiters of each replica are registered in a sorted set (``KEYS[2]``) as
 ``"<priority>:<replica>"`` scored by the time the registration lapses: a call is not granted
 while another replica has a live registration of a better priority.
@@ -58,9 +62,20 @@ end
 """
 
 # ARGV: limit, window, margin (the prelude's); replica, priority, wanted, "n0,n1,n2" (the
-# replica's waiters by priority), interval, lease, reserve, registration ttl, poll.
+# replica's waiters by priority), interval, lease, reserve, registration ttl, poll, token.
 ACQUIRE = (
-    _PRELUDE
+    """
+local last = redis.call('GET', KEYS[3])
+if last then
+  local token, kept = string.match(last, '^([^|]*)|(.*)$')
+  if token == ARGV[13] then
+    local again = {}
+    for n in string.gmatch(kept, '-?%d+') do again[#again + 1] = tonumber(n) end
+    return again
+  end
+end
+"""
+    + _PRELUDE
     + """
 local me, priority, wanted = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local interval, lease, reserve = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -110,7 +125,11 @@ for n in string.gmatch(ARGV[7], '%d+') do
   level = level + 1
 end
 redis.call('PEXPIRE', KEYS[2], math.ceil(ttl / 1000) + 1000)
-return answer()
+local reply = answer()
+local kept = {}
+for i, n in ipairs(reply) do kept[i] = string.format('%d', n) end
+redis.call('SET', KEYS[3], ARGV[13] .. '|' .. table.concat(kept, ','), 'PX', 10000)
+return reply
 """
 )
 
@@ -168,11 +187,11 @@ REJOIN = (
     _PRELUDE
     + """
 local pause = tonumber(ARGV[4])
-w.epoch = w.epoch + 1
+w.epoch = w.epoch + 1  -- a probe out now answers for the old epoch: another goes
+w.probing, w.probe = true, 0
 if pause >= 0 then
-  w.remaining, w.ends, w.probe = 0, now + pause + margin, 0
+  w.remaining, w.ends = 0, now + pause + margin
 end
-w.probing = true
 return answer()
 """
 )

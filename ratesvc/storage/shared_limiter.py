@@ -36,14 +36,17 @@ script (:mod:`.limiter_scripts`) judged on Redis's clock, so replicas never comp
   really left (and a 429 seen meanwhile pauses every replica for the rest of its pause).
   Nothing here raises anything but ``UpstreamThrottled`` because of Redis.
 
-Keys: ``<prefix>limiter:{<name>}`` (the window) and ``<prefix>limiter:{<name>}:waiting`` (the
-registrations); both expire when unused.
+Keys: ``<prefix>limit:v1:{<name>}`` (the window), ``…:waiting`` (the registrations) and
+``…:answer:<replica>`` (the last answer, for a retried command); one hash slot, all expiring.
+Pass the process's client (:func:`ratesvc.storage.redis_client.open_redis`): every command
+here is bounded by ``timeout_s`` whatever the client's own timeouts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 import socket
@@ -53,8 +56,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ratesvc.limiter import (
@@ -71,6 +72,7 @@ from ratesvc.limiter import (
 )
 from ratesvc.metrics import Metrics
 from ratesvc.storage import limiter_scripts
+from ratesvc.storage.redis_client import key as redis_key
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class SharedRateLimiter:
         reserve: int = 0,
         poll_s: float = 0.025,
         heartbeat_s: float = 1.0,
-        retry_s: float = 1.0,
+        retry_s: float = 0.25,
         timeout_s: float = 0.5,
         probe_lease_s: float = 10.0,
     ) -> None:
@@ -151,9 +153,10 @@ class SharedRateLimiter:
         only urgent callers may take; ``timeout_s`` bounds every Redis command."""
         self.name = name
         self._redis = redis
-        key = f"{prefix}limiter:{{{name}}}"
-        self._keys = [key, f"{key}:waiting"]
+        key = redis_key(prefix, "limit", "v1", f"{{{name}}}")
         self._me = f"{socket.gethostname()}:{secrets.token_hex(4)}"
+        self._keys = [key, f"{key}:waiting", f"{key}:answer:{self._me}"]
+        self._tokens = itertools.count()
         self._config_limit = limit
         self._window_s = window_s
         self._margin_s = margin_s if margin_s is not None else default_margin(window_s)
@@ -358,7 +361,7 @@ class SharedRateLimiter:
             self._acquire_lua,
             self._me, int(priority), counts[priority], ",".join(map(str, counts)),
             round(self._min_interval_s * _US), round(self._lease_s * _US), self._reserve,
-            round(3 * self._heartbeat_s * _US), round(self._poll_s * _US),
+            round(3 * self._heartbeat_s * _US), round(self._poll_s * _US), next(self._tokens),
         )  # fmt: skip
         self._registered = any(counts)
         granted, wait_us, epoch = reply[:3]
@@ -513,19 +516,6 @@ class SharedRateLimiter:
             self._kick()
 
 
-def limiter_redis(url: str, *, timeout_s: float = 0.25) -> Redis:
-    """A Redis client for limiters: short timeouts and no retries, so an unreachable Redis means
-    the local share at once rather than a stall."""
-    client: Redis = Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-    )
-    return client
-
-
 def make_limiter(
     name: str,
     *,
@@ -538,9 +528,10 @@ def make_limiter(
     prefix: str = "ratesvc:",
     replicas: int = 2,
 ) -> Limiter:
-    """The limiter of one credential: in this process without ``redis``, else shared by every
-    replica using ``redis`` and ``prefix`` (``replicas``: the share each takes while Redis is
-    unreachable). Close it with ``aclose()``."""
+    """The limiter of one credential: in this process without ``redis`` (``app[keys.REDIS]``),
+    else shared by every replica using ``redis`` and ``prefix`` (``settings.redis_prefix``;
+    ``replicas``: how many to assume while Redis is unreachable, each then taking that share of
+    the window). Close it with ``aclose()`` before the client."""
     if redis is None:
         return RateLimiter(
             name, limit=limit, window_s=window_s, min_interval_s=min_interval_s,

@@ -21,7 +21,8 @@ from ratesvc.config import Secret, ShipStationConfig
 from ratesvc.errors import UpstreamFailure
 from ratesvc.limiter import Priority
 from ratesvc.models import Address, RateRequest, Weight
-from ratesvc.storage.shared_limiter import SharedRateLimiter, limiter_redis
+from ratesvc.storage.redis_client import open_redis
+from ratesvc.storage.shared_limiter import SharedRateLimiter
 from ratesvc.upstreams.shipstation.client import ShipStationClient
 
 RATE = RateRequest(
@@ -34,7 +35,7 @@ RATE = RateRequest(
 
 async def main(sandbox_url: str, redis_url: str, prefix: str, calls: int) -> dict[str, int]:
     loop = asyncio.get_running_loop()
-    redis = limiter_redis(redis_url)
+    redis = open_redis(redis_url)
     limiter = SharedRateLimiter(
         "shipstation:sandbox", redis=redis, prefix=prefix, limit=40, window_s=0.4
     )
@@ -58,7 +59,7 @@ async def main(sandbox_url: str, redis_url: str, prefix: str, calls: int) -> dic
 
 async def urgent(redis_url: str, prefix: str) -> None:
     loop = asyncio.get_running_loop()
-    redis = limiter_redis(redis_url)
+    redis = open_redis(redis_url)
     limiter = SharedRateLimiter(
         "shipstation:key", redis=redis, prefix=prefix, limit=40, window_s=60, heartbeat_s=0.1
     )

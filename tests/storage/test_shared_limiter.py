@@ -32,7 +32,9 @@ from ratesvc.limiter import Permit, Priority, RateLimiter
 from ratesvc.models import Address, RateRequest, Weight
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import FixedWindow, ShipStationSandbox
-from ratesvc.storage.shared_limiter import SharedRateLimiter, limiter_redis, make_limiter
+from ratesvc.storage import limiter_scripts
+from ratesvc.storage.redis_client import open_redis
+from ratesvc.storage.shared_limiter import SharedRateLimiter, make_limiter
 from ratesvc.upstreams.shipstation.client import ShipStationClient
 from tests.automation.support import until
 
@@ -58,7 +60,7 @@ async def replicas(
 ) -> AsyncIterator[list[SharedRateLimiter]]:
     """``count`` limiters named alike on one prefix, each with its own Redis client."""
     options = {"limit": 40, "window_s": 60.0, "margin_s": 0.0, **options}
-    clients = [limiter_redis(url) for _ in range(count)]
+    clients = [open_redis(url) for _ in range(count)]
     limiters = [
         SharedRateLimiter("shipstation:key", redis=client, prefix=prefix, **options)
         for client in clients
@@ -359,7 +361,7 @@ async def test_redis_refusing_connections_means_the_local_share_and_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     upstream = FixedWindow(10, 0.3)
-    client = limiter_redis(f"redis://127.0.0.1:{free_port()}/0")
+    client = open_redis(f"redis://127.0.0.1:{free_port()}/0")
     limiter = SharedRateLimiter(
         "shipstation:key", redis=client, prefix="x:", limit=10, window_s=0.3, replicas=2
     )
@@ -458,7 +460,7 @@ async def test_redis_stopped_and_restarted_means_the_local_share_then_the_shared
         outage_refused = since(upstream.throttled_per_window, refused)
 
         own_redis.start()
-        await until(lambda: limiters[0].shared)
+        await until(lambda: all(limiter.shared for limiter in limiters))
         refused = dict(upstream.throttled_per_window)
         await burst(limiters, upstream, 40)
 
@@ -508,6 +510,57 @@ async def test_a_429_seen_while_redis_was_down_pauses_every_replica_when_it_is_b
 
         assert other.shared
         assert refused.value.reset_after_s is not None and refused.value.reset_after_s > 15
+
+
+async def test_a_replica_rejoining_while_a_probe_is_out_lets_the_next_probe_go_at_once(
+    own_redis: RedisServer,
+) -> None:
+    """Rejoining starts a new epoch: the probe out answers for the old one, so its lease must
+    not hold the others back until it lapses (10 s)."""
+    async with (
+        replicas(own_redis.url, "t:", 1) as (prober,),
+        replicas(own_redis.url, "t:", 1, retry_s=0.3) as (returning,),
+    ):
+        first = await prober.acquire(Priority.NORMAL, None)
+        await answered(prober, first, 200, headers(40, 39, 30))
+        own_redis.stop()
+        local = await returning.acquire(Priority.NORMAL, None)  # the local share
+        returning.release(local)
+        own_redis.start()
+        probe = await prober.acquire(Priority.NORMAL, None)  # a Redis that forgot everything
+        assert probe.probe
+        await until(lambda: returning.shared)
+        await answered(prober, probe, 200, headers(40, 37, 30))  # an answer of the old epoch
+        started = now()
+
+        again = await returning.acquire(Priority.NORMAL, now() + 2)
+
+        assert again.probe and now() - started < 0.5
+        returning.release(again)
+
+
+async def test_an_acquire_retried_by_the_client_is_granted_once(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """The process's client retries a command once when the connection fails: a script that ran
+    but whose answer was lost answers the retry with its first answer."""
+    url, prefix = redis_prefix
+    client = open_redis(url)
+    acquire = client.register_script(limiter_scripts.ACQUIRE)
+    window = f"{prefix}w"
+    keys = [window, f"{prefix}w:waiting", f"{prefix}w:answer:me"]
+    await client.hset(window, mapping={"limit": 40, "remaining": 30, "end": 2**52, "probing": 0})
+    args = [40, 60_000_000, 0, "me", 1, 5, "0,5,0", 0, 10_000_000, 0, 3_000_000, 25_000]
+    try:
+        first = await acquire(keys=keys, args=[*args, 7])
+        retried = await acquire(keys=keys, args=[*args, 7])
+        another = await acquire(keys=keys, args=[*args, 8])
+
+        assert first[0] == retried[0] == another[0] == 5
+        assert first[:10] == retried[:10]
+        assert int(await client.hget(window, "remaining")) == 20  # two grants of 5, not three
+    finally:
+        await client.aclose()
 
 
 # --- against the ShipStation sandbox --------------------------------------------------------------
@@ -592,7 +645,7 @@ async def test_the_factory_shares_with_redis_and_stays_in_process_without(
     redis_prefix: tuple[str, str],
 ) -> None:
     url, prefix = redis_prefix
-    client = limiter_redis(url)
+    client = open_redis(url)
     shared = make_limiter("cin7:app", limit=60, window_s=60, redis=client, prefix=prefix)
     local = make_limiter("cin7:app", limit=60, window_s=60)
     try:
@@ -601,7 +654,7 @@ async def test_the_factory_shares_with_redis_and_stays_in_process_without(
 
         assert isinstance(shared, SharedRateLimiter) and shared.state().sharing == "shared"
         assert isinstance(local, RateLimiter) and local.state().sharing == "local"
-        assert await client.exists(f"{prefix}limiter:{{cin7:app}}") == 1
+        assert await client.exists(f"{prefix}limit:v1:{{cin7:app}}") == 1
     finally:
         await shared.aclose()
         await client.aclose()

@@ -25,6 +25,10 @@ client of that key, and reports ``X-Rate-Limit-Limit / -Remaining / -Reset`` on 
   ``CancelledError``, not the refusal; one cancelled as it is granted hands its call and its
   pacing slot back to the next waiter. A cancelled waiter leaves the queue at once.
 
+The window is modelled by :class:`WindowModel` and the callers wait in a :class:`WaitQueue`; the
+limiter shared by replicas through Redis (:mod:`ratesvc.storage.shared_limiter`) reuses both.
+Anything with :class:`Limiter`'s surface can stand in for :class:`RateLimiter`.
+
 Times are ``loop.time()`` seconds, the clock ``asyncio.timeout_at`` uses.
 """
 
@@ -34,10 +38,11 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Literal, Protocol
 
 from ratesvc.errors import UpstreamThrottled
 from ratesvc.metrics import Metrics
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 HEADER_LIMIT = "X-Rate-Limit-Limit"
 HEADER_REMAINING = "X-Rate-Limit-Remaining"
 HEADER_RESET = "X-Rate-Limit-Reset"
+
+Sharing = Literal["local", "shared", "degraded"]
 
 
 class Priority(IntEnum):
@@ -58,7 +65,7 @@ class Priority(IntEnum):
 
 
 @dataclass(order=True)
-class _Waiter:
+class Waiter:
     priority: int
     seq: int
     deadline: float = field(compare=False)
@@ -75,17 +82,22 @@ class Permit:
     counted: bool = False  # took one of the window's calls
     paced_from: float = 0.0  # the pacing slot before this grant, and after it
     paced_until: float = 0.0
+    shared: bool = False  # granted by a window kept in Redis (its times are Redis's clock)
+    lease: int = 0  # shared probes: the probe's lease, handed back when it goes unanswered
 
 
 @dataclass(frozen=True)
 class LimiterState:
     """What an operator sees of a limiter: the window's ``limit``, the calls ``remaining`` in it,
-    seconds until it resets (None: unknown) and the rate-limit refusals seen since start."""
+    seconds until it resets (None: unknown), the rate-limit refusals seen since start, and
+    whether the window is this process's own (``local``), kept in Redis for every replica
+    (``shared``), or a local share of it because Redis cannot be reached (``degraded``)."""
 
     limit: int
     remaining: int
     reset_after_s: float | None
     throttled: int
+    sharing: Sharing = "local"
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,290 @@ class RateHeaders:
         )
 
 
+class Limiter(Protocol):
+    """The surface the upstream clients and ``/v1/status`` use: :class:`RateLimiter` and
+    :class:`~ratesvc.storage.shared_limiter.SharedRateLimiter` both have it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def remaining(self) -> int: ...
+
+    def state(self) -> LimiterState: ...
+
+    def slot(
+        self, priority: Priority, deadline: float | None
+    ) -> AbstractAsyncContextManager[Permit]: ...
+
+    async def acquire(self, priority: Priority, deadline: float | None) -> Permit: ...
+
+    def observe(
+        self,
+        permit: Permit,
+        status: int,
+        headers: Mapping[str, str],
+        *,
+        throttled: bool | None = None,
+    ) -> None: ...
+
+    def release(self, permit: Permit) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class WaitQueue:
+    """The callers waiting for a turn, best first (:class:`Priority`, then arrival), and what
+    happens to one that leaves or cannot be served before its deadline."""
+
+    def __init__(self, name: str, metrics: Metrics | None) -> None:
+        self._name = name
+        self._metrics = metrics
+        self._heap: list[Waiter] = []
+        self._seq = itertools.count()
+
+    def push(self, priority: Priority, deadline: float | None) -> Waiter:
+        waiter = Waiter(
+            priority=int(priority),
+            seq=next(self._seq),
+            deadline=deadline if deadline is not None else float("inf"),
+            future=asyncio.get_running_loop().create_future(),
+        )
+        heapq.heappush(self._heap, waiter)
+        return waiter
+
+    async def turn(
+        self, waiter: Waiter, *, hand_back: Callable[[Permit], None], moved: Callable[[], None]
+    ) -> Permit:
+        """Wait for ``waiter``'s permit. Granted or refused in the same tick the caller gave up:
+        the cancellation wins; a granted call was never sent, so it goes to ``hand_back``."""
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                hand_back(future.result())
+            moved()
+            raise
+
+    def waited(self, priority: Priority, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.limiter_wait.labels(self._name, priority.name.lower()).observe(seconds)
+
+    def head(self) -> Waiter | None:
+        """The best waiter still waiting (those that left are dropped on the way)."""
+        while self._heap and self._heap[0].future.done():
+            heapq.heappop(self._heap)
+        return self._heap[0] if self._heap else None
+
+    def pop(self) -> Waiter | None:
+        waiter = self.head()
+        if waiter is not None:
+            heapq.heappop(self._heap)
+        return waiter
+
+    def counts(self) -> tuple[int, ...]:
+        """Waiters still waiting, by priority."""
+        counts = [0] * len(Priority)
+        for waiter in self._heap:
+            if not waiter.future.done():
+                counts[waiter.priority] += 1
+        return tuple(counts)
+
+    def next_deadline(self) -> float:
+        return min((w.deadline for w in self._heap if not w.future.done()), default=float("inf"))
+
+    def sweep(self, eta: Callable[[int, Waiter], float], reset_after_s: float | None) -> None:
+        """Refuse every waiter whose turn, ``eta(position, waiter)``, comes after its deadline;
+        the position counts the waiters kept ahead of it."""
+        live = sorted(w for w in self._heap if not w.future.done())
+        kept: list[Waiter] = []
+        for waiter in live:
+            if eta(len(kept), waiter) > waiter.deadline:
+                self.reject(waiter, reset_after_s)
+            else:
+                kept.append(waiter)
+        self._heap = kept  # sorted, hence a valid heap
+
+    def reject(self, waiter: Waiter, reset_after_s: float | None) -> None:
+        if self._metrics is not None:
+            self._metrics.limiter_rejected.labels(
+                self._name, Priority(waiter.priority).name.lower()
+            ).inc()
+        waiter.future.set_exception(
+            UpstreamThrottled(
+                f"{self._name}: the rate limit leaves no room before the deadline"
+                + (
+                    f" (window resets in {reset_after_s:.1f} s)"
+                    if reset_after_s is not None
+                    else ""
+                ),
+                reset_after_s=reset_after_s,
+            )
+        )
+
+    def __bool__(self) -> bool:
+        return self.head() is not None
+
+
+class WindowModel:
+    """What one process knows of a fixed window: the calls left, when it resets, whether it
+    must probe, the pacing slot (see the module docstring). Pure state, no clock of its own."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        limit: int,
+        window_s: float,
+        margin_s: float,
+        min_interval_s: float,
+        throttle_pause_s: float,
+    ) -> None:
+        self.name = name
+        self.limit = limit
+        self.window_s = window_s
+        self.margin_s = margin_s
+        self.min_interval_s = min_interval_s
+        self.throttle_pause_s = throttle_pause_s
+        self.next_slot = 0.0
+        self.remaining = 0
+        self.reset_at: float | None = None  # None: nothing known yet
+        self.probing = True
+        self.probe_in_flight = False
+        self.epoch = 0
+        self.in_flight = 0
+
+    def observe(self, permit: Permit, now: float, info: RateHeaders, *, throttled: bool) -> None:
+        if throttled:
+            self.throttle(now, info)
+        elif permit.epoch == self.epoch and not permit.shared:
+            self.adopt(now, info, alone=self.in_flight == 1)
+
+    def throttle(self, now: float, info: RateHeaders) -> None:
+        reset_s = info.reset_s if info.reset_s is not None else self.throttle_pause_s
+        log.warning("%s: upstream answered 429; pausing the key for %.1f s", self.name, reset_s)
+        if info.limit:
+            self.limit = info.limit
+        self.epoch += 1  # answers to calls sent before this one no longer describe the window
+        self.remaining = 0
+        self.reset_at = now + reset_s + self.margin_s
+        self.probing = True
+
+    def adopt(self, now: float, info: RateHeaders, *, alone: bool) -> None:
+        if info.limit is not None and info.limit != self.limit:
+            log.info(
+                "%s: upstream limit is %d per window (was %d)", self.name, info.limit, self.limit
+            )
+            self.remaining = max(0, self.remaining + info.limit - self.limit)
+            self.limit = info.limit
+        if info.remaining is not None and (alone or self.probing):
+            if self.probing:
+                self.remaining = info.remaining
+            elif info.remaining < self.remaining:
+                log.info(
+                    "%s: upstream reports %d calls left, %d expected: another client uses the key",
+                    self.name, info.remaining, self.remaining,
+                )  # fmt: skip
+                self.remaining = info.remaining
+        if info.reset_s is not None:
+            self.reset_at = now + info.reset_s + self.margin_s
+        elif self.reset_at is None:
+            # An answer without rate headers: fall back to counting calls ourselves.
+            self.reset_at = now + self.window_s + self.margin_s
+            self.remaining = max(0, self.limit - self.in_flight)
+        self.probing = False
+
+    def roll(self, now: float) -> None:
+        """Start the next window if this one is over."""
+        if self.reset_at is not None and now >= self.reset_at:
+            self.epoch += 1
+            self.remaining = self.limit
+            self.reset_at = now + self.window_s + self.margin_s
+
+    def can_send(self, now: float) -> bool:
+        if now < self.next_slot:
+            return False
+        if self.probing:
+            return not self.probe_in_flight and (self.reset_at is None or self.remaining > 0)
+        return self.remaining > 0
+
+    def grant(self, now: float) -> Permit:
+        permit = Permit(
+            epoch=self.epoch, probe=self.probing, counted=self.reset_at is not None,
+            paced_from=self.next_slot, paced_until=now + self.min_interval_s,
+        )  # fmt: skip
+        self.next_slot = permit.paced_until
+        if permit.probe:
+            self.probe_in_flight = True
+        if permit.counted:
+            self.remaining -= 1
+        self.in_flight += 1
+        return permit
+
+    def release(self, permit: Permit) -> None:
+        self.in_flight -= 1
+        if permit.probe:
+            self.probe_in_flight = False
+
+    def hand_back(self, permit: Permit) -> None:
+        """Undo the grant of a call never sent: its window call and (if no grant followed) its
+        pacing slot are free again."""
+        if permit.counted and permit.epoch == self.epoch:
+            self.remaining += 1
+        if self.next_slot == permit.paced_until:
+            self.next_slot = permit.paced_from
+        self.release(permit)
+
+    def eta(self, position: int, now: float) -> float:
+        """Earliest time the waiter at ``position`` in the queue could be sent."""
+        paced = max(now, self.next_slot) + position * self.min_interval_s
+        if self.reset_at is None:
+            return paced
+        available = self.remaining if now < self.reset_at else self.limit
+        if position < available:
+            return paced
+        windows_later = (position - available) // max(1, self.limit)
+        return max(paced, self.reset_at + windows_later * (self.window_s + self.margin_s))
+
+    def wake_at(self, now: float) -> float | None:
+        """The next moment waiters could move, judged at ``now``."""
+        wake_at = None
+        if self.next_slot > now:
+            wake_at = self.next_slot
+        if self.reset_at is not None and self.remaining <= 0:
+            wake_at = max(wake_at or 0.0, self.reset_at)
+        elif self.reset_at is not None and wake_at is None:
+            wake_at = self.reset_at
+        return wake_at
+
+    def reset_after(self, now: float) -> float | None:
+        return None if self.reset_at is None else max(0.0, self.reset_at - now)
+
+    def state(self, now: float, *, throttled: int, sharing: Sharing = "local") -> LimiterState:
+        """The window as it stands (read-only: a window that ended is shown as a fresh one, and
+        one never heard of as full)."""
+        if self.reset_at is None or now >= self.reset_at:
+            return LimiterState(limit=self.limit, remaining=self.limit, reset_after_s=None,
+                                throttled=throttled, sharing=sharing)  # fmt: skip
+        return LimiterState(
+            limit=self.limit, remaining=max(0, self.remaining),
+            reset_after_s=self.reset_at - now, throttled=throttled, sharing=sharing,
+        )  # fmt: skip
+
+
+def default_margin(window_s: float) -> float:
+    """Reset headers are whole seconds at ShipStation: allow for truncation, but keep short
+    test windows usable."""
+    return min(1.0, window_s * 0.05)
+
+
 class RateLimiter:
-    """Admission control for one upstream credential (see the module docstring)."""
+    """Admission control for one upstream credential, in this process (see the module
+    docstring)."""
 
     def __init__(
         self,
@@ -131,23 +425,16 @@ class RateLimiter:
         """``min_interval_s`` paces calls (Cin7 Core: about one a second, whatever the window);
         ``throttle_pause_s`` is how long a refusal without a reset time pauses the key."""
         self.name = name
-        self._limit = limit
-        self._window_s = window_s
-        self._min_interval_s = min_interval_s
-        self._throttle_pause_s = throttle_pause_s if throttle_pause_s is not None else window_s
-        self._next_slot = 0.0
-        # Reset headers are whole seconds at ShipStation: allow for truncation, but keep short
-        # test windows usable.
-        self._margin_s = margin_s if margin_s is not None else min(1.0, window_s * 0.05)
+        self._model = WindowModel(
+            name,
+            limit=limit,
+            window_s=window_s,
+            margin_s=margin_s if margin_s is not None else default_margin(window_s),
+            min_interval_s=min_interval_s,
+            throttle_pause_s=throttle_pause_s if throttle_pause_s is not None else window_s,
+        )
         self._metrics = metrics
-        self._remaining = 0
-        self._reset_at: float | None = None  # None: nothing known yet
-        self._probing = True
-        self._probe_in_flight = False
-        self._epoch = 0
-        self._in_flight = 0
-        self._waiters: list[_Waiter] = []
-        self._seq = itertools.count()
+        self._queue = WaitQueue(name, metrics)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._throttled = 0
@@ -156,23 +443,16 @@ class RateLimiter:
 
     @property
     def limit(self) -> int:
-        return self._limit
+        return self._model.limit
 
     @property
     def remaining(self) -> int:
-        return self._remaining
+        return self._model.remaining
 
     def state(self) -> LimiterState:
         """The window as it stands (read-only: a window that ended is shown as a fresh one, and
         one never heard of as full)."""
-        now = asyncio.get_running_loop().time()
-        if self._reset_at is None or now >= self._reset_at:
-            return LimiterState(limit=self._limit, remaining=self._limit, reset_after_s=None,
-                                throttled=self._throttled)  # fmt: skip
-        return LimiterState(
-            limit=self._limit, remaining=max(0, self._remaining),
-            reset_after_s=self._reset_at - now, throttled=self._throttled,
-        )  # fmt: skip
+        return self._model.state(asyncio.get_running_loop().time(), throttled=self._throttled)
 
     @asynccontextmanager
     async def slot(self, priority: Priority, deadline: float | None) -> AsyncIterator[Permit]:
@@ -186,28 +466,10 @@ class RateLimiter:
     async def acquire(self, priority: Priority, deadline: float | None) -> Permit:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        waiter = _Waiter(
-            priority=int(priority),
-            seq=next(self._seq),
-            deadline=deadline if deadline is not None else float("inf"),
-            future=loop.create_future(),
-        )
-        heapq.heappush(self._waiters, waiter)
+        waiter = self._queue.push(priority, deadline)
         self._pump()
-        try:
-            permit = await waiter.future
-        except asyncio.CancelledError:
-            # Granted or refused in the same tick the caller gave up: the cancellation wins; a
-            # granted call was never sent, so its turn goes to the next waiter.
-            future = waiter.future
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self._return_unused(future.result())
-            self._pump()
-            raise
-        if self._metrics is not None:
-            self._metrics.limiter_wait.labels(self.name, priority.name.lower()).observe(
-                loop.time() - now
-            )
+        permit = await self._queue.turn(waiter, hand_back=self._return_unused, moved=self._pump)
+        self._queue.waited(priority, loop.time() - now)
         return permit
 
     def observe(
@@ -225,152 +487,47 @@ class RateLimiter:
         """
         permit.answered = True
         now = asyncio.get_running_loop().time()
-        info = RateHeaders.parse(headers)
-        if status == 429 if throttled is None else throttled:
-            self._on_throttled(now, info)
-        elif permit.epoch == self._epoch:
-            self._adopt(now, info, alone=self._in_flight == 1)
+        refused = status == 429 if throttled is None else throttled
+        if refused:
+            self._throttled += 1
+            if self._metrics is not None:
+                self._metrics.limiter_throttled.labels(self.name).inc()
+        self._model.observe(permit, now, RateHeaders.parse(headers), throttled=refused)
         self._pump()
 
     def release(self, permit: Permit) -> None:
         """The call is over (answered or not)."""
-        self._in_flight -= 1
-        if permit.probe:
-            self._probe_in_flight = False
+        self._model.release(permit)
         self._pump()
 
-    # --- the model ----------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Nothing to close: the timer goes with the loop."""
 
-    def _on_throttled(self, now: float, info: RateHeaders) -> None:
-        reset_s = info.reset_s if info.reset_s is not None else self._throttle_pause_s
-        log.warning("%s: upstream answered 429; pausing the key for %.1f s", self.name, reset_s)
-        self._throttled += 1
-        if self._metrics is not None:
-            self._metrics.limiter_throttled.labels(self.name).inc()
-        if info.limit:
-            self._limit = info.limit
-        self._epoch += 1  # answers to calls sent before this one no longer describe the window
-        self._remaining = 0
-        self._reset_at = now + reset_s + self._margin_s
-        self._probing = True
-
-    def _adopt(self, now: float, info: RateHeaders, *, alone: bool) -> None:
-        if info.limit is not None and info.limit != self._limit:
-            log.info(
-                "%s: upstream limit is %d per window (was %d)", self.name, info.limit, self._limit
-            )
-            self._remaining = max(0, self._remaining + info.limit - self._limit)
-            self._limit = info.limit
-        if info.remaining is not None and (alone or self._probing):
-            if self._probing:
-                self._remaining = info.remaining
-            elif info.remaining < self._remaining:
-                log.info(
-                    "%s: upstream reports %d calls left, %d expected: another client uses the key",
-                    self.name, info.remaining, self._remaining,
-                )  # fmt: skip
-                self._remaining = info.remaining
-        if info.reset_s is not None:
-            self._reset_at = now + info.reset_s + self._margin_s
-        elif self._reset_at is None:
-            # An answer without rate headers: fall back to counting calls ourselves.
-            self._reset_at = now + self._window_s + self._margin_s
-            self._remaining = max(0, self._limit - self._in_flight)
-        self._probing = False
-
-    def _rollover(self, now: float) -> None:
-        self._epoch += 1
-        self._remaining = self._limit
-        self._reset_at = now + self._window_s + self._margin_s
-
-    def _can_send(self, now: float) -> bool:
-        if now < self._next_slot:
-            return False
-        if self._probing:
-            return not self._probe_in_flight and (self._reset_at is None or self._remaining > 0)
-        return self._remaining > 0
-
-    def _grant(self, waiter: _Waiter, now: float) -> None:
-        permit = Permit(
-            epoch=self._epoch, probe=self._probing, counted=self._reset_at is not None,
-            paced_from=self._next_slot, paced_until=now + self._min_interval_s,
-        )  # fmt: skip
-        self._next_slot = permit.paced_until
-        if permit.probe:
-            self._probe_in_flight = True
-        if permit.counted:
-            self._remaining -= 1
-        self._in_flight += 1
-        waiter.future.set_result(permit)
+    # --- the pump -----------------------------------------------------------------------------
 
     def _return_unused(self, permit: Permit) -> None:
-        """Undo the grant of a call never sent: its window call and (if no grant followed) its
-        pacing slot are free again."""
-        if permit.counted and permit.epoch == self._epoch:
-            self._remaining += 1
-        if self._next_slot == permit.paced_until:
-            self._next_slot = permit.paced_from
-        self.release(permit)
-
-    def _eta(self, position: int, now: float) -> float:
-        """Earliest time the waiter at ``position`` in the queue could be sent."""
-        paced = max(now, self._next_slot) + position * self._min_interval_s
-        if self._reset_at is None:
-            return paced
-        available = self._remaining if now < self._reset_at else self._limit
-        if position < available:
-            return paced
-        windows_later = (position - available) // max(1, self._limit)
-        return max(paced, self._reset_at + windows_later * (self._window_s + self._margin_s))
+        self._model.hand_back(permit)
+        self._pump()
 
     def _pump(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._reset_at is not None and now >= self._reset_at:
-            self._rollover(now)
-        while self._waiters and self._can_send(now):
-            waiter = heapq.heappop(self._waiters)
-            if not waiter.future.done():
-                self._grant(waiter, now)
-        live = sorted(w for w in self._waiters if not w.future.done())
-        kept: list[_Waiter] = []
-        for waiter in live:
-            eta = self._eta(len(kept), now)
-            if eta > waiter.deadline:
-                self._reject(waiter, now)
-            else:
-                kept.append(waiter)
-        self._waiters = kept  # sorted, hence a valid heap
+        model = self._model
+        model.roll(now)
+        while self._queue and model.can_send(now):
+            waiter = self._queue.pop()
+            if waiter is not None:
+                waiter.future.set_result(model.grant(now))
+        self._queue.sweep(lambda position, _: model.eta(position, now), model.reset_after(now))
         if self._metrics is not None:
-            self._metrics.limiter_remaining.labels(self.name).set(self._remaining)
+            self._metrics.limiter_remaining.labels(self.name).set(model.remaining)
         self._schedule(loop, now)
-
-    def _reject(self, waiter: _Waiter, now: float) -> None:
-        reset_after = None if self._reset_at is None else max(0.0, self._reset_at - now)
-        if self._metrics is not None:
-            self._metrics.limiter_rejected.labels(
-                self.name, Priority(waiter.priority).name.lower()
-            ).inc()
-        waiter.future.set_exception(
-            UpstreamThrottled(
-                f"{self.name}: the rate limit leaves no room before the deadline"
-                + (f" (window resets in {reset_after:.1f} s)" if reset_after is not None else ""),
-                reset_after_s=reset_after,
-            )
-        )
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         """Set the timer for the next moment the queue can move, judged at the same ``now`` the
         pump judged it (a second clock read could fall past a pacing slot the pump found
         closed, and the waiter would sleep until the window's end)."""
-        wake_at = None
-        if self._waiters:
-            if self._next_slot > now:
-                wake_at = self._next_slot
-            if self._reset_at is not None and self._remaining <= 0:
-                wake_at = max(wake_at or 0.0, self._reset_at)
-            elif self._reset_at is not None and wake_at is None:
-                wake_at = self._reset_at
+        wake_at = self._model.wake_at(now) if self._queue else None
         if wake_at == self._timer_at:
             return
         if self._timer is not None:

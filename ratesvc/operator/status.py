@@ -1,10 +1,12 @@
 """``GET /v1/status``: what an operator watches, for the account of the token.
 
 Per ShipStation key and Cin7 Core application the limiter's window (read from the limiter, no
-call made); the write-back backlog, the automation queue and the labels waiting for a person
-(counted in the ledger); the Cin7 Core webhook's state (:mod:`.webhook_state`, cached); each
-backend's engine and reachability; the process that answered (host and pid). It never
-fails because an upstream is down: what cannot be known is said to be ``unknown``.
+call made), and whether it is this replica's own (``local``), kept in Redis for every replica
+(``shared``) or, Redis being unreachable, this replica's share of it (``degraded``); the
+write-back backlog, the automation queue and the labels waiting for a person (counted in the
+ledger); the Cin7 Core webhook's state (:mod:`.webhook_state`, cached); each backend's engine
+and reachability; the process that answered (host and pid). It never fails because an upstream
+is down: what cannot be known is said to be ``unknown``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+from typing import TypeAlias
 
 import msgspec
 
 from ratesvc.accounts import AccountServices
 from ratesvc.labels.lifecycle import LabelStatus
-from ratesvc.limiter import RateLimiter
+from ratesvc.limiter import Limiter, Sharing
 from ratesvc.operator.webhook_state import WebhookState, WebhookWatch
 from ratesvc.storage.ledger import Ledger, parse_stamp
 from ratesvc.storage.probes import BackendState
@@ -32,6 +35,7 @@ class ShipStationBudget(msgspec.Struct, frozen=True, kw_only=True):
     remaining: int
     resets_at: str | None
     throttled: int  # rate-limit refusals seen since start
+    sharing: Sharing = "local"  # local | shared (Redis) | degraded (Redis unreachable)
 
 
 class Cin7Budget(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,6 +44,7 @@ class Cin7Budget(msgspec.Struct, frozen=True, kw_only=True):
     remaining: int
     resets_at: str | None
     throttled: int
+    sharing: Sharing = "local"
 
 
 class WriteBackBacklog(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,13 +88,16 @@ def _rfc3339(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _budget(limiter: RateLimiter, now: dt.datetime) -> tuple[str, int, int, str | None, int]:
+_Budget: TypeAlias = tuple[str, int, int, str | None, int, Sharing]
+
+
+def _budget(limiter: Limiter, now: dt.datetime) -> _Budget:
     state = limiter.state()
     resets_at = None
     if state.reset_after_s is not None:
         resets_at = _rfc3339(now + dt.timedelta(seconds=state.reset_after_s))
     name = limiter.name.partition(":")[2] or limiter.name
-    return name, state.limit, state.remaining, resets_at, state.throttled
+    return name, state.limit, state.remaining, resets_at, state.throttled, state.sharing
 
 
 async def account_status(
@@ -102,14 +110,18 @@ async def account_status(
 ) -> Status:
     now = dt.datetime.now(dt.UTC)
     name = services.account.name
-    key, limit, remaining, resets_at, throttled = _budget(services.shipstation.limiter, now)
+    key, limit, remaining, resets_at, throttled, sharing = _budget(
+        services.shipstation.limiter, now
+    )
     shipstation = [ShipStationBudget(key=key, limit=limit, remaining=remaining,
-                                     resets_at=resets_at, throttled=throttled)]  # fmt: skip
+                                     resets_at=resets_at, throttled=throttled,
+                                     sharing=sharing)]  # fmt: skip
     cin7: list[Cin7Budget] = []
     if services.cin7 is not None:
-        app, limit, remaining, resets_at, throttled = _budget(services.cin7.limiter, now)
+        app, limit, remaining, resets_at, throttled, sharing = _budget(services.cin7.limiter, now)
         cin7.append(Cin7Budget(application=app, limit=limit, remaining=remaining,
-                               resets_at=resets_at, throttled=throttled))  # fmt: skip
+                               resets_at=resets_at, throttled=throttled,
+                               sharing=sharing))  # fmt: skip
     backlog = await ledger.backlog(
         name, event_statuses=(_WAITING, _RETRYING, _ATTENTION), label_statuses=_LABELS
     )

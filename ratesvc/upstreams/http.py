@@ -27,7 +27,7 @@ from ratesvc.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from ratesvc.limiter import Priority, RateLimiter
+from ratesvc.limiter import Limiter, Priority
 from ratesvc.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class UpstreamHttp:
         session: aiohttp.ClientSession,
         base_url: str,
         headers: Mapping[str, str],
-        limiter: RateLimiter,
+        limiter: Limiter,
         map_error: ErrorMapper,
         metrics: Metrics | None = None,
         retry_policy: RetryPolicy | None = None,

@@ -254,6 +254,9 @@ async def test_the_operator_routes_are_declared(document: dict[str, Any]) -> Non
     assert schemas["WebhookState"]["properties"]["state"]["enum"] == [
         "active", "inactive", "unknown"
     ]  # fmt: skip
+    for budget in ("ShipStationBudget", "Cin7Budget"):  # where each limiter's window is kept
+        sharing = schemas[budget]["properties"]["sharing"]["enum"]
+        assert sorted(sharing) == ["degraded", "local", "shared"]
 
 
 async def test_retrying_a_write_back_is_declared(document: dict[str, Any]) -> None:

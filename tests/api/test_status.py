@@ -35,11 +35,13 @@ async def test_a_quiet_account_shows_its_budgets_and_nothing_waiting(
     assert shipstation["limit"] == 40
     assert 0 <= shipstation["remaining"] < 40
     assert shipstation["throttled"] == 0
+    assert shipstation["sharing"] == "local"  # no Redis configured: the window is this process's
     resets_at = dt.datetime.fromisoformat(shipstation["resets_at"])
     assert dt.timedelta(0) < resets_at - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=62)
     (cin7,) = status["cin7"]
     assert len(cin7["application"]) == 8
     assert cin7["limit"] == 60
+    assert cin7["sharing"] == "local"
     assert status["write_back"] == {"backlog": 0, "oldest_age_s": None}
     assert status["automation"] == {"enabled": False, "waiting": 0, "retrying": 0, "attention": 0}
     assert status["labels"] == {"attention": 0, "purchasing": 0}

@@ -18,7 +18,7 @@ import msgspec
 from ratesvc.codec import decoder_for
 from ratesvc.config import Cin7Config
 from ratesvc.errors import UpstreamError
-from ratesvc.limiter import Priority, RateLimiter
+from ratesvc.limiter import Limiter, Priority, RateLimiter
 from ratesvc.metrics import Metrics
 from ratesvc.sales import Product, Sale
 from ratesvc.upstreams.cin7 import mapping, wire
@@ -68,7 +68,7 @@ class Cin7Client:
         self,
         session: aiohttp.ClientSession,
         config: Cin7Config,
-        limiter: RateLimiter,
+        limiter: Limiter,
         *,
         metrics: Metrics | None = None,
         retry_policy: RetryPolicy | None = None,

@@ -1,7 +1,7 @@
 """ShipStation v1 client: I/O only. Requests and answers are translated by ``mapping``.
 
 One client per account (key pair); it receives the shared ``aiohttp.ClientSession`` and the key
-pair's :class:`~ratesvc.limiter.RateLimiter`, never creating either. ``deadline`` arguments are
+pair's :class:`~ratesvc.limiter.Limiter`, never creating either. ``deadline`` arguments are
 absolute ``loop.time()`` values.
 """
 
@@ -16,7 +16,7 @@ import msgspec
 from ratesvc.codec import decoder_for
 from ratesvc.config import ShipStationConfig
 from ratesvc.errors import UpstreamError
-from ratesvc.limiter import Priority, RateLimiter
+from ratesvc.limiter import Limiter, Priority
 from ratesvc.metrics import Metrics
 from ratesvc.models import (
     CarrierInfo,
@@ -62,7 +62,7 @@ class ShipStationClient:
         self,
         session: aiohttp.ClientSession,
         config: ShipStationConfig,
-        limiter: RateLimiter,
+        limiter: Limiter,
         *,
         metrics: Metrics | None = None,
         retry_policy: RetryPolicy | None = None,

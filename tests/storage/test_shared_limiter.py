@@ -1,0 +1,660 @@
+"""The limiter shared by replicas through Redis (real Redis; each "replica" is a
+``SharedRateLimiter`` with its own client on one key prefix, or a process of its own).
+
+The upstream is the sandbox's fixed window (:class:`~ratesvc.sandbox.shipstation.FixedWindow`,
+in process, or the whole ShipStation sandbox over HTTP): it counts what it served and refused
+per window, independently of the limiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from ratesvc.config import Secret, ShipStationConfig
+from ratesvc.errors import UpstreamThrottled
+from ratesvc.limiter import Permit, Priority, RateLimiter
+from ratesvc.models import Address, RateRequest, Weight
+from ratesvc.sandbox.knobs import Knobs
+from ratesvc.sandbox.shipstation import FixedWindow, ShipStationSandbox
+from ratesvc.storage import limiter_scripts
+from ratesvc.storage.redis_client import open_redis
+from ratesvc.storage.shared_limiter import SharedRateLimiter, make_limiter
+from ratesvc.upstreams.shipstation.client import ShipStationClient
+from tests.automation.support import until
+
+ROOT = Path(__file__).resolve().parents[2]
+REPLICA = (sys.executable, "-m", "tests.storage.replica")
+
+
+def headers(limit: int, remaining: int, reset_s: float) -> dict[str, str]:
+    return {
+        "X-Rate-Limit-Limit": str(limit),
+        "X-Rate-Limit-Remaining": str(remaining),
+        "X-Rate-Limit-Reset": str(reset_s),
+    }
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+@asynccontextmanager
+async def replicas(
+    url: str, prefix: str, count: int, **options: Any
+) -> AsyncIterator[list[SharedRateLimiter]]:
+    """``count`` limiters named alike on one prefix, each with its own Redis client."""
+    options = {"limit": 40, "window_s": 60.0, "margin_s": 0.0, **options}
+    clients = [open_redis(url) for _ in range(count)]
+    limiters = [
+        SharedRateLimiter("shipstation:key", redis=client, prefix=prefix, **options)
+        for client in clients
+    ]
+    try:
+        yield limiters
+    finally:
+        for limiter in limiters:
+            await limiter.aclose()
+        for client in clients:
+            await client.aclose()
+
+
+async def answered(
+    limiter: SharedRateLimiter, permit: Permit, status: int, hdrs: dict[str, str]
+) -> None:
+    """Report an answer and wait until it reached Redis."""
+    limiter.observe(permit, status, hdrs)
+    limiter.release(permit)
+    await limiter.flush()
+
+
+async def call_through(
+    limiter: SharedRateLimiter, upstream: FixedWindow, priority: Priority = Priority.NORMAL
+) -> None:
+    """One call to the fixed window, with what it answers reported to the limiter."""
+    async with limiter.slot(priority, now() + 30) as permit:
+        allowed, answer = upstream.admit()
+        await asyncio.sleep(0.002)
+        limiter.observe(permit, 200 if allowed else 429, answer)
+
+
+def full_windows(served: dict[int, int]) -> list[int]:
+    """What was served in each window but the first and the last (partly busy)."""
+    first, last = min(served), max(served)
+    return [served.get(index, 0) for index in range(first + 1, last)]
+
+
+# --- one window for every replica -------------------------------------------------------------
+
+
+async def test_replicas_together_never_exceed_the_window_and_use_all_of_it(
+    redis_prefix: tuple[str, str],
+) -> None:
+    upstream = FixedWindow(20, 0.4)
+    async with replicas(*redis_prefix, 3, window_s=0.4, margin_s=None) as limiters:
+        await asyncio.gather(*(call_through(limiters[i % 3], upstream) for i in range(120)))
+
+        assert dict(upstream.throttled_per_window) == {}
+        assert max(upstream.served_per_window.values()) <= 20
+        assert sum(upstream.served_per_window.values()) == 120
+        assert min(full_windows(upstream.served_per_window)) >= 18  # >= 90 % of the budget
+        assert {limiter.state().sharing for limiter in limiters} == {"shared"}
+        assert {limiter.limit for limiter in limiters} == {20}  # the headers' limit, not 40
+
+
+async def test_a_replica_starting_late_joins_the_window_without_probing(
+    redis_prefix: tuple[str, str],
+) -> None:
+    async with replicas(*redis_prefix, 2) as (first, late):
+        probe = await first.acquire(Priority.NORMAL, None)
+        await answered(first, probe, 200, headers(40, 2, 30))
+
+        permits = [await late.acquire(Priority.NORMAL, None) for _ in range(2)]
+
+        assert not any(permit.probe for permit in [*permits])
+        with pytest.raises(UpstreamThrottled):
+            await late.acquire(Priority.NORMAL, now() + 1)
+        assert late.remaining == 0
+
+
+# --- answers from any replica -------------------------------------------------------------------
+
+
+async def test_a_429_seen_by_one_replica_pauses_every_replica_until_the_reset(
+    redis_prefix: tuple[str, str],
+) -> None:
+    async with replicas(*redis_prefix, 3, poll_s=0.01) as (seen, other, third):
+        probe = await seen.acquire(Priority.NORMAL, None)
+        await answered(seen, probe, 200, headers(40, 39, 30))
+        sent = await seen.acquire(Priority.NORMAL, None)
+        await answered(seen, sent, 429, headers(40, 0, 0.4))
+        paused_at = now()
+
+        with pytest.raises(UpstreamThrottled) as refused:  # the pause outlasts its deadline
+            await other.acquire(Priority.NORMAL, now() + 0.2)
+        waiting = [asyncio.create_task(r.acquire(Priority.NORMAL, None)) for r in (other, third)]
+        done, pending = await asyncio.wait(waiting, timeout=2, return_when=asyncio.FIRST_COMPLETED)
+
+        assert refused.value.reset_after_s is not None and refused.value.reset_after_s > 0.3
+        assert now() - paused_at >= 0.39  # nobody sent during the pause
+        (first,) = done
+        assert first.result().probe  # the new window starts with one probe, whoever sends it
+        prober = other if first is waiting[0] else third
+        await answered(prober, first.result(), 200, headers(40, 39, 30))
+        (rest,) = await asyncio.wait_for(asyncio.gather(*pending), 1)
+        assert not rest.probe
+        assert other.state().throttled == 0 and seen.state().throttled == 1
+
+
+async def test_a_new_limit_and_a_lower_remaining_seen_by_one_are_adopted_by_all(
+    redis_prefix: tuple[str, str],
+) -> None:
+    async with replicas(*redis_prefix, 2) as (seen, other):
+        probe = await seen.acquire(Priority.NORMAL, None)
+        await answered(seen, probe, 200, headers(100, 99, 30))  # a partner key: 100 a window
+        first = await other.acquire(Priority.NORMAL, None)
+        assert other.limit == 100
+        assert other.remaining == 98
+
+        sent = await seen.acquire(Priority.NORMAL, None)
+        # another program uses the key too: upstream has 3 calls left, not 97
+        await answered(seen, sent, 200, headers(100, 3, 30))
+        permits = [await other.acquire(Priority.NORMAL, None) for _ in range(3)]
+
+        with pytest.raises(UpstreamThrottled):
+            await other.acquire(Priority.NORMAL, now() + 1)
+        assert other.remaining == 0
+        for permit in [first, *permits]:
+            other.release(permit)
+
+
+async def test_headers_of_a_call_sent_before_a_429_do_not_reopen_the_pause(
+    redis_prefix: tuple[str, str],
+) -> None:
+    async with replicas(*redis_prefix, 2) as (one, two):
+        probe = await one.acquire(Priority.NORMAL, None)
+        await answered(one, probe, 200, headers(40, 39, 30))
+        before = await two.acquire(Priority.NORMAL, None)
+        refused = await one.acquire(Priority.NORMAL, None)
+        await answered(one, refused, 429, headers(40, 0, 20))
+
+        await answered(two, before, 200, headers(40, 30, 20))  # sent before the 429
+
+        with pytest.raises(UpstreamThrottled):
+            await two.acquire(Priority.NORMAL, now() + 1)
+        assert two.remaining == 0
+
+
+# --- priorities and deadlines -------------------------------------------------------------------
+
+
+async def test_a_label_waiting_on_one_replica_goes_before_quotes_of_another(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """The rule: a call is not granted while another replica has a live registration of a
+    better priority. Replica ``quotes`` learns the window is open first (its own probe's
+    answer) and asks at once; without the rule it would take both calls of the window."""
+    async with (
+        replicas(*redis_prefix, 1, limit=3, poll_s=0.01) as (quotes,),
+        replicas(*redis_prefix, 1, limit=3, poll_s=0.2) as (labels,),
+    ):
+        probe = await quotes.acquire(Priority.NORMAL, None)
+        queued = [asyncio.create_task(quotes.acquire(Priority.NORMAL, None)) for _ in range(4)]
+        label = asyncio.create_task(labels.acquire(Priority.URGENT, None))
+        await asyncio.sleep(0.05)
+        assert not label.done()  # the probe goes alone
+
+        await answered(quotes, probe, 200, headers(3, 2, 30))  # two calls left in the window
+        await asyncio.wait_for(label, 1)
+        await asyncio.sleep(0.05)
+
+        try:
+            assert sum(task.done() for task in queued) == 1  # the other call went to the label
+            assert quotes.remaining == 0
+        finally:
+            for task in queued:
+                task.cancel()
+            await asyncio.gather(*queued, return_exceptions=True)
+
+
+async def test_a_replica_that_dies_waiting_holds_nobody_back_for_long(
+    redis_prefix: tuple[str, str],
+) -> None:
+    url, prefix = redis_prefix
+    child = await asyncio.create_subprocess_exec(
+        *REPLICA, "urgent", url, prefix,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
+        async with replicas(url, prefix, 1, window_s=60) as (quotes,):
+            probe = await quotes.acquire(Priority.NORMAL, None)
+            await answered(quotes, probe, 200, headers(40, 0, 1.0))  # spent for a second
+            reset_at = now() + 1.0
+            child.stdin.write(b"go\n")
+            assert await asyncio.wait_for(child.stdout.readline(), 5) == b"waiting\n"
+            child.kill()  # registered as waiting at URGENT, and gone
+
+            await quotes.acquire(Priority.NORMAL, now() + 3)
+
+            assert now() - reset_at < 0.3  # at the reset: the dead replica's wait had lapsed
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+
+
+async def test_a_reserve_keeps_the_last_calls_of_a_window_for_urgent_callers(
+    redis_prefix: tuple[str, str],
+) -> None:
+    async with replicas(*redis_prefix, 2, limit=10, reserve=2) as (quotes, labels):
+        probe = await quotes.acquire(Priority.NORMAL, None)
+        await answered(quotes, probe, 200, headers(10, 9, 30))
+        taken = [await quotes.acquire(Priority.NORMAL, None) for _ in range(7)]
+
+        with pytest.raises(UpstreamThrottled):  # 2 left, both reserved
+            await quotes.acquire(Priority.NORMAL, now() + 1)
+        urgent = [await labels.acquire(Priority.URGENT, now() + 1) for _ in range(2)]
+
+        assert len(taken) == 7 and len(urgent) == 2 and labels.remaining == 0
+
+
+async def test_a_deadline_that_cannot_be_met_is_refused_at_once(
+    redis_prefix: tuple[str, str],
+) -> None:
+    async with replicas(*redis_prefix, 2) as (one, two):
+        probe = await one.acquire(Priority.NORMAL, None)
+        await answered(one, probe, 200, headers(40, 0, 20))  # the key is spent for 20 s
+        started = time.perf_counter()
+
+        with pytest.raises(UpstreamThrottled) as refused:
+            await two.acquire(Priority.NORMAL, now() + 2)
+
+        assert time.perf_counter() - started < 0.5  # up front, not at the deadline
+        assert refused.value.reset_after_s is not None and refused.value.reset_after_s > 19
+
+
+async def test_a_waiter_still_waiting_at_its_deadline_is_refused_then(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """While another replica's probe is out, the window is unknown: the waiter's turn may come
+    any moment, so it waits, and is refused at its deadline, not later."""
+    async with replicas(*redis_prefix, 2, poll_s=0.05) as (one, two):
+        probe = await one.acquire(Priority.NORMAL, None)  # never answered in this test
+        started = now()
+
+        with pytest.raises(UpstreamThrottled):
+            await two.acquire(Priority.NORMAL, now() + 0.3)
+
+        assert 0.29 <= now() - started < 0.4
+        one.release(probe)
+
+
+async def test_pacing_is_shared_by_every_replica(redis_prefix: tuple[str, str]) -> None:
+    async with replicas(*redis_prefix, 3, limit=60, min_interval_s=0.1) as limiters:
+        probe = await limiters[0].acquire(Priority.NORMAL, None)
+        await answered(limiters[0], probe, 200, headers(60, 59, 30))
+        sent: list[float] = []
+
+        async def paced(limiter: SharedRateLimiter) -> None:
+            async with limiter.slot(Priority.NORMAL, None):
+                sent.append(time.perf_counter())
+
+        await asyncio.gather(*(paced(limiters[i % 3]) for i in range(6)))
+
+        gaps = [b - a for a, b in zip(sorted(sent), sorted(sent)[1:], strict=False)]
+        assert min(gaps) >= 0.09
+
+
+async def test_a_caller_that_leaves_as_it_is_granted_hands_the_call_to_the_next(
+    redis_prefix: tuple[str, str],
+) -> None:
+    async with replicas(*redis_prefix, 2, poll_s=0.01) as (one, two):
+        probe = await one.acquire(Priority.NORMAL, None)
+        leaving = asyncio.create_task(two.acquire(Priority.NORMAL, None))
+        staying = asyncio.create_task(two.acquire(Priority.NORMAL, None))
+        await asyncio.sleep(0.05)  # both wait for the probe's answer
+        await answered(one, probe, 200, headers(40, 1, 30))  # one call left: the first's
+
+        # Loop turn by turn until the grant is made: then the caller has not run yet.
+        for _ in range(10_000):
+            if two.state().reset_after_s is not None:
+                break
+            await asyncio.sleep(0)
+        leaving.cancel()
+
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        permit = await asyncio.wait_for(staying, 1)
+        assert permit.shared and two.remaining == 0
+        two.release(permit)
+
+
+# --- Redis unreachable ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_redis_refusing_connections_means_the_local_share_and_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream = FixedWindow(10, 0.3)
+    client = open_redis(f"redis://127.0.0.1:{free_port()}/0")
+    limiter = SharedRateLimiter(
+        "shipstation:key", redis=client, prefix="x:", limit=10, window_s=0.3, replicas=2
+    )
+    caplog.set_level(logging.WARNING, "ratesvc.storage.shared_limiter")
+    try:
+        await asyncio.gather(*(call_through(limiter, upstream) for _ in range(30)))
+
+        assert limiter.state().sharing == "degraded"
+        assert limiter.limit == 5  # half of the key's 10
+        assert max(upstream.served_per_window.values()) <= 5
+        assert min(full_windows(upstream.served_per_window)) == 5
+        warnings = [r for r in caplog.records if "Redis is unreachable" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        await limiter.aclose()
+        await client.aclose()
+
+
+class RedisServer:
+    """A throwaway redis-server of the test's own (never the shared one on 6379)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self._tmp = tmp
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self._tmp)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 5
+        while (
+            subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, check=False
+            ).stdout.strip()
+            != b"PONG"
+        ):
+            assert time.monotonic() < deadline, "the throwaway redis-server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True,
+            check=False,
+        )  # fmt: skip
+        if self.process is not None:
+            self.process.wait(5)
+            self.process = None
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Any:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None:
+        server.signal(signal.SIGCONT)
+        server.stop()
+
+
+async def burst(limiters: Sequence[SharedRateLimiter], upstream: FixedWindow, calls: int) -> None:
+    await asyncio.gather(
+        *(call_through(limiters[i % len(limiters)], upstream) for i in range(calls))
+    )
+
+
+def since(counter: dict[int, int], before: dict[int, int]) -> dict[int, int]:
+    return {i: n - before.get(i, 0) for i, n in counter.items() if n > before.get(i, 0)}
+
+
+async def test_redis_stopped_and_restarted_means_the_local_share_then_the_shared_window(
+    own_redis: RedisServer,
+) -> None:
+    upstream = FixedWindow(10, 0.3)
+    async with replicas(own_redis.url, "t:", 2, limit=10, window_s=0.3, margin_s=None,
+                        retry_s=0.1) as limiters:  # fmt: skip
+        await burst(limiters, upstream, 30)
+        assert {limiter.state().sharing for limiter in limiters} == {"shared"}
+        assert dict(upstream.throttled_per_window) == {}
+        served, refused = dict(upstream.served_per_window), dict(upstream.throttled_per_window)
+
+        own_redis.stop()
+        await burst(limiters[:1], upstream, 20)  # one replica works on alone
+        state = limiters[0].state()
+        outage = since(upstream.served_per_window, served)
+        outage_refused = since(upstream.throttled_per_window, refused)
+
+        own_redis.start()
+        await until(lambda: all(limiter.shared for limiter in limiters))
+        refused = dict(upstream.throttled_per_window)
+        await burst(limiters, upstream, 40)
+
+    assert state.sharing == "degraded" and state.limit == 5
+    assert max(outage.values()) <= 5  # its share: half of the key's 10
+    # The local share starts with a probe: in a window the others had spent, it is refused.
+    assert max(outage_refused.values(), default=0) <= 1
+    assert since(upstream.throttled_per_window, refused) == {}  # none once Redis is back
+    assert max(upstream.served_per_window.values()) <= 10
+    assert {limiter.state().sharing for limiter in limiters} == {"shared"}
+
+
+async def test_redis_hanging_means_the_local_share_after_a_short_timeout(
+    own_redis: RedisServer,
+) -> None:
+    upstream = FixedWindow(10, 0.3)
+    async with replicas(own_redis.url, "t:", 1, limit=10, window_s=0.3, margin_s=None,
+                        retry_s=0.1, timeout_s=0.2) as (limiter,):  # fmt: skip
+        await burst([limiter], upstream, 5)
+        own_redis.signal(signal.SIGSTOP)  # connected, never answering
+        started = now()
+
+        await call_through(limiter, upstream)
+
+        assert now() - started < 1.0
+        assert limiter.state().sharing == "degraded"
+        own_redis.signal(signal.SIGCONT)
+        await until(lambda: limiter.shared)
+        await burst([limiter], upstream, 10)
+    assert dict(upstream.throttled_per_window) == {}
+
+
+async def test_a_429_seen_while_redis_was_down_pauses_every_replica_when_it_is_back(
+    own_redis: RedisServer,
+) -> None:
+    async with replicas(own_redis.url, "t:", 2, retry_s=0.05) as (seen, other):
+        probe = await seen.acquire(Priority.NORMAL, None)
+        await answered(seen, probe, 200, headers(40, 39, 30))
+        own_redis.stop()
+        sent = await seen.acquire(Priority.NORMAL, None)  # from the local share
+        await answered(seen, sent, 429, headers(40, 0, 20))
+        own_redis.start()
+        await until(lambda: seen.shared)
+
+        with pytest.raises(UpstreamThrottled) as refused:
+            await other.acquire(Priority.NORMAL, now() + 1)
+
+        assert other.shared
+        assert refused.value.reset_after_s is not None and refused.value.reset_after_s > 15
+
+
+async def test_a_replica_rejoining_while_a_probe_is_out_lets_the_next_probe_go_at_once(
+    own_redis: RedisServer,
+) -> None:
+    """Rejoining starts a new epoch: the probe out answers for the old one, so its lease must
+    not hold the others back until it lapses (10 s)."""
+    async with (
+        replicas(own_redis.url, "t:", 1) as (prober,),
+        replicas(own_redis.url, "t:", 1, retry_s=0.3) as (returning,),
+    ):
+        first = await prober.acquire(Priority.NORMAL, None)
+        await answered(prober, first, 200, headers(40, 39, 30))
+        own_redis.stop()
+        local = await returning.acquire(Priority.NORMAL, None)  # the local share
+        returning.release(local)
+        own_redis.start()
+        probe = await prober.acquire(Priority.NORMAL, None)  # a Redis that forgot everything
+        assert probe.probe
+        await until(lambda: returning.shared)
+        await answered(prober, probe, 200, headers(40, 37, 30))  # an answer of the old epoch
+        started = now()
+
+        again = await returning.acquire(Priority.NORMAL, now() + 2)
+
+        assert again.probe and now() - started < 0.5
+        returning.release(again)
+
+
+async def test_an_acquire_retried_by_the_client_is_granted_once(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """The process's client retries a command once when the connection fails: a script that ran
+    but whose answer was lost answers the retry with its first answer."""
+    url, prefix = redis_prefix
+    client = open_redis(url)
+    acquire = client.register_script(limiter_scripts.ACQUIRE)
+    window = f"{prefix}w"
+    keys = [window, f"{prefix}w:waiting", f"{prefix}w:answer:me"]
+    await client.hset(window, mapping={"limit": 40, "remaining": 30, "end": 2**52, "probing": 0})
+    args = [40, 60_000_000, 0, "me", 1, 5, "0,5,0", 0, 10_000_000, 0, 3_000_000, 25_000]
+    try:
+        first = await acquire(keys=keys, args=[*args, 7])
+        retried = await acquire(keys=keys, args=[*args, 7])
+        another = await acquire(keys=keys, args=[*args, 8])
+
+        assert first[0] == retried[0] == another[0] == 5
+        assert first[:10] == retried[:10]
+        assert int(await client.hget(window, "remaining")) == 20  # two grants of 5, not three
+    finally:
+        await client.aclose()
+
+
+# --- against the ShipStation sandbox --------------------------------------------------------------
+
+RATE = RateRequest(
+    carrier_code="fedex",
+    ship_from=Address(postal_code="78703", country="US"),
+    ship_to=Address(postal_code="10001", country="US", state="NY"),
+    weight=Weight(value=1, unit="lb"),
+)
+
+
+@pytest.fixture
+def tight_sandbox() -> ShipStationSandbox:
+    return ShipStationSandbox(knobs=Knobs(rate_limit=20, window_s=0.4))
+
+
+@pytest.fixture
+async def sandbox_url(aiohttp_server: Any, tight_sandbox: ShipStationSandbox) -> str:
+    server: TestServer = await aiohttp_server(tight_sandbox.app)
+    return str(server.make_url("")).rstrip("/")
+
+
+def shipstation(url: str, *, limit: int = 40) -> ShipStationConfig:
+    return ShipStationConfig(
+        url=url, api_key=Secret("sandbox-key"), api_secret=Secret("sandbox-secret"),
+        rate_limit=limit, window_s=0.4,
+    )  # fmt: skip
+
+
+async def test_three_clients_sharing_one_limiter_get_no_429_from_the_sandbox(
+    redis_prefix: tuple[str, str], sandbox_url: str, tight_sandbox: ShipStationSandbox
+) -> None:
+    async with (
+        replicas(*redis_prefix, 3, window_s=0.4, margin_s=None) as limiters,
+        aiohttp.ClientSession() as session,
+    ):
+        clients = [ShipStationClient(session, shipstation(sandbox_url), lim) for lim in limiters]
+        results = await asyncio.gather(
+            *(clients[i % 3].get_rates(RATE, deadline=now() + 30) for i in range(120))
+        )
+
+    assert all(results)
+    assert tight_sandbox.throttled == 0
+    served = tight_sandbox.window.served_per_window
+    assert sum(served.values()) == 120
+    assert max(served.values()) <= 20
+    assert min(full_windows(served)) >= 18
+
+
+async def test_replica_processes_sharing_one_limiter_get_no_429_and_use_the_budget(
+    redis_prefix: tuple[str, str], sandbox_url: str, tight_sandbox: ShipStationSandbox
+) -> None:
+    url, prefix = redis_prefix
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = (*REPLICA, "rates", sandbox_url, url, prefix, "60")
+    pipes = {"stdin": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.PIPE}
+    processes = [
+        await asyncio.create_subprocess_exec(*command, **pipes, env=env, cwd=ROOT) for _ in range(3)
+    ]
+    for process in processes:  # all set up, then all at once
+        assert process.stdout is not None
+        assert await asyncio.wait_for(process.stdout.readline(), 30) == b"ready\n"
+    outputs = await asyncio.wait_for(
+        asyncio.gather(*(p.communicate(b"go\n") for p in processes)), 50
+    )
+
+    reports = [json.loads(stdout) for stdout, _ in outputs]
+    assert [p.returncode for p in processes] == [0, 0, 0]
+    assert reports == [{"rated": 60, "refused": 0}] * 3
+    assert tight_sandbox.throttled == 0
+    served = tight_sandbox.window.served_per_window
+    assert sum(served.values()) == 180
+    assert max(served.values()) <= 20
+    assert min(full_windows(served)) >= 18
+
+
+# --- the factory ------------------------------------------------------------------------------
+
+
+async def test_the_factory_shares_with_redis_and_stays_in_process_without(
+    redis_prefix: tuple[str, str],
+) -> None:
+    url, prefix = redis_prefix
+    client = open_redis(url)
+    shared = make_limiter("cin7:app", limit=60, window_s=60, redis=client, prefix=prefix)
+    local = make_limiter("cin7:app", limit=60, window_s=60)
+    try:
+        permit = await shared.acquire(Priority.URGENT, None)
+        shared.release(permit)
+
+        assert isinstance(shared, SharedRateLimiter) and shared.state().sharing == "shared"
+        assert isinstance(local, RateLimiter) and local.state().sharing == "local"
+        assert await client.exists(f"{prefix}limit:v1:{{cin7:app}}") == 1
+    finally:
+        await shared.aclose()
+        await client.aclose()

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from ratesvc import __version__, keys
-from ratesvc.accounts import AccountServices, build_accounts
+from ratesvc.accounts import AccountServices, build_accounts, close_limiters
 from ratesvc.api.middlewares import MIDDLEWARES
 from ratesvc.api.routes import setup_routes
 from ratesvc.automation.poller import Poller
@@ -82,15 +82,19 @@ def _session(*, connections: int) -> aiohttp.ClientSession:
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession per upstream (ShipStation, Cin7 Core), shared by every account."""
+    """One ClientSession per upstream (ShipStation, Cin7 Core), shared by every account; each
+    credential's limiter in this process, or shared through Redis when it is configured."""
     shipstation = _session(connections=fitting_pool(app[keys.SETTINGS].shipstation_connections))
     cin7 = _session(connections=10)  # Cin7 Core is paced to about a call a second anyway
     accounts: dict[str, AccountServices] = {}
     try:
-        accounts = build_accounts(app[keys.SETTINGS], shipstation, app[keys.METRICS], cin7)
+        accounts = build_accounts(
+            app[keys.SETTINGS], shipstation, app[keys.METRICS], cin7, redis=app[keys.REDIS]
+        )
         app[keys.ACCOUNTS] = accounts
         yield
     finally:
+        await close_limiters(accounts)
         for services in accounts.values():
             await services.catalog.close()
             if services.products is not None:

@@ -220,6 +220,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_prefix: str = DEFAULT_REDIS_PREFIX
     # processes ``ratesvc serve`` runs on one port (SO_REUSEPORT); above 1 needs both backends
     workers: int = 1
+    # processes sharing each upstream budget through Redis (every replica's workers); while
+    # Redis cannot be reached, each takes this share of a window (conservative: never over)
+    replicas: int = 2
     accounts: dict[str, Account] = {}
 
     @property
@@ -674,6 +677,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         ),
         redis_prefix=_redis_prefix(reader, service_value("RATESVC_REDIS_PREFIX", "redis_prefix")),
         workers=whole("RATESVC_WORKERS", "workers", 1, 1, MAX_WORKERS),
+        replicas=whole("RATESVC_REPLICAS", "replicas", 2, 1, 1024),
         accounts=accounts,
     )
     if problem := workers_problem(settings, settings.workers):

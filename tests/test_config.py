@@ -590,3 +590,10 @@ def test_a_redis_prefix_is_tame_text(value: str) -> None:
     (problem,) = problems_of({**MINIMAL, "RATESVC_REDIS_PREFIX": value})
 
     assert problem.startswith("RATESVC_REDIS_PREFIX: must be 1 to 64 letters, digits or")
+
+
+def test_replicas_sharing_a_budget_default_to_two_and_are_bounded() -> None:
+    assert load_settings(MINIMAL).replicas == 2
+    assert load_settings({**MINIMAL, "RATESVC_REPLICAS": "6"}).replicas == 6
+    (problem,) = problems_of({**MINIMAL, "RATESVC_REPLICAS": "0"})
+    assert problem.startswith("RATESVC_REPLICAS: must be a")

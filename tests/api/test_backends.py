@@ -28,6 +28,15 @@ from tests.conftest import AUTH
 MakeClient = Callable[..., Any]
 
 
+RATE_BODY = {
+    "carriers": ["ups"],
+    "shipment": {
+        "ship_to": {"postal_code": "10118", "country": "US", "state": "NY"},
+        "packages": [{"weight": {"value": 2, "unit": "lb"}}],
+    },
+}
+
+
 def closed_port() -> int:
     """A port nothing listens on (it was free a moment ago)."""
     with socket.socket() as sock:
@@ -227,3 +236,33 @@ async def test_status_shows_redis_unreachable_without_failing(client_with: MakeC
 )
 def test_a_backend_is_shown_without_user_password_or_query(url: str, shown: str) -> None:
     assert redacted(url) == shown
+
+
+async def test_with_redis_the_budgets_are_shared_and_without_it_local(
+    client_with: MakeClient, redis_prefix: tuple[str, str]
+) -> None:
+    url, prefix = redis_prefix
+    shared = await client_with(RATESVC_REDIS_URL=url, RATESVC_REDIS_PREFIX=prefix)
+    assert (await shared.post("/v1/rates", json=RATE_BODY, headers=AUTH)).status == 200
+    local = await client_with()
+
+    shared_status = await (await shared.get("/v1/status", headers=AUTH)).json()
+    local_status = await (await local.get("/v1/status", headers=AUTH)).json()
+
+    assert [b["sharing"] for b in shared_status["shipstation"]] == ["shared"]
+    assert [b["sharing"] for b in local_status["shipstation"]] == ["local"]
+    assert shared_status["shipstation"][0]["remaining"] < shared_status["shipstation"][0]["limit"]
+
+
+async def test_with_redis_unreachable_the_budgets_fall_back_to_a_local_share_and_say_so(
+    client_with: MakeClient,
+) -> None:
+    client = await client_with(RATESVC_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+
+    rates = await client.post("/v1/rates", json=RATE_BODY, headers=AUTH)
+    status = await (await client.get("/v1/status", headers=AUTH)).json()
+
+    assert rates.status == 200
+    (budget,) = status["shipstation"]
+    assert budget["sharing"] == "degraded"
+    assert budget["limit"] == 20  # 40 a window, 2 replicas assumed (RATESVC_REPLICAS)

@@ -44,6 +44,9 @@ def _reading(endpoint: str) -> Iterator[None]:
         ) from exc
 
 
+CIN7_CALLS_PER_WINDOW = 60  # per API application, sliding minute (UPSTREAMS.md)
+
+
 def cin7_limiter(
     name: str,
     *,
@@ -56,8 +59,8 @@ def cin7_limiter(
     the whole application for ``throttle_pause_s`` (inferred: long enough for a sliding minute
     to drain a little, short enough not to stall write-backs)."""
     return RateLimiter(
-        f"cin7:{name}", limit=60, window_s=window_s, min_interval_s=min_interval_s,
-        throttle_pause_s=throttle_pause_s, metrics=metrics,
+        f"cin7:{name}", limit=CIN7_CALLS_PER_WINDOW, window_s=window_s,
+        min_interval_s=min_interval_s, throttle_pause_s=throttle_pause_s, metrics=metrics,
     )  # fmt: skip
 
 

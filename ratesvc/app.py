@@ -131,13 +131,13 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
     ledger = Ledger.from_url(settings.ledger_url)
     worker = WriteBackWorker(
         ledger, app[keys.ACCOUNTS], base_s=settings.writeback_retry_s,
-        attention_after=settings.writeback_attention_after,
+        attention_after=settings.writeback_attention_after, lease_ttl_s=settings.lease_ttl_s,
     )  # fmt: skip
     labels = Labels(
         ledger,
         quotes=app[keys.RATER].quotes,
         accounts=app[keys.ACCOUNTS],
-        timing=LabelTiming(settle_s=settings.label_settle_s),
+        timing=LabelTiming(settle_s=settings.label_settle_s, lease_ttl_s=settings.lease_ttl_s),
         on_queued=worker.nudge,
         retention_days=settings.retention_days,
     )

@@ -171,8 +171,10 @@ async def _automation(app: web.Application) -> AsyncIterator[None]:
     automation = Automation(
         app[keys.LEDGER], app[keys.ACCOUNTS], labels=app[keys.LABELS], rater=app[keys.RATER],
         metrics=app[keys.METRICS], retry_s=settings.automation_retry_s,
+        lease_ttl_s=settings.lease_ttl_s,
     )  # fmt: skip
-    poller = Poller(app[keys.LEDGER], app[keys.ACCOUNTS], automation, app[keys.METRICS])
+    poller = Poller(app[keys.LEDGER], app[keys.ACCOUNTS], automation, app[keys.METRICS],
+                    lease_ttl_s=settings.lease_ttl_s)  # fmt: skip
     app[keys.AUTOMATION] = automation
     app[keys.POLLER] = poller
     try:

@@ -170,6 +170,10 @@ async def test_a_running_write_back_is_not_stolen_by_a_starting_replica_but_adop
     assert len(cin7_sandbox.attachments["sale-simple"]) == 1  # the label PDF, once
 
 
+async def is_in(read: Callable[[], Awaitable[Any]], expected: set[str]) -> bool:
+    return await read() in expected
+
+
 async def running_is(
     read: Callable[[], Awaitable[list[tuple[Any, ...]]]], expected: list[tuple[Any, ...]]
 ) -> bool:
@@ -177,14 +181,31 @@ async def running_is(
 
 
 async def test_an_automation_event_is_processed_by_one_replica(
-    make_replica: MakeReplica, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
 ) -> None:
     a = await make_replica("a", automated=True)
     b = await make_replica("b", automated=True)
     payload = pack_payload(cin7_sandbox, "sale-simple")
+    cin7_sandbox.sale_reads.clear()  # processing the event waits at its read of the sale
 
     delivered = await a.post(WEBHOOK_URL, json=payload, headers=HOOK)
     assert delivered.status == 202
+
+    async def owner() -> Any:
+        ((holder,),) = await ledger_sql(postgres_url, "SELECT owner FROM events")
+        return holder
+
+    replicas = {a.app[keys.LEDGER].owner, b.app[keys.LEDGER].owner}
+    await until(lambda: is_in(owner, replicas))  # claimed by one of them
+    seen = set()
+    for _ in range(30):  # 1.5 s: both look for due events every half TTL meanwhile
+        seen.add(await owner())
+        await asyncio.sleep(0.05)
+    assert len(seen) == 1, seen  # the first claim's throughout: the other left it alone
+    cin7_sandbox.sale_reads.set()
 
     async def settled() -> bool:
         listed = await (await b.get("/v1/automation/events", headers=AUTH)).json()

@@ -265,6 +265,9 @@ class Automation:
         sent = asyncio.get_running_loop().time()
         if room > 0:
             claimed = await self._ledger.claim_events(limit=room, ttl_s=self._lease_ttl_s)
+            for event in claimed:  # a claim that lapsed (renewals failed) and is ours again
+                if event.event_id in self._running:
+                    self._claims.add(event.event_id, self._running[event.event_id], sent)
             due = [e for e in claimed if e.event_id not in self._running]
         for row in due:
             task = asyncio.create_task(self._process(row))

@@ -188,7 +188,11 @@ class WriteBackWorker:
         room = self._concurrency - len(self._running)
         if room > 0:
             sent = asyncio.get_running_loop().time()
+            doing = {job_id: task for task, job_id in self._jobs.items()}
             for job in await self._ledger.claim_jobs(limit=room, ttl_s=self._lease_ttl_s):
+                if job.id in doing:  # its claim lapsed (renewals failed) and is ours again
+                    self._claims.add(job.id, doing[job.id], sent)
+                    continue
                 task = asyncio.create_task(self._guarded(job))
                 self._running.add(task)
                 self._jobs[task] = job.id

@@ -178,7 +178,7 @@ async def _automation(app: web.Application) -> AsyncIterator[None]:
     app[keys.AUTOMATION] = automation
     app[keys.POLLER] = poller
     try:
-        automation.start()
+        await automation.start()
         poller.start()
         yield
     finally:

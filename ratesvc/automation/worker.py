@@ -220,7 +220,10 @@ class Automation:
 
     # --- the worker ----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the worker; with one process (SQLite) the claims a previous process left on
+        events are given up first, so they are processed now rather than once they expire."""
+        await self._ledger.release_claimed_events()
         self._task = asyncio.create_task(self._run())
 
     def nudge(self) -> None:
@@ -247,12 +250,8 @@ class Automation:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
 
     async def _run(self) -> None:
-        released = False
         while True:
             try:
-                if not released:  # one process: a previous one's claims are over
-                    await self._ledger.release_claimed_events()
-                    released = True
                 await self._round()
             except Exception:  # the ledger itself failing: say so, then keep trying
                 log.exception("automation worker round failed")
@@ -260,6 +259,8 @@ class Automation:
 
     async def _round(self) -> None:
         self._wake.clear()
+        # read before claiming: an event that falls due meanwhile is claimed now or woken for
+        next_at = await self._ledger.next_event_due_at()
         room = self._concurrency - len(self._running)
         due: list[EventRow] = []
         sent = asyncio.get_running_loop().time()
@@ -277,15 +278,13 @@ class Automation:
         # another replica's event is adopted once its claim expires: look that often
         longest = 60.0 if self._ledger.single_process else min(60.0, self._lease_ttl_s / 2)
         timeout = longest
-        next_at = await self._ledger.next_event_due_at()
         if next_at is not None:
             due_at = parse_stamp(next_at)
             timeout = min(longest, (due_at - dt.datetime.now(dt.UTC)).total_seconds())
-            if timeout <= 0 and (self._running or due or room <= 0):
-                timeout = longest  # what is due is being processed; its end wakes the loop
-        if timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            if timeout <= 0:  # what was due is claimed now (here or elsewhere); an end wakes us
+                timeout = longest
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _done(self, event_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(event_id, None)

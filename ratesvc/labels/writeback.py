@@ -185,6 +185,8 @@ class WriteBackWorker:
         """Start every due job there is room for, then sleep until the next is due, new work is
         queued, or a running job ends (its sale's next job may be due)."""
         self._wake.clear()
+        # read before claiming: a job that falls due meanwhile is claimed now or woken for
+        next_at = await self._ledger.next_due_at()
         room = self._concurrency - len(self._running)
         if room > 0:
             sent = asyncio.get_running_loop().time()
@@ -201,11 +203,11 @@ class WriteBackWorker:
         # another replica's running job is adopted once its claim expires: look that often
         longest = 60.0 if self._ledger.single_process else min(60.0, self._lease_ttl_s / 2)
         timeout = longest
-        next_at = await self._ledger.next_due_at()
         if next_at is not None:
             due = parse_stamp(next_at)
             timeout = max(0.0, min(longest, (due - dt.datetime.now(dt.UTC)).total_seconds()))
-        if len(self._running) >= self._concurrency:
+        if timeout == 0.0 or len(self._running) >= self._concurrency:
+            # what was due is claimed now (or by another replica); a job ending wakes the loop
             timeout = longest
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(timeout, 0.01))

@@ -93,6 +93,10 @@ _PACKAGE = (
 )
 _OUTBOX = "id, label_id, kind, state, attempts, next_at, last_error"
 _COLUMNS = {"purchases": _PURCHASE, "events": _EVENT}  # tables read by _page and _of_sales
+_HEADS = (  # the head (oldest open job) of every sale's outbox queue
+    "SELECT MIN(q.id) FROM outbox q JOIN purchases r ON r.label_id = q.label_id "
+    "WHERE q.state IN ('pending', 'running') GROUP BY r.account, COALESCE(r.sale_id, r.label_id)"
+)
 
 
 def _package(row: Row) -> PackageRow:
@@ -686,26 +690,29 @@ class Ledger:
 
         Replicas claiming together: the scan skips the rows another claim has locked
         (``skip_locked``), and a job is taken only if it is still pending, or still expired,
-        when it is marked (its row count says so) — each job is claimed by one of them."""
+        when it is marked (its row count says so) — each job is claimed by one of them. A
+        round with nothing to claim only reads (no write lock taken)."""
         now, clock = now_text(), self._now
         claimable = (
             "(state = 'pending' OR (state = 'running' AND "
             f"(lease_until IS NULL OR lease_until < {clock})))"
         )
+        # the head (oldest open job) of every sale's queue; only a due pending head, or a
+        # running one whose claim expired, is taken
+        due = (
+            f"FROM outbox o WHERE o.id IN ({_HEADS}) AND ((o.state = 'pending' AND "
+            "o.next_at <= ?) OR (o.state = 'running' AND "
+            f"(o.lease_until IS NULL OR o.lease_until < {clock})))"
+        )
+        if not await self._engine.fetch(f"SELECT 1 {due} LIMIT 1", (now,)):
+            return []
 
         async def claim(tx: Connection) -> list[OutboxRow]:
-            # the head (oldest open job) of every sale's queue; only a due pending head, or a
-            # running one whose claim expired, is taken
             heads = await tx.fetch(
                 "SELECT o.id, o.label_id, o.kind, o.state, o.attempts, o.next_at, o.last_error, "
                 "(SELECT p.account FROM purchases p WHERE p.label_id = o.label_id), "
-                "(SELECT p.sale_id FROM purchases p WHERE p.label_id = o.label_id) FROM outbox o "
-                "WHERE o.id IN (SELECT MIN(q.id) FROM outbox q JOIN purchases r "
-                "ON r.label_id = q.label_id WHERE q.state IN ('pending', 'running') "
-                "GROUP BY r.account, COALESCE(r.sale_id, r.label_id)) "
-                "AND ((o.state = 'pending' AND o.next_at <= ?) OR (o.state = 'running' AND "
-                f"(o.lease_until IS NULL OR o.lease_until < {clock}))) "
-                f"ORDER BY o.next_at, o.id LIMIT ?{self._engine.skip_locked}",
+                "(SELECT p.sale_id FROM purchases p WHERE p.label_id = o.label_id) "
+                f"{due} ORDER BY o.next_at, o.id LIMIT ?{self._engine.skip_locked}",
                 (now, limit),
             )
             claimed: list[OutboxRow] = []
@@ -781,7 +788,11 @@ class Ledger:
         )
 
     async def next_due_at(self) -> str | None:
-        rows = await self._engine.fetch("SELECT MIN(next_at) FROM outbox WHERE state = 'pending'")
+        """When the next job :meth:`claim_jobs` could take is due: the earliest pending head of
+        a sale's queue (a job behind a running one waits for it to end, not for a time)."""
+        rows = await self._engine.fetch(
+            f"SELECT MIN(next_at) FROM outbox WHERE state = 'pending' AND id IN ({_HEADS})"
+        )
         return str(rows[0][0]) if rows and rows[0][0] else None
 
     async def jobs(self, label_id: str) -> list[OutboxRow]:
@@ -931,19 +942,19 @@ class Ledger:
         is claimed by this ledger's :attr:`owner` for ``ttl_s`` seconds (renewed by
         :meth:`renew_events`, given up by ``set_event(claimed=True)``). An event is taken only
         if it is still unclaimed when it is marked (its row count says so), so of replicas
-        that found the same event one processes it."""
-        clock = self._now
+        that found the same event one processes it. A round with nothing to claim only reads
+        (no write lock taken)."""
+        clock, now = self._now, now_text()
         free = f"(lease_until IS NULL OR lease_until < {clock})"
         statuses = _marks(OPEN_EVENT_STATUSES)
+        due = f"FROM events e WHERE {self._claimable_event} AND next_at <= ?"
+        if not await self._engine.fetch(f"SELECT 1 {due} LIMIT 1", (*OPEN_EVENT_STATUSES, now)):
+            return []
 
         async def claim(tx: Connection) -> list[EventRow]:
             rows = await tx.fetch(
-                f"SELECT {_EVENT} FROM events e WHERE status IN ({statuses}) AND next_at <= ? "
-                f"AND {free} AND NOT EXISTS (SELECT 1 FROM events x WHERE x.account = e.account "
-                "AND x.sale_id = e.sale_id AND x.event_id <> e.event_id "
-                f"AND x.lease_until >= {clock}) "
-                f"ORDER BY next_at, rowid LIMIT ?{self._engine.skip_locked}",
-                (*OPEN_EVENT_STATUSES, now_text(), limit),
+                f"SELECT {_EVENT} {due} ORDER BY next_at, rowid LIMIT ?{self._engine.skip_locked}",
+                (*OPEN_EVENT_STATUSES, now, limit),
             )
             claimed: list[EventRow] = []
             sales: set[tuple[str, str | None]] = set()
@@ -996,11 +1007,26 @@ class Ledger:
         return [EventRow(*row) for row in rows]
 
     async def next_event_due_at(self) -> str | None:
+        """When the next event :meth:`claim_events` could take is due (one held by a live claim,
+        or of a sale another live claim works on, waits for that, not for a time)."""
         rows = await self._engine.fetch(
-            f"SELECT MIN(next_at) FROM events WHERE status IN ({_marks(OPEN_EVENT_STATUSES)})",
+            f"SELECT MIN(next_at) FROM events e WHERE {self._claimable_event}",
             OPEN_EVENT_STATUSES,
         )
         return str(rows[0][0]) if rows and rows[0][0] else None
+
+    @property
+    def _claimable_event(self) -> str:
+        """An open event (``OPEN_EVENT_STATUSES`` bound first) of alias ``e`` nobody holds, of a
+        sale no other live claim works on."""
+        clock = self._now
+        return (
+            f"status IN ({_marks(OPEN_EVENT_STATUSES)}) "
+            f"AND (lease_until IS NULL OR lease_until < {clock}) "
+            "AND NOT EXISTS (SELECT 1 FROM events x WHERE x.account = e.account "
+            "AND x.sale_id = e.sale_id AND x.event_id <> e.event_id "
+            f"AND x.lease_until >= {clock})"
+        )
 
     async def events(
         self,

@@ -39,9 +39,10 @@ MakeReplica = Callable[..., Awaitable[TestClient]]
 
 @pytest.fixture
 def make_replica(
-    aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path, postgres_url: str
+    postgres_url: str, aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
 ) -> MakeReplica:
-    """A replica (its own data directory and ledger pool) on the shared PostgreSQL ledger."""
+    """A replica (its own data directory and ledger pool) on the shared PostgreSQL ledger
+    (set up first, so the replicas are closed before the database is dropped)."""
 
     async def make(name: str, *, automated: bool = False, **extra: str) -> TestClient:
         data = tmp_path / name
@@ -225,7 +226,10 @@ async def test_an_automation_event_is_processed_by_one_replica(
     assert sandbox.calls["/shipments/createlabel"] == 1
 
 
-async def test_an_account_is_polled_by_one_replica_at_a_time(make_replica: MakeReplica) -> None:
+async def test_an_account_is_polled_by_one_replica_at_a_time(
+    make_replica: MakeReplica, cin7_sandbox: Cin7Sandbox
+) -> None:
+    cin7_sandbox.sales.clear()  # nothing ready: each round is one list call, no events
     a = await make_replica("a", automated=True, RATESVC_POLL_INTERVAL_S="0.1")
     b = await make_replica("b", automated=True, RATESVC_POLL_INTERVAL_S="0.1")
 
@@ -233,6 +237,7 @@ async def test_an_account_is_polled_by_one_replica_at_a_time(make_replica: MakeR
 
     rounds = sorted(replica.app[keys.POLLER].rounds for replica in (a, b))
     assert rounds[0] == 0 and rounds[1] >= 5, rounds
+    assert cin7_sandbox.calls["GET /salelist"] == rounds[1]  # one list call a round, one poller
 
     await die(a if a.app[keys.POLLER].rounds else b)  # the polling replica dies
     survivor = b if a.app[keys.POLLER].rounds else a

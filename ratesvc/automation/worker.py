@@ -232,17 +232,15 @@ class Automation:
     async def stop(self) -> None:
         """Stop taking work; events being processed are cancelled (they stay due in the
         ledger, their claims given up: another replica, or the next start, processes them)."""
-        stopped = list(self._running)
         tasks = [t for t in (self._task, *self._running.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._claims.stop()
-        if stopped:
-            try:
-                await self._ledger.release_events(stopped)
-            except Exception as exc:
-                log.warning("claims on automation events not given back (%r): they expire", exc)
+        try:
+            await self._ledger.release_events()
+        except Exception as exc:
+            log.warning("claims on automation events not given back (%r): they expire", exc)
 
     async def idle(self) -> None:
         """Wait until no event is being processed (tests, benchmarks)."""

@@ -109,9 +109,9 @@ class PurchaseUnit:
     async def run(self) -> bool:
         """Drive the label while holding its lease: True when this unit drove it as far as it
         goes; False when another owner holds the lease (or took it over midway)."""
-        if not await self._lease.acquire():
-            return False
         try:
+            if not await self._lease.acquire():
+                return False
             await self._drive()
         except LeaseLost as lost:
             log.warning("purchase of %s stops here: %s (its new holder carries on)",

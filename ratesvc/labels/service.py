@@ -367,6 +367,10 @@ class Labels:
         for task in units:
             task.cancel()
         await asyncio.gather(*units, return_exceptions=True)
+        try:  # each unit gave its lease back; this catches one cut off as it was taken
+            await self._ledger.release_own_leases("purchase:")
+        except Exception as exc:
+            log.warning("purchase leases not given back (%r): they expire", exc)
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -161,17 +161,15 @@ class WriteBackWorker:
     async def stop(self) -> None:
         """Stop; the jobs cut short are given back (pending) for another replica or the next
         start — if the ledger cannot be reached, their claims simply expire."""
-        stopped = list(self._jobs.values())
         tasks = [t for t in (self._task, *self._running) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._claims.stop()
-        if stopped:
-            try:
-                await self._ledger.release_jobs(stopped)
-            except Exception as exc:
-                log.warning("running write-back jobs not given back (%r): they expire", exc)
+        try:
+            await self._ledger.release_own_jobs()
+        except Exception as exc:
+            log.warning("running write-back jobs not given back (%r): they expire", exc)
 
     async def _run(self) -> None:
         while True:

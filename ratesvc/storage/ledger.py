@@ -233,6 +233,14 @@ class Ledger:
             f"DELETE FROM leases WHERE substr(name, 1, ?) = ?{where}", (len(prefix), prefix)
         )
 
+    async def release_own_leases(self, prefix: str) -> int:
+        """Give back every lease named ``prefix…`` this owner holds (at a graceful stop, after
+        the work under them stopped)."""
+        return await self._engine.execute(
+            "DELETE FROM leases WHERE substr(name, 1, ?) = ? AND owner = ?",
+            (len(prefix), prefix, self.owner),
+        )
+
     async def _fence(self, tx: Connection, lease: str | None) -> None:
         """Inside a transaction: raises :class:`LeaseLost` unless ``lease`` is ours. The lease
         row stays locked until the commit, so it cannot change hands meanwhile."""
@@ -734,17 +742,15 @@ class Ledger:
         still ours (a job adopted by another owner after its claim expired is not)."""
         return {int(key) for key in await self._renew_claims("outbox", "id", ids, ttl_s)}
 
-    async def release_jobs(self, ids: Sequence[int]) -> int:
-        """Jobs this owner claimed and stopped running (a graceful stop) are pending again, so
-        another replica takes them now rather than once their claim expires."""
-        released = 0
-        for part in chunks(list(ids)):
-            released += await self._engine.execute(
-                "UPDATE outbox SET state = 'pending', owner = NULL, lease_until = NULL "
-                f"WHERE id IN ({_marks(part)}) AND state = 'running' AND owner = ?",
-                (*part, self.owner),
-            )
-        return released
+    async def release_own_jobs(self) -> int:
+        """Every job this owner has running is pending again (its worker stopped gracefully —
+        including a claim that committed as the worker was cancelled), so another replica
+        takes it now rather than once its claim expires."""
+        return await self._engine.execute(
+            "UPDATE outbox SET state = 'pending', owner = NULL, lease_until = NULL "
+            "WHERE state = 'running' AND owner = ?",
+            (self.owner,),
+        )
 
     async def _renew_claims(
         self, table: str, key: str, ids: Sequence[Any], ttl_s: float
@@ -978,8 +984,14 @@ class Ledger:
         """Extend this owner's claims on events ``ids``; the ids still ours."""
         return {str(key) for key in await self._renew_claims("events", "event_id", ids, ttl_s)}
 
-    async def release_events(self, ids: Sequence[str]) -> int:
-        """Give up this owner's claims on events ``ids`` (they stay as they are otherwise)."""
+    async def release_events(self, ids: Sequence[str] | None = None) -> int:
+        """Give up this owner's claims on events ``ids`` — on every event it holds, without —
+        (they stay as they are otherwise)."""
+        if ids is None:
+            return await self._engine.execute(
+                "UPDATE events SET owner = NULL, lease_until = NULL WHERE owner = ?",
+                (self.owner,),
+            )
         released = 0
         for part in chunks(list(ids)):
             released += await self._engine.execute(

@@ -21,7 +21,7 @@
     │   │   ├── CustomsRequired       422 customs_required (international, no customs_items)
     │   │   └── CustomsIncomplete     422 customs_incomplete (a sale's declaration lacks facts)
     │   └── IdempotencyKeyReused      422 idempotency_key_reused
-    ├── StorageUnavailable            503 storage_unavailable: the shared store (Redis) is down
+    ├── StorageUnavailable            503 storage_unavailable: the ledger or Redis is out of reach
     └── UpstreamFailure               ShipStation or Cin7 Core let us down (5xx)
         ├── UpstreamError             502 upstream_error: answered with an error we cannot fix
         │   └── UpstreamNotFound      502 upstream_error: the thing asked for is not there
@@ -182,14 +182,22 @@ class CustomsIncomplete(InvalidRequest):
 
 
 class StorageUnavailable(RatesvcError):
-    """What replicas share (quotes, in Redis) cannot be reached now; retrying later may help.
+    """What replicas share cannot be reached now; retrying later may help.
 
-    Rating never answers with it (it falls back to this process); reading a quote does, since
-    the quote may well exist where it cannot be read.
+    Reading a quote from the shared store (Redis) answers it, since the quote may well exist
+    where it cannot be read (rating never does: it falls back to this process); so does any
+    request the ledger cannot serve because its database is out of reach
+    (:mod:`ratesvc.storage.outage`, at the edge), with ``retry_after_s`` for Retry-After.
     """
 
     code = "storage_unavailable"
     status = 503
+
+    def __init__(
+        self, detail: str, *, label_id: str | None = None, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(detail, label_id=label_id)
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamFailure(RatesvcError):

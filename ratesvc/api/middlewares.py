@@ -27,6 +27,7 @@ from ratesvc.errors import (
     RequestError,
     Unauthorized,
 )
+from ratesvc.storage.outage import ledger_outage
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,11 @@ def _answer_for(request: web.Request, exc: Exception) -> web.StreamResponse:
         return response
     if isinstance(exc, web.HTTPException):
         return exc  # a deliberate HTTP answer (none of ours raise one; aiohttp's redirects)
+    outage = ledger_outage(exc)
+    if outage is not None:  # PostgreSQL out of reach: 503, the cause logged (never shown)
+        log.warning("%s %s: storage_unavailable: the ledger cannot be reached (%s: %s)",
+                    request.method, request.path, type(exc).__name__, exc)  # fmt: skip
+        return _problem(request, outage)
     log.error(
         "unhandled error in %s %s [%s]", request.method, request.path, request_id(request),
         exc_info=exc,

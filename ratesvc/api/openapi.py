@@ -47,15 +47,18 @@ _ERRORS: dict[int, tuple[str, tuple[str, ...]]] = {
            "customs_incomplete")),
     502: ("An upstream answered with an error we cannot fix", ("upstream_error", "upstream_auth")),
     503: ("Upstream down, or rate-limited past the deadline (then with Retry-After); "
-          "`storage_unavailable`: the store replicas share quotes in (Redis) cannot be reached "
-          "now — the quote may exist, try again shortly",
-          ("upstream_unavailable", "storage_unavailable")),
+          "`storage_unavailable`: the ledger (PostgreSQL; then with Retry-After) or the store "
+          "replicas share quotes in (Redis) cannot be reached now — nothing is lost, try again "
+          "shortly", ("upstream_unavailable", "storage_unavailable")),
     504: ("Nothing came back before the request deadline", ("deadline_exceeded",)),
 }  # fmt: skip
 _ALWAYS = (405, 413)  # any route: another method; a body over the limit
+# A route that needs nothing but the ledger can answer 503 only for it.
+_LEDGER_503 = ("The ledger (PostgreSQL) cannot be reached now; what it holds is kept: retry "
+               "after Retry-After seconds", ("storage_unavailable",))  # fmt: skip
 _RETRY_AFTER = {
-    "description": "Whole seconds until the upstream rate limit has room again (a rate "
-    "limit's 503 only)",
+    "description": "Whole seconds until the upstream rate limit has room again, or the ledger "
+    "is worth asking again (a rate limit's or the ledger's 503)",
     "schema": {"type": "integer", "minimum": 1},
 }
 
@@ -112,6 +115,7 @@ class Route:
     status: int = 200
     also: tuple[tuple[int, str], ...] = ()  # other statuses with the same body, and when
     errors: tuple[int, ...] = ()
+    ledger: bool = False  # reads or writes the ledger: 503 while its database is out of reach
     auth: bool = True  # the API token (bearer); see ``security`` for other credentials
     security: tuple[str, ...] = ()  # the schemes of a route that authenticates itself
     params: tuple[Param, ...] = ()  # query parameters and headers; path ones are implied
@@ -190,13 +194,14 @@ def _operation(route: Route, by_type: dict[Any, Schema]) -> Schema:
         ok["content"] = {route.content_type: {"schema": {"type": "string"}}}
     for status, description in ((route.status, route.summary), *route.also):
         responses[str(status)] = {"description": description, **ok}
-    errors = set(route.errors) | set(_ALWAYS)
+    errors = set(route.errors) | set(_ALWAYS) | ({503} if route.ledger else set())
     if route.auth or route.security:
         errors.add(401)
     if body is not None:
         errors |= {400, 422}
+    ledger_only = route.ledger and 503 not in route.errors
     for status in sorted(errors):
-        responses[str(status)] = _problem_response(status, by_type[Problem])
+        responses[str(status)] = _problem_response(status, by_type[Problem], ledger_only)
     operation["responses"] = responses
     return operation
 
@@ -208,8 +213,10 @@ def _path_param(name: str) -> Schema:
     return known.declared()
 
 
-def _problem_response(status: int, problem: Schema) -> Schema:
+def _problem_response(status: int, problem: Schema, ledger_only: bool = False) -> Schema:
     description, codes = _ERRORS.get(status, ("Error", ("internal_error",)))
+    if status == 503 and ledger_only:
+        description, codes = _LEDGER_503
     example = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status,
                "code": codes[0], "detail": description}  # fmt: skip
     response: Schema = {

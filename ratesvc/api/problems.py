@@ -18,6 +18,7 @@ from ratesvc.errors import (
     InvalidRequest,
     MalformedJson,
     RatesvcError,
+    StorageUnavailable,
     UpstreamThrottled,
 )
 
@@ -43,11 +44,14 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     errors: list[FieldError] = []
     request_id: str | None = None
     label_id: str | None = None  # the label a 409 is about (already_labelled)
-    retry_after_s: int | None = None  # a rate limit's 503: also the Retry-After header
+    retry_after_s: int | None = None  # a rate limit's or the ledger's 503: also Retry-After
 
 
 def retry_after_s(error: RatesvcError) -> int | None:
-    """Whole seconds until a throttled upstream has room again (None: not throttled)."""
+    """Whole seconds until a throttled upstream has room again, or a store out of reach is
+    worth asking again (None: say nothing)."""
+    if isinstance(error, StorageUnavailable):
+        return error.retry_after_s
     if not isinstance(error, UpstreamThrottled):
         return None
     if error.reset_after_s is None or not math.isfinite(error.reset_after_s):

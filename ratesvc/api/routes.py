@@ -59,52 +59,54 @@ ROUTES: tuple[Route, ...] = (
           "Buy labels, one per package, exactly once (Idempotency-Key header)", Label,
           request=LabelsRequest, request_example=LABELS_EXAMPLE, status=201,
           also=((200, "An idempotent replay: the label bought before, nothing bought now"),),
-          errors=(404, 409, 410, 502, 503, 504), params=(IDEMPOTENCY_KEY,), tags=("labels",)),
-    Route("GET", "/v1/labels", labels.list_labels, "Labels, newest first", LabelList,
-          errors=(422,), params=LABEL_LIST_PARAMS, tags=("labels",)),
-    Route("GET", "/v1/labels/{label_id}", labels.get_label, "One label", Label, errors=(404,),
+          errors=(404, 409, 410, 502, 503, 504), params=(IDEMPOTENCY_KEY,), ledger=True,
           tags=("labels",)),
+    Route("GET", "/v1/labels", labels.list_labels, "Labels, newest first", LabelList,
+          errors=(422,), params=LABEL_LIST_PARAMS, ledger=True, tags=("labels",)),
+    Route("GET", "/v1/labels/{label_id}", labels.get_label, "One label", Label, errors=(404,),
+          ledger=True, tags=("labels",)),
     Route("GET", "/v1/labels/{label_id}/packages/{n}/label.pdf", labels.get_label_pdf,
           "A package's label PDF", errors=(404, 422), content_type="application/pdf",
-          tags=("labels",)),
+          ledger=True, tags=("labels",)),
     Route("GET", "/v1/labels/{label_id}/label.pdf", labels.get_label_print,
           "Every bought package's label in one PDF, in box order (print a whole sale at once); "
           "404 when a package's PDF is not here, 409 already_voided for a voided label, 409 "
           "reconciling while a box is still being bought",
-          errors=(404, 409), content_type="application/pdf", tags=("labels",)),
+          errors=(404, 409), content_type="application/pdf", ledger=True, tags=("labels",)),
     Route("GET", "/v1/labels/{label_id}/packages/{n}/customs.pdf", labels.get_customs_pdf,
           "A package's customs form (international labels, when ShipStation returned one)",
-          errors=(404, 422), content_type="application/pdf", tags=("labels",)),
+          errors=(404, 422), content_type="application/pdf", ledger=True, tags=("labels",)),
     Route("POST", "/v1/labels/{label_id}/void", labels.void_label,
           "Void every package of a label", Label, errors=(404, 409, 502, 503, 504),
-          tags=("labels",)),
+          ledger=True, tags=("labels",)),
     Route("POST", "/v1/labels/{label_id}/write-back/retry", labels.retry_write_back,
           "Try the label's waiting Cin7 Core write-back (or a voided label's tracking "
           "correction) now instead of after its back-off; the label, unchanged when nothing "
-          "is waiting", Label, errors=(404,), tags=("labels",)),
+          "is waiting", Label, errors=(404,), ledger=True, tags=("labels",)),
     Route("POST", "/v1/webhooks/cin7/{account}", webhooks.cin7_webhook,
           "Cin7 Core webhook target: records the event (202; a repeat answers 200) and ships "
           "packed sales in the background by the account's rule. Authenticated with the account's "
           "webhook credential (bearer, basic or a custom header), not an API token",
           WebhookReceipt, request_schema=WEBHOOK_EVENT, request_example=WEBHOOK_EXAMPLE,
           status=202, also=((200, "A repeat delivery of an event already recorded"),),
-          auth=False, security=tuple(WEBHOOK_SCHEMES), tags=("automation",)),
+          auth=False, security=tuple(WEBHOOK_SCHEMES), ledger=True, tags=("automation",)),
     Route("GET", "/v1/automation/events", automation.list_events,
           "Automation events (webhooks and the poller), newest first, with their status and "
-          "reason", EventList, errors=(422,), params=EVENT_CURSOR_PARAMS, tags=("automation",)),
+          "reason", EventList, errors=(422,), params=EVENT_CURSOR_PARAMS, ledger=True,
+          tags=("automation",)),
     Route("POST", "/v1/automation/events/{event_id}/retry", automation.retry_event,
           "Put an event in attention or failed back in the queue, due now, its attempts reset "
           "(409 event_not_retryable otherwise)", AutomationEvent, errors=(404, 409),
-          tags=("automation",)),
+          ledger=True, tags=("automation",)),
     Route("GET", "/v1/sales", operator.list_sales,
           "Packed, unshipped Cin7 Core sales (ReadyForShipping), with their boxes, labels and "
           "automation state; a sale not read yet is `pending`", ReadySaleList,
-          errors=(422, 502, 503, 504), params=SALES_LIST_PARAMS, tags=("operator",)),
+          errors=(422, 502, 503, 504), params=SALES_LIST_PARAMS, ledger=True, tags=("operator",)),
     Route("GET", "/v1/status", operator.get_status,
           "What an operator watches: upstream budgets, write-back backlog, automation queue, "
           "labels waiting, the Cin7 Core webhook's state (never fails for a down upstream), "
           "each backend (engine, reachable) and the process that answered",
-          Status, tags=("operator",)),
+          Status, ledger=True, tags=("operator",)),
 )  # fmt: skip
 
 

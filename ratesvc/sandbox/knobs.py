@@ -100,6 +100,11 @@ class FixedWindow:
             self._origin = _now()
             self._index = -1
 
+    def index_at(self, moment: float) -> int:
+        """The window ``moment`` (``time.monotonic()``, the loop's clock) falls in: the key of
+        ``served_per_window`` and ``throttled_per_window``."""
+        return math.floor((moment - self._origin) / self.window_s)
+
     def admit(self) -> tuple[bool, dict[str, str]]:
         """Count one call; return whether it is within the limit, and the three headers."""
         now = _now()

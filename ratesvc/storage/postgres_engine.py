@@ -14,6 +14,12 @@ A transaction PostgreSQL aborts for a deadlock or a serialization failure is run
 
 Migrations run under ``pg_advisory_xact_lock``: replicas starting together queue on the lock, the
 first migrates, the others then read the new version and have nothing to do.
+
+A PostgreSQL that hangs (a network partition, a stuck server) rather than refuses must not hold
+requests forever: every statement is abandoned after :data:`COMMAND_TIMEOUT_S` and waiting for
+a pooled connection after :data:`ACQUIRE_TIMEOUT_S` (``TimeoutError``, which the HTTP edge
+answers as 503 ``storage_unavailable``: :mod:`ratesvc.storage.outage`). Migrations, which may
+wait for another replica's and may rewrite a table, have an hour.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ T = TypeVar("T")
 
 POOL_SIZE = 10  # connections per process; replicas × this must stay under max_connections
 CONNECT_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 10.0  # one statement; the ledger's take milliseconds
+ACQUIRE_TIMEOUT_S = 10.0  # a pooled connection (a new one included), and its release
+MIGRATION_TIMEOUT_S = 3600.0
 RETRIES = 5  # a transaction aborted by a deadlock or serialization failure is run again
 MIGRATION_LOCK = 0x7261746573766301  # "ratesvc" + 1: the advisory lock migrations run under
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError, RetryTransaction)
@@ -107,7 +116,7 @@ class PostgresEngine:
         try:
             self._pool = await asyncpg.create_pool(
                 self._url, min_size=1, max_size=self._pool_size, timeout=CONNECT_TIMEOUT_S,
-                server_settings={"application_name": "ratesvc"},
+                command_timeout=COMMAND_TIMEOUT_S, server_settings={"application_name": "ratesvc"},
             )  # fmt: skip
         except (OSError, TimeoutError, ValueError, asyncpg.PostgresError,
                 asyncpg.InterfaceError) as exc:  # fmt: skip
@@ -129,26 +138,36 @@ class PostgresEngine:
         """Each missing migration in its own transaction, under the advisory lock, the version
         read after the lock is held (``CREATE TABLE IF NOT EXISTS`` is not safe to race either)."""
         migrations = postgresql_migrations()
+        wait = MIGRATION_TIMEOUT_S
         async with self.pool.acquire() as connection:
             while True:
                 async with connection.transaction():
-                    await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
                     await connection.execute(
-                        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+                        "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK, timeout=wait
                     )
-                    version = await connection.fetchval("SELECT MAX(version) FROM schema_version")
+                    await connection.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+                        timeout=wait,
+                    )
+                    version = await connection.fetchval(
+                        "SELECT MAX(version) FROM schema_version", timeout=wait
+                    )
                     version = int(version or 0)
                     if version >= len(migrations):
                         return
-                    await connection.execute(migrations[version])  # several statements
+                    await connection.execute(migrations[version], timeout=wait)  # several
                     await connection.execute(
-                        "INSERT INTO schema_version (version) VALUES ($1)", version + 1
-                    )
+                        "INSERT INTO schema_version (version) VALUES ($1)", version + 1,
+                        timeout=wait,
+                    )  # fmt: skip
 
     async def run(self, body: Callable[[Connection], Awaitable[T]]) -> T:
         for attempt in range(RETRIES):
             try:
-                async with self.pool.acquire() as connection, connection.transaction():
+                async with (
+                    self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection,
+                    connection.transaction(),
+                ):
                     return await body(_Connection(connection))
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
@@ -157,15 +176,18 @@ class PostgresEngine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        return [tuple(record) for record in await self.pool.fetch(numbered(sql), *args)]
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+            return [tuple(record) for record in await connection.fetch(numbered(sql), *args)]
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        return rowcount(await self.pool.execute(numbered(sql), *args))
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+            return rowcount(await connection.execute(numbered(sql), *args))
 
     async def writable(self) -> None:
         """A server in recovery (a standby) or read-only by default takes no writes."""
-        read_only = await self.pool.fetchval(
-            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
-        )
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+            read_only = await connection.fetchval(
+                "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
+            )
         if read_only:
             raise RuntimeError(f"{self.where} is read-only (a standby?)")

@@ -246,7 +246,9 @@ async def test_the_operator_routes_are_declared(document: dict[str, Any]) -> Non
     assert {"200", "401", "422", "503"} <= set(sales["responses"])
     assert "application/pdf" in printed["responses"]["200"]["content"]
     assert {"404", "409"} <= set(printed["responses"])
-    assert set(status["responses"]) == {"200", "401", "405", "413"}  # never a 5xx
+    # never an upstream's 5xx: a 503 only while the ledger is out of reach
+    assert set(status["responses"]) == {"200", "401", "405", "413", "503"}
+    assert ledger_only(status["responses"]["503"])
     schemas = document["components"]["schemas"]
     assert schemas["ReadySale"]["properties"]["details"]["enum"] == [
         "pending", "ready", "unavailable"
@@ -265,5 +267,33 @@ async def test_retrying_a_write_back_is_declared(document: dict[str, Any]) -> No
 
     assert ok == component(document, "Label")
     assert {"200", "401", "404"} <= set(retry["responses"])
-    assert not {"409", "422", "5XX", "502", "503"} & set(retry["responses"])
+    assert not {"409", "422", "5XX", "502"} & set(retry["responses"])
+    assert ledger_only(retry["responses"]["503"])  # no upstream call: only the ledger's 503
     assert [p["name"] for p in retry["parameters"]] == ["label_id"]
+
+
+def ledger_only(response: dict[str, Any]) -> bool:
+    """A 503 declared for the ledger alone: storage_unavailable with Retry-After."""
+    return (
+        "`storage_unavailable`" in response["description"]
+        and "upstream_unavailable" not in response["description"]
+        and "Retry-After" in response["headers"]
+    )
+
+
+async def test_every_route_that_needs_the_ledger_declares_its_503(
+    document: dict[str, Any],
+) -> None:
+    """A PostgreSQL out of reach answers 503 storage_unavailable (with Retry-After) wherever
+    the ledger is read or written."""
+    paths = document["paths"]
+    needs_ledger = [
+        (path, method) for path, operations in paths.items() for method in operations
+        if path.startswith(("/v1/labels", "/v1/automation", "/v1/webhooks", "/v1/sales",
+                            "/v1/status"))
+    ]  # fmt: skip
+    assert len(needs_ledger) == 13
+    for path, method in needs_ledger:
+        declared = paths[path][method]["responses"]["503"]
+        assert "`storage_unavailable`" in declared["description"], (path, method)
+        assert "Retry-After" in declared["headers"]

@@ -37,6 +37,8 @@ class CuttableProxy:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = free_port()
 
     async def start(self) -> None:
@@ -53,7 +55,15 @@ class CuttableProxy:
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def restore(self) -> None:
-        await self.start()
+        """Listen again (after :meth:`cut`), or let the bytes flow again (after :meth:`freeze`)."""
+        self._flowing.set()
+        if self._server is None:
+            await self.start()
+
+    def freeze(self) -> None:
+        """Keep every connection open and accept new ones, but relay nothing: a backend that
+        hangs (a network partition, a server stuck) rather than refuses."""
+        self._flowing.clear()
 
     async def close(self) -> None:
         await self.cut()
@@ -72,7 +82,10 @@ class CuttableProxy:
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
-            await asyncio.gather(_pump(reader, upstream_writer), _pump(upstream_reader, writer))
+            await asyncio.gather(
+                _pump(reader, upstream_writer, self._flowing),
+                _pump(upstream_reader, writer, self._flowing),
+            )
         except (OSError, asyncio.CancelledError):
             pass
         finally:
@@ -82,8 +95,11 @@ class CuttableProxy:
                     w.close()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+) -> None:
     while data := await reader.read(65536):
+        await flowing.wait()
         writer.write(data)
         await writer.drain()
     writer.close()
@@ -136,11 +152,12 @@ class Replica:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 20) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``."""
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.process.wait(), 20)
+                await asyncio.wait_for(self.process.wait(), grace_s)
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
@@ -171,8 +188,8 @@ class Replicas:
         for member in self.members:
             await member.wait_ready(session)
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(member.stop() for member in self.members))
+    async def stop(self, grace_s: float = 20) -> None:
+        await asyncio.gather(*(member.stop(grace_s) for member in self.members))
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,143 @@
+"""PostgreSQL out of reach: what needs the ledger answers 503 ``storage_unavailable`` with
+Retry-After at once (never a 500, never a hang), and works again when it is back. One process
+here; ``tests/replicas/test_replicas.py`` does it with three and a purchase under way."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from ratesvc.app import create_app
+from ratesvc.config import load_settings
+from ratesvc.storage import postgres_engine
+from ratesvc.storage.outage import RETRY_AFTER_S, ledger_outage
+from ratesvc.storage.sql import LedgerUnavailable
+from tests.conftest import AUTH, service_env
+from tests.replicas.harness import CuttableProxy, free_port
+
+EXPLICIT = {
+    "carrier_code": "ups", "service_code": "ups_ground",
+    "shipment": {
+        "ship_to": {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York",
+                    "state": "NY", "postal_code": "10118", "country": "US"},
+        "packages": [{"weight": {"value": 3, "unit": "lb"},
+                      "dimensions": {"length": 10, "width": 8, "height": 4, "unit": "in"}}],
+    },
+}  # fmt: skip
+
+
+@pytest.fixture
+async def through_proxy(
+    aiohttp_client: Any, sandbox_url: str, postgres_url: str, tmp_path: Path
+) -> Any:
+    proxy = CuttableProxy("127.0.0.1", 5432)
+    await proxy.start()
+    env = service_env(sandbox_url, tmp_path / "data",
+                      RATESVC_DATABASE_URL=proxy.url_for(postgres_url))  # fmt: skip
+    client: TestClient = await aiohttp_client(create_app(load_settings(env)))
+    yield client, proxy
+    await proxy.close()
+
+
+async def test_a_cut_ledger_answers_503_with_retry_after_and_recovers(through_proxy: Any) -> None:
+    client, proxy = through_proxy
+    bought = await client.post(
+        "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "a"}
+    )
+    assert bought.status == 201, await bought.text()
+    label_id = (await bought.json())["label_id"]
+
+    await proxy.cut()
+    started = time.perf_counter()
+    for method, path, body in (
+        ("POST", "/v1/labels", EXPLICIT),
+        ("GET", "/v1/labels", None),
+        ("GET", f"/v1/labels/{label_id}", None),
+        ("GET", f"/v1/labels/{label_id}/packages/1/label.pdf", None),
+        ("GET", "/v1/status", None),
+    ):
+        response = await client.request(
+            method, path, json=body, headers={**AUTH, "Idempotency-Key": "b"}
+        )
+        problem = await response.json(content_type=None)
+        assert response.status == 503, (path, problem)
+        assert response.content_type == "application/problem+json"
+        assert problem["code"] == "storage_unavailable"
+        assert problem["retry_after_s"] == RETRY_AFTER_S
+        assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
+        assert "127.0.0.1" not in problem["detail"]  # the cause is logged, not shown
+    assert time.perf_counter() - started < 3
+    ready = await client.get("/readyz")
+    assert (ready.status, (await ready.json())["failed"]) == (503, ["ledger"])
+    rated = await client.post("/v1/rates", json={"shipment": EXPLICIT["shipment"]}, headers=AUTH)
+    assert rated.status == 200  # quoting needs no ledger
+
+    await proxy.restore()
+    retried = await client.post(
+        "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "b"}
+    )
+    assert retried.status == 201, await retried.text()
+    again = await client.get(f"/v1/labels/{label_id}", headers=AUTH)
+    assert again.status == 200
+
+
+@pytest.fixture
+def quick_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres_engine, "COMMAND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(postgres_engine, "ACQUIRE_TIMEOUT_S", 1.0)
+
+
+@pytest.mark.usefixtures("quick_timeouts")
+async def test_a_hung_ledger_answers_503_within_its_timeouts_not_never(through_proxy: Any) -> None:
+    """PostgreSQL that hangs rather than refuses (every byte held): each statement and each wait
+    for a connection is bounded (10 s each in production; 1 s here), then 503."""
+    client, proxy = through_proxy
+    bought = await client.post(
+        "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "a"}
+    )
+    label_id = (await bought.json())["label_id"]
+
+    proxy.freeze()
+    for path in (f"/v1/labels/{label_id}", "/v1/labels"):
+        started = time.perf_counter()
+        response = await client.get(path, headers=AUTH)
+        problem = await response.json(content_type=None)
+        assert (response.status, problem["code"]) == (503, "storage_unavailable"), problem
+        assert time.perf_counter() - started < 3.5
+    refused = await client.post(
+        "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "b"}
+    )
+    assert refused.status == 503
+
+    await proxy.restore()
+    retried = await client.post(
+        "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "b"}
+    )
+    assert retried.status == 201, await retried.text()
+
+
+async def test_only_the_ledgers_connection_errors_are_an_outage() -> None:
+    with pytest.raises(ConnectionRefusedError) as refused:  # inside asyncpg: the ledger's
+        await asyncpg.connect(f"postgresql://127.0.0.1:{free_port()}/x", timeout=2)
+    assert ledger_outage(refused.value) is not None
+    for outage in (
+        LedgerUnavailable("cannot reach PostgreSQL at 127.0.0.1:5432/x"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.InterfaceError("connection is closed"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection"),
+        asyncpg.exceptions.TooManyConnectionsError("too many clients"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError("read-only transaction"),
+    ):
+        error = ledger_outage(outage)
+        assert error is not None and (error.status, error.code) == (503, "storage_unavailable")
+    with pytest.raises(ConnectionResetError) as elsewhere:  # from anywhere else: a bug, a 500
+        raise ConnectionResetError("peer reset")
+    assert ledger_outage(elsewhere.value) is None
+    assert ledger_outage(ValueError("no")) is None
+    assert ledger_outage(asyncpg.UniqueViolationError("duplicate key")) is None

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ratesvc import __version__, keys
 from ratesvc.accounts import AccountServices, build_accounts
-from ratesvc.api.middlewares import MIDDLEWARES
+from ratesvc.api.middlewares import add_unmatched
 from ratesvc.api.routes import setup_routes
 from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
@@ -35,7 +35,7 @@ USER_AGENT = f"ratesvc/{__version__}"
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[keys.TOKENS] = {
         token.digest(): name
         for name, account in settings.accounts.items()
@@ -50,6 +50,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_operator)
     setup_routes(app)
     setup_console(app)
+    add_unmatched(app)  # last: it takes whatever no route took
     return app
 
 

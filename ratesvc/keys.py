@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ratesvc.accounts import AccountServices
+from ratesvc.api.tokens import ApiTokens
 from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import Settings
@@ -16,8 +17,8 @@ from ratesvc.rating import Rater
 from ratesvc.replay import AnswerReplay
 
 SETTINGS = web.AppKey("settings", Settings)
-# SHA-256 digest of each API token -> its account's name (built once; the middleware's lookup)
-TOKENS = web.AppKey("tokens", dict[bytes, str])
+# API tokens -> account names (built once; the edge's lookup)
+TOKENS = web.AppKey("tokens", ApiTokens)
 METRICS = web.AppKey("metrics", Metrics)
 ACCOUNTS = web.AppKey("accounts", dict[str, AccountServices])
 RATER = web.AppKey("rater", Rater)

@@ -13,7 +13,6 @@ auth, ids or metrics: the app refuses to start with one (:func:`add_unmatched` i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -28,8 +27,8 @@ from yarl import URL
 
 from ratesvc import keys
 from ratesvc.accounts import AccountServices
-from ratesvc.api.params import is_text
 from ratesvc.api.problems import problem_response
+from ratesvc.api.tokens import bearer_token
 from ratesvc.errors import (
     MethodNotAllowed,
     NotFound,
@@ -257,11 +256,15 @@ def _problem(request: web.Request, error: RatesvcError) -> web.Response:
 def _account(request: web.Request) -> AccountServices:
     """The account of the request's bearer token (401 otherwise)."""
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or not is_text(token):
-        raise Unauthorized("send Authorization: Bearer <token> with an API token of your account")
-    name = request.app[keys.TOKENS].get(hashlib.sha256(token.encode()).digest())
+    tokens = request.app[keys.TOKENS]
+    name = tokens.remembered(header)
     if name is None:
-        raise Unauthorized("the bearer token is not known; check RATESVC_API_TOKEN")
+        token = bearer_token(header)
+        if token is None:
+            raise Unauthorized(
+                "send Authorization: Bearer <token> with an API token of your account"
+            )
+        name = tokens.account_of(header, token)
+        if name is None:
+            raise Unauthorized("the bearer token is not known; check RATESVC_API_TOKEN")
     return request.app[keys.ACCOUNTS][name]

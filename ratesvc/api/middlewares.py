@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 from yarl import URL
 
 from ratesvc import keys
@@ -37,6 +36,7 @@ from ratesvc.errors import (
     RequestError,
     Unauthorized,
 )
+from ratesvc.metrics import HttpSeries
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import _InfoDict
@@ -120,7 +120,7 @@ def _edged(
     resource takes every method)."""
     metrics = app[keys.METRICS]
     limit = app[keys.SETTINGS].max_body_bytes
-    series: dict[int, tuple[Counter, Histogram]] = {}
+    by_status: dict[int, HttpSeries] = {}
 
     async def edge(request: web.Request) -> web.StreamResponse:
         """What every answer gets on its way out: a request id, problem+json for any error (a
@@ -140,15 +140,12 @@ def _edged(
             response = _answer_for(request, exc)
         response.headers["X-Request-Id"] = rid
         status = response.status
-        if method is None:  # any token is a method to aiohttp: http_series bounds the labels
-            count, latency = metrics.http_series(template, request.method, status)
-        else:
-            pair = series.get(status)
-            if pair is None:
-                pair = series[status] = metrics.http_series(template, method, status)
-            count, latency = pair
-        count.inc()
-        latency.observe(time.perf_counter() - started)
+        found = by_status.get(status) if method is not None else None
+        if found is None:  # any token is a method to aiohttp: http_series bounds the labels
+            found = metrics.http_series(template, method or request.method, status)
+            if method is not None:
+                by_status[status] = found
+        found.observe(time.perf_counter() - started)
         return response
 
     _EDGED.add(edge)

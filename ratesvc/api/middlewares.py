@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from multidict import istr
 from yarl import URL
 
 from ratesvc import keys
 from ratesvc.accounts import AccountServices
 from ratesvc.api.problems import problem_response
-from ratesvc.api.tokens import bearer_token
+from ratesvc.api.tokens import ApiTokens, bearer_token
 from ratesvc.errors import (
     MethodNotAllowed,
     NotFound,
@@ -52,6 +53,7 @@ _REQUEST_ID_KEY = "ratesvc.request_id"
 _ACCOUNT_KEY = "ratesvc.account"
 # Routes under /v1/ that authenticate themselves (Cin7 Core's webhook credential).
 _SELF_AUTHENTICATED = ("/v1/webhooks/",)
+_X_REQUEST_ID = istr("X-Request-Id")
 UNMATCHED = "unmatched"  # the metrics label of requests no route took (404, 405)
 # Every handler add_route wrapped: the start-up check looks each route's handler up here.
 _EDGED: weakref.WeakSet[Handler] = weakref.WeakSet()
@@ -118,7 +120,7 @@ def _edged(
 ) -> Handler:
     """``handler`` with the edge around it; ``method`` None: the request's (the unmatched
     resource takes every method)."""
-    metrics = app[keys.METRICS]
+    metrics, tokens = app[keys.METRICS], app[keys.TOKENS]
     limit = app[keys.SETTINGS].max_body_bytes
     by_status: dict[int, HttpSeries] = {}
 
@@ -134,11 +136,11 @@ def _edged(
             if length is not None and length > limit:
                 raise PayloadTooLarge(f"the body is larger than {limit} bytes")
             if auth:
-                request[_ACCOUNT_KEY] = _account(request)
+                request[_ACCOUNT_KEY] = _account(request, tokens, app)
             response = await handler(request)
         except Exception as exc:
             response = _answer_for(request, exc)
-        response.headers["X-Request-Id"] = rid
+        response.headers[_X_REQUEST_ID] = rid
         status = response.status
         found = by_status.get(status) if method is not None else None
         if found is None:  # any token is a method to aiohttp: http_series bounds the labels
@@ -192,7 +194,7 @@ def add_unmatched(app: web.Application) -> None:
 
     async def unmatched(request: web.Request) -> web.StreamResponse:
         if needs_token(request.path):  # an unknown /v1/ path tells nothing without a token
-            request[_ACCOUNT_KEY] = _account(request)
+            request[_ACCOUNT_KEY] = _account(request, app[keys.TOKENS], app)
         allowed: set[str] = set()
         for resource in app.router.resources():
             if not isinstance(resource, _Unmatched):
@@ -250,10 +252,9 @@ def _problem(request: web.Request, error: RatesvcError) -> web.Response:
     return response
 
 
-def _account(request: web.Request) -> AccountServices:
+def _account(request: web.Request, tokens: ApiTokens, app: web.Application) -> AccountServices:
     """The account of the request's bearer token (401 otherwise)."""
     header = request.headers.get("Authorization", "")
-    tokens = request.app[keys.TOKENS]
     name = tokens.remembered(header)
     if name is None:
         token = bearer_token(header)
@@ -264,4 +265,4 @@ def _account(request: web.Request) -> AccountServices:
         name = tokens.account_of(header, token)
         if name is None:
             raise Unauthorized("the bearer token is not known; check RATESVC_API_TOKEN")
-    return request.app[keys.ACCOUNTS][name]
+    return app[keys.ACCOUNTS][name]

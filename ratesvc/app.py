@@ -15,8 +15,9 @@ from aiohttp import web
 
 from ratesvc import __version__, keys
 from ratesvc.accounts import AccountServices, build_accounts, close_limiters
-from ratesvc.api.middlewares import MIDDLEWARES
+from ratesvc.api.middlewares import add_unmatched
 from ratesvc.api.routes import setup_routes
+from ratesvc.api.tokens import ApiTokens
 from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import ConfigError, Settings
@@ -34,12 +35,9 @@ USER_AGENT = f"ratesvc/{__version__}"
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
-    app[keys.TOKENS] = {
-        token.digest(): name
-        for name, account in settings.accounts.items()
-        for token in account.api_tokens
-    }
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    accounts = settings.accounts.items()
+    app[keys.TOKENS] = ApiTokens({t.digest(): name for name, a in accounts for t in a.api_tokens})
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
     app.cleanup_ctx.append(_redis)
@@ -50,6 +48,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_operator)
     setup_routes(app)
     setup_console(app)
+    add_unmatched(app)  # last: it takes whatever no route took
     return app
 
 

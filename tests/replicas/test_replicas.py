@@ -6,7 +6,7 @@ requests spread round-robin. What issue 12 promises of replicas, end to end:
 * duplicate label requests on every replica at once buy one label per box;
 * a burst of distinct quotes spends one ShipStation budget: no 429, the windows full;
 * a replica killed while buying: another adopts the purchase through reconciliation (needs the
-  leases: ``xfail`` until they land);
+  leases);
 * a quote made on one replica is bought on another;
 * Redis going away and coming back: no 5xx, and the budget kept as the fallback promises;
 * PostgreSQL going away: ``/readyz`` and purchases say 503 at once, nothing is lost.
@@ -34,9 +34,9 @@ from tests.replicas.harness import CuttableProxy, Replica, Replicas
 
 REPLICAS = 3
 SHIP = "POST /sale/fulfilment/ship"
-# How long a purchase's claim outlives a replica that stopped renewing it. The leases branch
-# names the setting; these tests only need it short. (Unknown RATESVC_* variables are ignored.)
-LEASE = {"RATESVC_LEASE_S": "2"}
+# How long a purchase's claim outlives a replica that stopped renewing it: short here, so an
+# adoption after a kill takes seconds, not the default 30.
+LEASE = {"RATESVC_LEASE_TTL_S": "2"}
 
 Cluster = Callable[..., contextlib.AbstractAsyncContextManager["Running"]]
 
@@ -220,7 +220,6 @@ async def test_duplicate_label_requests_on_three_replicas_buy_one_label_per_box(
         await _one_label_per_sale_written_back_once(c, sandbox, cin7_sandbox)
 
 
-@pytest.mark.xfail(strict=True, reason="needs leases (branch leases)")
 async def test_duplicate_label_requests_on_three_replicas_all_answer_with_the_one_label(
     cluster: Cluster, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
 ) -> None:
@@ -304,7 +303,6 @@ async def _kill_the_buyer(
     return buyer
 
 
-@pytest.mark.xfail(strict=True, reason="needs leases (branch leases)")
 async def test_a_purchase_whose_replica_is_killed_is_adopted_by_another(
     cluster: Cluster, sandbox: ShipStationSandbox, cin7_sandbox: Cin7Sandbox
 ) -> None:

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import automation, budget, coalescing, cold_throughput, common, fanout, memory
+from benchmarks import (
+    automation,
+    budget,
+    coalescing,
+    cold_throughput,
+    common,
+    edge_cpu,
+    fanout,
+    memory,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +75,12 @@ async def test_memory_reads_the_service_rss_and_its_estimates(results_in: Path) 
     assert last["store_answers"] == 200
     assert 0 < last["store_bytes"] <= 64 << 20
     assert 0 < last["cache_bytes"] <= 64 << 20
+
+
+async def test_edge_cpu_measures_replayed_answers_of_both_servers(results_in: Path) -> None:
+    assert await edge_cpu.run(requests=20, rounds=2)
+
+    saved = json.loads((results_in / "edge_cpu.json").read_text())
+    assert set(saved["min_us"]) == {"ratesvc", "bare"}
+    assert all(v > 0 for v in saved["min_us"].values())
+    assert saved["answer_bytes"] > 1000  # the 4-carrier answer, replayed

@@ -104,7 +104,8 @@ async def test_a_purchase_that_fails_makes_the_event_retry_until_it_needs_attent
     refused = await (await request).json()
     assert (refused["label_id"], refused["status"]) == (label_id, "failed")
     sandbox.knobs.carrier_latency = {}
-    await until(lambda: _status_is(client, "attention"))
+    # five more purchases, each recorded, refused and settled (on PostgreSQL, on a busy machine)
+    await until(lambda: _status_is(client, "attention"), seconds=30)
     (event,) = await events(client)
     assert event["attempts"] == 6  # the one that waited, then five that bought and failed
     assert event["label_id"] is None  # nothing was bought

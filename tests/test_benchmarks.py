@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import automation, budget, coalescing, cold_throughput, common, fanout, memory
+from benchmarks import (
+    automation,
+    budget,
+    coalescing,
+    cold_throughput,
+    common,
+    fanout,
+    memory,
+    replicas,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +75,18 @@ async def test_memory_reads_the_service_rss_and_its_estimates(results_in: Path) 
     assert last["store_answers"] == 200
     assert 0 < last["store_bytes"] <= 64 << 20
     assert 0 < last["cache_bytes"] <= 64 << 20
+
+
+@pytest.mark.timeout(180)
+async def test_replicas_measures_workers_the_shared_budget_and_a_kill(results_in: Path) -> None:
+    await replicas.main(seconds=1, rounds=1, connections=4, quotes=6, concurrency=3,
+                        latency_ms=20, shipments=30, limit=10, window_s=0.5, sales=3, kills=1,
+                        writeback_wait_s=5)  # fmt: skip
+
+    saved = json.loads((results_in / "replicas.json").read_text())
+    assert set(saved["throughput"]) == set(replicas.CONFIGS)
+    assert all(r["cached_rps"] > 0 and r["cold_qps"] > 0 for r in saved["throughput"].values())
+    assert saved["budget"]["quoted"] == 30
+    labels = saved["labels"]
+    assert labels["bought"] == labels["sales"] == 3
+    assert (labels["duplicates"], labels["purchases"], labels["boxes"]) == (0, 6, 6)

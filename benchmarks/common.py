@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
+from ratesvc.demo import start_site
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 
@@ -45,12 +46,10 @@ class Stack:
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
+    """``app`` on a free port of 127.0.0.1, served as ``ratesvc serve`` serves (its runner and
+    handler settings: no access log), so the figures are the service's."""
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    return runner, f"http://127.0.0.1:{port}"
 
 
 @asynccontextmanager

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from ratesvc import __version__, keys
 from ratesvc.accounts import AccountServices, build_accounts, close_limiters
-from ratesvc.api.middlewares import MIDDLEWARES
+from ratesvc.api.middlewares import add_unmatched
 from ratesvc.api.routes import setup_routes
+from ratesvc.api.tokens import ApiTokens
 from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import ConfigError, Settings
@@ -34,12 +35,9 @@ USER_AGENT = f"ratesvc/{__version__}"
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
-    app[keys.TOKENS] = {
-        token.digest(): name
-        for name, account in settings.accounts.items()
-        for token in account.api_tokens
-    }
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    accounts = settings.accounts.items()
+    app[keys.TOKENS] = ApiTokens({t.digest(): name for name, a in accounts for t in a.api_tokens})
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
     app.cleanup_ctx.append(_redis)
@@ -50,6 +48,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(_operator)
     setup_routes(app)
     setup_console(app)
+    add_unmatched(app)  # last: it takes whatever no route took
     return app
 
 
@@ -131,13 +130,13 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
     ledger = Ledger.from_url(settings.ledger_url)
     worker = WriteBackWorker(
         ledger, app[keys.ACCOUNTS], base_s=settings.writeback_retry_s,
-        attention_after=settings.writeback_attention_after,
+        attention_after=settings.writeback_attention_after, lease_ttl_s=settings.lease_ttl_s,
     )  # fmt: skip
     labels = Labels(
         ledger,
         quotes=app[keys.RATER].quotes,
         accounts=app[keys.ACCOUNTS],
-        timing=LabelTiming(settle_s=settings.label_settle_s),
+        timing=LabelTiming(settle_s=settings.label_settle_s, lease_ttl_s=settings.lease_ttl_s),
         on_queued=worker.nudge,
         retention_days=settings.retention_days,
     )
@@ -171,12 +170,14 @@ async def _automation(app: web.Application) -> AsyncIterator[None]:
     automation = Automation(
         app[keys.LEDGER], app[keys.ACCOUNTS], labels=app[keys.LABELS], rater=app[keys.RATER],
         metrics=app[keys.METRICS], retry_s=settings.automation_retry_s,
+        lease_ttl_s=settings.lease_ttl_s,
     )  # fmt: skip
-    poller = Poller(app[keys.LEDGER], app[keys.ACCOUNTS], automation, app[keys.METRICS])
+    poller = Poller(app[keys.LEDGER], app[keys.ACCOUNTS], automation, app[keys.METRICS],
+                    lease_ttl_s=settings.lease_ttl_s)  # fmt: skip
     app[keys.AUTOMATION] = automation
     app[keys.POLLER] = poller
     try:
-        automation.start()
+        await automation.start()
         poller.start()
         yield
     finally:

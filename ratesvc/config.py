@@ -201,6 +201,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     quote_cache_max_bytes: int = 64 << 20
     quote_store_max_bytes: int = 64 << 20
     label_settle_s: float = 60.0
+    # work claimed by a replica (a purchase, a write-back job, an automation event, an account's
+    # poller) is adopted by another this long after the replica stopped renewing its lease
+    lease_ttl_s: float = 30.0
     writeback_retry_s: float = 5.0
     writeback_attention_after: int = 50  # failed write-back tries before the label asks a person
     cin7_min_interval_s: float = 1.0
@@ -642,6 +645,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         quote_cache_max_bytes=size("RATESVC_QUOTE_CACHE_MAX_BYTES", "quote_cache_max_bytes"),
         quote_store_max_bytes=size("RATESVC_QUOTE_STORE_MAX_BYTES", "quote_store_max_bytes"),
         label_settle_s=number("RATESVC_LABEL_SETTLE_S", "label_settle_s", 60.0, 0, 3600),
+        lease_ttl_s=number("RATESVC_LEASE_TTL_S", "lease_ttl_s", 30.0, 0.3, 600),
         writeback_retry_s=number("RATESVC_WRITEBACK_RETRY_S", "writeback_retry_s", 5.0, 0.01, 3600),
         writeback_attention_after=whole(
             "RATESVC_WRITEBACK_ATTENTION_AFTER", "writeback_attention_after", 50, 1, 1000

@@ -6,6 +6,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from ratesvc.accounts import AccountServices
+from ratesvc.api.tokens import ApiTokens
 from ratesvc.automation.poller import Poller
 from ratesvc.automation.worker import Automation
 from ratesvc.config import Settings
@@ -17,8 +18,8 @@ from ratesvc.replay import ReplayProtocol
 from ratesvc.storage.ledger import Ledger
 
 SETTINGS = web.AppKey("settings", Settings)
-# SHA-256 digest of each API token -> its account's name (built once; the middleware's lookup)
-TOKENS = web.AppKey("tokens", dict[bytes, str])
+# API tokens -> account names (built once; the edge's lookup)
+TOKENS = web.AppKey("tokens", ApiTokens)
 METRICS = web.AppKey("metrics", Metrics)
 ACCOUNTS = web.AppKey("accounts", dict[str, AccountServices])
 RATER = web.AppKey("rater", Rater)

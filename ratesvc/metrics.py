@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections.abc import Sequence
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -10,6 +14,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only add noise to every scrape
 
@@ -18,6 +24,58 @@ _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_HTTP_LABELS = ("route", "method", "status")
+_HTTP_REQUESTS = (
+    "ratesvc_http_requests",
+    "HTTP requests served, by route template, method and status.",
+)
+_HTTP_LATENCY = (
+    "ratesvc_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template, method and status.",
+)
+_LE = [*(floatToGoString(b) for b in _LATENCY_BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+
+
+class HttpSeries:
+    """One (route, method, status) of the request counter and the latency histogram: plain
+    numbers added to on the event loop and read at scrape time, also on the loop. Every answer
+    is counted: two prometheus_client calls (a lock each, bucket search in Python) cost the hot
+    path several times more than this."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * len(_LE)  # not cumulative; the last one is +Inf
+
+    def observe(self, seconds: float) -> None:
+        """One more answer, which took ``seconds``."""
+        self.count += 1
+        self.total += seconds
+        self.buckets[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1  # le is inclusive
+
+
+class _HttpCollector:
+    """Exposes the :class:`HttpSeries` as the counter and histogram they stand for, with the
+    names, help, labels and buckets a prometheus_client Counter and Histogram would give."""
+
+    def __init__(self, series: dict[tuple[str, str, int], HttpSeries]) -> None:
+        self._series = series
+
+    def describe(self) -> Sequence[Metric]:
+        return [CounterMetricFamily(*_HTTP_REQUESTS, labels=_HTTP_LABELS),
+                HistogramMetricFamily(*_HTTP_LATENCY, labels=_HTTP_LABELS)]  # fmt: skip
+
+    def collect(self) -> Sequence[Metric]:
+        requests = CounterMetricFamily(*_HTTP_REQUESTS, labels=_HTTP_LABELS)
+        latency = HistogramMetricFamily(*_HTTP_LATENCY, labels=_HTTP_LABELS)
+        for (route, method, status), series in list(self._series.items()):
+            labels = (route, method, str(status))
+            requests.add_metric(labels, series.count)
+            cumulative = itertools.accumulate(series.buckets)
+            latency.add_metric(labels, list(zip(_LE, cumulative, strict=True)), series.total)
+        return [requests, latency]
 
 
 class Metrics:
@@ -25,20 +83,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._http_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self.http_requests = Counter(
-            "ratesvc_http_requests",
-            "HTTP requests served, by route template, method and status.",
-            ("route", "method", "status"),
-            registry=self.registry,
-        )
-        self.http_latency = Histogram(
-            "ratesvc_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route template, method and status.",
-            ("route", "method", "status"),
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self._http_series: dict[tuple[str, str, int], HttpSeries] = {}
+        self.registry.register(_HttpCollector(self._http_series))
         self.upstream_requests = Counter(
             "ratesvc_upstream_requests",
             "Calls made to ShipStation / Cin7 Core, by endpoint and status ('error' = no answer).",
@@ -121,19 +167,14 @@ class Metrics:
             registry=self.registry,
         )
 
-    def http_series(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
-        """The request counter and latency histogram of one (route, method, status), cached:
-        looking labels up costs more than counting."""
+    def http_series(self, route: str, method: str, status: int) -> HttpSeries:
+        """The request count and latency of one (route, method, status)."""
         if method not in _METHODS:  # any token is a method to aiohttp: keep the labels bounded
             method = "OTHER"
         key = (route, method, status)
         series = self._http_series.get(key)
         if series is None:
-            labels = (route, method, str(status))
-            series = self._http_series[key] = (
-                self.http_requests.labels(*labels),
-                self.http_latency.labels(*labels),
-            )
+            series = self._http_series[key] = HttpSeries()
         return series
 
     def exposition(self) -> bytes:

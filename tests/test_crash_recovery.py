@@ -41,8 +41,11 @@ async def test_a_killed_purchase_is_adopted_after_restart_not_bought_twice(
     ledger_env: dict[str, str],
 ) -> None:
     port = free_port()
+    # On PostgreSQL the killed process's lease on the purchase must expire before the restarted
+    # one may adopt it (it cannot tell a dead replica from a live one); on SQLite (one process)
+    # the restart abandons it at once.
     env = service_env(sandbox_url, tmp_path / "data", RATESVC_LABEL_SETTLE_S="0",
-                      RATESVC_PORT=str(port), **ledger_env)  # fmt: skip
+                      RATESVC_PORT=str(port), RATESVC_LEASE_TTL_S="1", **ledger_env)  # fmt: skip
     sandbox.label_fault = "hang"  # ShipStation buys, then takes its time to answer
     sandbox.knobs.hang_s = 30
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RATESVC_")}

@@ -40,7 +40,7 @@ def test_generated_request_ids_differ_between_workers_forked_after_import() -> N
     imported (a pre-forking server such as gunicorn --preload with aiohttp's worker, a
     multiprocessing pool, a future ``--workers N`` that forks) shares prefix *and* counter: the
     same request id is handed out by every worker. The old ``os.urandom(16)`` per request was
-    fork-safe. This emulates exactly what ``edge_middleware`` computes."""
+    fork-safe. This emulates exactly what the edge computes."""
     ctx = multiprocessing.get_context("fork")
     ids = []
     for _ in range(2):

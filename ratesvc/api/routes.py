@@ -21,6 +21,7 @@ from ratesvc.api.document import (
     WEBHOOK_EXAMPLE,
     WEBHOOK_SCHEMES,
 )
+from ratesvc.api.middlewares import add_route
 from ratesvc.api.openapi import Route, build_openapi
 from ratesvc.automation.events import AutomationEvent, EventList, WebhookReceipt
 from ratesvc.labels import Label, LabelList, LabelsRequest
@@ -118,4 +119,4 @@ def _openapi_bytes() -> bytes:
 
 def setup_routes(app: web.Application) -> None:
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        add_route(app, route.method, route.path, route.handler)

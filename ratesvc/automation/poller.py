@@ -25,6 +25,13 @@ a listed sale is taken from the ledger alone, without reading the sale:
 * otherwise the event's key is the sale and its ``Updated`` stamp: a sale seen before and not
   changed since is not recorded again. A sale that changed (for instance a second fulfilment was
   packed after the first was shipped) is recorded and processed.
+
+One replica polls an account at a time: each round starts by taking the account's lease
+(``poller:<account>``) for the interval plus ``lease_ttl_s`` — extending it when this replica
+already holds it — and renews it while the round runs; a replica that does not get it skips
+the round. The holder keeps the account round after round; if it dies, another takes over at
+most an interval plus ``lease_ttl_s`` later (at once when it stops gracefully: the lease is
+given back).
 """
 
 from __future__ import annotations
@@ -45,7 +52,15 @@ from ratesvc.customs.packages import REFUSED
 from ratesvc.errors import RequestError, UpstreamFailure
 from ratesvc.labels.lifecycle import IN_FLIGHT, LabelStatus
 from ratesvc.metrics import Metrics
-from ratesvc.storage.ledger import OPEN_EVENT_STATUSES, EventRow, Ledger, PurchaseRow, parse_stamp
+from ratesvc.storage.leases import DEFAULT_TTL_S, Lease
+from ratesvc.storage.ledger import (
+    OPEN_EVENT_STATUSES,
+    EventRow,
+    LeaseLost,
+    Ledger,
+    PurchaseRow,
+    parse_stamp,
+)
 from ratesvc.upstreams.cin7 import wire
 
 log = logging.getLogger(__name__)
@@ -71,8 +86,12 @@ class Poller:
         accounts: dict[str, AccountServices],
         automation: Automation,
         metrics: Metrics,
+        *,
+        lease_ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
         self._ledger = ledger
+        self._lease_ttl_s = lease_ttl_s
+        self.rounds = 0  # polls this poller made (a replica without the lease makes none)
         self._accounts = accounts
         self._automation = automation
         self._metrics = metrics
@@ -93,9 +112,28 @@ class Poller:
     async def _loop(self, services: AccountServices) -> None:
         interval = services.account.rule.poll_interval_s
         name = services.account.name
-        while True:
+        lease = Lease(self._ledger, f"poller:{name}", ttl_s=interval + self._lease_ttl_s)
+        try:
+            while True:
+                await self._round(services, lease)
+                await asyncio.sleep(interval)
+        finally:
+            await lease.release()  # another replica takes the account over at once
+
+    async def _round(self, services: AccountServices, lease: Lease) -> None:
+        """One poll, if this replica holds (or gets) the account's lease."""
+        name = services.account.name
+        try:
+            if not await lease.acquire():
+                return  # another replica polls this account
+        except Exception as exc:  # the ledger away: nobody can be sure, so nobody polls
+            log.warning("polling %s skipped: its lease could not be taken (%r)", name, exc)
+            return
+        try:
             try:
-                result = await self.poll(services)
+                result = await self.poll(services, lease=lease)
+            except LeaseLost as lost:
+                log.warning("polling %s stopped: %s", name, lost)
             except UpstreamFailure as exc:
                 self._metrics.automation_polls.labels(name, "failed").inc()
                 log.warning("polling Cin7 Core for %s failed: %s", name, exc.detail)
@@ -106,10 +144,13 @@ class Poller:
                 self._metrics.automation_polls.labels(name, "ok").inc()
                 if result.recorded:
                     log.info("poll of %s: %d ready, %d new", name, result.listed, result.recorded)
-            await asyncio.sleep(interval)
+        finally:
+            await lease.pause()  # held until the next round (or expiry), not renewed
 
-    async def poll(self, services: AccountServices) -> PollResult:
-        """One poll of one account; records what is new and wakes the worker."""
+    async def poll(self, services: AccountServices, *, lease: Lease | None = None) -> PollResult:
+        """One poll of one account; records what is new and wakes the worker. With ``lease``,
+        each page is read only while it is held (:class:`LeaseLost` otherwise)."""
+        self.rounds += 1
         cin7 = services.cin7
         assert cin7 is not None
         account = services.account
@@ -118,6 +159,8 @@ class Poller:
         items: list[wire.SaleListItem] = []
         calls = 0
         for page in range(1, MAX_PAGES + 1):
+            if lease is not None:
+                lease.check()
             answer = await cin7.ready_for_shipping(page=page, limit=PAGE_SIZE, deadline=deadline)
             calls += 1
             items += answer.SaleList

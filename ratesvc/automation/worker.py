@@ -35,6 +35,12 @@ earlier events in ``attention`` for that fulfilment are resolved (``processed``,
 ..."). An event being processed when the process stops is still
 ``received``/``failed`` in the ledger and is processed again after the restart; buying stays
 exactly-once because of the purchase key.
+
+Across replicas an event is processed by the one that claimed it (``owner`` and ``lease_until``
+on its row, :meth:`ratesvc.storage.ledger.Ledger.claim_events`): one event of a sale at a time,
+the claim renewed every third of ``lease_ttl_s`` while it is processed and given up with its
+outcome (only the current owner writes one). An event whose replica died is adopted by another
+once its claim expired; a replica that lost an event's claim stops processing it.
 """
 
 from __future__ import annotations
@@ -70,9 +76,11 @@ from ratesvc.labels.lifecycle import SETTLED, LabelStatus
 from ratesvc.metrics import Metrics
 from ratesvc.rating import Rater
 from ratesvc.sale_shipments import SaleShipment, shipment_for_sale
+from ratesvc.storage.leases import DEFAULT_TTL_S, Claims
 from ratesvc.storage.ledger import (
     OPEN_EVENT_STATUSES,
     EventRow,
+    LeaseLost,
     Ledger,
     format_stamp,
     now_text,
@@ -119,8 +127,15 @@ class Automation:
         metrics: Metrics,
         retry_s: float,
         concurrency: int = 4,
+        lease_ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
         self._ledger = ledger
+        self._concurrency = concurrency
+        self._lease_ttl_s = lease_ttl_s
+        self._claims: Claims[str] = Claims(
+            "automation event", lambda ids: ledger.renew_events(ids, lease_ttl_s),
+            ttl_s=lease_ttl_s,
+        )  # fmt: skip
         self._accounts = accounts
         self._labels = labels
         self._rater = rater
@@ -205,7 +220,10 @@ class Automation:
 
     # --- the worker ----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the worker; with one process (SQLite) the claims a previous process left on
+        events are given up first, so they are processed now rather than once they expire."""
+        await self._ledger.release_claimed_events()
         self._task = asyncio.create_task(self._run())
 
     def nudge(self) -> None:
@@ -213,11 +231,16 @@ class Automation:
 
     async def stop(self) -> None:
         """Stop taking work; events being processed are cancelled (they stay due in the
-        ledger and are processed again at the next start)."""
+        ledger, their claims given up: another replica, or the next start, processes them)."""
         tasks = [t for t in (self._task, *self._running.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._claims.stop()
+        try:
+            await self._ledger.release_events()
+        except Exception as exc:
+            log.warning("claims on automation events not given back (%r): they expire", exc)
 
     async def idle(self) -> None:
         """Wait until no event is being processed (tests, benchmarks)."""
@@ -234,23 +257,32 @@ class Automation:
 
     async def _round(self) -> None:
         self._wake.clear()
-        due = [
-            e for e in await self._ledger.due_events(limit=50) if e.event_id not in self._running
-        ]
+        # read before claiming: an event that falls due meanwhile is claimed now or woken for
+        next_at = await self._ledger.next_event_due_at()
+        room = self._concurrency - len(self._running)
+        due: list[EventRow] = []
+        sent = asyncio.get_running_loop().time()
+        if room > 0:
+            claimed = await self._ledger.claim_events(limit=room, ttl_s=self._lease_ttl_s)
+            for event in claimed:  # a claim that lapsed (renewals failed) and is ours again
+                if event.event_id in self._running:
+                    self._claims.add(event.event_id, self._running[event.event_id], sent)
+            due = [e for e in claimed if e.event_id not in self._running]
         for row in due:
             task = asyncio.create_task(self._process(row))
             self._running[row.event_id] = task
+            self._claims.add(row.event_id, task, sent)
             task.add_done_callback(functools.partial(self._done, row.event_id))
-        timeout = 60.0
-        next_at = await self._ledger.next_event_due_at()
+        # another replica's event is adopted once its claim expires: look that often
+        longest = 60.0 if self._ledger.single_process else min(60.0, self._lease_ttl_s / 2)
+        timeout = longest
         if next_at is not None:
             due_at = parse_stamp(next_at)
-            timeout = min(60.0, (due_at - dt.datetime.now(dt.UTC)).total_seconds())
-            if timeout <= 0 and (self._running or due):
-                timeout = 60.0  # what is due is being processed; its end wakes the loop
-        if timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            timeout = min(longest, (due_at - dt.datetime.now(dt.UTC)).total_seconds())
+            if timeout <= 0:  # what was due is claimed now (here or elsewhere); an end wakes us
+                timeout = longest
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _done(self, event_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(event_id, None)
@@ -273,6 +305,13 @@ class Automation:
                 del self._sale_locks[key]
 
     async def _process(self, row: EventRow) -> None:
+        try:
+            await self._claimed(row)
+        except LeaseLost as lost:  # adopted by another replica: its outcome is the one kept
+            log.warning("automation event %s: %s", row.event_id, lost)
+
+    async def _claimed(self, row: EventRow) -> None:
+        """Process an event this replica claimed; every outcome gives the claim up."""
         async with self._slots:
             # An open event with a label waits for that label: looking at it again is no attempt
             attempts = row.attempts if row.label_id is not None else row.attempts + 1
@@ -292,14 +331,15 @@ class Automation:
                 log.exception("automation event %s failed unexpectedly", row.event_id)
                 await self._failed(row, attempts, f"internal error: {exc!r}")
                 return
-            if outcome is None:
+            if outcome is None:  # settled by someone else meanwhile: only the claim is left
+                await self._ledger.release_events([row.event_id])
                 return
             if outcome.status == "waiting":
                 await self._wait_for_label(row, attempts, outcome)
                 return
             await self._ledger.set_event(
                 row.event_id, status=outcome.status, reason=outcome.reason,
-                label_id=outcome.label_id, attempts=attempts,
+                label_id=outcome.label_id, attempts=attempts, claimed=True,
             )  # fmt: skip
             self._metrics.automation_finished.labels(outcome.status).inc()
             if outcome.status == "processed" and outcome.label_id is not None:
@@ -327,7 +367,7 @@ class Automation:
         next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=min(RECHECK_S, self._retry_s))
         await self._ledger.set_event(
             row.event_id, status="received", reason=outcome.reason, label_id=outcome.label_id,
-            attempts=attempts, next_at=format_stamp(next_at),
+            attempts=attempts, next_at=format_stamp(next_at), claimed=True,
         )  # fmt: skip
         log.info("event %s: %s", row.event_id, outcome.reason)
 
@@ -337,7 +377,12 @@ class Automation:
         if attempts >= MAX_ATTEMPTS:
             reason = f"gave up after {attempts} attempts: {reason}"
             await self._ledger.set_event(
-                row.event_id, status="attention", reason=reason, attempts=attempts, label_id=None
+                row.event_id,
+                status="attention",
+                reason=reason,
+                attempts=attempts,
+                label_id=None,
+                claimed=True,
             )
             self._metrics.automation_failed.labels("attention").inc()
             log.warning("event %s needs attention: %s", row.event_id, reason)
@@ -346,7 +391,7 @@ class Automation:
         next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         await self._ledger.set_event(
             row.event_id, status="failed", reason=reason, attempts=attempts, label_id=None,
-            next_at=format_stamp(next_at),
+            next_at=format_stamp(next_at), claimed=True,
         )  # fmt: skip
         self._metrics.automation_failed.labels("retry").inc()
         log.info("event %s failed (%s); retry in %.1f s", row.event_id, reason, delay)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ratesvc.api.middlewares import add_route
 from ratesvc.api.problems import problem_response
 from ratesvc.errors import NotFound
 
@@ -74,12 +75,12 @@ async def console_file(request: web.Request) -> web.Response:
 
 
 async def console_redirect(_request: web.Request) -> web.Response:
-    # answered, not raised: the edge middleware would hand a raised redirect back as a return
+    # answered, not raised: the edge would hand a raised redirect back as a return
     return web.Response(status=308, headers={**_HEADERS, "Location": PREFIX})
 
 
 def setup_console(app: web.Application) -> None:
     """Serve the console at ``/console/`` (``/console`` redirects there). No token needed."""
-    app.router.add_get("/console", console_redirect)
-    app.router.add_get(PREFIX, console_file)
-    app.router.add_get(PREFIX + "{path:.+}", console_file)
+    add_route(app, "GET", "/console", console_redirect, allow_head=True)
+    add_route(app, "GET", PREFIX, console_file, allow_head=True)
+    add_route(app, "GET", PREFIX + "{path:.+}", console_file, allow_head=True)

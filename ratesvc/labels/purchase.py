@@ -1,7 +1,16 @@
 """The purchase unit: drives one recorded label from ``purchasing`` to bought (or to a person).
 
 One unit runs per label in this process (a tracked task, so a client that disconnects cannot cut
-it in half). It reads top to bottom: each package is advanced by the function for its state until
+it in half), and one across replicas: a unit drives its label only while it holds the label's
+lease (``purchase:<label id>``, :class:`ratesvc.storage.leases.Lease`), renewed in the
+background and given back when it stops. A unit that finds the lease taken returns at once
+(another replica drives the label); one whose lease is lost midway (renewals failed until
+another replica adopted the label) stops before its next call to ShipStation, and every
+state it writes is fenced on the lease, so it never overwrites what the adopter found. The
+adopter starts from the ledger like any resumed unit: an ``unknown`` package is reconciled
+against ShipStation's shipment list before anything is bought again.
+
+It reads top to bottom: each package is advanced by the function for its state until
 it is ``bought``; then the label moves on (:func:`_finish`). A package's state is written *before*
 anything is asked of ShipStation:
 
@@ -39,7 +48,15 @@ from ratesvc.labels.lifecycle import LabelStatus, PackageState, package_sources,
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
 from ratesvc.models import LabelRequest, ShipmentRecord
-from ratesvc.storage.ledger import IllegalTransition, Ledger, PackageRow, now_text, parse_stamp
+from ratesvc.storage.leases import DEFAULT_TTL_S, Lease
+from ratesvc.storage.ledger import (
+    IllegalTransition,
+    LeaseLost,
+    Ledger,
+    PackageRow,
+    now_text,
+    parse_stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +71,9 @@ class LabelTiming:
     give_up_s: float = 3600.0  # an unknown outcome unresolved this long asks for a person
     wait_s: float = 30.0  # how long a request waits for its purchase before answering as is
     throttle_pause_s: float = 1.0  # first pause after a throttled createlabel (doubles, ≤ 30 s)
+    # a unit's lease on its label: renewed every third of it; a dead replica's purchase is
+    # adopted by another this long after its last renewal
+    lease_ttl_s: float = DEFAULT_TTL_S
 
 
 class Stop(Exception):
@@ -83,9 +103,25 @@ class PurchaseUnit:
         self._on_queued = on_queued
         self._started = 0.0
         self._asked_for_a_person = False
+        self._lease = Lease(ledger, f"purchase:{label_id}", ttl_s=timing.lease_ttl_s)
         self.calling = False  # a createlabel call is out: its answer is worth waiting for
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Drive the label while holding its lease: True when this unit drove it as far as it
+        goes; False when another owner holds the lease (or took it over midway)."""
+        try:
+            if not await self._lease.acquire():
+                return False
+            await self._drive()
+        except LeaseLost as lost:
+            log.warning("purchase of %s stops here: %s (its new holder carries on)",
+                        self._label_id, lost)  # fmt: skip
+            return False
+        finally:
+            await self._lease.release()
+        return True
+
+    async def _drive(self) -> None:
         row = await self._ledger.purchase(self._label_id)
         if row is None or row.status not in (S.PURCHASING, S.ATTENTION):
             return
@@ -130,6 +166,7 @@ class PurchaseUnit:
                 "nothing (checked in its shipment list)"
             )
         n = package.n
+        self._lease.check()  # and the move to unknown is fenced on it too
         # Calling from before the package reads unknown: a concurrent request that sees it so
         # must find it being bought (already_labelled), not reconciling.
         self.calling = True
@@ -183,6 +220,7 @@ class PurchaseUnit:
         attempt = parse_stamp(stamp)
         loop = asyncio.get_running_loop()
         while True:
+            self._lease.check()
             try:
                 found, listed_all = await find_shipment(
                     self._services, plan, package.purchase_key, attempt
@@ -198,6 +236,7 @@ class PurchaseUnit:
                     self._label_id,
                     f"package {package.n}: a label was recovered from ShipStation after an "
                     f"unknown outcome; reprint {reprint} from ShipStation",
+                    lease=self._lease.name,
                 )
                 return await self._bought(package, found, pdf=None)
             age = (dt.datetime.now(dt.UTC) - attempt).total_seconds()
@@ -256,8 +295,9 @@ class PurchaseUnit:
             fields["write_back_state"] = write_back_state
         try:
             await self._ledger.transition(
-                self._label_id, to, sources(to), fields=fields, enqueue=enqueue, release=release
-            )
+                self._label_id, to, sources(to), fields=fields, enqueue=enqueue, release=release,
+                lease=self._lease.name,
+            )  # fmt: skip
         except IllegalTransition as exc:
             log.error("refused: %s", exc)
 
@@ -272,8 +312,9 @@ class PurchaseUnit:
         **fields: object,
     ) -> PackageRow:
         return await self._ledger.move_package(
-            self._label_id, package.n, to, package_sources(to), documents=documents, **fields
-        )
+            self._label_id, package.n, to, package_sources(to), documents=documents,
+            lease=self._lease.name, **fields,
+        )  # fmt: skip
 
     async def _bought(
         self,

@@ -21,6 +21,13 @@ quote expired and after the sale shipped):
 
 A purchase that bought nothing also frees the client's key, so a retry with it tries again; a
 voided label keeps its key (a replay answers the voided label; relabel with a new key or none).
+
+Across replicas a label is bought by the one replica holding its lease (see :mod:`.purchase`).
+A request on another replica for a label being bought there (a replay, a duplicate) does not
+start buying: it watches the label's row in the ledger until it is bought or ``wait_s`` passes.
+Every replica adopts, at start and then every third of the lease TTL, the unfinished purchases
+whose lease is free or expired (their replica died): they are resumed like any unit — an
+``unknown`` package reconciled against ShipStation before anything is bought again.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from ratesvc.labels.retention import Retention
 from ratesvc.labels.views import label_view
 from ratesvc.labels.void import settle_interrupted_voids, void_label
 from ratesvc.quotes import QuoteStoreProtocol
+from ratesvc.storage.leases import renew_every
 from ratesvc.storage.ledger import (
     IdempotencyConflict,
     IllegalTransition,
@@ -63,6 +71,7 @@ log = logging.getLogger(__name__)
 
 S = LabelStatus
 HOUSEKEEPING_S = 3600.0
+WATCH_S = (0.05, 1.0)  # watching a label another replica buys: first and longest pause
 
 
 class Labels:
@@ -83,10 +92,11 @@ class Labels:
         self._accounts = accounts
         self._timing = timing
         self.retention = Retention(ledger, retention_days)
-        self._units: dict[str, tuple[asyncio.Task[None], PurchaseUnit]] = {}
+        self._units: dict[str, tuple[asyncio.Task[bool], PurchaseUnit]] = {}
         self._together: dict[tuple[str, str, str], asyncio.Task[tuple[str, bool]]] = {}
         self._void_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
+        self._adopting: asyncio.Task[None] | None = None
 
     # --- buying --------------------------------------------------------------------------------
 
@@ -255,7 +265,8 @@ class Labels:
 
     async def _wait(self, label_id: str, services: AccountServices) -> None:
         """Wait (at most ``wait_s``) for a label still being bought; a unit is started only
-        for a ``purchasing`` label no unit in this process is driving."""
+        for a ``purchasing`` label no unit in this process is driving, and drives it only if
+        no other replica does — else the label's row is watched until it is bought."""
         running = self._units.get(label_id)
         if running is None or running[0].done():
             row = await self._ledger.purchase(label_id)
@@ -264,12 +275,24 @@ class Labels:
         unit = self._unit(label_id, services)
         try:
             async with asyncio.timeout(self._timing.wait_s):
-                await asyncio.shield(unit)
+                if not await asyncio.shield(unit):  # another replica is buying it
+                    await self._watch(label_id)
         except TimeoutError:
             log.info("label %s still purchasing; answering with its current state", label_id)
 
-    def _unit(self, label_id: str, services: AccountServices) -> asyncio.Task[None]:
-        """The one task that buys (or resumes buying) a label in this process."""
+    async def _watch(self, label_id: str) -> None:
+        """Until the label is no longer ``purchasing`` (the caller bounds the wait)."""
+        pause = WATCH_S[0]
+        while True:
+            row = await self._ledger.purchase(label_id)
+            if row is None or row.status != S.PURCHASING:
+                return
+            await asyncio.sleep(pause)
+            pause = min(WATCH_S[1], pause * 2)
+
+    def _unit(self, label_id: str, services: AccountServices) -> asyncio.Task[bool]:
+        """The one task that buys (or resumes buying) a label in this process, if its lease
+        is free (the task's result says whether it drove the label)."""
         running = self._units.get(label_id)
         if running is not None and not running[0].done():
             return running[0]
@@ -282,38 +305,61 @@ class Labels:
         unit.add_done_callback(lambda done: self._unit_done(label_id, done))
         return unit
 
-    def _unit_done(self, label_id: str, unit: asyncio.Task[None]) -> None:
+    def _unit_done(self, label_id: str, unit: asyncio.Task[bool]) -> None:
         running = self._units.get(label_id)
         if running is not None and running[0] is unit:
             del self._units[label_id]
         if not unit.cancelled() and unit.exception() is not None:
             log.error(
-                "purchase of %s stopped unexpectedly; it is resumed at the next start",
+                "purchase of %s stopped unexpectedly; it is adopted again once its lease is free",
                 label_id, exc_info=unit.exception(),
             )  # fmt: skip
 
     # --- life of the service -------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Resume every purchase a previous process left unsettled (buying, or with an unknown
-        outcome), and start forgetting what is older than the retention period."""
+        """Adopt every purchase left unsettled (buying, or with an unknown outcome) that no
+        live replica drives — with one process (SQLite) every one a previous process left —
+        then keep adopting those whose replica dies; and start forgetting what is older than
+        the retention period. How many were adopted now."""
+        await self._ledger.abandon_leases("purchase:")
         await settle_interrupted_voids(self._ledger, self._on_queued)
-        rows = await self._ledger.unfinished_purchases()
-        for row in rows:
-            services = self._accounts.get(row.account)
-            if services is not None:
-                self._unit(row.label_id, services)
+        adopted = await self._adopt()
+        self._adopting = asyncio.create_task(self._keep_adopting())
         self._housekeeping = asyncio.create_task(self.retention.run())
-        return len(rows)
+        return adopted
+
+    async def _adopt(self) -> int:
+        """Start a unit for every unfinished purchase whose lease is free or expired (each
+        unit takes the lease first: of replicas adopting together, one drives it)."""
+        adopted = 0
+        for row in await self._ledger.adoptable_purchases():
+            services = self._accounts.get(row.account)
+            running = self._units.get(row.label_id)
+            if services is not None and (running is None or running[0].done()):
+                self._unit(row.label_id, services)
+                adopted += 1
+        return adopted
+
+    async def _keep_adopting(self) -> None:
+        while True:
+            await asyncio.sleep(renew_every(self._timing.lease_ttl_s))
+            try:
+                if adopted := await self._adopt():
+                    log.info("adopted %d purchase(s) no replica was driving", adopted)
+            except Exception:  # the ledger away: the next round tries again
+                log.exception("looking for purchases to adopt failed")
 
     async def close(self, grace_s: float = 30.0) -> None:
         """Stop: a unit waiting for ShipStation's answer to ``createlabel`` gets ``grace_s`` to
         record it; the others (between steps, or reconciling) stop at once — whatever they
-        were doing is resumed from the ledger at the next start."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        were doing is resumed from the ledger: by another replica (each unit gives its lease
+        back as it stops), or at the next start."""
+        for background in (self._housekeeping, self._adopting):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         calling = [task for task, unit in self._units.values() if unit.calling]
         if calling:
             await asyncio.wait(calling, timeout=grace_s)
@@ -321,6 +367,10 @@ class Labels:
         for task in units:
             task.cancel()
         await asyncio.gather(*units, return_exceptions=True)
+        try:  # each unit gave its lease back; this catches one cut off as it was taken
+            await self._ledger.release_own_leases("purchase:")
+        except Exception as exc:
+            log.warning("purchase leases not given back (%r): they expire", exc)
 
     # --- reading -------------------------------------------------------------------------------
 

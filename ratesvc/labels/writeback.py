@@ -18,8 +18,16 @@ retried, and succeeding completes the label. A person can make the waiting job d
 Ship authorised with someone else's tracking cannot be fixed by retrying: the label goes to
 ``attention`` and its job ends.
 
-A job is ``running`` while a worker does it (jobs left running by a process that stopped are due
-again at start-up). A void while a write-back is ``pending`` and untried cancels it; while it is
+A job is ``running`` while a worker does it, claimed by that worker's replica with a lease
+(``owner``, ``lease_until``) renewed every third of ``lease_ttl_s`` while it runs
+(:class:`ratesvc.storage.leases.Claims`). A job whose replica died is adopted by another once
+its lease expired (each step looks before it writes, so doing a job again is harmless); a
+replica that lost a job's claim stops it, and its late result is refused (only the current
+owner settles a job). With one process (SQLite) the jobs a previous process left running are
+due again at start-up; with several (PostgreSQL) a running job at start-up may be a live
+replica's and is left to expire. A graceful stop gives the stopped jobs back at once.
+
+A void while a write-back is ``pending`` and untried cancels it; while it is
 running, or after it ran, the void queues a ``void_correction`` behind it (see
 :meth:`ratesvc.storage.ledger.Ledger.void`), and the write-back's own outcome no longer moves the
 label. A correction that keeps failing is retried for as long as it takes (the voided label stays
@@ -43,9 +51,11 @@ from ratesvc.labels.documents import CUSTOMS, LABEL, package_pdf
 from ratesvc.labels.lifecycle import JobKind, LabelStatus, PackageState, WriteBackState, sources
 from ratesvc.labels.models import LabelPlan
 from ratesvc.sales import SHIPPED_STATES
+from ratesvc.storage.leases import DEFAULT_TTL_S, Claims
 from ratesvc.storage.ledger import (
     IllegalTransition,
     JobResult,
+    LeaseLost,
     Ledger,
     OutboxRow,
     PackageRow,
@@ -123,8 +133,13 @@ class WriteBackWorker:
         max_s: float = 600.0,
         attention_after: int = 50,
         concurrency: int = 8,
+        lease_ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
         self._ledger = ledger
+        self._lease_ttl_s = lease_ttl_s
+        self._claims: Claims[int] = Claims(
+            "write-back job", lambda ids: ledger.renew_jobs(ids, lease_ttl_s), ttl_s=lease_ttl_s
+        )
         self._accounts = accounts
         self._base_s = base_s
         self._max_s = max_s
@@ -133,6 +148,7 @@ class WriteBackWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._jobs: dict[asyncio.Task[None], int] = {}
 
     async def start(self) -> None:
         await self._ledger.release_running_jobs()
@@ -143,10 +159,17 @@ class WriteBackWorker:
         self._wake.set()
 
     async def stop(self) -> None:
+        """Stop; the jobs cut short are given back (pending) for another replica or the next
+        start — if the ledger cannot be reached, their claims simply expire."""
         tasks = [t for t in (self._task, *self._running) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._claims.stop()
+        try:
+            await self._ledger.release_own_jobs()
+        except Exception as exc:
+            log.warning("running write-back jobs not given back (%r): they expire", exc)
 
     async def _run(self) -> None:
         while True:
@@ -160,24 +183,36 @@ class WriteBackWorker:
         """Start every due job there is room for, then sleep until the next is due, new work is
         queued, or a running job ends (its sale's next job may be due)."""
         self._wake.clear()
+        # read before claiming: a job that falls due meanwhile is claimed now or woken for
+        next_at = await self._ledger.next_due_at()
         room = self._concurrency - len(self._running)
         if room > 0:
-            for job in await self._ledger.claim_jobs(limit=room):
+            sent = asyncio.get_running_loop().time()
+            doing = {job_id: task for task, job_id in self._jobs.items()}
+            for job in await self._ledger.claim_jobs(limit=room, ttl_s=self._lease_ttl_s):
+                if job.id in doing:  # its claim lapsed (renewals failed) and is ours again
+                    self._claims.add(job.id, doing[job.id], sent)
+                    continue
                 task = asyncio.create_task(self._guarded(job))
                 self._running.add(task)
+                self._jobs[task] = job.id
+                self._claims.add(job.id, task, sent)
                 task.add_done_callback(self._finished)
-        timeout = 60.0
-        next_at = await self._ledger.next_due_at()
+        # another replica's running job is adopted once its claim expires: look that often
+        longest = 60.0 if self._ledger.single_process else min(60.0, self._lease_ttl_s / 2)
+        timeout = longest
         if next_at is not None:
             due = parse_stamp(next_at)
-            timeout = max(0.0, min(60.0, (due - dt.datetime.now(dt.UTC)).total_seconds()))
-        if len(self._running) >= self._concurrency:
-            timeout = 60.0
+            timeout = max(0.0, min(longest, (due - dt.datetime.now(dt.UTC)).total_seconds()))
+        if timeout == 0.0 or len(self._running) >= self._concurrency:
+            # what was due is claimed now (or by another replica); a job ending wakes the loop
+            timeout = longest
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(timeout, 0.01))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        self._jobs.pop(task, None)
         self._wake.set()
 
     async def _guarded(self, job: OutboxRow) -> None:
@@ -185,12 +220,15 @@ class WriteBackWorker:
             await self._do(job)
         except asyncio.CancelledError:
             raise
+        except LeaseLost as lost:  # adopted by another replica: its outcome is the one kept
+            log.warning("write-back job %d of %s: %s", job.id, job.label_id, lost)
         except Exception as exc:  # a bug must not stop every other write-back
             log.exception("write-back job %d of %s failed unexpectedly", job.id, job.label_id)
             later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._max_s)
-            await self._ledger.settle_job(
-                JobResult(job.id, "pending", f"internal error: {exc!r}", later)
-            )
+            with contextlib.suppress(LeaseLost):  # adopted meanwhile: the adopter settles it
+                await self._ledger.settle_job(
+                    JobResult(job.id, "pending", f"internal error: {exc!r}", later)
+                )
 
     async def _do(self, job: OutboxRow) -> None:
         row = await self._ledger.purchase(job.label_id)

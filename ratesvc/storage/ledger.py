@@ -12,16 +12,24 @@ writer; on PostgreSQL others run beside it, so each method that reads and then w
 stays right when another replica writes at the same moment: the rows it read are locked
 (``for_update``), the write is conditional on what was read (its row count says who won), or a
 unique index decides.
+
+Work is claimed, not assumed (:mod:`.leases`): a purchase is driven, and the poller of an
+account runs, under a named lease (``leases``); an outbox job and an automation event are
+claimed on their own rows (``owner``, ``lease_until``). Writes only the holder may make are
+*fenced*: they check, in their own transaction, that the lease is still this ledger's
+:attr:`Ledger.owner`, and raise :class:`LeaseLost` (writing nothing) when it is not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ratesvc.config import sqlite_path
+from ratesvc.storage.leases import new_owner
 from ratesvc.storage.migrations import SCHEMA_VERSION
 from ratesvc.storage.postgres_engine import PostgresEngine
 from ratesvc.storage.records import (
@@ -34,6 +42,7 @@ from ratesvc.storage.records import (
     IdempotencyConflict,
     IllegalTransition,
     JobResult,
+    LeaseLost,
     OutboxRow,
     PackageRow,
     PurchaseRow,
@@ -57,6 +66,7 @@ __all__ = [
     "IdempotencyConflict",
     "IllegalTransition",
     "JobResult",
+    "LeaseLost",
     "Ledger",
     "LedgerUnavailable",
     "OutboxRow",
@@ -69,6 +79,7 @@ __all__ = [
     "parse_stamp",
 ]
 
+V = TypeVar("V")
 MAX_IN_LIST = 500  # values in one IN (...) list: well under SQLite's limit on "?" in a statement
 
 _PURCHASE = columns(PurchaseRow)
@@ -82,6 +93,10 @@ _PACKAGE = (
 )
 _OUTBOX = "id, label_id, kind, state, attempts, next_at, last_error"
 _COLUMNS = {"purchases": _PURCHASE, "events": _EVENT}  # tables read by _page and _of_sales
+_HEADS = (  # the head (oldest open job) of every sale's outbox queue
+    "SELECT MIN(q.id) FROM outbox q JOIN purchases r ON r.label_id = q.label_id "
+    "WHERE q.state IN ('pending', 'running') GROUP BY r.account, COALESCE(r.sale_id, r.label_id)"
+)
 
 
 def _package(row: Row) -> PackageRow:
@@ -94,7 +109,7 @@ def _marks(values: Collection[Any]) -> str:
     return ",".join("?" * len(values))
 
 
-def chunks(values: Sequence[str]) -> list[Sequence[str]]:
+def chunks(values: Sequence[V]) -> list[Sequence[V]]:
     """``values`` cut in pieces small enough for one ``IN (...)`` list."""
     return [values[i : i + MAX_IN_LIST] for i in range(0, len(values), MAX_IN_LIST)]
 
@@ -115,6 +130,9 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._for_update = engine.for_update
+        self._now = engine.now_s
+        self._owner = new_owner()
+        self._owner_pid = os.getpid()
 
     @classmethod
     def from_url(cls, url: str) -> Ledger:
@@ -144,6 +162,96 @@ class Ledger:
         """Raises when the ledger cannot take a write now (readiness)."""
         await self._engine.writable()
         return True
+
+    # --- leases ------------------------------------------------------------------------------
+
+    @property
+    def owner(self) -> str:
+        """The name this ledger's user (one process, one replica) takes leases under:
+        ``host:pid:token``, drawn again in a forked child."""
+        if self._owner_pid != os.getpid():
+            self._owner, self._owner_pid = new_owner(), os.getpid()
+        return self._owner
+
+    @property
+    def single_process(self) -> bool:
+        """Only one process uses this ledger (SQLite: ``serve --workers`` above 1 needs
+        PostgreSQL), so at start-up whatever a previous process held is abandoned."""
+        return self._engine.dialect == "sqlite"
+
+    async def acquire_lease(self, name: str, ttl_s: float) -> bool:
+        """Take the lease ``name`` for ``ttl_s`` seconds: when nobody holds it, its holder let it
+        expire, or it is already ours (then it is extended). One statement — an upsert whose
+        update only applies to an expired or own lease — so of replicas racing for it exactly
+        one wins (its row count says so).
+
+        Whose clock: **the database's** (:attr:`Engine.now_s`), for taking, renewing and
+        expiring alike. The replicas' clocks may disagree by seconds (NTP steps, a paused VM);
+        on one clock a lease cannot be seen expired by one replica while its holder's clock
+        says it is still valid, so skew between replicas never makes two owners. The holder
+        only measures durations, on its monotonic clock (:class:`.leases.Lease`)."""
+        now = self._now
+        taken = await self._engine.execute(
+            f"INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, {now} + ?) "
+            "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+            f"expires_at = excluded.expires_at WHERE leases.expires_at < {now} "
+            "OR leases.owner = excluded.owner",
+            (name, self.owner, float(ttl_s)),
+        )
+        return taken == 1
+
+    async def renew_lease(self, name: str, ttl_s: float) -> bool:
+        """Extend our lease to ``ttl_s`` from now; False when it is another owner's (or gone).
+        A lease that expired without being taken is still ours: nobody can have acted on it."""
+        renewed = await self._engine.execute(
+            f"UPDATE leases SET expires_at = {self._now} + ? WHERE name = ? AND owner = ?",
+            (float(ttl_s), name, self.owner),
+        )
+        return renewed == 1
+
+    async def release_lease(self, name: str) -> bool:
+        """Give our lease back (another owner's is left alone)."""
+        released = await self._engine.execute(
+            "DELETE FROM leases WHERE name = ? AND owner = ?", (name, self.owner)
+        )
+        return released == 1
+
+    async def lease(self, name: str) -> tuple[str, float] | None:
+        """(owner, seconds left — negative once expired) of the lease ``name``, if recorded."""
+        rows = await self._engine.fetch(
+            f"SELECT owner, expires_at - {self._now} FROM leases WHERE name = ?", (name,)
+        )
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    async def abandon_leases(self, prefix: str) -> int:
+        """At start-up: the leases named ``prefix…`` a previous process left. With one process
+        (:attr:`single_process`) every one of them is abandoned — their holder is gone, and
+        waiting for them to expire would only delay the work; with several, only the expired
+        ones are tidied away (a live replica's are its own)."""
+        where = "" if self.single_process else f" AND expires_at < {self._now}"
+        return await self._engine.execute(
+            f"DELETE FROM leases WHERE substr(name, 1, ?) = ?{where}", (len(prefix), prefix)
+        )
+
+    async def release_own_leases(self, prefix: str) -> int:
+        """Give back every lease named ``prefix…`` this owner holds (at a graceful stop, after
+        the work under them stopped)."""
+        return await self._engine.execute(
+            "DELETE FROM leases WHERE substr(name, 1, ?) = ? AND owner = ?",
+            (len(prefix), prefix, self.owner),
+        )
+
+    async def _fence(self, tx: Connection, lease: str | None) -> None:
+        """Inside a transaction: raises :class:`LeaseLost` unless ``lease`` is ours. The lease
+        row stays locked until the commit, so it cannot change hands meanwhile."""
+        if lease is None:
+            return
+        held = await tx.fetchone(
+            f"SELECT 1 FROM leases WHERE name = ? AND owner = ?{self._for_update}",
+            (lease, self.owner),
+        )
+        if held is None:
+            raise LeaseLost(lease)
 
     # --- purchases ---------------------------------------------------------------------------
 
@@ -275,6 +383,18 @@ class Ledger:
         )
         return [PurchaseRow(*row) for row in rows]
 
+    async def adoptable_purchases(self) -> list[PurchaseRow]:
+        """The :meth:`unfinished_purchases` nobody drives: their lease (``purchase:<label id>``)
+        is free or expired."""
+        rows = await self._engine.fetch(
+            f"SELECT {_PURCHASE} FROM purchases WHERE (status = 'purchasing' OR "
+            "(status = 'attention' AND label_id IN "
+            "(SELECT label_id FROM packages WHERE state = 'unknown'))) AND NOT EXISTS "
+            "(SELECT 1 FROM leases l WHERE l.name = 'purchase:' || purchases.label_id "
+            f"AND l.expires_at >= {self._now}) ORDER BY rowid"
+        )
+        return [PurchaseRow(*row) for row in rows]
+
     async def transition(
         self,
         label_id: str,
@@ -287,15 +407,18 @@ class Ledger:
         release: bool = False,
         cancel_write_back: bool = False,
         unchanged_since: str | None = None,
+        lease: str | None = None,
     ) -> PurchaseRow:
         """Move a purchase to ``to`` in one transaction with what goes with it: other
         ``fields``, an outbox job queued (``enqueue``: its kind) or settled (``job``), pending
         write-back jobs cancelled, and, with ``release``, the fulfilment and client key given
         up. Raises :class:`IllegalTransition` (writing nothing) when the current status is not
         in ``allowed_from``, or (``unchanged_since``: an ``updated_at`` read before) when the
-        row was changed since. The row is locked from the check to the commit."""
+        row was changed since. The row is locked from the check to the commit. With ``lease``
+        (or a ``job`` no longer ours), raises :class:`LeaseLost` unless it is still ours."""
 
         async def move(tx: Connection) -> PurchaseRow:
+            await self._fence(tx, lease)
             current = await tx.fetchone(
                 f"SELECT status, updated_at FROM purchases WHERE label_id = ?{self._for_update}",
                 (label_id,),
@@ -425,13 +548,22 @@ class Ledger:
             if status != "attention" or not live
         ]
 
-    async def set_detail(self, label_id: str, detail: str | None, **fields: Any) -> None:
-        """Annotate a purchase without changing its status (``detail``, write-back counters)."""
+    async def set_detail(
+        self, label_id: str, detail: str | None, *, lease: str | None = None, **fields: Any
+    ) -> None:
+        """Annotate a purchase without changing its status (``detail``, write-back counters);
+        with ``lease``, only while it is ours (:class:`LeaseLost` otherwise)."""
         columns = {"detail": detail, "updated_at": now_text(), **fields}
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        await self._engine.execute(
-            f"UPDATE purchases SET {assignments} WHERE label_id = ?", (*columns.values(), label_id)
-        )
+
+        async def annotate(tx: Connection) -> None:
+            await self._fence(tx, lease)
+            await tx.execute(
+                f"UPDATE purchases SET {assignments} WHERE label_id = ?",
+                (*columns.values(), label_id),
+            )
+
+        await self._engine.run(annotate)
 
     # --- packages and their documents --------------------------------------------------------
 
@@ -462,16 +594,19 @@ class Ledger:
         allowed_from: Collection[str],
         *,
         documents: Mapping[str, bytes] | None = None,
+        lease: str | None = None,
         **fields: Any,
     ) -> PackageRow:
         """Move one package to ``to`` (with ``fields``) if it is in ``allowed_from``, and keep
         its ``documents`` (kind → PDF: :data:`LABEL`, :data:`CUSTOMS`) in the same transaction;
         raises :class:`IllegalTransition` otherwise. The update is conditional on the state, so
-        of two writers moving the same package only one succeeds."""
+        of two writers moving the same package only one succeeds. With ``lease``, only while it
+        is ours (:class:`LeaseLost` otherwise)."""
         columns = {"state": to, **fields}
         assignments = ", ".join(f"{name} = ?" for name in columns)
 
         async def move(tx: Connection) -> PackageRow:
+            await self._fence(tx, lease)
             changed = await tx.execute(
                 f"UPDATE packages SET {assignments} WHERE label_id = ? AND n = ? "
                 f"AND state IN ({_marks(allowed_from)})",
@@ -525,61 +660,113 @@ class Ledger:
             (label_id, kind, stamp, stamp, stamp),
         )
 
-    @staticmethod
-    async def _settle_job(tx: Connection, job: JobResult) -> None:
+    async def _settle_job(self, tx: Connection, job: JobResult) -> None:
+        """Settle a job this ledger's owner is running (its claim given up with it); raises
+        :class:`LeaseLost` — and so rolls back the transaction, label status and all — when
+        another owner adopted it since (its result is the adopter's to write)."""
         if job.state == "pending":
             assert job.next_at is not None
-            await tx.execute(
+            settled = await tx.execute(
                 "UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?, "
-                "next_at = ?, updated_at = ? WHERE id = ?",
-                (job.error, format_stamp(job.next_at), now_text(), job.id),
+                "next_at = ?, updated_at = ?, owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND state = 'running' AND owner = ?",
+                (job.error, format_stamp(job.next_at), now_text(), job.id, self.owner),
             )
         else:
-            await tx.execute(
+            settled = await tx.execute(
                 "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, "
-                "updated_at = ? WHERE id = ?",
-                (job.state, job.error, now_text(), job.id),
+                "updated_at = ?, owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND state = 'running' AND owner = ?",
+                (job.state, job.error, now_text(), job.id, self.owner),
             )
+        if settled != 1:
+            raise LeaseLost(f"outbox:{job.id}")
 
     async def settle_job(self, job: JobResult) -> None:
-        """Settle a job that changes no label status."""
+        """Settle a job that changes no label status (:class:`LeaseLost`: no longer ours)."""
 
         async def settle(tx: Connection) -> None:
             await self._settle_job(tx, job)
 
         await self._engine.run(settle)
 
-    async def claim_jobs(self, limit: int = 10) -> list[OutboxRow]:
+    async def claim_jobs(self, limit: int = 10, *, ttl_s: float = 30.0) -> list[OutboxRow]:
         """Due jobs, at most one per sale and none of a sale that has one running, oldest first;
-        each is marked ``running`` (a later job of a sale waits for the earlier ones). A job is
-        taken only if it is still pending when it is marked (its row count says so), so a job
-        two writers both found is claimed by one of them."""
-        now = now_text()
+        each is marked ``running``, owned by this ledger's :attr:`owner` for ``ttl_s`` seconds
+        (renewed by :meth:`renew_jobs`; a later job of a sale waits for the earlier ones). A
+        running job whose claim expired (its replica died) is a due head too: it is adopted.
+
+        Replicas claiming together: the scan skips the rows another claim has locked
+        (``skip_locked``), and a job is taken only if it is still pending, or still expired,
+        when it is marked (its row count says so) — each job is claimed by one of them. A
+        round with nothing to claim only reads (no write lock taken)."""
+        now, clock = now_text(), self._now
+        claimable = (
+            "(state = 'pending' OR (state = 'running' AND "
+            f"(lease_until IS NULL OR lease_until < {clock})))"
+        )
+        # the head (oldest open job) of every sale's queue; only a due pending head, or a
+        # running one whose claim expired, is taken
+        due = (
+            f"FROM outbox o WHERE o.id IN ({_HEADS}) AND ((o.state = 'pending' AND "
+            "o.next_at <= ?) OR (o.state = 'running' AND "
+            f"(o.lease_until IS NULL OR o.lease_until < {clock})))"
+        )
+        if not await self._engine.fetch(f"SELECT 1 {due} LIMIT 1", (now,)):
+            return []
 
         async def claim(tx: Connection) -> list[OutboxRow]:
-            # the head (oldest open job) of every sale's queue; only a due, pending head is taken
             heads = await tx.fetch(
                 "SELECT o.id, o.label_id, o.kind, o.state, o.attempts, o.next_at, o.last_error, "
-                "p.account, p.sale_id FROM outbox o JOIN purchases p ON p.label_id = o.label_id "
-                "WHERE o.id IN (SELECT MIN(q.id) FROM outbox q JOIN purchases r "
-                "ON r.label_id = q.label_id WHERE q.state IN ('pending', 'running') "
-                "GROUP BY r.account, COALESCE(r.sale_id, r.label_id)) "
-                "AND o.state = 'pending' AND o.next_at <= ? ORDER BY o.next_at, o.id LIMIT ?",
+                "(SELECT p.account FROM purchases p WHERE p.label_id = o.label_id), "
+                "(SELECT p.sale_id FROM purchases p WHERE p.label_id = o.label_id) "
+                f"{due} ORDER BY o.next_at, o.id LIMIT ?{self._engine.skip_locked}",
                 (now, limit),
             )
             claimed: list[OutboxRow] = []
             for row in heads:
                 job = OutboxRow(*row)
                 taken = await tx.execute(
-                    "UPDATE outbox SET state = 'running', updated_at = ? "
-                    "WHERE id = ? AND state = 'pending'",
-                    (now, job.id),
+                    f"UPDATE outbox SET state = 'running', owner = ?, lease_until = {clock} + ?, "
+                    f"updated_at = ? WHERE id = ? AND {claimable}",
+                    (self.owner, float(ttl_s), now, job.id),
                 )
                 if taken == 1:
                     claimed.append(dataclasses.replace(job, state="running"))
             return claimed
 
         return await self._engine.run(claim)
+
+    async def renew_jobs(self, ids: Sequence[int], ttl_s: float) -> set[int]:
+        """Extend this owner's claims on running jobs ``ids`` to ``ttl_s`` from now; the ids
+        still ours (a job adopted by another owner after its claim expired is not)."""
+        return {int(key) for key in await self._renew_claims("outbox", "id", ids, ttl_s)}
+
+    async def release_own_jobs(self) -> int:
+        """Every job this owner has running is pending again (its worker stopped gracefully —
+        including a claim that committed as the worker was cancelled), so another replica
+        takes it now rather than once its claim expires."""
+        return await self._engine.execute(
+            "UPDATE outbox SET state = 'pending', owner = NULL, lease_until = NULL "
+            "WHERE state = 'running' AND owner = ?",
+            (self.owner,),
+        )
+
+    async def _renew_claims(
+        self, table: str, key: str, ids: Sequence[Any], ttl_s: float
+    ) -> list[Any]:
+        renewed: list[Any] = []
+        for part in chunks(list(ids)):
+
+            async def renew(tx: Connection, part: Sequence[Any] = part) -> list[Row]:
+                return await tx.fetch(
+                    f"UPDATE {table} SET lease_until = {self._now} + ? "
+                    f"WHERE {key} IN ({_marks(part)}) AND owner = ? RETURNING {key}",
+                    (float(ttl_s), *part, self.owner),
+                )
+
+            renewed += [row[0] for row in await self._engine.run(renew)]
+        return renewed
 
     async def due_now(self, label_id: str) -> int:
         """The label's waiting jobs (write-back, void correction) are due now, not after their
@@ -593,13 +780,25 @@ class Ledger:
 
     async def release_running_jobs(self) -> int:
         """At start-up: jobs a previous process was running are due again (each step of a job
-        looks before it writes, so doing one again is harmless)."""
+        looks before it writes, so doing one again is harmless). With one process
+        (:attr:`single_process`) that is every running job — their process is gone. With
+        several, a running job may be a live replica's: only those whose claim expired are
+        released (:meth:`claim_jobs` would adopt them anyway; a live one is left to its owner)."""
+        expired = (
+            "" if self.single_process
+            else f" AND (lease_until IS NULL OR lease_until < {self._now})"
+        )  # fmt: skip
         return await self._engine.execute(
-            "UPDATE outbox SET state = 'pending' WHERE state = 'running'"
+            "UPDATE outbox SET state = 'pending', owner = NULL, lease_until = NULL "
+            f"WHERE state = 'running'{expired}"
         )
 
     async def next_due_at(self) -> str | None:
-        rows = await self._engine.fetch("SELECT MIN(next_at) FROM outbox WHERE state = 'pending'")
+        """When the next job :meth:`claim_jobs` could take is due: the earliest pending head of
+        a sale's queue (a job behind a running one waits for it to end, not for a time)."""
+        rows = await self._engine.fetch(
+            f"SELECT MIN(next_at) FROM outbox WHERE state = 'pending' AND id IN ({_HEADS})"
+        )
         return str(rows[0][0]) if rows and rows[0][0] else None
 
     async def jobs(self, label_id: str) -> list[OutboxRow]:
@@ -690,6 +889,8 @@ class Ledger:
                 documents += await tx.execute(
                     f"DELETE FROM documents WHERE label_id IN ({marks})", part
                 )
+            # leases given up by their holders are deleted; these were left by dead ones
+            await tx.execute(f"DELETE FROM leases WHERE expires_at < {self._now} - 86400")
             return Purged(events=events, jobs=jobs, documents=documents, paths=paths)
 
         return await self._engine.run(purge)
@@ -724,11 +925,89 @@ class Ledger:
         )
         return EventRow(*rows[0]) if rows else None
 
-    async def set_event(self, event_id: str, **fields: Any) -> None:
+    async def set_event(self, event_id: str, *, claimed: bool = False, **fields: Any) -> None:
+        """Change an event's ``fields``. ``claimed``: the outcome of this owner's claim on it,
+        which is given up with it — raises :class:`LeaseLost` (writing nothing) when another
+        owner adopted the event since."""
         columns = {**fields, "updated_at": now_text()}
+        if claimed:
+            columns.update(owner=None, lease_until=None)
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        await self._engine.execute(
-            f"UPDATE events SET {assignments} WHERE event_id = ?", (*columns.values(), event_id)
+        sql, args = f"UPDATE events SET {assignments} WHERE event_id = ?", [*columns.values()]
+        args.append(event_id)
+        if claimed:
+            sql += " AND owner = ?"
+            args.append(self.owner)
+        changed = await self._engine.execute(sql, args)
+        if claimed and changed != 1:
+            raise LeaseLost(f"event:{event_id}")
+
+    async def claim_events(self, limit: int = 20, *, ttl_s: float = 30.0) -> list[EventRow]:
+        """Due open events nobody holds — unclaimed, or claimed by a replica that let the claim
+        expire (adopted) — none of a sale another live claim is working on, oldest first; each
+        is claimed by this ledger's :attr:`owner` for ``ttl_s`` seconds (renewed by
+        :meth:`renew_events`, given up by ``set_event(claimed=True)``). An event is taken only
+        if it is still unclaimed when it is marked (its row count says so), so of replicas
+        that found the same event one processes it. A round with nothing to claim only reads
+        (no write lock taken)."""
+        clock, now = self._now, now_text()
+        free = f"(lease_until IS NULL OR lease_until < {clock})"
+        statuses = _marks(OPEN_EVENT_STATUSES)
+        due = f"FROM events e WHERE {self._claimable_event} AND next_at <= ?"
+        if not await self._engine.fetch(f"SELECT 1 {due} LIMIT 1", (*OPEN_EVENT_STATUSES, now)):
+            return []
+
+        async def claim(tx: Connection) -> list[EventRow]:
+            rows = await tx.fetch(
+                f"SELECT {_EVENT} {due} ORDER BY next_at, rowid LIMIT ?{self._engine.skip_locked}",
+                (*OPEN_EVENT_STATUSES, now, limit),
+            )
+            claimed: list[EventRow] = []
+            sales: set[tuple[str, str | None]] = set()
+            for row in rows:
+                event = EventRow(*row)
+                if event.sale_id is not None and (event.account, event.sale_id) in sales:
+                    continue  # one event of a sale at a time
+                sales.add((event.account, event.sale_id))
+                taken = await tx.execute(
+                    f"UPDATE events SET owner = ?, lease_until = {clock} + ? "
+                    f"WHERE event_id = ? AND status IN ({statuses}) AND {free}",
+                    (self.owner, float(ttl_s), event.event_id, *OPEN_EVENT_STATUSES),
+                )
+                if taken == 1:
+                    claimed.append(event)
+            return claimed
+
+        return await self._engine.run(claim)
+
+    async def renew_events(self, ids: Sequence[str], ttl_s: float) -> set[str]:
+        """Extend this owner's claims on events ``ids``; the ids still ours."""
+        return {str(key) for key in await self._renew_claims("events", "event_id", ids, ttl_s)}
+
+    async def release_events(self, ids: Sequence[str] | None = None) -> int:
+        """Give up this owner's claims on events ``ids`` — on every event it holds, without —
+        (they stay as they are otherwise)."""
+        if ids is None:
+            return await self._engine.execute(
+                "UPDATE events SET owner = NULL, lease_until = NULL WHERE owner = ?",
+                (self.owner,),
+            )
+        released = 0
+        for part in chunks(list(ids)):
+            released += await self._engine.execute(
+                "UPDATE events SET owner = NULL, lease_until = NULL "
+                f"WHERE event_id IN ({_marks(part)}) AND owner = ?",
+                (*part, self.owner),
+            )
+        return released
+
+    async def release_claimed_events(self) -> int:
+        """At start-up with one process (:attr:`single_process`): the claims a previous process
+        left on events are given up, so they are processed now rather than once they expire."""
+        if not self.single_process:
+            return 0
+        return await self._engine.execute(
+            "UPDATE events SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL"
         )
 
     async def due_events(self, limit: int = 20) -> list[EventRow]:
@@ -740,11 +1019,26 @@ class Ledger:
         return [EventRow(*row) for row in rows]
 
     async def next_event_due_at(self) -> str | None:
+        """When the next event :meth:`claim_events` could take is due (one held by a live claim,
+        or of a sale another live claim works on, waits for that, not for a time)."""
         rows = await self._engine.fetch(
-            f"SELECT MIN(next_at) FROM events WHERE status IN ({_marks(OPEN_EVENT_STATUSES)})",
+            f"SELECT MIN(next_at) FROM events e WHERE {self._claimable_event}",
             OPEN_EVENT_STATUSES,
         )
         return str(rows[0][0]) if rows and rows[0][0] else None
+
+    @property
+    def _claimable_event(self) -> str:
+        """An open event (``OPEN_EVENT_STATUSES`` bound first) of alias ``e`` nobody holds, of a
+        sale no other live claim works on."""
+        clock = self._now
+        return (
+            f"status IN ({_marks(OPEN_EVENT_STATUSES)}) "
+            f"AND (lease_until IS NULL OR lease_until < {clock}) "
+            "AND NOT EXISTS (SELECT 1 FROM events x WHERE x.account = e.account "
+            "AND x.sale_id = e.sale_id AND x.event_id <> e.event_id "
+            f"AND x.lease_until >= {clock})"
+        )
 
     async def events(
         self,
@@ -767,15 +1061,17 @@ class Ledger:
     ) -> EventRow | None:
         """Put an event back in the queue — due now, no attempts counted, waiting for no label,
         the sale's ``Updated`` stamp forgotten (the poller notes it afresh if the event needs a
-        person again) — if its status is one of ``statuses`` (checked and changed in one
-        statement); the event as it is now, or None when it was not in one of them."""
+        person again) — if its status is one of ``statuses`` and no replica is processing it
+        (checked and changed in one statement); the event as it is now, or None when it was
+        not requeued."""
         stamp = now_text()
 
         async def requeue(tx: Connection) -> EventRow | None:
             changed = await tx.execute(
                 "UPDATE events SET status = 'received', reason = ?, label_id = NULL, "
                 "attempts = 0, sale_updated = NULL, next_at = ?, updated_at = ? "
-                f"WHERE event_id = ? AND status IN ({_marks(statuses)})",
+                f"WHERE event_id = ? AND status IN ({_marks(statuses)}) "
+                f"AND (lease_until IS NULL OR lease_until < {self._now})",
                 (reason, stamp, stamp, event_id, *statuses),
             )
             if changed != 1:

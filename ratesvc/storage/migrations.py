@@ -151,6 +151,20 @@ SQLITE_MIGRATIONS: list[str] = [
         FOREIGN KEY (label_id, n) REFERENCES packages(label_id, n)
     );
     """,
+    # 7: work claimed, not assumed: named leases (a purchase, an account's poller) and the owner
+    # and lease expiry of a claimed outbox job or automation event (seconds since the epoch on
+    # the database's clock; see Ledger.acquire_lease). A job running before has none: expired.
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    ALTER TABLE outbox ADD COLUMN owner TEXT;
+    ALTER TABLE outbox ADD COLUMN lease_until REAL;
+    ALTER TABLE events ADD COLUMN owner TEXT;
+    ALTER TABLE events ADD COLUMN lease_until REAL;
+    """,
 ]
 
 
@@ -261,6 +275,18 @@ def _postgresql_migrations() -> list[str]:
             PRIMARY KEY (label_id, n, kind),
             FOREIGN KEY (label_id, n) REFERENCES packages(label_id, n)
         );
+        """,
+        # 7: named leases; the owner and lease expiry of claimed outbox jobs and events
+        """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        );
+        ALTER TABLE outbox ADD COLUMN owner TEXT;
+        ALTER TABLE outbox ADD COLUMN lease_until DOUBLE PRECISION;
+        ALTER TABLE events ADD COLUMN owner TEXT;
+        ALTER TABLE events ADD COLUMN lease_until DOUBLE PRECISION;
         """,
     ]
 

@@ -92,6 +92,8 @@ class _Connection:
 class PostgresEngine:
     dialect: Dialect = "postgresql"
     for_update = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    now_s = "(EXTRACT(EPOCH FROM clock_timestamp())::float8)"
 
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
         self._url = url

@@ -176,3 +176,12 @@ def columns(row_type: type, prefix: str = "") -> str:
 
 LABEL = "label"  # the documents' kinds: a package's label PDF and its customs form
 CUSTOMS = "customs"
+
+
+class LeaseLost(Exception):
+    """The work's lease (``name``) is no longer this owner's: another replica adopted it after it
+    expired. Nothing was written; the work stops here."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the lease {name} is no longer ours")
+        self.name = name

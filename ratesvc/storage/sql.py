@@ -55,6 +55,11 @@ class Engine(Protocol):
     dialect: Dialect
     where: str  # e.g. "the SQLite file var/ledger.sqlite3" (never a password)
     for_update: str  # appended to a SELECT whose rows the transaction goes on to change
+    # appended to a SELECT that scans for work to claim: rows another transaction is claiming
+    # are passed over rather than waited for ("" on SQLite: its one writer never waits)
+    skip_locked: str
+    # an SQL expression: the database's clock, in seconds since the epoch (leases expire by it)
+    now_s: str
 
     async def open(self) -> None:
         """Connect and migrate the schema forward; raises :class:`LedgerUnavailable`."""

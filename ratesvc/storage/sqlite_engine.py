@@ -58,6 +58,8 @@ class _Connection:
 class SQLiteEngine:
     dialect: Dialect = "sqlite"
     for_update = ""  # BEGIN IMMEDIATE already holds the only write lock there is
+    skip_locked = ""
+    now_s = "((julianday('now') - 2440587.5) * 86400.0)"  # 'now' is fixed within a statement
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -135,6 +135,9 @@ async def test_a_locked_ledger_is_a_quick_503_and_ready_again_once_released(
 ) -> None:
     """SQLite waits up to 5 s for a lock; readyz does not: it answers from the probe in flight,
     which finishes (and rolls back) on its own instead of leaving a transaction open."""
+    # the service's start-up writes (its first retention purge) are over: a transaction of
+    # the service open now would wait for the loop this blocking BEGIN holds
+    assert (await ready(service))[0] == 200
     other = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another writer holds the ledger
 

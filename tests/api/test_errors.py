@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from ratesvc.api.middlewares import add_route
 from ratesvc.api.problems import decode_body
 from ratesvc.app import create_app
 from ratesvc.config import Settings
@@ -91,7 +94,7 @@ async def decoding(aiohttp_client: Any, make_settings: Callable[..., Settings]) 
         return web.Response(body=msgspec.json.encode(probe), content_type="application/json")
 
     app = create_app(make_settings())
-    app.router.add_post("/v1/echo", echo)
+    add_route(app, "POST", "/v1/echo", echo)
     client: TestClient = await aiohttp_client(app)
     return client
 
@@ -162,10 +165,90 @@ async def test_a_bug_is_a_500_problem_without_internals(
         raise KeyError("secret internals")
 
     app = create_app(make_settings())
-    app.router.add_get("/v1/broken", broken)
+    add_route(app, "GET", "/v1/broken", broken)
     client = await aiohttp_client(app)
 
     response = await client.get("/v1/broken", headers=AUTH)
     body = await assert_problem(response, 500, "internal_error")
 
     assert "secret" not in body["detail"]
+
+
+# --- the edge is per route, not a middleware: what that must not change -----------------------
+
+
+async def test_a_route_registered_past_the_edge_stops_start_up(
+    aiohttp_client: Any, make_settings: Callable[..., Settings]
+) -> None:
+    """A handler added with ``app.router`` directly would answer without auth, request id or
+    metrics: the app refuses to start rather than serve it."""
+
+    async def naked(_request: web.Request) -> web.Response:
+        return web.Response(text="no token asked")
+
+    app = create_app(make_settings())
+    app.router.add_get("/v1/naked", naked)
+
+    with pytest.raises(RuntimeError, match="GET /v1/naked"):
+        await aiohttp_client(app)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "code"),
+    [
+        ("DELETE", "/v1/rates", {}, 401, "unauthorized"),  # no token: nothing said of the route
+        ("DELETE", "/v1/rates", AUTH, 405, "method_not_allowed"),
+        ("GET", "/v1/nothing", {}, 401, "unauthorized"),
+        ("GET", "/v1/nothing", AUTH, 404, "not_found"),
+        ("POST", "/v1/webhooks/nothing", {}, 404, "not_found"),  # self-authenticated prefix
+        ("HEAD", "/healthz", {}, 405, "method_not_allowed"),  # API routes take no HEAD
+        ("GET", "/healthz/", {}, 404, "not_found"),
+    ],
+)  # fmt: skip
+async def test_unmatched_requests_get_problems_with_the_auth_rule_of_their_path(
+    service: TestClient, method: str, path: str, headers: dict[str, str], status: int, code: str
+) -> None:
+    response = await service.request(method, path, headers=headers)
+
+    if method == "HEAD":
+        assert response.status == status
+        assert response.headers["Allow"] == "GET"
+        assert response.headers["X-Request-Id"]
+    else:
+        await assert_problem(response, status, code)
+    text = await (await service.get("/metrics")).text()
+    assert f'method="{method}",route="unmatched",status="{status}"}} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"OPTIONS * HTTP/1.1", b"GET /a%0Ab HTTP/1.1", b"GET http://x/none HTTP/1.1"]
+)
+async def test_odd_request_targets_are_404_problems(
+    service: TestClient, request_line: bytes
+) -> None:
+    """Targets no route pattern can match (``*``, a newline, absolute form) still reach the
+    catch-all: a problem with a request id, not aiohttp's plain-text 404."""
+    reader, writer = await asyncio.open_connection(service.server.host, service.server.port)
+    writer.write(request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+
+    assert head.startswith(b"HTTP/1.1 404")
+    assert b"Content-Type: application/problem+json" in head
+    assert b"X-Request-Id: " in head
+    assert json.loads(body)["code"] == "not_found"
+
+
+async def test_the_console_answers_head_and_its_404s_through_the_edge(service: TestClient) -> None:
+    head = await service.head("/console/")
+    missing = await service.get("/console/nope.js")
+
+    assert head.status == 200
+    assert head.headers["X-Request-Id"]
+    assert missing.status == 404
+    assert missing.content_type == "application/problem+json"
+    assert missing.headers["X-Request-Id"]
+    text = await (await service.get("/metrics")).text()
+    assert 'method="HEAD",route="/console/",status="200"} 1.0' in text
+    assert 'method="GET",route="/console/{path}",status="404"} 1.0' in text

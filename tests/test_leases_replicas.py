@@ -1,0 +1,246 @@
+"""Two replicas of the service on one PostgreSQL ledger (two apps in this process, each with its
+own ledger pool, so two lease owners), in front of the same ShipStation and Cin7 Core
+sandboxes: work one replica is doing is not taken by the other; when it dies, the other adopts
+it — a purchase through reconciliation (never bought again), a write-back once, an automation
+event once — and an account is polled by one of them.
+
+A replica "dies" as a killed process would: its database connections drop first (nothing it
+holds is given back), then its tasks stop wherever they are."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from ratesvc import keys
+from ratesvc.app import create_app
+from ratesvc.config import load_settings
+from ratesvc.sandbox.cin7 import Cin7Sandbox
+from ratesvc.sandbox.shipstation import ShipStationSandbox
+from ratesvc.storage.postgres_engine import PostgresEngine
+from tests.api.test_labels import label_of, until
+from tests.automation.support import pack_payload
+from tests.conftest import AUTH, HOOK, WEBHOOK_URL, automation_env, service_env
+from tests.ledger_sql import ledger_sql
+
+TTL = "1"  # RATESVC_LEASE_TTL_S: a dead replica's work is adopted about a second later
+SALE = {"sale_id": "sale-simple", "task_id": "task-sale-simple", "carrier_code": "ups",
+        "service_code": "ups_ground"}  # fmt: skip
+FAST = {"RATESVC_LABEL_SETTLE_S": "0", "RATESVC_WRITEBACK_RETRY_S": "0.05",
+        "RATESVC_CIN7_MIN_INTERVAL_S": "0.01", "RATESVC_LEASE_TTL_S": TTL}  # fmt: skip
+
+MakeReplica = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def make_replica(
+    postgres_url: str, aiohttp_client: Any, sandbox_url: str, cin7_url: str, tmp_path: Path
+) -> MakeReplica:
+    """A replica (its own data directory and ledger pool) on the shared PostgreSQL ledger
+    (set up first, so the replicas are closed before the database is dropped)."""
+
+    async def make(name: str, *, automated: bool = False, **extra: str) -> TestClient:
+        data = tmp_path / name
+        settings = {**FAST, "RATESVC_DATABASE_URL": postgres_url, **extra}
+        env = (
+            automation_env(sandbox_url, cin7_url, data, **settings)
+            if automated
+            else service_env(sandbox_url, data, cin7_url, **settings)
+        )
+        client: TestClient = await aiohttp_client(create_app(load_settings(env)))
+        return client
+
+    return make
+
+
+async def die(replica: TestClient) -> None:
+    """Kill the replica: its ledger connections drop (so it gives nothing back), then every
+    purchase, write-back and event it was working on stops where it was, and it goes away."""
+    app = replica.app
+    engine = app[keys.LEDGER].engine
+    assert isinstance(engine, PostgresEngine)
+    engine.pool.terminate()
+    labels = app[keys.LABELS]
+    for task, _ in list(labels._units.values()):  # no grace: a kill does not wait
+        task.cancel()
+    await replica.close()
+
+
+async def lease_owner(url: str, name: str) -> str | None:
+    rows = await ledger_sql(url, "SELECT owner FROM leases WHERE name = ?", (name,))
+    return str(rows[0][0]) if rows else None
+
+
+def ships(cin7: Cin7Sandbox) -> int:
+    """Ship lines written to Cin7 Core (each a POST or PUT of the fulfilment's Ship)."""
+    return sum(1 for method, path, _ in cin7.writes if "ship" in path.lower())
+
+
+async def test_a_purchase_is_driven_by_one_replica_and_adopted_by_another_when_it_dies(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    a = await make_replica("a")
+    sandbox.label_fault = "hang"  # ShipStation buys, then takes its time to answer
+    sandbox.knobs.hang_s = 60
+    buying = asyncio.create_task(
+        a.post("/v1/labels", json=SALE, headers={**AUTH, "Idempotency-Key": "k1"})
+    )
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    ((label_id,),) = await ledger_sql(postgres_url, "SELECT label_id FROM purchases")
+    a_owner = a.app[keys.LEDGER].owner
+    assert await lease_owner(postgres_url, f"purchase:{label_id}") == a_owner
+
+    b = await make_replica("b")  # starts while a is buying: adopts nothing
+    replay = asyncio.create_task(
+        b.post("/v1/labels", json=SALE, headers={**AUTH, "Idempotency-Key": "k1"})
+    )
+    await asyncio.sleep(2.5)  # more than two lease TTLs: a renews, b only watches
+    assert await lease_owner(postgres_url, f"purchase:{label_id}") == a_owner
+    assert not b.app[keys.LABELS]._units
+    assert sandbox.calls["/shipments/createlabel"] == 1
+    assert not replay.done()
+
+    await die(a)  # mid-purchase: the package's outcome is unknown in the ledger
+    buying.cancel()
+    await asyncio.gather(buying, return_exceptions=True)
+    sandbox.label_fault = None
+    (state,) = await ledger_sql(postgres_url, "SELECT state FROM packages")
+    assert state == ("unknown",)
+
+    answer = await asyncio.wait_for(replay, 30)  # b adopted, reconciled and finished it
+    body = await answer.json()
+    assert answer.status == 200 and body["label_id"] == label_id, body
+    await until(lambda: label_status(b, label_id, "completed"))
+    label = await label_of(b, label_id)
+    (shipment,) = sandbox.shipments.values()
+    assert sandbox.calls["/shipments/createlabel"] == 1  # reconciled, never bought again
+    assert label["packages"][0]["tracking_number"] == shipment["trackingNumber"]
+    assert "recovered" in label["detail"]
+    assert ships(cin7_sandbox) == 1  # written back once, by b
+    assert await lease_owner(postgres_url, f"purchase:{label_id}") is None  # b gave it back
+
+
+async def label_status(client: TestClient, label_id: str, status: str) -> bool:
+    return bool((await label_of(client, label_id))["status"] == status)
+
+
+async def test_a_running_write_back_is_not_stolen_by_a_starting_replica_but_adopted_when_its_own_dies(  # noqa: E501
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    a = await make_replica("a")
+    sandbox.label_fault = "hang"  # so the sale can be held back between plan and write-back
+    sandbox.knobs.hang_s = 0.5
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    cin7_sandbox.sale_reads.clear()  # the write-back's read of the sale waits: the job hangs
+    response = await buying
+    label_id = (await response.json())["label_id"]
+
+    async def running() -> list[tuple[Any, ...]]:
+        return await ledger_sql(
+            postgres_url, "SELECT owner FROM outbox WHERE label_id = ? AND state = 'running'",
+            (label_id,),
+        )  # fmt: skip
+
+    await until(lambda: running_is(running, [(a.app[keys.LEDGER].owner,)]))
+    b = await make_replica("b")  # releases what a process before it left running — not a's
+    await asyncio.sleep(2.5)
+    assert await running() == [(a.app[keys.LEDGER].owner,)]
+    assert ships(cin7_sandbox) == 0
+
+    await die(a)
+    cin7_sandbox.sale_reads.set()
+
+    await until(lambda: label_status(b, label_id, "completed"), seconds=15)
+    rows = await ledger_sql(
+        postgres_url, "SELECT state, owner, attempts FROM outbox WHERE label_id = ?", (label_id,)
+    )
+    assert rows == [("done", None, 1)]
+    assert ships(cin7_sandbox) == 1
+    assert len(cin7_sandbox.attachments["sale-simple"]) == 1  # the label PDF, once
+
+
+async def is_in(read: Callable[[], Awaitable[Any]], expected: set[str]) -> bool:
+    return await read() in expected
+
+
+async def running_is(
+    read: Callable[[], Awaitable[list[tuple[Any, ...]]]], expected: list[tuple[Any, ...]]
+) -> bool:
+    return await read() == expected
+
+
+async def test_an_automation_event_is_processed_by_one_replica(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    a = await make_replica("a", automated=True)
+    b = await make_replica("b", automated=True)
+    payload = pack_payload(cin7_sandbox, "sale-simple")
+    cin7_sandbox.sale_reads.clear()  # processing the event waits at its read of the sale
+
+    delivered = await a.post(WEBHOOK_URL, json=payload, headers=HOOK)
+    assert delivered.status == 202
+
+    async def owner() -> Any:
+        ((holder,),) = await ledger_sql(postgres_url, "SELECT owner FROM events")
+        return holder
+
+    replicas = {a.app[keys.LEDGER].owner, b.app[keys.LEDGER].owner}
+    await until(lambda: is_in(owner, replicas))  # claimed by one of them
+    seen = set()
+    for _ in range(30):  # 1.5 s: both look for due events every half TTL meanwhile
+        seen.add(await owner())
+        await asyncio.sleep(0.05)
+    assert len(seen) == 1, seen  # the first claim's throughout: the other left it alone
+    cin7_sandbox.sale_reads.set()
+
+    async def settled() -> bool:
+        listed = await (await b.get("/v1/automation/events", headers=AUTH)).json()
+        return bool([e for e in listed["events"] if e["status"] == "processed"])
+
+    await until(settled, seconds=15)
+    await a.app[keys.AUTOMATION].idle()
+    await b.app[keys.AUTOMATION].idle()
+    finished = [
+        replica.app[keys.METRICS].registry.get_sample_value(
+            "ratesvc_automation_events_processed_total", {"outcome": "processed"}
+        )
+        or 0
+        for replica in (a, b)
+    ]
+    assert sorted(finished) == [0, 1], finished  # one replica processed it, once
+    assert sandbox.calls["/shipments/createlabel"] == 1
+
+
+async def test_an_account_is_polled_by_one_replica_at_a_time(
+    make_replica: MakeReplica, cin7_sandbox: Cin7Sandbox
+) -> None:
+    cin7_sandbox.sales.clear()  # nothing ready: each round is one list call, no events
+    a = await make_replica("a", automated=True, RATESVC_POLL_INTERVAL_S="0.1")
+    b = await make_replica("b", automated=True, RATESVC_POLL_INTERVAL_S="0.1")
+
+    await asyncio.sleep(1.5)
+
+    rounds = sorted(replica.app[keys.POLLER].rounds for replica in (a, b))
+    assert rounds[0] == 0 and rounds[1] >= 5, rounds
+    assert cin7_sandbox.calls["GET /salelist"] == rounds[1]  # one list call a round, one poller
+
+    await die(a if a.app[keys.POLLER].rounds else b)  # the polling replica dies
+    survivor = b if a.app[keys.POLLER].rounds else a
+    before = survivor.app[keys.POLLER].rounds
+    await asyncio.sleep(2.5)  # its lease expires (interval + TTL), then the survivor polls
+    assert survivor.app[keys.POLLER].rounds > before

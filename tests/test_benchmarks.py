@@ -13,6 +13,7 @@ from benchmarks import (
     coalescing,
     cold_throughput,
     common,
+    edge_cpu,
     fanout,
     memory,
     replicas,
@@ -75,6 +76,15 @@ async def test_memory_reads_the_service_rss_and_its_estimates(results_in: Path) 
     assert last["store_answers"] == 200
     assert 0 < last["store_bytes"] <= 64 << 20
     assert 0 < last["cache_bytes"] <= 64 << 20
+
+
+async def test_edge_cpu_measures_replayed_answers_of_both_servers(results_in: Path) -> None:
+    assert await edge_cpu.run(requests=20, rounds=2)
+
+    saved = json.loads((results_in / "edge_cpu.json").read_text())
+    assert set(saved["min_us"]) == {"ratesvc", "bare"}
+    assert all(v > 0 for v in saved["min_us"].values())
+    assert saved["answer_bytes"] > 1000  # the 4-carrier answer, replayed
 
 
 @pytest.mark.timeout(180)

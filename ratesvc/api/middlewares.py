@@ -210,6 +210,8 @@ def add_unmatched(app: web.Application) -> None:
 
 
 async def _check_edged(app: web.Application) -> None:
+    """Refuse to start with a route past the edge, or one the unmatched resource would hide
+    (the router tries resources indexed under ``/`` in registration order)."""
     bare = [f"{route.method} {route.resource.canonical if route.resource else '?'}"
             for route in app.router.routes() if route.handler not in _EDGED]  # fmt: skip
     if bare:
@@ -217,6 +219,19 @@ async def _check_edged(app: web.Application) -> None:
             f"routes registered without the edge (no auth, request id or metrics): "
             f"{', '.join(bare)}; register them with ratesvc.api.middlewares.add_route"
         )
+    resources = list(app.router.resources())
+    last = max(i for i, r in enumerate(resources) if isinstance(r, _Unmatched))
+    hidden = [r.canonical for r in resources[last + 1 :] if _index_key(r.canonical) == "/"]
+    if hidden:
+        raise RuntimeError(f"routes registered after add_unmatched are never reached: {hidden}")
+
+
+def _index_key(canonical: str) -> str:
+    """The router's index key of a resource (aiohttp's UrlDispatcher: up to the first variable's
+    segment, no trailing slash)."""
+    if "{" in canonical:
+        canonical = canonical.partition("{")[0].rpartition("/")[0]
+    return canonical.rstrip("/") or "/"
 
 
 def _answer_for(request: web.Request, exc: Exception) -> web.StreamResponse:

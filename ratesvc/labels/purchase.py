@@ -33,7 +33,6 @@ repeat, the unit stops: ``failed`` when nothing at all was bought (the fulfilmen
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from ratesvc.storage.ledger import (
     LeaseLost,
     Ledger,
     PackageRow,
+    format_stamp,
     now_text,
     parse_stamp,
 )
@@ -171,7 +171,8 @@ class PurchaseUnit:
         # must find it being bought (already_labelled), not reconciling.
         self.calling = True
         try:
-            package = await self._move(package, P.UNKNOWN, attempt_at=now_text(),
+            attempt_at = format_stamp(await self._ledger.clock())  # the database's clock
+            package = await self._move(package, P.UNKNOWN, attempt_at=attempt_at,
                                        attempts=package.attempts + 1)  # fmt: skip
         except BaseException:
             self.calling = False
@@ -188,7 +189,15 @@ class PurchaseUnit:
         )  # fmt: skip
         deadline = asyncio.get_running_loop().time() + 60
         try:
-            record = await self._services.shipstation.create_label(request, deadline=deadline)
+            # the lease is checked again when the limiter grants the call, right before it is
+            # sent: a turn waited for can outlast the lease, and an adopter reconciling then
+            # would find nothing and buy (the unit stops unsent; the adopter settles it)
+            record = await self._services.shipstation.create_label(
+                request, deadline=deadline, before_send=self._lease.confirm
+            )
+        except LeaseLost:
+            self.calling = False
+            raise
         except UpstreamThrottled as exc:
             self.calling = False
             # The limiter said no, or ShipStation answered 429: nothing was bought, and the
@@ -239,7 +248,8 @@ class PurchaseUnit:
                     lease=self._lease.name,
                 )
                 return await self._bought(package, found, pdf=None)
-            age = (dt.datetime.now(dt.UTC) - attempt).total_seconds()
+            # on the database's clock, like attempt_at: replicas' own clocks may disagree
+            age = (await self._ledger.clock() - attempt).total_seconds()
             if listed_all and age >= self._timing.settle_s:
                 return await self._move(package, P.PENDING)
             waited = loop.time() - self._started

@@ -54,6 +54,28 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def owner_is_gone(owner: str) -> bool:
+    """Whether ``owner``'s process is known to be gone: it ran on this host and its pid is no
+    longer alive, or it is this very process (an earlier ledger object of it, as a restart
+    inside one test process leaves). An owner on another host, or a live process here, is not
+    gone: its leases and claims are left to expire. A second ``ratesvc serve`` on the same
+    SQLite file therefore never takes over what a live first one holds."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def renew_every(ttl_s: float) -> float:
     """How often a lease of ``ttl_s`` is renewed: a third of it, so two renewals in a row may
     fail (a slow database, a busy loop) before it expires."""
@@ -80,6 +102,16 @@ class Lease:
     def check(self) -> None:
         """Raises :class:`LeaseLost` unless the lease is :attr:`held` (before an upstream call)."""
         if not self.held:
+            raise LeaseLost(self.name)
+
+    async def confirm(self) -> None:
+        """Raises :class:`LeaseLost` unless the ledger itself says the lease is still ours and
+        unexpired — asked right before a call that must never be made twice (``createlabel``):
+        the holder's own belief lags a takeover by up to a renewal period."""
+        self.check()
+        found = await self._ledger.lease(self.name)
+        if found is None or found[0] != self._ledger.owner or found[1] <= 0:
+            self._lost = True
             raise LeaseLost(self.name)
 
     async def acquire(self) -> bool:

@@ -29,7 +29,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ratesvc.config import sqlite_path
-from ratesvc.storage.leases import new_owner
+from ratesvc.storage.leases import new_owner, owner_is_gone
 from ratesvc.storage.migrations import SCHEMA_VERSION
 from ratesvc.storage.postgres_engine import PostgresEngine
 from ratesvc.storage.records import (
@@ -179,6 +179,12 @@ class Ledger:
         PostgreSQL), so at start-up whatever a previous process held is abandoned."""
         return self._engine.dialect == "sqlite"
 
+    async def clock(self) -> dt.datetime:
+        """The database's time now (UTC): what every replica measures a purchase attempt's age
+        by, so replicas whose own clocks disagree still agree on it."""
+        rows = await self._engine.fetch(f"SELECT {self._now}")
+        return dt.datetime.fromtimestamp(float(rows[0][0]), dt.UTC)
+
     async def acquire_lease(self, name: str, ttl_s: float) -> bool:
         """Take the lease ``name`` for ``ttl_s`` seconds: when nobody holds it, its holder let it
         expire, or it is already ours (then it is extended). One statement — an upsert whose
@@ -224,14 +230,33 @@ class Ledger:
         return (str(rows[0][0]), float(rows[0][1])) if rows else None
 
     async def abandon_leases(self, prefix: str) -> int:
-        """At start-up: the leases named ``prefix…`` a previous process left. With one process
-        (:attr:`single_process`) every one of them is abandoned — their holder is gone, and
-        waiting for them to expire would only delay the work; with several, only the expired
-        ones are tidied away (a live replica's are its own)."""
-        where = "" if self.single_process else f" AND expires_at < {self._now}"
-        return await self._engine.execute(
-            f"DELETE FROM leases WHERE substr(name, 1, ?) = ?{where}", (len(prefix), prefix)
+        """At start-up: the leases named ``prefix…`` a previous process left. Expired ones are
+        tidied away; with one process per ledger (:attr:`single_process`, SQLite) so are those
+        whose owner is known to be gone (:func:`~ratesvc.storage.leases.owner_is_gone`: a dead
+        pid on this host), so a restart resumes at once. A live owner's are left alone — a
+        second process on the same SQLite file must not take over a purchase being bought."""
+        deleted = await self._engine.execute(
+            f"DELETE FROM leases WHERE substr(name, 1, ?) = ? AND expires_at < {self._now}",
+            (len(prefix), prefix),
         )
+        if self.single_process:
+            for owner in await self._gone_owners(
+                "SELECT DISTINCT owner FROM leases WHERE substr(name, 1, ?) = ?",
+                (len(prefix), prefix),
+            ):
+                deleted += await self._engine.execute(
+                    "DELETE FROM leases WHERE substr(name, 1, ?) = ? AND owner = ?",
+                    (len(prefix), prefix, owner),
+                )
+        return deleted
+
+    async def _gone_owners(self, sql: str, args: Sequence[Any]) -> list[str]:
+        """The owners ``sql`` lists whose process is known to be gone (not ours now)."""
+        rows = await self._engine.fetch(sql, args)
+        return [
+            str(row[0]) for row in rows
+            if row[0] is not None and row[0] != self.owner and owner_is_gone(str(row[0]))
+        ]  # fmt: skip
 
     async def release_own_leases(self, prefix: str) -> int:
         """Give back every lease named ``prefix…`` this owner holds (at a graceful stop, after
@@ -780,18 +805,23 @@ class Ledger:
 
     async def release_running_jobs(self) -> int:
         """At start-up: jobs a previous process was running are due again (each step of a job
-        looks before it writes, so doing one again is harmless). With one process
-        (:attr:`single_process`) that is every running job — their process is gone. With
-        several, a running job may be a live replica's: only those whose claim expired are
-        released (:meth:`claim_jobs` would adopt them anyway; a live one is left to its owner)."""
-        expired = (
-            "" if self.single_process
-            else f" AND (lease_until IS NULL OR lease_until < {self._now})"
-        )  # fmt: skip
-        return await self._engine.execute(
+        looks before it writes, so doing one again is harmless) — those whose claim expired,
+        and with one process per ledger (:attr:`single_process`) those whose owner is known to
+        be gone (a dead pid on this host); a live process's running job is left to it."""
+        released = await self._engine.execute(
             "UPDATE outbox SET state = 'pending', owner = NULL, lease_until = NULL "
-            f"WHERE state = 'running'{expired}"
+            f"WHERE state = 'running' AND (lease_until IS NULL OR lease_until < {self._now})"
         )
+        if self.single_process:
+            for owner in await self._gone_owners(
+                "SELECT DISTINCT owner FROM outbox WHERE state = 'running'", ()
+            ):
+                released += await self._engine.execute(
+                    "UPDATE outbox SET state = 'pending', owner = NULL, lease_until = NULL "
+                    "WHERE state = 'running' AND owner = ?",
+                    (owner,),
+                )
+        return released
 
     async def next_due_at(self) -> str | None:
         """When the next job :meth:`claim_jobs` could take is due: the earliest pending head of
@@ -1002,13 +1032,19 @@ class Ledger:
         return released
 
     async def release_claimed_events(self) -> int:
-        """At start-up with one process (:attr:`single_process`): the claims a previous process
-        left on events are given up, so they are processed now rather than once they expire."""
+        """At start-up with one process per ledger (:attr:`single_process`): the claims on
+        events whose owner is known to be gone are given up, so those events are processed now
+        rather than once the claims expire (a live process's claims are left to it)."""
         if not self.single_process:
             return 0
-        return await self._engine.execute(
-            "UPDATE events SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL"
-        )
+        released = 0
+        for owner in await self._gone_owners(
+            "SELECT DISTINCT owner FROM events WHERE owner IS NOT NULL", ()
+        ):
+            released += await self._engine.execute(
+                "UPDATE events SET owner = NULL, lease_until = NULL WHERE owner = ?", (owner,)
+            )
+        return released
 
     async def due_events(self, limit: int = 20) -> list[EventRow]:
         rows = await self._engine.fetch(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import Enum
@@ -105,8 +105,13 @@ class UpstreamHttp:
         retry: Retry,
         params: Mapping[str, str] | None = None,
         json_body: bytes | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> Answer:
         """Send one request (retrying as ``retry`` allows); return a 2xx answer or raise.
+
+        ``before_send`` runs once the limiter grants the call, right before it is sent; what it
+        raises stops the call unsent (a purchase checks it still holds its lease there: a turn
+        waited for can outlast the lease).
 
         Redirects are followed by aiohttp; any other non-2xx answer (Cin7 Core's ``300 Multiple
         Choices`` too) goes through the upstream's error mapper.
@@ -116,7 +121,7 @@ class UpstreamHttp:
         while True:
             try:
                 answer = await self._once(
-                    method, path, endpoint, priority, deadline, params, json_body
+                    method, path, endpoint, priority, deadline, params, json_body, before_send
                 )
             except UpstreamFailure as exc:
                 failure: UpstreamFailure = exc
@@ -158,6 +163,7 @@ class UpstreamHttp:
         deadline: float | None,
         params: Mapping[str, str] | None,
         json_body: bytes | None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> Answer:
         loop = asyncio.get_running_loop()
         timeout = asyncio.timeout_at(deadline) if deadline is not None else nullcontext()
@@ -166,6 +172,8 @@ class UpstreamHttp:
         sent = False
         try:
             async with timeout, self.limiter.slot(priority, deadline) as permit:
+                if before_send is not None:
+                    await before_send()
                 started = loop.time()
                 sent = True
                 headers: dict[str, Any] = dict(self._headers)

@@ -252,3 +252,36 @@ async def test_the_console_answers_head_and_its_404s_through_the_edge(service: T
     text = await (await service.get("/metrics")).text()
     assert 'method="HEAD",route="/console/",status="200"} 1.0' in text
     assert 'method="GET",route="/console/{path}",status="404"} 1.0' in text
+
+
+@pytest.mark.parametrize("path", ["/", "/{name}", "/a{name}"])
+async def test_a_route_the_catch_all_would_hide_stops_start_up(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], path: str
+) -> None:
+    """Resources indexed under ``/`` are tried in registration order: one added after the
+    catch-all would never answer."""
+
+    async def hidden(_request: web.Request) -> web.Response:
+        return web.Response(text="never")
+
+    app = create_app(make_settings())
+    add_route(app, "GET", path, hidden)
+
+    with pytest.raises(RuntimeError, match="never reached"):
+        await aiohttp_client(app)
+
+
+async def test_a_route_added_after_create_app_under_its_own_prefix_is_reached(
+    aiohttp_client: Any, make_settings: Callable[..., Settings]
+) -> None:
+    async def extra(_request: web.Request) -> web.Response:
+        return web.Response(text="reached")
+
+    app = create_app(make_settings())
+    add_route(app, "GET", "/v1/extra/{name}", extra)
+    client = await aiohttp_client(app)
+
+    response = await client.get("/v1/extra/x", headers=AUTH)
+    assert (response.status, await response.text()) == (200, "reached")
+    assert response.headers["X-Request-Id"]
+    await assert_problem(await client.get("/v1/extra/x"), 401, "unauthorized")

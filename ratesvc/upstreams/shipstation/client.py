@@ -8,6 +8,7 @@ absolute ``loop.time()`` values.
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
@@ -119,13 +120,18 @@ class ShipStationClient:
         return mapping.rates_from_wire(_decode(answer.body, list[wire.Rate], "getrates"))
 
     async def create_label(
-        self, request: LabelRequest, *, deadline: float | None
+        self,
+        request: LabelRequest,
+        *,
+        deadline: float | None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> ShipmentRecord:
-        """Buy one label. Never retried: an unknown outcome must be reconciled by the caller."""
+        """Buy one label. Never retried: an unknown outcome must be reconciled by the caller.
+        ``before_send`` runs when the limiter grants the call, right before it is sent."""
         body = wire.encoder.encode(mapping.label_request_to_wire(request))
         answer = await self._http.call(
             "POST", "/shipments/createlabel", endpoint="createlabel", priority=Priority.URGENT,
-            deadline=deadline, retry=Retry.NEVER, json_body=body,
+            deadline=deadline, retry=Retry.NEVER, json_body=body, before_send=before_send,
         )  # fmt: skip
         shipment = _decode(answer.body, wire.Shipment, "createlabel", maybe_processed=True)
         return mapping.shipment_from_wire(shipment)

@@ -16,6 +16,7 @@ from benchmarks import (
     edge_cpu,
     fanout,
     memory,
+    replicas,
 )
 
 
@@ -84,3 +85,18 @@ async def test_edge_cpu_measures_replayed_answers_of_both_servers(results_in: Pa
     assert set(saved["min_us"]) == {"ratesvc", "bare"}
     assert all(v > 0 for v in saved["min_us"].values())
     assert saved["answer_bytes"] > 1000  # the 4-carrier answer, replayed
+
+
+@pytest.mark.timeout(180)
+async def test_replicas_measures_workers_the_shared_budget_and_a_kill(results_in: Path) -> None:
+    await replicas.main(seconds=1, rounds=1, connections=4, quotes=6, concurrency=3,
+                        latency_ms=20, shipments=30, limit=10, window_s=0.5, sales=3, kills=1,
+                        writeback_wait_s=5)  # fmt: skip
+
+    saved = json.loads((results_in / "replicas.json").read_text())
+    assert set(saved["throughput"]) == set(replicas.CONFIGS)
+    assert all(r["cached_rps"] > 0 and r["cold_qps"] > 0 for r in saved["throughput"].values())
+    assert saved["budget"]["quoted"] == 30
+    labels = saved["labels"]
+    assert labels["bought"] == labels["sales"] == 3
+    assert (labels["duplicates"], labels["purchases"], labels["boxes"]) == (0, 6, 6)

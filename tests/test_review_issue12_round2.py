@@ -14,7 +14,7 @@ from ratesvc.app import create_app
 from ratesvc.config import load_settings
 from ratesvc.labels import purchase as purchase_module
 from ratesvc.sandbox.shipstation import ShipStationSandbox
-from ratesvc.storage.leases import owner_is_gone
+from ratesvc.storage.leases import owner_is_gone, this_host
 from ratesvc.storage.ledger import Ledger
 from ratesvc.storage.records import format_stamp
 from tests.api.test_labels import until
@@ -160,11 +160,12 @@ async def test_sqlite_start_up_leaves_a_live_processs_leases_and_claims_alone(
     """A lease held by another live process on this host (the parent pid stands for it) is
     not abandoned at start-up; one whose process is dead is."""
 
-    host = socket.gethostname()
+    host = this_host()
     live, dead = f"{host}:{os.getppid()}:aaaa", f"{host}:{2**22 + 12345}:bbbb"
     assert not owner_is_gone(live)
     assert owner_is_gone(dead)
     assert not owner_is_gone(f"elsewhere:{os.getpid()}:cccc")
+    assert not owner_is_gone(f"{socket.gethostname()}~1:{os.getpid()}:dddd")  # a container
     ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
     await ledger.open()
     try:

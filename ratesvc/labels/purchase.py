@@ -33,6 +33,7 @@ repeat, the unit stops: ``failed`` when nothing at all was bought (the fulfilmen
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,7 +194,7 @@ class PurchaseUnit:
             # sent: a turn waited for can outlast the lease, and an adopter reconciling then
             # would find nothing and buy (the unit stops unsent; the adopter settles it)
             record = await self._services.shipstation.create_label(
-                request, deadline=deadline, before_send=self._lease.confirm
+                request, deadline=deadline, before_send=functools.partial(self._sending, n)
             )
         except LeaseLost:
             self.calling = False
@@ -220,6 +221,17 @@ class PurchaseUnit:
             )
         finally:
             self.calling = False
+
+    async def _sending(self, n: int) -> None:
+        """Right before ``createlabel`` leaves (the limiter granted it): the lease is still ours
+        in the ledger, and the attempt's time is now — an adopter's settle window counts from
+        the send, not from before a turn waited for in the limiter (both fenced on the lease:
+        a lost one stops the call unsent)."""
+        await self._lease.confirm()
+        stamp = format_stamp(await self._ledger.clock())
+        await self._ledger.move_package(
+            self._label_id, n, P.UNKNOWN, (P.UNKNOWN,), lease=self._lease.name, attempt_at=stamp
+        )
 
     # --- unknown: find out ---------------------------------------------------------------------
 

@@ -49,20 +49,31 @@ K = TypeVar("K", bound=Hashable)
 DEFAULT_TTL_S = 30.0  # a dead replica's work is adopted this long after its last renewal
 
 
+def this_host() -> str:
+    """This machine as owners name it: the host name, and on Linux the pid namespace too
+    (``web~4026531836``), so two containers sharing a host name are told apart."""
+    try:
+        namespace = f"~{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}{namespace}"
+
+
 def new_owner() -> str:
     """A fresh owner name: ``host:pid:token`` (readable in the ledger, never reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    return f"{this_host()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def owner_is_gone(owner: str) -> bool:
-    """Whether ``owner``'s process is known to be gone: it ran on this host and its pid is no
-    longer alive, or it is this very process (an earlier ledger object of it, as a restart
-    inside one test process leaves). An owner on another host, or a live process here, is not
+    """Whether ``owner``'s process is known to be gone: it ran on this host (same host name and
+    pid namespace: another container is another host) and its pid is no longer alive, or it is
+    this very process (an earlier ledger object of it, as a restart inside one test process
+    leaves). An owner on another host, or a live process here, is not
     gone: its leases and claims are left to expire. A second ``ratesvc serve`` on the same
     SQLite file therefore never takes over what a live first one holds."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != this_host() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():

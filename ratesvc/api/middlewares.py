@@ -168,13 +168,16 @@ class _Unmatched(web.AbstractResource):
         return "/"
 
     def url_for(self, **_kwargs: str) -> URL:
-        raise NotImplementedError("the unmatched resource has no URL")
+        """Any path ends here; its canonical one stands for them."""
+        return URL(self.canonical)
 
     async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo, set[str]]:
         return web.UrlMappingMatchInfo({}, self._route), set()
 
     def add_prefix(self, prefix: str) -> None:
-        raise NotImplementedError("the unmatched resource is not for sub-applications")
+        """The catch-all belongs to the top application only: mounting it under a prefix would
+        hide every route of the parent, so that is a programming error, refused at start."""
+        raise RuntimeError(f"the unmatched resource cannot be mounted under {prefix!r}")
 
     def get_info(self) -> _InfoDict:
         return {}

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from ratesvc.api.middlewares import add_route
+from ratesvc.api.middlewares import _Unmatched, add_route
 from ratesvc.api.problems import decode_body
 from ratesvc.app import create_app
 from ratesvc.config import Settings
@@ -285,3 +285,14 @@ async def test_a_route_added_after_create_app_under_its_own_prefix_is_reached(
     assert (response.status, await response.text()) == (200, "reached")
     assert response.headers["X-Request-Id"]
     await assert_problem(await client.get("/v1/extra/x"), 401, "unauthorized")
+
+
+async def test_the_catch_all_names_one_url_and_refuses_to_be_mounted_under_a_prefix() -> None:
+    async def handler(_request: web.Request) -> web.StreamResponse:
+        return web.Response()
+
+    catch_all = _Unmatched(handler)
+
+    assert str(catch_all.url_for()) == "/"
+    with pytest.raises(RuntimeError, match="cannot be mounted under '/sub'"):
+        catch_all.add_prefix("/sub")

@@ -180,7 +180,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_sandbox is not None:
-        asyncio.run(serve_sandbox(args.serve_sandbox, args.latency_ms))
+        event_loop.run(serve_sandbox(args.serve_sandbox, args.latency_ms), "uvloop")
         return 0
     if args.one_round is not None:
         rate, took = event_loop.run(

@@ -55,7 +55,8 @@ def _up(value: Decimal, step: Decimal) -> Decimal:
 
 @dataclass(frozen=True)
 class Route:
-    """Origin and destination as the key sees them; the full addresses go upstream."""
+    """Origin and destination as the key sees them; the full addresses (postal code and state
+    made canonical, once for every leg of the request) go upstream."""
 
     ship_from: Address
     ship_to: Address
@@ -68,7 +69,8 @@ class Route:
             postal = normal_postal_code(address.postal_code, address.country)
             parts += [address.country, (address.state or "").upper(), postal]
         parts += [_RESIDENTIAL[ship_to.residential], confirmation]
-        return cls(ship_from=ship_from, ship_to=ship_to, key="|".join(parts))
+        return cls(ship_from=normal_address(ship_from), ship_to=normal_address(ship_to),
+                   key="|".join(parts))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,8 @@ class Leg:
             carrier_code=self.carrier_code,
             service_code=self.service_code,
             package_code=self.parcel.package_code,
-            ship_from=normal_address(self.route.ship_from),
-            ship_to=normal_address(self.route.ship_to),
+            ship_from=self.route.ship_from,
+            ship_to=self.route.ship_to,
             weight=Weight(value=float(self.parcel.weight_oz), unit="oz"),
             dimensions=dimensions,
             confirmation=None if confirmation == "none" else confirmation,  # type: ignore[arg-type]

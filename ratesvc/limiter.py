@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ratesvc.errors import UpstreamThrottled
 from ratesvc.metrics import Metrics
@@ -170,6 +170,7 @@ class WaitQueue:
         self._metrics = metrics
         self._heap: list[Waiter] = []
         self._seq = itertools.count()
+        self._wait_series: dict[Priority, Any] = {}  # one labelled series per priority, kept
 
     def push(self, priority: Priority, deadline: float | None) -> Waiter:
         waiter = Waiter(
@@ -197,7 +198,12 @@ class WaitQueue:
 
     def waited(self, priority: Priority, seconds: float) -> None:
         if self._metrics is not None:
-            self._metrics.limiter_wait.labels(self._name, priority.name.lower()).observe(seconds)
+            series = self._wait_series.get(priority)
+            if series is None:
+                series = self._wait_series[priority] = self._metrics.limiter_wait.labels(
+                    self._name, priority.name.lower()
+                )
+            series.observe(seconds)
 
     def head(self) -> Waiter | None:
         """The best waiter still waiting (those that left are dropped on the way)."""
@@ -435,6 +441,7 @@ class RateLimiter:
         )
         self._metrics = metrics
         self._queue = WaitQueue(name, metrics)
+        self._remaining_gauge = metrics.limiter_remaining.labels(name) if metrics else None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._throttled = 0
@@ -466,6 +473,16 @@ class RateLimiter:
     async def acquire(self, priority: Priority, deadline: float | None) -> Permit:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        if not self._queue:  # nobody waiting: a free turn is taken at once (no future, no pump)
+            model = self._model
+            model.roll(now)
+            if model.can_send(now):
+                permit = model.grant(now)
+                if self._remaining_gauge is not None:
+                    self._remaining_gauge.set(model.remaining)
+                self._schedule(loop, now)
+                self._queue.waited(priority, 0.0)
+                return permit
         waiter = self._queue.push(priority, deadline)
         self._pump()
         permit = await self._queue.turn(waiter, hand_back=self._return_unused, moved=self._pump)
@@ -519,8 +536,8 @@ class RateLimiter:
             if waiter is not None:
                 waiter.future.set_result(model.grant(now))
         self._queue.sweep(lambda position, _: model.eta(position, now), model.reset_after(now))
-        if self._metrics is not None:
-            self._metrics.limiter_remaining.labels(self.name).set(model.remaining)
+        if self._remaining_gauge is not None:
+            self._remaining_gauge.set(model.remaining)
         self._schedule(loop, now)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, now: float) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from ratesvc.errors import (
     UpstreamFailure,
@@ -89,6 +90,12 @@ class UpstreamHttp:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._headers = dict(headers)
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        # Per-call work done once (a cold 8-carrier quote is 8 calls; profiled, issue 12): the
+        # parsed URL of each path, and the metric series of each (endpoint, status) — bounded by
+        # the endpoints called and the statuses upstream answers with.
+        self._urls: dict[str, URL] = {}
+        self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.limiter = limiter
         self._map_error = map_error
         self._metrics = metrics
@@ -176,15 +183,15 @@ class UpstreamHttp:
                     await before_send()
                 started = loop.time()
                 sent = True
-                headers: dict[str, Any] = dict(self._headers)
-                if json_body is not None:
-                    headers["Content-Type"] = "application/json"
+                url = self._urls.get(path)
+                if url is None:
+                    url = self._urls[path] = URL(self._base_url + path)
                 async with self._session.request(
                     method,
-                    self._base_url + path,
+                    url,
                     params=params,
                     data=json_body,
-                    headers=headers,
+                    headers=self._headers if json_body is None else self._json_headers,
                 ) as response:
                     body = await response.read()
                 throttled = self._is_throttled(response.status, body)
@@ -222,10 +229,19 @@ class UpstreamHttp:
             ) from exc
         finally:
             if self._metrics is not None and sent:
-                self._metrics.upstream_requests.labels(self.upstream, endpoint, status_label).inc()
-                self._metrics.upstream_latency.labels(self.upstream, endpoint).observe(
-                    loop.time() - started
-                )
+                calls, latency = self._metric_series(endpoint, status_label)
+                calls.inc()
+                latency.observe(loop.time() - started)
+
+    def _metric_series(self, endpoint: str, status: str) -> tuple[Any, Any]:
+        series = self._series.get((endpoint, status))
+        if series is None:
+            assert self._metrics is not None
+            series = self._series[endpoint, status] = (
+                self._metrics.upstream_requests.labels(self.upstream, endpoint, status),
+                self._metrics.upstream_latency.labels(self.upstream, endpoint),
+            )
+        return series
 
     @property
     def _display(self) -> str:

@@ -99,6 +99,10 @@ _HEADS = (  # the head (oldest open job) of every sale's outbox queue
 )
 
 
+PURGE_BATCH = 5000  # rows per retention transaction (a quarter of it, and so on, past the cap)
+MIN_PURGE_BATCH = 50
+
+
 def _package(row: Row) -> PackageRow:
     """A package row with its two ``EXISTS (documents …)`` columns."""
     package = PackageRow(*row[:-2])
@@ -877,53 +881,94 @@ class Ledger:
 
     # --- retention ---------------------------------------------------------------------------
 
-    async def purge(self, before: dt.datetime) -> Purged:
+    async def purge(self, before: dt.datetime, *, batch: int = PURGE_BATCH) -> Purged:
         """Forget what finished before ``before``: settled events and outbox jobs, and the PDFs
         of finished labels — those kept in the ledger are deleted here, the paths of older ones
         kept as files are cleared here and returned (for the caller to delete the files). The
         finished labels are locked while their PDFs are forgotten: a label voided or retried
-        meanwhile (no longer finished, or changed since ``before``) keeps them."""
+        meanwhile (no longer finished, or changed since ``before``) keeps them.
+
+        In transactions of at most ``batch`` rows each, until nothing is left: a first purge of
+        a ledger with years of history never holds one transaction (or one statement, capped at
+        10 s on PostgreSQL) for all of it, and writers wait for one batch at most. Replicas may
+        purge at once: a row is deleted once, whoever gets it (the label scan skips rows another
+        purge has locked)."""
         cutoff = format_stamp(before)
+        events = await self._delete_batches(
+            "events", "event_id", "status IN ('processed', 'ignored')", cutoff, batch
+        )
+        jobs = await self._delete_batches(
+            "outbox", "id", "state IN ('done', 'cancelled')", cutoff, batch
+        )
+        documents, paths = 0, []
+        while True:
+            deleted, cleared, seen = await self._engine.run(
+                lambda tx: self._purge_documents(tx, cutoff, batch)
+            )
+            documents += deleted
+            paths += cleared
+            if seen < batch:
+                break
+        # leases given up by their holders are deleted; these were left by dead ones
+        await self._engine.execute(f"DELETE FROM leases WHERE expires_at < {self._now} - 86400")
+        return Purged(events=events, jobs=jobs, documents=documents, paths=paths)
 
-        async def purge(tx: Connection) -> Purged:
-            events = await tx.execute(
-                "DELETE FROM events WHERE status IN ('processed', 'ignored') AND updated_at < ?",
-                (cutoff,),
-            )
-            jobs = await tx.execute(
-                "DELETE FROM outbox WHERE state IN ('done', 'cancelled') AND updated_at < ?",
-                (cutoff,),
-            )
-            finished = await tx.fetch(
-                "SELECT label_id FROM purchases WHERE status IN ('completed', 'voided', 'failed') "
-                "AND updated_at < ? AND label_id NOT IN "
-                "(SELECT label_id FROM outbox WHERE state IN ('pending', 'running')) "
-                "AND (label_id IN (SELECT label_id FROM documents) OR label_id IN "
-                "(SELECT label_id FROM packages WHERE pdf_path IS NOT NULL "
-                f"OR customs_pdf_path IS NOT NULL)){self._for_update}",
-                (cutoff,),
-            )
-            documents, paths = 0, []
-            for part in chunks([str(row[0]) for row in finished]):
-                marks = _marks(part)
-                rows = await tx.fetch(
-                    f"SELECT pdf_path, customs_pdf_path FROM packages WHERE label_id IN ({marks})",
-                    part,
-                )
-                paths += [str(path) for row in rows for path in row if path]
-                await tx.execute(
-                    "UPDATE packages SET pdf_path = NULL, customs_pdf_path = NULL "
-                    f"WHERE label_id IN ({marks})",
-                    part,
-                )
-                documents += await tx.execute(
-                    f"DELETE FROM documents WHERE label_id IN ({marks})", part
-                )
-            # leases given up by their holders are deleted; these were left by dead ones
-            await tx.execute(f"DELETE FROM leases WHERE expires_at < {self._now} - 86400")
-            return Purged(events=events, jobs=jobs, documents=documents, paths=paths)
+    async def _delete_batches(
+        self, table: str, key: str, condition: str, cutoff: str, batch: int
+    ) -> int:
+        """Rows of ``table`` settled (``condition``) before ``cutoff``, deleted ``batch`` at a
+        time, each batch a statement and a transaction of its own: how many. A batch that runs
+        into the statement cap is retried a quarter the size; what earlier batches deleted
+        stays deleted, so even a purge that gives up has made progress for the next one."""
+        sql = (
+            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "
+            f"WHERE {condition} AND updated_at < ? LIMIT ?)"
+        )
+        deleted = 0
+        while True:
+            try:
+                count = await self._engine.execute(sql, (cutoff, batch))
+            except TimeoutError:
+                if batch <= MIN_PURGE_BATCH:
+                    raise
+                batch = max(MIN_PURGE_BATCH, batch // 4)
+                continue
+            deleted += count
+            if count < batch:
+                return deleted
 
-        return await self._engine.run(purge)
+    async def _purge_documents(
+        self, tx: Connection, cutoff: str, batch: int
+    ) -> tuple[int, list[str], int]:
+        """One batch of finished labels' PDFs: (documents deleted, file paths cleared, labels
+        seen)."""
+        finished = await tx.fetch(
+            "SELECT label_id FROM purchases WHERE status IN ('completed', 'voided', 'failed') "
+            "AND updated_at < ? AND label_id NOT IN "
+            "(SELECT label_id FROM outbox WHERE state IN ('pending', 'running')) "
+            "AND (label_id IN (SELECT label_id FROM documents) OR label_id IN "
+            "(SELECT label_id FROM packages WHERE pdf_path IS NOT NULL "
+            "OR customs_pdf_path IS NOT NULL)) "
+            f"ORDER BY label_id LIMIT ?{self._engine.skip_locked}",
+            (cutoff, batch),
+        )
+        documents, paths = 0, []
+        for part in chunks([str(row[0]) for row in finished]):
+            marks = _marks(part)
+            rows = await tx.fetch(
+                f"SELECT pdf_path, customs_pdf_path FROM packages WHERE label_id IN ({marks})",
+                part,
+            )
+            paths += [str(path) for row in rows for path in row if path]
+            await tx.execute(
+                "UPDATE packages SET pdf_path = NULL, customs_pdf_path = NULL "
+                f"WHERE label_id IN ({marks})",
+                part,
+            )
+            documents += await tx.execute(
+                f"DELETE FROM documents WHERE label_id IN ({marks})", part
+            )
+        return documents, paths, len(finished)
 
     # --- automation events -------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ are kept."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -11,11 +12,14 @@ import pytest
 
 from ratesvc import keys
 from ratesvc.config import ConfigError, load_settings
+from ratesvc.labels.retention import Retention
 from ratesvc.sandbox.cin7 import Cin7Sandbox
-from ratesvc.storage.ledger import format_stamp
+from ratesvc.storage import postgres_engine
+from ratesvc.storage.ledger import Ledger, format_stamp
 from tests.api.test_labels import EXPLICIT, buy, until
 from tests.conftest import AUTH, service_env
 from tests.labels.conftest import SALE, Service, status_is
+from tests.ledger_sql import ledger_sql
 
 
 async def age(service: Service, days: int) -> None:
@@ -78,3 +82,40 @@ def test_retention_days_must_be_a_positive_number(
 ) -> None:
     with pytest.raises(ConfigError, match="RATESVC_RETENTION_DAYS"):
         load_settings(service_env(sandbox_url, tmp_path, RATESVC_RETENTION_DAYS=value))
+
+
+async def test_a_backlog_too_big_for_one_statement_is_purged_in_batches_that_keep_their_progress(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention first enabled (or shortened) on a busy multi-tenant ledger: millions of settled
+    events. Deleted in one statement, the purge ran into PostgreSQL's 10 s statement cap, rolled
+    back everything, and failed the same way every hour after. Deleted in batches (each its own
+    transaction, smaller after a batch runs into the cap), every run keeps what it did and the
+    backlog is gone after a few. Scaled down: a 0.05 s cap and 300 000 events."""
+    monkeypatch.setattr(postgres_engine, "COMMAND_TIMEOUT_S", 0.05)
+    ledger = Ledger.from_url(postgres_url)
+    await ledger.open()
+    try:
+        old = "2020-01-01T00:00:00.000000Z"
+        await ledger_sql(
+            postgres_url,
+            "INSERT INTO events (event_id, account, source, event_type, dedup_key, status, "
+            "attempts, next_at, payload, received_at, updated_at) "
+            "SELECT 'ev_' || g, 'default', 'webhook', 'Sale/PackAuthorised', 'k' || g, "
+            "'processed', 1, ?, convert_to(repeat('x', 300), 'UTF8'), ?, ? "
+            "FROM generate_series(1, 300000) g",
+            (old, old, old),
+        )
+        retention = Retention(ledger, days=90)
+        left: list[int] = []
+        for _ in range(10):  # hourly runs, each logging what stopped it (Retention.run)
+            with contextlib.suppress(TimeoutError):
+                await retention.purge()
+            ((count,),) = await ledger_sql(postgres_url, "SELECT COUNT(*) FROM events")
+            left.append(count)
+            if count == 0:
+                break
+        assert left[0] < 300_000, "the first run kept nothing of what it deleted"
+        assert left[-1] == 0, f"events left after each run: {left}"
+    finally:
+        await ledger.close()

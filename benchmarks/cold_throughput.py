@@ -11,7 +11,9 @@ throughput as a share of that ideal, p50 and p95 as multiples of the leg latency
 ``--rounds``), for three configurations in alternating rounds, each round in a process of its
 own: uvloop with the default ShipStation pool (``RATESVC_SHIPSTATION_CONNECTIONS``, 512),
 asyncio's loop with the same pool, and asyncio with the 100 connections the pool had before (too
-few for concurrency × carriers: legs queue for a connection).
+few for concurrency × carriers: legs queue for a connection). A last row is the floor: no service,
+a plain aiohttp client sending each quote's 8 ``getrates`` calls straight to the same sandbox at
+the same concurrency — what the sandbox and a client's own CPU cost before ratesvc does anything.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
 from aiohttp import web
 
 from benchmarks.common import (
@@ -98,10 +101,54 @@ async def one_round(
     return quotes / elapsed, took
 
 
-CONFIGS = {  # name: (event loop, ShipStation connections; None: the default)
+async def direct_round(
+    sandbox_url: str, quotes: int, concurrency: int
+) -> tuple[float, list[float]]:
+    """The floor: no service, a plain aiohttp client sending each quote's 8 ``getrates`` calls
+    straight to the sandbox at once (what the service sends for it), same concurrency."""
+    headers = {"Authorization": "Basic c2FuZGJveC1rZXk6c2FuZGJveC1zZWNyZXQ=",
+               "Content-Type": "application/json"}  # fmt: skip
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def leg(carrier: str, postal_code: str) -> None:
+            body = {"carrierCode": carrier, "fromPostalCode": "78703", "fromState": "TX",
+                    "fromCity": "Austin", "fromCountry": "US", "toCountry": "US",
+                    "toPostalCode": postal_code, "toState": "NY", "toCity": "New York",
+                    "weight": {"value": 40.0, "units": "ounces"}, "residential": True,
+                    "dimensions": {"length": 12.0, "width": 9.0, "height": 4.0,
+                                   "units": "inches"}}  # fmt: skip
+            async with session.post(
+                f"{sandbox_url}/shipments/getrates", json=body, headers=headers
+            ) as response:
+                await response.read()
+                assert response.status == 200, response.status
+
+        async def quote() -> float:
+            postal_code = next(_ZIPS)
+            started = time.perf_counter()
+            await asyncio.gather(*(leg(carrier, postal_code) for carrier in EIGHT_CARRIERS))
+            return time.perf_counter() - started
+
+        await quote()  # connections warm, as the service's first quote warms its pool
+        gate = asyncio.Semaphore(concurrency)
+        took: list[float] = []
+
+        async def gated() -> None:
+            async with gate:
+                took.append(await quote())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(gated() for _ in range(quotes)))
+        elapsed = time.perf_counter() - started
+    return quotes / elapsed, took
+
+
+CONFIGS = {  # name: (event loop, ShipStation connections; None: the default; 0: no service)
     "uvloop, default pool": ("uvloop", None),
     "asyncio, default pool": ("asyncio", None),
     "asyncio, 100 connections (before)": ("asyncio", 100),
+    "the floor: a plain client, no service": ("uvloop", 0),
 }
 
 
@@ -152,9 +199,12 @@ async def main(quotes: int, concurrency: int, latency_ms: float, rounds: int) ->
         rows.append((name, f"{rate:.1f}/s", f"{rate / ideal:.0%}", ms(p50), f"{p50 / leg:.2f}x",
                      ms(p95), f"{p95 / leg:.2f}x"))  # fmt: skip
     best = summary["uvloop, default pool"]
+    floor = summary["the floor: a plain client, no service"]
     checks = {
         "throughput >= 80 % of ideal (uvloop, default pool)": best["share_of_ideal"] >= 0.8,
         "p95 <= 1.5 x leg latency (uvloop, default pool)": best["p95_x_leg"] <= 1.5,
+        f"p50 <= 1.1 x leg latency (uvloop, default pool; the floor's is "
+        f"{floor['p50_x_leg']:.2f}x)": best["p50_x_leg"] <= 1.1,
     }
     return report(
         "cold_throughput",
@@ -183,9 +233,11 @@ def cli(argv: list[str]) -> int:
         event_loop.run(serve_sandbox(args.serve_sandbox, args.latency_ms), "uvloop")
         return 0
     if args.one_round is not None:
-        rate, took = event_loop.run(
-            one_round(args.one_round, args.quotes, args.concurrency, args.connections), args.loop
-        )
+        if args.connections == 0:
+            measured = direct_round(args.one_round, args.quotes, args.concurrency)
+        else:
+            measured = one_round(args.one_round, args.quotes, args.concurrency, args.connections)
+        rate, took = event_loop.run(measured, args.loop)
         print(json.dumps([rate, percentile(took, 50), percentile(took, 95)]))
         return 0
     held = asyncio.run(main(args.quotes, args.concurrency, args.latency_ms, args.rounds))

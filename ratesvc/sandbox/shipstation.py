@@ -219,11 +219,18 @@ class ShipStationSandbox:
         response.headers.update(headers)
         return response
 
-    async def _behave(self, endpoint: str, carrier: str | None) -> None:
-        """Latency and injected faults for one call."""
+    async def _behave(
+        self, endpoint: str, carrier: str | None, *, since: float | None = None
+    ) -> None:
+        """Latency and injected faults for one call. ``since``: the loop time the call started
+        being handled; the answer's own work since then counts toward its latency (the latency
+        modelled is ShipStation's whole answer time, its computing included)."""
         if carrier is not None:
             self.carrier_calls[f"{endpoint}:{carrier}"] += 1
-        await asyncio.sleep(self.knobs.latency_for(carrier).sample(self._rng))
+        latency = self.knobs.latency_for(carrier).sample(self._rng)
+        if since is not None:
+            latency -= asyncio.get_running_loop().time() - since
+        await asyncio.sleep(max(0.0, latency))
         if self._rng.random() < self.knobs.rate_for(self.knobs.timeout_rate, carrier):
             assert self._closing is not None
             with contextlib.suppress(TimeoutError):
@@ -276,11 +283,26 @@ class ShipStationSandbox:
         )  # fmt: skip
 
     async def _getrates(self, request: web.Request) -> web.Response:
+        since = asyncio.get_running_loop().time()
         raw = await request.read()
         body = _object(raw)
         self.received.append((request.path, body))
         carrier = self._carrier(body.get("carrierCode"))
-        await self._behave("getrates", carrier.code)
+        # The answer (or the refusal) is worked out first, then sent when the modelled latency
+        # is over: a burst of calls does not queue its pricing behind everybody's latency.
+        answer: web.Response | SandboxFault
+        try:
+            answer = self._rates_answer(carrier, raw, body)
+        except SandboxFault as fault:
+            answer = fault
+        await self._behave("getrates", carrier.code, since=since)
+        if isinstance(answer, SandboxFault):
+            raise answer
+        return answer
+
+    def _rates_answer(
+        self, carrier: pricing.Carrier, raw: bytes, body: dict[str, Any]
+    ) -> web.Response:
         if carrier.code in self.fixed_rates:
             return web.Response(
                 body=self.fixed_rates[carrier.code], content_type="application/json"

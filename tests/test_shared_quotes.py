@@ -279,6 +279,23 @@ async def test_the_carrier_catalogue_is_loaded_and_refreshed_once_across_replica
                 await catalog.close()
 
 
+async def test_legs_are_keyed_in_redis_by_the_long_name_of_the_shipstation_account(
+    replicas: tuple[TestClient, TestClient], redis_prefix: tuple[str, str]
+) -> None:
+    """One Redis serves every organisation an integrator hosts: a leg keyed by the short
+    ``key_id()`` (32 bits) would be read by another organisation whose key id collides, quoting
+    it negotiated rates that are not its own. Legs are keyed by ``cache_id()`` (128 bits)."""
+    a, _ = replicas
+    await rate(a, shipment(carriers=["ups"]))
+    url, prefix = redis_prefix
+    cache_id = a.server.app[keys.SETTINGS].accounts["default"].shipstation.cache_id()
+
+    async with aioredis.Redis.from_url(url) as redis:
+        found = [k.decode() async for k in redis.scan_iter(match=f"{prefix}leg:v1:*")]
+
+    assert found and all(k.startswith(f"{prefix}leg:v1:{cache_id}|ups|") for k in found), found
+
+
 # --- the parts ------------------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import msgspec
 from aiocache import SimpleMemoryCache
@@ -48,6 +48,10 @@ MIB = 1 << 20
 ENTRY_BYTES = 400  # an entry's own cost: the map's node and slot, its key, the size kept with it
 _msgpack = msgspec.msgpack.Encoder()
 
+
+AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+"""A moment kept for later (in Redis too): decoding one without a zone fails, so a foreign or
+damaged entry is a miss, never a naive datetime subtracted from an aware one."""
 
 _INDEX = re.compile(r"0|[1-9a-f][0-9a-f]{0,7}")  # as quote_id() writes it
 
@@ -117,7 +121,7 @@ class ByteLRU(Generic[K, V]):
 
 class CachedLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rows: list[RateRow]
-    quoted_at: dt.datetime
+    quoted_at: AwareDatetime
 
 
 class LegCacheProtocol(Protocol):
@@ -304,7 +308,7 @@ class QuoteLine(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     service_name: str
     package_codes: list[str | None]
     total: str
-    quoted_at: dt.datetime
+    quoted_at: AwareDatetime
 
 
 class QuoteBatch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -318,7 +322,7 @@ class QuoteBatch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     shipment: ShipmentIn
     ship_from: Address
     currency: str
-    expires_at: dt.datetime
+    expires_at: AwareDatetime
     lines: list[QuoteLine]
     sale_id: str | None = None
     task_id: str | None = None

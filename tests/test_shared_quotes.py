@@ -296,6 +296,52 @@ async def test_legs_are_keyed_in_redis_by_the_long_name_of_the_shipstation_accou
     assert found and all(k.startswith(f"{prefix}leg:v1:{cache_id}|ups|") for k in found), found
 
 
+# --- foreign or damaged values in Redis -----------------------------------------------------------
+
+
+async def test_a_leg_entry_with_a_timestamp_without_a_zone_in_redis_is_a_miss(
+    replicas: tuple[TestClient, TestClient], redis_prefix: tuple[str, str]
+) -> None:
+    """A leg whose ``quoted_at`` has no zone (a tool, or a release forgetting to bump ``v1``,
+    writing under the prefix) must fail decoding like any foreign entry: taken as a datetime,
+    rating subtracts it from an aware ``now`` (``TypeError``) and ``POST /v1/rates`` answers
+    500 for every request needing that leg until the entry expires (24 h)."""
+    a, b = replicas
+    body = shipment(carriers=["ups"])
+    await rate(a, body)  # cold: the leg is in Redis
+    url, prefix = redis_prefix
+    foreign = msgspec.msgpack.encode({"rows": [], "quoted_at": "2026-01-01T00:00:00"})
+    async with aioredis.Redis.from_url(url) as redis:
+        found = [k async for k in redis.scan_iter(match=f"{prefix}leg:v1:*")]
+        assert found
+        for key in found:
+            await redis.set(key, foreign, px=60_000)
+
+    response = await b.post("/v1/rates", json=body, headers=AUTH)  # b: nothing near-cached
+
+    assert response.status == 200, await response.text()
+    assert not (await response.json())["quotes"][0]["cached"]  # a miss: asked again
+
+
+async def test_a_quote_batch_with_an_expiry_without_a_zone_in_redis_is_an_unknown_quote(
+    replicas: tuple[TestClient, TestClient], redis_prefix: tuple[str, str]
+) -> None:
+    """A stored batch whose ``expires_at`` has no zone must be unknown (404): decoded, the
+    expiry check compares it with an aware ``now`` and ``GET /v1/quotes/{id}`` answers 500."""
+    a, b = replicas
+    quote_id = (await rate(a, shipment(carriers=["ups"])))["quotes"][0]["quote_id"]
+    url, prefix = redis_prefix
+    async with aioredis.Redis.from_url(url) as redis:
+        key = f"{prefix}quote:v1:{token_of(quote_id)}"
+        batch = msgspec.msgpack.decode(await redis.get(key))
+        batch["expires_at"] = "2999-01-01T00:00:00"
+        await redis.set(key, msgspec.msgpack.encode(batch), px=60_000)
+
+    read = await b.get(f"/v1/quotes/{quote_id}", headers=AUTH)
+
+    assert read.status == 404, await read.text()
+
+
 # --- the parts ------------------------------------------------------------------------------------
 
 

@@ -342,6 +342,24 @@ async def test_a_quote_batch_with_an_expiry_without_a_zone_in_redis_is_an_unknow
     assert read.status == 404, await read.text()
 
 
+async def test_an_undecodable_quote_reference_in_redis_is_an_unknown_quote(
+    replicas: tuple[TestClient, TestClient], redis_prefix: tuple[str, str]
+) -> None:
+    """A replayed copy is stored as ``@<token>``; a damaged reference (not a token: here not
+    even UTF-8) must name no batch. Decoded unguarded, it raised ``UnicodeDecodeError`` and
+    ``GET /v1/quotes/{id}`` and ``POST /v1/labels`` answered 500 instead of 404."""
+    _, b = replicas
+    url, prefix = redis_prefix
+    token = "A" * 22
+    async with aioredis.Redis.from_url(url) as redis:
+        await redis.set(f"{prefix}quote:v1:{token}", b"@\xff\xfe damaged", px=60_000)
+
+    read = await b.get(f"/v1/quotes/qt_{token}0", headers=AUTH)
+    bought = await b.post("/v1/labels", json={"quote_id": f"qt_{token}0"}, headers=AUTH)
+
+    assert (read.status, bought.status) == (404, 404), (await read.text(), await bought.text())
+
+
 # --- the parts ------------------------------------------------------------------------------------
 
 
@@ -441,6 +459,34 @@ async def test_a_leg_lock_whose_holder_died_is_taken_over_after_its_lease(
         assert calls == 1 and got == await cache.get("leg")
         assert 0.25 <= waited < 2.0, waited
         assert await redis.exists(flights.lock_key("leg")) == 0  # released after the call
+
+
+async def test_a_leg_lock_holding_undecodable_bytes_is_waited_out_and_taken_over(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """A lock's value names its holder's outcome record. A value that is not UTF-8 (foreign or
+    damaged) was decoded unguarded: ``UnicodeDecodeError`` out of rating, a 500 for every quote
+    needing the leg while the lock lived. It is a holder like any other: waited for until its
+    lease ends, then taken over."""
+    url, prefix = redis_prefix
+    loop = asyncio.get_running_loop()
+    async with aioredis.Redis.from_url(url) as redis:
+        health = RedisHealth()
+        cache = RedisLegCache(redis, prefix=prefix, ttl_s=60, health=health)
+        flights = RedisFlights(redis, cache=cache, health=health, lease_s=0.3)
+        await redis.set(flights.lock_key("leg"), b"\xff\xfe not a token", px=300)
+        entry = leg()
+
+        async def call() -> CachedLeg:
+            await cache.put("leg", entry)
+            return entry
+
+        try:
+            got = await flights.run("leg", call, known=None, deadline=loop.time() + 5)
+        finally:
+            await flights.close()
+
+        assert got == entry
 
 
 async def test_replicas_waiting_for_a_leg_get_the_holders_answer_or_its_failure(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ from ratesvc.replay import MAX_BODY_BYTES
 from ratesvc.storage.redis_health import REDIS_ERRORS, RedisHealth
 
 _REFERENCE = b"@"  # never the first byte of a msgpack map (a QuoteBatch)
+_TOKEN = re.compile(rb"[A-Za-z0-9_-]{%d}" % TOKEN_LENGTH)  # as new_token() draws them
 _encode = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(QuoteBatch).decode
 
@@ -117,6 +119,8 @@ class RedisQuoteStore:
             async with self._health.guard():
                 raw = _bytes(await self._client.get(self.key(where[0])))
                 if raw is not None and raw.startswith(_REFERENCE):
+                    if not _TOKEN.fullmatch(raw, 1):
+                        return None  # damaged or foreign: no batch it could name
                     raw = _bytes(await self._client.get(self.key(raw[1:].decode())))
         except REDIS_ERRORS as exc:
             raise _unavailable(quote_id) from exc
@@ -262,11 +266,15 @@ class RedisAnswerReplay:
             return False
         if not reply or len(reply) != 3:
             return False
-        token, answer, fresh_until_ms = reply
+        token, answer, fresh_until = reply
         if not isinstance(token, bytes) or not isinstance(answer, bytes):
             return False
+        try:
+            fresh_until_ms = int(fresh_until)
+        except (TypeError, ValueError):  # a foreign hash: a miss
+            return False
         ahead = _Ahead(answer=answer, token=token, version=catalog_version,
-                       fresh_until_ms=int(fresh_until_ms), until=time.monotonic() + self.near_ttl_s,
+                       fresh_until_ms=fresh_until_ms, until=time.monotonic() + self.near_ttl_s,
                        tokens=tokens, block=block)  # fmt: skip
         size = ENTRY_BYTES + len(answer) + len(body) + block * (TOKEN_LENGTH + 50)
         self._ahead.put((account, body), ahead, size)

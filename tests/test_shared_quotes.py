@@ -222,6 +222,35 @@ async def test_an_answer_kept_on_one_replica_is_replayed_on_the_other(
     assert (await quote.json())["quote_id"] == ids_replayed[1]
 
 
+async def test_an_answer_kept_before_a_markup_change_is_not_replayed_on_the_new_markup(
+    aiohttp_client: Any, sandbox_url: str, tmp_path: Path, redis_prefix: tuple[str, str]
+) -> None:
+    """Kept answers outlive a restart in Redis (for the quote TTL, 15 min by default). An
+    operator raising the markup (labels were sold at a loss) and restarting every replica must
+    get the new totals at once: keyed by (account, body) alone, the new release replayed the
+    old release's answers and their quotes were bought at the old price."""
+    url, prefix = redis_prefix
+    before = load_settings(service_env(sandbox_url, tmp_path / "old"))
+    old = await aiohttp_client(shared(create_app(before), url, prefix))
+    body = shipment(carriers=["ups"])
+    await rate(old, body)  # cold
+    kept = await rate(old, body)  # every leg cached: kept for replay, in Redis
+    assert {q["markup"] for q in kept["quotes"]} == {"0.00"}
+
+    after = load_settings(service_env(sandbox_url, tmp_path / "new", RATESVC_MARKUP_PERCENT="10"))
+    new = await aiohttp_client(shared(create_app(after), url, prefix))  # the new release
+    answer = await rate(new, body)
+    again = await rate(new, body)  # kept anew, on the new markup: replayed as it is
+
+    assert all(q["markup"] != "0.00" for q in answer["quotes"]), [
+        (q["service_code"], q["markup"], q["total"]) for q in answer["quotes"]
+    ]
+    assert [q["total"] for q in again["quotes"]] == [q["total"] for q in answer["quotes"]]
+    assert [q["total"] for q in (await rate(old, body))["quotes"]] == [
+        q["total"] for q in kept["quotes"]
+    ]  # an old replica still running (a rolling deploy) keeps its own
+
+
 async def test_replays_answered_ahead_hand_out_quotes_every_replica_can_read(
     replicas: tuple[TestClient, TestClient],
 ) -> None:

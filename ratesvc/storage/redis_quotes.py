@@ -7,7 +7,9 @@
   original outlives it. A batch that cannot be written (Redis down) is kept in this process, so
   the replica that quoted it can still sell it; reading a quote Redis cannot be asked for is
   :class:`~ratesvc.errors.StorageUnavailable` (503), since it may well exist.
-* :class:`RedisAnswerReplay`: a hash under ``<prefix>replay:v1:<SHA-256 of account and body>``
+* :class:`RedisAnswerReplay`: a hash under ``<prefix>replay:v1:<SHA-256 of account, body and
+  the account's rating configuration>`` (:func:`~ratesvc.replay.rating_fingerprint`: a release
+  with another markup, ship-from, carriers or key pair never replays what an older one kept)
   holding the encoded answer, the token of the batch its quote ids name, the account, the
   carrier catalogue version (shared, see :mod:`ratesvc.catalog`) and until when it is fresh and
   its quotes valid; it lives while fresh. A trip to Redis for a replay is one script call
@@ -26,6 +28,7 @@ import datetime as dt
 import hashlib
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -199,10 +202,14 @@ class RedisAnswerReplay:
         prefix: str,
         health: RedisHealth,
         store: RedisQuoteStore,
+        fingerprints: Mapping[str, str],
         near_ttl_s: float = 3.0,
         near_max_bytes: int = 4 * MIB,
     ) -> None:
+        """``fingerprints``: each account's :func:`~ratesvc.replay.rating_fingerprint`; an
+        account without one is never replayed."""
         self._prefix = prefix
+        self._fingerprints = dict(fingerprints)
         self._health = health
         self._store = store
         self.near_ttl_s = near_ttl_s
@@ -211,9 +218,13 @@ class RedisAnswerReplay:
         self._replay = client.register_script(_REPLAY)
         self._keep = client.register_script(_KEEP)
 
-    def key(self, account: str, body: bytes) -> str:
-        digest = hashlib.sha256(account.encode() + b"\0" + body).hexdigest()
-        return f"{self._prefix}replay:v1:{digest}"
+    def key(self, account: str, body: bytes) -> str | None:
+        """The kept answer's key; None for an account without a fingerprint."""
+        fingerprint = self._fingerprints.get(account)
+        if fingerprint is None:
+            return None
+        named = b"\0".join((account.encode(), fingerprint.encode(), body))
+        return f"{self._prefix}replay:v1:{hashlib.sha256(named).hexdigest()}"
 
     async def close(self) -> None:
         refills = list(self._refills.values())
@@ -252,13 +263,14 @@ class RedisAnswerReplay:
 
     async def _fetch(self, account: str, body: bytes, catalog_version: int, block: int) -> bool:
         """Ask Redis for the answer to replay, storing ``block`` copies of its batch ahead."""
-        if not self._health.usable():
+        key = self.key(account, body)
+        if key is None or not self._health.usable():
             return False
         tokens = new_tokens(block)
         try:
             async with self._health.guard():
                 reply = await self._replay(
-                    keys=[self.key(account, body), *(self._store.key(t) for t in tokens)],
+                    keys=[key, *(self._store.key(t) for t in tokens)],
                     args=[account, catalog_version, _epoch_ms(dt.datetime.now(dt.UTC)),
                           int(self._store.tail_s * 1000)],
                 )  # fmt: skip
@@ -290,7 +302,8 @@ class RedisAnswerReplay:
         fresh_until: dt.datetime,
         catalog_version: int,
     ) -> None:
-        if len(body) > MAX_BODY_BYTES or not self._health.usable():
+        key = self.key(account, body)
+        if key is None or len(body) > MAX_BODY_BYTES or not self._health.usable():
             return
         self._ahead.pop((account, body))
         if self._store.kept_locally(batch.token):  # copies of it could not be read elsewhere
@@ -301,7 +314,7 @@ class RedisAnswerReplay:
         try:
             async with self._health.guard():
                 await self._keep(
-                    keys=[self.key(account, body)],
+                    keys=[key],
                     args=[account, catalog_version, _epoch_ms(until),
                           _epoch_ms(batch.expires_at), batch.token, answer, _px(until)],
                 )  # fmt: skip

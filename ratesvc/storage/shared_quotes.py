@@ -17,7 +17,8 @@ key                                holds                                        
 ``P leg-flights:v1`` (channel)     the outcomes, as they happen                     —
 ``P quote:v1:<token>``             an answer's quotes (msgpack ``QuoteBatch``), or  expiry + 60 s
                                    ``@<token>``: a replayed copy of that one
-``P replay:v1:<sha256>``           an answer to replay for (account, body)          while fresh
+``P replay:v1:<sha256>``           an answer to replay for (account, its rating     while fresh
+                                   configuration, body)
 ``P catalog:v1:<account>``         the carrier catalogue, its version, refresh at   7 days
 ``P catalog-lock:v1:<account>``    the replica loading or refreshing it             its deadline
 =================================  ==============================================  ============
@@ -53,7 +54,7 @@ from ratesvc.quotes import (
     QuoteStoreProtocol,
     SharedFlights,
 )
-from ratesvc.replay import AnswerReplay, ReplayProtocol
+from ratesvc.replay import AnswerReplay, ReplayProtocol, rating_fingerprint
 from ratesvc.storage.redis_catalog import RedisCatalogSharing
 from ratesvc.storage.redis_flights import RedisFlights
 from ratesvc.storage.redis_health import RedisHealth
@@ -124,8 +125,10 @@ def build_rating_state(
     shared_store = RedisQuoteStore(
         redis, prefix=prefix, health=health, local=QuoteStore(max_bytes=budget // 4)
     )
+    fingerprints = {a.name: rating_fingerprint(a) for a in settings.accounts.values()}
     replay = RedisAnswerReplay(redis, prefix=prefix, health=health, store=shared_store,
-                               near_ttl_s=near_ttl_s, near_max_bytes=budget // 16)  # fmt: skip
+                               fingerprints=fingerprints, near_ttl_s=near_ttl_s,
+                               near_max_bytes=budget // 16)  # fmt: skip
     return RatingState(
         cache=cache,
         store=shared_store,

@@ -44,7 +44,7 @@ from ratesvc.storage.redis_flights import RedisFlights
 from ratesvc.storage.redis_health import RedisHealth
 from ratesvc.storage.redis_legs import MsgspecSerializer, NearCache, RedisLegCache
 from ratesvc.storage.shared_quotes import RatingState, build_rating_state
-from tests.conftest import AUTH, service_env
+from tests.conftest import ACME_AUTH, AUTH, acme_settings, service_env
 
 STATE = web.AppKey("shared_rating_state", RatingState)
 TO = {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York", "state": "NY",
@@ -58,8 +58,10 @@ def shipment(postal_code: str = "10118", **extra: Any) -> dict[str, Any]:
             **extra}  # fmt: skip
 
 
-async def rate(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
-    response = await client.post("/v1/rates", json=body, headers=AUTH)
+async def rate(
+    client: TestClient, body: dict[str, Any], headers: dict[str, str] = AUTH
+) -> dict[str, Any]:
+    response = await client.post("/v1/rates", json=body, headers=headers)
     payload: dict[str, Any] = await response.json()
     assert response.status == 200, payload
     return payload
@@ -323,6 +325,29 @@ async def test_legs_are_keyed_in_redis_by_the_long_name_of_the_shipstation_accou
         found = [k.decode() async for k in redis.scan_iter(match=f"{prefix}leg:v1:*")]
 
     assert found and all(k.startswith(f"{prefix}leg:v1:{cache_id}|ups|") for k in found), found
+
+
+async def test_a_carrier_removed_from_an_accounts_allow_list_is_not_quoted_after_a_restart(
+    aiohttp_client: Any, sandbox_url: str, tmp_path: Path, redis_prefix: tuple[str, str]
+) -> None:
+    """The shared catalogue lives 7 days in Redis and is refreshed every ``carriers_ttl_s``
+    (6 h). An operator removing a carrier from ``[accounts.acme] carriers`` (or pointing the
+    account at another ShipStation account) and restarting every replica must not be quoted
+    the removed carrier: keyed by the account's name alone, the new configuration adopted the
+    catalogue the old one published, and its quotes (buyable) for up to 6 hours."""
+    url, prefix = redis_prefix
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    before = acme_settings(tmp_path / "before", sandbox_url, 'carriers = ["ups", "fedex"]\n')
+    old = await aiohttp_client(shared(create_app(before), url, prefix))
+    quoted = await rate(old, shipment(), ACME_AUTH)
+    assert {q["carrier_code"] for q in quoted["quotes"]} == {"ups", "fedex"}
+
+    after = acme_settings(tmp_path / "after", sandbox_url, 'carriers = ["fedex"]\n')
+    new = await aiohttp_client(shared(create_app(after), url, prefix))  # restarted, new config
+    answer = await rate(new, shipment("10001"), ACME_AUTH)
+
+    assert {q["carrier_code"] for q in answer["quotes"]} == {"fedex"}
 
 
 # --- foreign or damaged values in Redis -----------------------------------------------------------

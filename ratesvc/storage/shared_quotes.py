@@ -19,8 +19,10 @@ key                                holds                                        
                                    ``@<token>``: a replayed copy of that one
 ``P replay:v1:<sha256>``           an answer to replay for (account, its rating     while fresh
                                    configuration, body)
-``P catalog:v1:<account>``         the carrier catalogue, its version, refresh at   7 days
-``P catalog-lock:v1:<account>``    the replica loading or refreshing it             its deadline
+``P catalog:v1:<scope>``           the carrier catalogue, its version, refresh at   7 days
+                                   (scope: account, digest of key pair and
+                                   carrier allow-list)
+``P catalog-lock:v1:<scope>``      the replica loading or refreshing it             its deadline
 =================================  ==============================================  ============
 
 Each replica keeps, for ``near_ttl_s`` (a few seconds), the legs it read (a near-cache) and the
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from ratesvc.accounts import AccountServices
-from ratesvc.catalog import CatalogSharing
+from ratesvc.catalog import CatalogSharing, catalog_scope
 from ratesvc.config import Settings
 from ratesvc.quotes import (
     LegCache,
@@ -79,7 +81,7 @@ class RatingState:
         """Make the accounts' carrier catalogues shared ones (nothing without Redis)."""
         if self.catalogs is not None:
             for services in accounts:
-                services.catalog.share(self.catalogs)
+                services.catalog.share(self.catalogs, scope=catalog_scope(services.account))
 
     async def close(self) -> None:
         """Stop what runs in the background; the Redis client is the caller's to close."""

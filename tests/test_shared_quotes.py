@@ -676,3 +676,28 @@ async def test_rating_survives_redis_going_away_and_is_shared_again_when_it_retu
     grown = {k: v - calls.get(k, 0) for k, v in getrates_calls(sandbox).items()}
     assert grown == {"fedex": 1, "ups": 2}  # 10003: one call per leg across both; 10004: ups
     assert (await b.get(f"/v1/quotes/{after}", headers=AUTH)).status == 200
+
+
+async def test_while_redis_is_down_a_replica_caches_legs_for_their_life_not_seconds(
+    aiohttp_client: Any, sandbox: ShipStationSandbox, sandbox_url: str, tmp_path: Path
+) -> None:
+    """The README: during a Redis outage "caches are this process's until it returns". Legs
+    written only to the near-cache (3 s) made a warehouse screen refreshing a shipment every few
+    seconds cost one ShipStation call per carrier per refresh, against a budget already cut to
+    ``limit // RATESVC_REPLICAS``: it ran out and, with no cached leg left to serve stale,
+    quotes failed as throttled, where one process would have answered from memory for the whole
+    quote TTL (15 min)."""
+    down = ThrowawayRedis()  # a free port nothing listens on: Redis is down from the start
+    settings = load_settings(service_env(sandbox_url, tmp_path))
+    client = await aiohttp_client(shared(create_app(settings), down.url, "down:"))
+    body = shipment(carriers=["ups", "fedex"])
+    await rate(client, body)
+    first = getrates_calls(sandbox)
+    assert first == {"ups": 1, "fedex": 1}
+
+    await asyncio.sleep(3.5)  # past the near-cache's 3 s, far within the 900 s quote TTL
+    again = await rate(client, body)
+
+    assert getrates_calls(sandbox) == first  # answered from this process's cache
+    assert all(q["cached"] for q in again["quotes"])
+    assert client.server.app[STATE].cache.held_bytes > 0

@@ -103,7 +103,7 @@ def build_rating_state(
     Budgets: the quote store gets ``quote_store_max_bytes`` and the replay a quarter of it
     (shared: a quarter for the answers a replica keeps alone during an outage and a sixteenth for
     the replays it answers ahead); the leg near-cache an eighth of the leg cache's entries and
-    bytes. ``near_ttl_s``: how long a replica uses what it read without asking Redis again;
+    bytes, and the legs a replica caches alone during an outage a quarter. ``near_ttl_s``: how long a replica uses what it read without asking Redis again;
     ``lease_s``: a leg lock's lease (renewed while its call runs).
     """
     budget = settings.quote_store_max_bytes
@@ -122,6 +122,8 @@ def build_rating_state(
         redis, prefix=prefix, ttl_s=ttl_s, health=health, near_ttl_s=near_ttl_s,
         near_max_entries=max(1, settings.quote_cache_max_entries // 8),
         near_max_bytes=settings.quote_cache_max_bytes // 8,
+        local_max_entries=max(1, settings.quote_cache_max_entries // 4),
+        local_max_bytes=settings.quote_cache_max_bytes // 4,
     )  # fmt: skip
     flights = RedisFlights(redis, cache=cache, health=health, lease_s=lease_s)
     shared_store = RedisQuoteStore(

@@ -111,6 +111,10 @@ class ByteLRU(Generic[K, V]):
             return value
         return None
 
+    def values(self) -> list[V]:
+        """Every value, oldest first (a copy: the entries may change while it is used)."""
+        return [value for value, _ in self._entries.values()]
+
     def pop_oldest(self) -> None:
         self._bytes -= self._entries.popitem(last=False)[1][1]
 
@@ -442,6 +446,14 @@ class QuoteStore:
             if oldest.expires_at + self.grace > now:
                 return
             self._batches.pop_oldest()
+
+    def batches(self) -> list[QuoteBatch]:
+        """The batches held, oldest first (a copy)."""
+        return self._batches.values()
+
+    def drop(self, token: str) -> None:
+        """Forget a batch (kept elsewhere now)."""
+        self._batches.pop(token)
 
     def find(self, quote_id: str) -> StoredQuote | None:
         """:meth:`get`, without waiting."""

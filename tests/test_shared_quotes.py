@@ -34,7 +34,7 @@ from ratesvc.config import load_settings
 from ratesvc.errors import UpstreamUnavailable
 from ratesvc.metrics import Metrics
 from ratesvc.models import RateRow
-from ratesvc.quotes import CachedLeg
+from ratesvc.quotes import CachedLeg, QuoteStore
 from ratesvc.rating import Rater
 from ratesvc.sandbox.knobs import Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
@@ -43,8 +43,10 @@ from ratesvc.storage.redis_client import open_redis
 from ratesvc.storage.redis_flights import RedisFlights
 from ratesvc.storage.redis_health import RedisHealth
 from ratesvc.storage.redis_legs import MsgspecSerializer, NearCache, RedisLegCache
+from ratesvc.storage.redis_quotes import RedisQuoteStore
 from ratesvc.storage.shared_quotes import RatingState, build_rating_state
 from tests.conftest import ACME_AUTH, AUTH, acme_settings, service_env
+from tests.test_quotes import batch, first_quote
 
 STATE = web.AppKey("shared_rating_state", RatingState)
 TO = {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York", "state": "NY",
@@ -588,6 +590,29 @@ async def test_replicas_waiting_for_a_leg_get_the_holders_answer_or_its_failure(
         assert all(isinstance(f, UpstreamUnavailable) and f.detail == "503" for f in failures)
 
 
+async def test_quotes_kept_during_an_outage_are_written_back_for_the_rest_of_their_life(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """What a replica kept alone goes to Redis when it returns (else only that replica could
+    sell it), each batch for what is left of its life plus the tail, never longer; a batch
+    past that is forgotten, not written."""
+    url, prefix = redis_prefix
+    async with aioredis.Redis.from_url(url) as redis:
+        store = RedisQuoteStore(redis, prefix=prefix, health=RedisHealth(), local=QuoteStore(),
+                                tail_s=60)  # fmt: skip
+        live, gone = batch("live", dt.timedelta(minutes=5)), batch("gone", -dt.timedelta(hours=1))
+        store.local.keep(live)
+        store.local.keep(gone)
+
+        await store.write_back()
+
+        assert len(store.local) == 0
+        assert 0 < await redis.pttl(store.key(live.token)) <= 360_000
+        assert await redis.exists(store.key(gone.token)) == 0
+        found = await store.get(first_quote("live"))
+        assert found is not None and found.total == live.lines[0].total
+
+
 # --- Redis going away -----------------------------------------------------------------------------
 
 
@@ -701,3 +726,38 @@ async def test_while_redis_is_down_a_replica_caches_legs_for_their_life_not_seco
     assert getrates_calls(sandbox) == first  # answered from this process's cache
     assert all(q["cached"] for q in again["quotes"])
     assert client.server.app[STATE].cache.held_bytes > 0
+
+
+async def test_a_quote_made_while_redis_was_down_is_bought_on_another_replica_once_it_is_back(
+    make_replicas: MakeReplicas, throwaway_redis: ThrowawayRedis
+) -> None:
+    """A batch that could not be written to Redis is kept by the replica that quoted it. Kept
+    there for good, a client buying it through the load balancer after the outage got **404
+    not_found** from every other replica for a quote that exists, is unexpired and is buyable on
+    one replica. When Redis answers again, each replica writes what it kept to it."""
+    await throwaway_redis.start()
+    a, b = await make_replicas(throwaway_redis.url, "back:")
+    for client in (a, b):
+        await rate(client, shipment(carriers=["fedex"]))
+    await throwaway_redis.stop()
+    quote_id = (await rate(a, shipment("10002", carriers=["ups"])))["quotes"][0]["quote_id"]
+    assert (await a.get(f"/v1/quotes/{quote_id}", headers=AUTH)).status == 200
+    store_a = a.server.app[STATE].store
+    assert isinstance(store_a, RedisQuoteStore) and store_a.kept_locally(token_of(quote_id))
+
+    await throwaway_redis.start()
+    health_a, health_b = (c.server.app[STATE].health for c in (a, b))
+    assert health_a is not None and health_b is not None
+
+    async def shared_again() -> bool:
+        for client in (a, b):
+            await rate(client, shipment(carriers=["fedex"]))
+        return health_a.available and health_b.available
+
+    await until(shared_again)
+    await until(lambda: not store_a.kept_locally(token_of(quote_id)))
+    read = await b.get(f"/v1/quotes/{quote_id}", headers=AUTH)
+    bought = await b.post("/v1/labels", json={"quote_id": quote_id}, headers=AUTH)
+
+    assert (read.status, bought.status) == (200, 201), (await read.text(), await bought.text())
+    assert store_a.held_bytes == 0  # written to Redis, forgotten here

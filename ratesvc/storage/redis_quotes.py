@@ -5,8 +5,9 @@
   answers 410 *expired* for a while, then 404 *unknown*). A replayed answer's batch is stored as
   a reference, ``@<token of the batch it copies>``: the copy expires with the original, so the
   original outlives it. A batch that cannot be written (Redis down) is kept in this process, so
-  the replica that quoted it can still sell it; reading a quote Redis cannot be asked for is
-  :class:`~ratesvc.errors.StorageUnavailable` (503), since it may well exist.
+  the replica that quoted it can still sell it, and written to Redis when Redis answers again
+  (:meth:`RedisQuoteStore.write_back`), so every replica can; reading a quote Redis cannot be
+  asked for is :class:`~ratesvc.errors.StorageUnavailable` (503), since it may well exist.
 * :class:`RedisAnswerReplay`: a hash under ``<prefix>replay:v1:<SHA-256 of account, body and
   the account's rating configuration>`` (:func:`~ratesvc.replay.rating_fingerprint`: a release
   with another markup, ship-from, carriers or key pair never replays what an older one kept)
@@ -84,14 +85,50 @@ class RedisQuoteStore:
         self._health = health
         self.local = local
         self.tail_s = tail_s
+        self._writing_back: asyncio.Task[None] | None = None
+        health.when_back(self._back)
 
     def key(self, token: str) -> str:
         return f"{self._prefix}quote:v1:{token}"
 
     @property
     def held_bytes(self) -> int:
-        """What this process holds: the batches it kept while Redis was unreachable."""
+        """What this process holds: the batches it kept while Redis was unreachable (until
+        Redis answers again)."""
         return self.local.held_bytes
+
+    def _back(self) -> None:
+        """Redis answers again: share what was kept here meanwhile (in the background)."""
+        busy = self._writing_back is not None and not self._writing_back.done()
+        if len(self.local) and not busy:
+            self._writing_back = asyncio.get_running_loop().create_task(self.write_back())
+
+    async def write_back(self, *, chunk: int = 100) -> None:
+        """Write the batches kept here to Redis, each for the rest of its life (as :meth:`put`
+        would have), then forget them here; those past it are forgotten. Redis failing again
+        leaves the rest here until it returns."""
+        batches = self.local.batches()
+        for start in range(0, len(batches), chunk):
+            now = dt.datetime.now(dt.UTC)
+            some = batches[start : start + chunk]
+            live = [b for b in some if b.expires_at + dt.timedelta(seconds=self.tail_s) > now]
+            if live:
+                try:
+                    async with (self._health.guard(),
+                                self._client.pipeline(transaction=False) as pipe):  # fmt: skip
+                        for batch in live:
+                            pipe.set(self.key(batch.token), _encode(batch),
+                                     px=_px(batch.expires_at, extra_s=self.tail_s))  # fmt: skip
+                        await pipe.execute()
+                except REDIS_ERRORS:
+                    return
+            for batch in some:
+                self.local.drop(batch.token)
+
+    async def close(self) -> None:
+        if self._writing_back is not None:
+            self._writing_back.cancel()
+            await asyncio.gather(self._writing_back, return_exceptions=True)
 
     async def put(self, batch: QuoteBatch, *, size: int | None = None) -> None:
         if self._health.usable():

@@ -29,10 +29,11 @@ Each replica keeps, for ``near_ttl_s`` (a few seconds), the legs it read (a near
 answers it replayed with copies of their batch stored ahead, and its in-process single-flight in
 front of Redis: a hot cached quote costs no Redis round trip most of the time.
 
-When Redis cannot be reached, rating never fails for it: legs are cached and coalesced in the
-process, quotes kept there, replays skipped, catalogues loaded per replica — logged once per
-outage (:class:`~ratesvc.storage.redis_health.RedisHealth`). Reading a quote then answers 503
-``storage_unavailable`` unless this replica holds it.
+When Redis cannot be reached, rating never fails for it: legs are cached (for their whole life)
+and coalesced in the process, quotes kept there, replays skipped, catalogues loaded per replica
+— logged once per outage (:class:`~ratesvc.storage.redis_health.RedisHealth`). Reading a quote
+then answers 503 ``storage_unavailable`` unless this replica holds it. When Redis answers again,
+each replica writes the quotes it kept to it, so any replica can read and sell them.
 
 The client must not decode responses (``decode_responses=False``, the default). Give it a short
 connect timeout and few retries: each Redis call is bounded by ``RedisHealth.op_timeout_s``
@@ -140,5 +141,5 @@ def build_rating_state(
         flights=flights,
         catalogs=RedisCatalogSharing(redis, prefix=prefix, health=health),
         health=health,
-        _closing=[flights.close, replay.close],
+        _closing=[flights.close, replay.close, shared_store.close],
     )

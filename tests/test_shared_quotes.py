@@ -761,3 +761,29 @@ async def test_a_quote_made_while_redis_was_down_is_bought_on_another_replica_on
 
     assert (read.status, bought.status) == (200, 201), (await read.text(), await bought.text())
     assert store_a.held_bytes == 0  # written to Redis, forgotten here
+
+
+async def test_a_quote_a_replica_hands_out_while_redis_is_down_is_readable_on_that_replica(
+    make_replicas: MakeReplicas, throwaway_redis: ThrowawayRedis
+) -> None:
+    """A replica answers a busy body from copies of its batch stored ahead in Redis, for up to
+    ``near_ttl_s`` (3 s) without asking Redis. Doing so once Redis is known to be away handed
+    out quote ids whose batch only the unreachable Redis holds: the very replica that quoted
+    answered 503 on ``GET /v1/quotes/{id}`` and ``POST /v1/labels`` a moment later. During an
+    outage a replica rates (and keeps) its answers itself; only quotes another replica made are
+    503."""
+    await throwaway_redis.start()
+    a, _ = await make_replicas(throwaway_redis.url, "ahead:")
+    body = shipment(carriers=["ups"])
+    await rate(a, body)  # cold
+    await rate(a, body)  # kept for replay
+    await rate(a, body)  # replayed: a block of copies stored ahead, near for 3 s
+    await throwaway_redis.stop()
+    health = a.server.app[STATE].health
+    assert health is not None
+    await until(lambda: not health.available)  # the replica's subscription saw it go
+
+    quote_id = (await rate(a, body))["quotes"][0]["quote_id"]  # within the 3 s
+    read = await a.get(f"/v1/quotes/{quote_id}", headers=AUTH)
+
+    assert read.status == 200, await read.text()

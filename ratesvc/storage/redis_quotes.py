@@ -227,7 +227,8 @@ class RedisAnswerReplay:
     any replica can sell its quotes. A trip to Redis (one script: check the account, catalogue
     version and freshness, store copies, return the answer) stores a *block* of copies under
     fresh random tokens; this replica hands them out to the next replays of the same body for
-    up to ``near_ttl_s`` without asking Redis again. A block used up within that time makes
+    up to ``near_ttl_s`` without asking Redis again — not during an outage: those batches live
+    in Redis only, so the quotes would be unreadable even here. A block used up within that time makes
     the next one twice as large (up to ``BLOCK[1]``). Copies never handed out expire with the
     batch; nobody knows their tokens.
     """
@@ -276,8 +277,8 @@ class RedisAnswerReplay:
         return self._ahead.bytes
 
     async def replay(self, account: str, body: bytes, catalog_version: int) -> bytes | None:
-        if len(body) > MAX_BODY_BYTES:
-            return None
+        if len(body) > MAX_BODY_BYTES or not self._health.available:
+            return None  # Redis away: the copies ahead name batches only Redis holds
         key = (account, body)
         for _ in range(3):  # others may take the copies fetched before this request gets one
             ahead = self._ahead.get(key)

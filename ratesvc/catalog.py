@@ -11,12 +11,12 @@ it is still rated); such a partial catalogue is refreshed again after a minute i
 
 **Shared by replicas** (:meth:`CarrierCatalog.share`): the copy and its ``version`` live in a
 :class:`CatalogSharing` store (Redis), so every replica quotes from the same catalogue and keys
-replays by the same version, under a *scope* naming the account and what its catalogue is made
-from (:func:`catalog_scope`: key pair, carrier allow-list). One replica at a time loads or refreshes an account's catalogue (it
-*claims* it); the others wait for the copy it publishes (a first load) or keep using theirs (a
-refresh). A replica asks the store whether the version changed at most every ``sync_s``. When
-the store cannot be reached, each replica loads and keeps its own copy as above, with versions
-of its own (negative, so they never equal a shared one).
+replays by the same version, under a *scope* naming the account and what its catalogue is made from
+(:func:`catalog_scope`: key pair, carrier allow-list). One replica at a time loads or refreshes an
+account's catalogue (it *claims* it); the others wait for the copy it publishes (a first load) or
+keep using theirs (a refresh). A replica asks the store whether the version changed at most every
+``sync_s``. When the store cannot be reached, each replica loads and keeps its own copy as above,
+with versions of its own (negative, so they never equal a shared one).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from decimal import Decimal
 import msgspec
 
 from ratesvc.accounts import AccountServices
+from ratesvc.byte_lru import ByteLRU
 from ratesvc.config import Account, MarkupRule
 from ratesvc.errors import (
     InvalidRequest,
@@ -52,7 +53,6 @@ from ratesvc.models import (
 from ratesvc.quotes import (
     LEG_PER_ENCODED_BYTE,
     MIB,
-    ByteLRU,
     CachedLeg,
     LegCacheProtocol,
     QuoteBatch,

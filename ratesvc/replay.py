@@ -31,8 +31,9 @@ from typing import Protocol
 
 import msgspec
 
+from ratesvc.byte_lru import ByteLRU
 from ratesvc.config import Account
-from ratesvc.quotes import ENTRY_BYTES, MIB, ByteLRU, QuoteBatch, QuoteStore, batch_bytes, new_token
+from ratesvc.quotes import ENTRY_BYTES, MIB, QuoteBatch, QuoteStore, batch_bytes, new_token
 
 
 def _rfc3339(moment: dt.datetime) -> bytes:

@@ -12,11 +12,12 @@ from decimal import Decimal
 import msgspec
 import pytest
 
+from ratesvc.byte_lru import ByteLRU
+from ratesvc.config import Markup, MarkupRule, load_settings
 from ratesvc.models import Address, PackageIn, RateRow, ShipmentIn, Weight
 from ratesvc.quotes import (
     MIB,
     TOKEN_LENGTH,
-    ByteLRU,
     CachedLeg,
     LegCache,
     QuoteBatch,
@@ -26,7 +27,6 @@ from ratesvc.quotes import (
     new_token,
     quote_id,
 )
-from ratesvc.config import Markup, MarkupRule, load_settings
 from ratesvc.replay import AnswerReplay, rating_fingerprint
 
 

@@ -28,7 +28,8 @@ import redis.asyncio as aioredis
 from aiocache import RedisCache
 from aiocache.serializers import BaseSerializer
 
-from ratesvc.quotes import LEG_PER_ENCODED_BYTE, ByteLRU, CachedLeg, LegCache, held_bytes
+from ratesvc.byte_lru import ByteLRU
+from ratesvc.quotes import LEG_PER_ENCODED_BYTE, CachedLeg, LegCache, held_bytes
 from ratesvc.storage.redis_health import REDIS_ERRORS, RedisHealth
 
 log = logging.getLogger(__name__)

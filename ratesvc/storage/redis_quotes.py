@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import msgspec
 import redis.asyncio as aioredis
 
+from ratesvc.byte_lru import ByteLRU
 from ratesvc.errors import StorageUnavailable
 from ratesvc.quotes import (
     ENTRY_BYTES,
     MIB,
     TOKEN_LENGTH,
-    ByteLRU,
     QuoteBatch,
     QuoteStore,
     StoredQuote,
@@ -223,14 +223,14 @@ class _Ahead:
 class RedisAnswerReplay:
     """:class:`~ratesvc.replay.ReplayProtocol` in Redis (see the module docstring).
 
-    Every replayed answer needs its own batch token, stored before the answer is given, so that
-    any replica can sell its quotes. A trip to Redis (one script: check the account, catalogue
-    version and freshness, store copies, return the answer) stores a *block* of copies under
-    fresh random tokens; this replica hands them out to the next replays of the same body for
-    up to ``near_ttl_s`` without asking Redis again — not during an outage: those batches live
-    in Redis only, so the quotes would be unreadable even here. A block used up within that time makes
-    the next one twice as large (up to ``BLOCK[1]``). Copies never handed out expire with the
-    batch; nobody knows their tokens.
+    Every replayed answer needs its own batch token, stored before the answer is given, so that any
+    replica can sell its quotes. A trip to Redis (one script: check the account, catalogue version
+    and freshness, store copies, return the answer) stores a *block* of copies under fresh random
+    tokens; this replica hands them out to the next replays of the same body for up to
+    ``near_ttl_s`` without asking Redis again — not during an outage: those batches live in Redis
+    only, so the quotes would be unreadable even here. A block used up within that time makes the
+    next one twice as large (up to ``BLOCK[1]``). Copies never handed out expire with the batch;
+    nobody knows their tokens.
     """
 
     def __init__(

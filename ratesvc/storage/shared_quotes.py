@@ -101,11 +101,12 @@ def build_rating_state(
 ) -> RatingState:
     """The embedded state (``redis`` None) or the one shared through ``redis`` under ``prefix``.
 
-    Budgets: the quote store gets ``quote_store_max_bytes`` and the replay a quarter of it
-    (shared: a quarter for the answers a replica keeps alone during an outage and a sixteenth for
-    the replays it answers ahead); the leg near-cache an eighth of the leg cache's entries and
-    bytes, and the legs a replica caches alone during an outage a quarter. ``near_ttl_s``: how long a replica uses what it read without asking Redis again;
-    ``lease_s``: a leg lock's lease (renewed while its call runs).
+    Budgets: the quote store gets ``quote_store_max_bytes`` and the replay a quarter of it (shared:
+    a quarter for the answers a replica keeps alone during an outage and a sixteenth for the replays
+    it answers ahead); the leg near-cache an eighth of the leg cache's entries and bytes, and the
+    legs a replica caches alone during an outage a quarter. ``near_ttl_s``: how long a replica uses
+    what it read without asking Redis again; ``lease_s``: a leg lock's lease (renewed while its call
+    runs).
     """
     budget = settings.quote_store_max_bytes
     ttl_s = max(settings.quote_max_stale_s, *(a.quote_ttl_s for a in settings.accounts.values()))

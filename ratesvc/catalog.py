@@ -11,11 +11,12 @@ it is still rated); such a partial catalogue is refreshed again after a minute i
 
 **Shared by replicas** (:meth:`CarrierCatalog.share`): the copy and its ``version`` live in a
 :class:`CatalogSharing` store (Redis), so every replica quotes from the same catalogue and keys
-replays by the same version. One replica at a time loads or refreshes an account's catalogue (it
-*claims* it); the others wait for the copy it publishes (a first load) or keep using theirs (a
-refresh). A replica asks the store whether the version changed at most every ``sync_s``. When
-the store cannot be reached, each replica loads and keeps its own copy as above, with versions
-of its own (negative, so they never equal a shared one).
+replays by the same version, under a *scope* naming the account and what its catalogue is made from
+(:func:`catalog_scope`: key pair, carrier allow-list). One replica at a time loads or refreshes an
+account's catalogue (it *claims* it); the others wait for the copy it publishes (a first load) or
+keep using theirs (a refresh). A replica asks the store whether the version changed at most every
+``sync_s``. When the store cannot be reached, each replica loads and keeps its own copy as above,
+with versions of its own (negative, so they never equal a shared one).
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
+from ratesvc.config import Account
 from ratesvc.errors import StorageUnavailable, UpstreamFailure, UpstreamTimeout
 from ratesvc.limiter import Priority
 from ratesvc.metrics import Metrics
@@ -49,6 +54,16 @@ class SharedCopy:
     version: int
     snapshot: CarriersResponse | None
     refresh_due: bool
+
+
+def catalog_scope(account: Account) -> str:
+    """What an account's catalogue is shared under: its name and what the catalogue is made
+    from, the ShipStation account (:meth:`~ratesvc.config.ShipStationConfig.cache_id`) and the
+    carrier allow-list. A replica configured otherwise (a carrier removed, another key pair)
+    never adopts a catalogue published under the old configuration."""
+    allowed = None if account.carriers is None else sorted(account.carriers)
+    named = msgspec.json.encode([account.shipstation.cache_id(), allowed])
+    return f"{account.name}:{hashlib.sha256(named).hexdigest()[:32]}"
 
 
 class CatalogSharing(Protocol):
@@ -91,6 +106,7 @@ class CarrierCatalog:
         self._loading: asyncio.Task[CarriersResponse] | None = None
         self.version = 0  # goes up with every load, so answers built on an older one are known
         self._sharing: CatalogSharing | None = None
+        self._shared_as = account
         self._checked_at = float("-inf")
         self._syncing: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
@@ -98,10 +114,14 @@ class CarrierCatalog:
         self._next_claim = 0.0
         self._local_versions = 0
 
-    def share(self, sharing: CatalogSharing, *, sync_s: float = _SYNC_S) -> None:
-        """Keep the catalogue and its version in ``sharing``, with the other replicas; this
-        replica's copy is checked against the shared version at most every ``sync_s``."""
+    def share(
+        self, sharing: CatalogSharing, *, scope: str | None = None, sync_s: float = _SYNC_S
+    ) -> None:
+        """Keep the catalogue and its version in ``sharing``, with the other replicas, under
+        ``scope`` (:func:`catalog_scope`; the account's name when None); this replica's copy is
+        checked against the shared version at most every ``sync_s``."""
         self._sharing = sharing
+        self._shared_as = scope or self._account
         self._sync_s = sync_s
 
     async def current_version(self) -> int:
@@ -161,7 +181,7 @@ class CarrierCatalog:
             await self._load(Priority.BACKGROUND, deadline)
             return
         try:
-            token = await self._sharing.claim(self._account, hold_s=_BACKGROUND_DEADLINE_S + 5)
+            token = await self._sharing.claim(self._shared_as, hold_s=_BACKGROUND_DEADLINE_S + 5)
         except StorageUnavailable:
             await self._load(Priority.BACKGROUND, deadline)
             return
@@ -178,11 +198,11 @@ class CarrierCatalog:
         while self._sharing is not None:
             try:
                 token = await self._sharing.claim(
-                    self._account, hold_s=max(1.0, deadline - loop.time()) + 1.0
+                    self._shared_as, hold_s=max(1.0, deadline - loop.time()) + 1.0
                 )
                 if token is not None:
                     return await self._load_claimed(token, priority, deadline, refreshing=False)
-                copy = await self._sharing.read(self._account, known_version=self.version)
+                copy = await self._sharing.read(self._shared_as, known_version=self.version)
             except StorageUnavailable:
                 break
             if copy is not None and copy.snapshot is not None:
@@ -208,9 +228,9 @@ class CarrierCatalog:
         published what is needed between this one's last look and its claim."""
         assert self._sharing is not None
         with contextlib.suppress(StorageUnavailable):
-            copy = await self._sharing.read(self._account, known_version=self.version)
+            copy = await self._sharing.read(self._shared_as, known_version=self.version)
             if copy is not None and not (refreshing and copy.refresh_due):
-                await self._sharing.release(self._account, token)
+                await self._sharing.release(self._shared_as, token)
                 if copy.snapshot is not None:
                     self._adopt(copy.snapshot, copy.version)
                 if self._snapshot is not None:
@@ -219,12 +239,12 @@ class CarrierCatalog:
             snapshot, partial = await self._fetch(priority, deadline)
         except BaseException:
             with contextlib.suppress(StorageUnavailable):
-                await self._sharing.release(self._account, token)
+                await self._sharing.release(self._shared_as, token)
             raise
         refresh_in = _PARTIAL_RETRY_S if partial else self._ttl_s
         try:
             version = await self._sharing.publish(
-                self._account, token, snapshot, refresh_in_s=refresh_in
+                self._shared_as, token, snapshot, refresh_in_s=refresh_in
             )
         except StorageUnavailable:
             version = self._local_version()
@@ -255,7 +275,7 @@ class CarrierCatalog:
     async def _read_shared(self) -> None:
         assert self._sharing is not None
         try:
-            copy = await self._sharing.read(self._account, known_version=self.version)
+            copy = await self._sharing.read(self._shared_as, known_version=self.version)
         except StorageUnavailable:
             copy = None
         self._checked_at = asyncio.get_running_loop().time()

@@ -121,8 +121,15 @@ class ShipStationConfig(msgspec.Struct, frozen=True, kw_only=True):
     window_s: float = 60.0
 
     def key_id(self) -> str:
-        """Names the key pair in metrics and logs without revealing it."""
+        """Names the key pair in metrics and logs without revealing it (short: not an identity,
+        see :meth:`cache_id`)."""
         return hashlib.sha256(self.api_key.reveal().encode()).hexdigest()[:8]
+
+    def cache_id(self) -> str:
+        """Names the ShipStation account (URL and key pair) in cache keys shared by many
+        organisations: 128 bits of SHA-256, so two accounts never read each other's rates."""
+        named = orjson.dumps([self.url, self.api_key.reveal(), self.api_secret.reveal()])
+        return hashlib.sha256(named).hexdigest()[:32]
 
 
 class Cin7Config(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,24 +30,26 @@ import datetime as dt
 import re
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import msgspec
 from aiocache import SimpleMemoryCache
 
+from ratesvc.byte_lru import ByteLRU
 from ratesvc.models import Address, RateRow, ShipmentIn
 
 T = TypeVar("T")
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 MIB = 1 << 20
 ENTRY_BYTES = 400  # an entry's own cost: the map's node and slot, its key, the size kept with it
 _msgpack = msgspec.msgpack.Encoder()
 
+
+AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+"""A moment kept for later (in Redis too): decoding one without a zone fails, so a foreign or
+damaged entry is a miss, never a naive datetime subtracted from an aware one."""
 
 _INDEX = re.compile(r"0|[1-9a-f][0-9a-f]{0,7}")  # as quote_id() writes it
 
@@ -57,67 +59,9 @@ def held_bytes(value: object, *, per_encoded_byte: float, extra: int = 0) -> int
     return int(len(_msgpack.encode(value)) * per_encoded_byte) + ENTRY_BYTES + extra
 
 
-class ByteLRU(Generic[K, V]):
-    """Entries from oldest to newest, under ``max_bytes`` by the size each was put with.
-
-    ``put`` makes an entry the newest and drops the oldest ones while over the budget (never the
-    one just put); ``touch`` makes an entry the newest again. Every operation is O(1).
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._bytes = 0
-
-    @property
-    def bytes(self) -> int:
-        """The estimate of what the entries hold."""
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: K) -> V | None:
-        entry = self._entries.get(key)
-        return None if entry is None else entry[0]
-
-    def size_of(self, key: K) -> int | None:
-        entry = self._entries.get(key)
-        return None if entry is None else entry[1]
-
-    def touch(self, key: K) -> None:
-        self._entries.move_to_end(key)
-
-    def put(self, key: K, value: V, size: int) -> None:
-        self.pop(key)
-        self._entries[key] = (value, size)
-        self._bytes += size
-        while self._bytes > self.max_bytes and len(self._entries) > 1:
-            self.pop_oldest()
-
-    def pop(self, key: K) -> V | None:
-        entry = self._entries.pop(key, None)
-        if entry is None:
-            return None
-        self._bytes -= entry[1]
-        return entry[0]
-
-    def oldest(self) -> V | None:
-        for value, _ in self._entries.values():
-            return value
-        return None
-
-    def pop_oldest(self) -> None:
-        self._bytes -= self._entries.popitem(last=False)[1][1]
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
-
-
 class CachedLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rows: list[RateRow]
-    quoted_at: dt.datetime
+    quoted_at: AwareDatetime
 
 
 class LegCacheProtocol(Protocol):
@@ -304,7 +248,7 @@ class QuoteLine(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     service_name: str
     package_codes: list[str | None]
     total: str
-    quoted_at: dt.datetime
+    quoted_at: AwareDatetime
 
 
 class QuoteBatch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -318,7 +262,7 @@ class QuoteBatch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     shipment: ShipmentIn
     ship_from: Address
     currency: str
-    expires_at: dt.datetime
+    expires_at: AwareDatetime
     lines: list[QuoteLine]
     sale_id: str | None = None
     task_id: str | None = None
@@ -438,6 +382,14 @@ class QuoteStore:
             if oldest.expires_at + self.grace > now:
                 return
             self._batches.pop_oldest()
+
+    def batches(self) -> list[QuoteBatch]:
+        """The batches held, oldest first (a copy)."""
+        return self._batches.values()
+
+    def drop(self, token: str) -> None:
+        """Forget a batch (kept elsewhere now)."""
+        self._batches.pop(token)
 
     def find(self, quote_id: str) -> StoredQuote | None:
         """:meth:`get`, without waiting."""

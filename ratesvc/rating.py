@@ -31,6 +31,7 @@ from decimal import Decimal
 import msgspec
 
 from ratesvc.accounts import AccountServices
+from ratesvc.byte_lru import ByteLRU
 from ratesvc.config import Account, MarkupRule
 from ratesvc.errors import (
     InvalidRequest,
@@ -52,7 +53,6 @@ from ratesvc.models import (
 from ratesvc.quotes import (
     LEG_PER_ENCODED_BYTE,
     MIB,
-    ByteLRU,
     CachedLeg,
     LegCacheProtocol,
     QuoteBatch,
@@ -199,7 +199,7 @@ class Rater:
         plan = _fit_package_codes(catalog.carriers, plan, shipment)
         route = Route.of(ship_from, shipment.ship_to, shipment.confirmation)
         parcels = [Parcel.of(package) for package in shipment.packages]
-        prefix = account.shipstation.key_id()
+        prefix = account.shipstation.cache_id()  # never key_id(): 32 bits collide
         legs = {
             (carrier_code, index): make_leg(
                 key_prefix=prefix, carrier_code=carrier_code, service_code=service_code,

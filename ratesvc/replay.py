@@ -10,6 +10,11 @@ quotes keep the ``expires_at`` of the answer they copy: their prices are that ol
 never extends how long a price is offered. It saves decoding, validation, the cache reads and
 building the quotes again.
 
+An answer also depends on the account's configuration (key pair, carriers, markup, default
+ship-from, quote TTL): :func:`rating_fingerprint` names it. In one process it cannot change
+without a restart, which empties the replay; replicas sharing one through Redis key kept answers
+by it, so a release with a new markup never replays what the old one kept.
+
 Kept answers are bounded by an estimate of the bytes they hold (the encoded answer, the request
 body that keys it, the batch it copies); the least recently kept go first.
 
@@ -20,12 +25,15 @@ body that keys it, the batch it copies); the least recently kept go first.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
 
-from ratesvc.quotes import ENTRY_BYTES, MIB, ByteLRU, QuoteBatch, QuoteStore, batch_bytes, new_token
+from ratesvc.byte_lru import ByteLRU
+from ratesvc.config import Account
+from ratesvc.quotes import ENTRY_BYTES, MIB, QuoteBatch, QuoteStore, batch_bytes, new_token
 
 
 def _rfc3339(moment: dt.datetime) -> bytes:
@@ -43,6 +51,16 @@ class _Kept:
 
 
 MAX_BODY_BYTES = 16 * 1024  # bodies kept as keys: a real rate request is far smaller
+
+
+def rating_fingerprint(account: Account) -> str:
+    """Names what of ``account``'s configuration its answers depend on (besides the carrier
+    catalogue, which has its own version): a change of any makes other answers."""
+    named = msgspec.json.encode([
+        account.shipstation.cache_id(), account.carriers, account.markup, account.ship_from,
+        account.quote_ttl_s,
+    ])  # fmt: skip
+    return hashlib.sha256(named).hexdigest()[:32]
 
 
 class ReplayProtocol(Protocol):

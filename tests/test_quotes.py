@@ -12,11 +12,12 @@ from decimal import Decimal
 import msgspec
 import pytest
 
+from ratesvc.byte_lru import ByteLRU
+from ratesvc.config import Markup, MarkupRule, load_settings
 from ratesvc.models import Address, PackageIn, RateRow, ShipmentIn, Weight
 from ratesvc.quotes import (
     MIB,
     TOKEN_LENGTH,
-    ByteLRU,
     CachedLeg,
     LegCache,
     QuoteBatch,
@@ -26,7 +27,7 @@ from ratesvc.quotes import (
     new_token,
     quote_id,
 )
-from ratesvc.replay import AnswerReplay
+from ratesvc.replay import AnswerReplay, rating_fingerprint
 
 
 class Upstream:
@@ -332,3 +333,33 @@ async def test_the_answer_replay_stays_within_its_byte_budget() -> None:
     assert await replay.replay("default", b"body 0", 1) is None
     again = await replay.replay("default", b"body 1999", 1)
     assert again is not None and b"r1999" not in again  # a new token in the quote ids
+
+
+def test_the_rating_fingerprint_names_what_an_answer_depends_on() -> None:
+    """Replicas key the answers they replay by it (through Redis, across restarts): a
+    configuration change it missed would replay answers made on the old one."""
+    account = load_settings({
+        "RATESVC_API_TOKEN": "token-0123456789abcdef",
+        "RATESVC_SHIPSTATION_API_KEY": "ss-key-value",
+        "RATESVC_SHIPSTATION_API_SECRET": "ss-secret-value",
+    }).accounts["default"]  # fmt: skip
+    other_key = msgspec.structs.replace(
+        account.shipstation, api_secret=type(account.shipstation.api_secret)("another")
+    )
+    here = Address(name="W", street1="1 Main", city="Austin", state="TX", postal_code="78703",
+                   country="US")  # fmt: skip
+    changed = [
+        msgspec.structs.replace(account, markup=Markup(default=MarkupRule(percent=Decimal(10)))),
+        msgspec.structs.replace(account, ship_from=here),
+        msgspec.structs.replace(account, carriers=("ups",)),
+        msgspec.structs.replace(account, shipstation=other_key),
+        msgspec.structs.replace(account, quote_ttl_s=60.0),
+    ]
+
+    fingerprints = {rating_fingerprint(a) for a in [account, *changed]}
+
+    assert len(fingerprints) == 1 + len(changed)
+    assert rating_fingerprint(account) == rating_fingerprint(msgspec.structs.replace(account))
+    assert rating_fingerprint(msgspec.structs.replace(account, request_deadline_s=3.0)) == (
+        rating_fingerprint(account)
+    )  # what does not change an answer does not change it

@@ -34,7 +34,7 @@ from ratesvc.config import load_settings
 from ratesvc.errors import UpstreamUnavailable
 from ratesvc.metrics import Metrics
 from ratesvc.models import RateRow
-from ratesvc.quotes import CachedLeg
+from ratesvc.quotes import CachedLeg, QuoteStore
 from ratesvc.rating import Rater
 from ratesvc.sandbox.knobs import Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
@@ -43,8 +43,10 @@ from ratesvc.storage.redis_client import open_redis
 from ratesvc.storage.redis_flights import RedisFlights
 from ratesvc.storage.redis_health import RedisHealth
 from ratesvc.storage.redis_legs import MsgspecSerializer, NearCache, RedisLegCache
+from ratesvc.storage.redis_quotes import RedisQuoteStore
 from ratesvc.storage.shared_quotes import RatingState, build_rating_state
-from tests.conftest import AUTH, service_env
+from tests.conftest import ACME_AUTH, AUTH, acme_settings, service_env
+from tests.test_quotes import batch, first_quote
 
 STATE = web.AppKey("shared_rating_state", RatingState)
 TO = {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York", "state": "NY",
@@ -58,8 +60,10 @@ def shipment(postal_code: str = "10118", **extra: Any) -> dict[str, Any]:
             **extra}  # fmt: skip
 
 
-async def rate(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
-    response = await client.post("/v1/rates", json=body, headers=AUTH)
+async def rate(
+    client: TestClient, body: dict[str, Any], headers: dict[str, str] = AUTH
+) -> dict[str, Any]:
+    response = await client.post("/v1/rates", json=body, headers=headers)
     payload: dict[str, Any] = await response.json()
     assert response.status == 200, payload
     return payload
@@ -222,6 +226,35 @@ async def test_an_answer_kept_on_one_replica_is_replayed_on_the_other(
     assert (await quote.json())["quote_id"] == ids_replayed[1]
 
 
+async def test_an_answer_kept_before_a_markup_change_is_not_replayed_on_the_new_markup(
+    aiohttp_client: Any, sandbox_url: str, tmp_path: Path, redis_prefix: tuple[str, str]
+) -> None:
+    """Kept answers outlive a restart in Redis (for the quote TTL, 15 min by default). An
+    operator raising the markup (labels were sold at a loss) and restarting every replica must
+    get the new totals at once: keyed by (account, body) alone, the new release replayed the
+    old release's answers and their quotes were bought at the old price."""
+    url, prefix = redis_prefix
+    before = load_settings(service_env(sandbox_url, tmp_path / "old"))
+    old = await aiohttp_client(shared(create_app(before), url, prefix))
+    body = shipment(carriers=["ups"])
+    await rate(old, body)  # cold
+    kept = await rate(old, body)  # every leg cached: kept for replay, in Redis
+    assert {q["markup"] for q in kept["quotes"]} == {"0.00"}
+
+    after = load_settings(service_env(sandbox_url, tmp_path / "new", RATESVC_MARKUP_PERCENT="10"))
+    new = await aiohttp_client(shared(create_app(after), url, prefix))  # the new release
+    answer = await rate(new, body)
+    again = await rate(new, body)  # kept anew, on the new markup: replayed as it is
+
+    assert all(q["markup"] != "0.00" for q in answer["quotes"]), [
+        (q["service_code"], q["markup"], q["total"]) for q in answer["quotes"]
+    ]
+    assert [q["total"] for q in again["quotes"]] == [q["total"] for q in answer["quotes"]]
+    assert [q["total"] for q in (await rate(old, body))["quotes"]] == [
+        q["total"] for q in kept["quotes"]
+    ]  # an old replica still running (a rolling deploy) keeps its own
+
+
 async def test_replays_answered_ahead_hand_out_quotes_every_replica_can_read(
     replicas: tuple[TestClient, TestClient],
 ) -> None:
@@ -277,6 +310,110 @@ async def test_the_carrier_catalogue_is_loaded_and_refreshed_once_across_replica
         finally:
             for catalog in catalogs:
                 await catalog.close()
+
+
+async def test_legs_are_keyed_in_redis_by_the_long_name_of_the_shipstation_account(
+    replicas: tuple[TestClient, TestClient], redis_prefix: tuple[str, str]
+) -> None:
+    """One Redis serves every organisation an integrator hosts: a leg keyed by the short
+    ``key_id()`` (32 bits) would be read by another organisation whose key id collides, quoting
+    it negotiated rates that are not its own. Legs are keyed by ``cache_id()`` (128 bits)."""
+    a, _ = replicas
+    await rate(a, shipment(carriers=["ups"]))
+    url, prefix = redis_prefix
+    cache_id = a.server.app[keys.SETTINGS].accounts["default"].shipstation.cache_id()
+
+    async with aioredis.Redis.from_url(url) as redis:
+        found = [k.decode() async for k in redis.scan_iter(match=f"{prefix}leg:v1:*")]
+
+    assert found and all(k.startswith(f"{prefix}leg:v1:{cache_id}|ups|") for k in found), found
+
+
+async def test_a_carrier_removed_from_an_accounts_allow_list_is_not_quoted_after_a_restart(
+    aiohttp_client: Any, sandbox_url: str, tmp_path: Path, redis_prefix: tuple[str, str]
+) -> None:
+    """The shared catalogue lives 7 days in Redis and is refreshed every ``carriers_ttl_s``
+    (6 h). An operator removing a carrier from ``[accounts.acme] carriers`` (or pointing the
+    account at another ShipStation account) and restarting every replica must not be quoted
+    the removed carrier: keyed by the account's name alone, the new configuration adopted the
+    catalogue the old one published, and its quotes (buyable) for up to 6 hours."""
+    url, prefix = redis_prefix
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    before = acme_settings(tmp_path / "before", sandbox_url, 'carriers = ["ups", "fedex"]\n')
+    old = await aiohttp_client(shared(create_app(before), url, prefix))
+    quoted = await rate(old, shipment(), ACME_AUTH)
+    assert {q["carrier_code"] for q in quoted["quotes"]} == {"ups", "fedex"}
+
+    after = acme_settings(tmp_path / "after", sandbox_url, 'carriers = ["fedex"]\n')
+    new = await aiohttp_client(shared(create_app(after), url, prefix))  # restarted, new config
+    answer = await rate(new, shipment("10001"), ACME_AUTH)
+
+    assert {q["carrier_code"] for q in answer["quotes"]} == {"fedex"}
+
+
+# --- foreign or damaged values in Redis -----------------------------------------------------------
+
+
+async def test_a_leg_entry_with_a_timestamp_without_a_zone_in_redis_is_a_miss(
+    replicas: tuple[TestClient, TestClient], redis_prefix: tuple[str, str]
+) -> None:
+    """A leg whose ``quoted_at`` has no zone (a tool, or a release forgetting to bump ``v1``,
+    writing under the prefix) must fail decoding like any foreign entry: taken as a datetime,
+    rating subtracts it from an aware ``now`` (``TypeError``) and ``POST /v1/rates`` answers
+    500 for every request needing that leg until the entry expires (24 h)."""
+    a, b = replicas
+    body = shipment(carriers=["ups"])
+    await rate(a, body)  # cold: the leg is in Redis
+    url, prefix = redis_prefix
+    foreign = msgspec.msgpack.encode({"rows": [], "quoted_at": "2026-01-01T00:00:00"})
+    async with aioredis.Redis.from_url(url) as redis:
+        found = [k async for k in redis.scan_iter(match=f"{prefix}leg:v1:*")]
+        assert found
+        for key in found:
+            await redis.set(key, foreign, px=60_000)
+
+    response = await b.post("/v1/rates", json=body, headers=AUTH)  # b: nothing near-cached
+
+    assert response.status == 200, await response.text()
+    assert not (await response.json())["quotes"][0]["cached"]  # a miss: asked again
+
+
+async def test_a_quote_batch_with_an_expiry_without_a_zone_in_redis_is_an_unknown_quote(
+    replicas: tuple[TestClient, TestClient], redis_prefix: tuple[str, str]
+) -> None:
+    """A stored batch whose ``expires_at`` has no zone must be unknown (404): decoded, the
+    expiry check compares it with an aware ``now`` and ``GET /v1/quotes/{id}`` answers 500."""
+    a, b = replicas
+    quote_id = (await rate(a, shipment(carriers=["ups"])))["quotes"][0]["quote_id"]
+    url, prefix = redis_prefix
+    async with aioredis.Redis.from_url(url) as redis:
+        key = f"{prefix}quote:v1:{token_of(quote_id)}"
+        batch = msgspec.msgpack.decode(await redis.get(key))
+        batch["expires_at"] = "2999-01-01T00:00:00"
+        await redis.set(key, msgspec.msgpack.encode(batch), px=60_000)
+
+    read = await b.get(f"/v1/quotes/{quote_id}", headers=AUTH)
+
+    assert read.status == 404, await read.text()
+
+
+async def test_an_undecodable_quote_reference_in_redis_is_an_unknown_quote(
+    replicas: tuple[TestClient, TestClient], redis_prefix: tuple[str, str]
+) -> None:
+    """A replayed copy is stored as ``@<token>``; a damaged reference (not a token: here not
+    even UTF-8) must name no batch. Decoded unguarded, it raised ``UnicodeDecodeError`` and
+    ``GET /v1/quotes/{id}`` and ``POST /v1/labels`` answered 500 instead of 404."""
+    _, b = replicas
+    url, prefix = redis_prefix
+    token = "A" * 22
+    async with aioredis.Redis.from_url(url) as redis:
+        await redis.set(f"{prefix}quote:v1:{token}", b"@\xff\xfe damaged", px=60_000)
+
+    read = await b.get(f"/v1/quotes/qt_{token}0", headers=AUTH)
+    bought = await b.post("/v1/labels", json={"quote_id": f"qt_{token}0"}, headers=AUTH)
+
+    assert (read.status, bought.status) == (404, 404), (await read.text(), await bought.text())
 
 
 # --- the parts ------------------------------------------------------------------------------------
@@ -380,6 +517,34 @@ async def test_a_leg_lock_whose_holder_died_is_taken_over_after_its_lease(
         assert await redis.exists(flights.lock_key("leg")) == 0  # released after the call
 
 
+async def test_a_leg_lock_holding_undecodable_bytes_is_waited_out_and_taken_over(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """A lock's value names its holder's outcome record. A value that is not UTF-8 (foreign or
+    damaged) was decoded unguarded: ``UnicodeDecodeError`` out of rating, a 500 for every quote
+    needing the leg while the lock lived. It is a holder like any other: waited for until its
+    lease ends, then taken over."""
+    url, prefix = redis_prefix
+    loop = asyncio.get_running_loop()
+    async with aioredis.Redis.from_url(url) as redis:
+        health = RedisHealth()
+        cache = RedisLegCache(redis, prefix=prefix, ttl_s=60, health=health)
+        flights = RedisFlights(redis, cache=cache, health=health, lease_s=0.3)
+        await redis.set(flights.lock_key("leg"), b"\xff\xfe not a token", px=300)
+        entry = leg()
+
+        async def call() -> CachedLeg:
+            await cache.put("leg", entry)
+            return entry
+
+        try:
+            got = await flights.run("leg", call, known=None, deadline=loop.time() + 5)
+        finally:
+            await flights.close()
+
+        assert got == entry
+
+
 async def test_replicas_waiting_for_a_leg_get_the_holders_answer_or_its_failure(
     redis_prefix: tuple[str, str],
 ) -> None:
@@ -423,6 +588,29 @@ async def test_replicas_waiting_for_a_leg_get_the_holders_answer_or_its_failure(
         assert calls == 2  # one per leg, whichever replica holds it
         assert answers == [entry] * 3
         assert all(isinstance(f, UpstreamUnavailable) and f.detail == "503" for f in failures)
+
+
+async def test_quotes_kept_during_an_outage_are_written_back_for_the_rest_of_their_life(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """What a replica kept alone goes to Redis when it returns (else only that replica could
+    sell it), each batch for what is left of its life plus the tail, never longer; a batch
+    past that is forgotten, not written."""
+    url, prefix = redis_prefix
+    async with aioredis.Redis.from_url(url) as redis:
+        store = RedisQuoteStore(redis, prefix=prefix, health=RedisHealth(), local=QuoteStore(),
+                                tail_s=60)  # fmt: skip
+        live, gone = batch("live", dt.timedelta(minutes=5)), batch("gone", -dt.timedelta(hours=1))
+        store.local.keep(live)
+        store.local.keep(gone)
+
+        await store.write_back()
+
+        assert len(store.local) == 0
+        assert 0 < await redis.pttl(store.key(live.token)) <= 360_000
+        assert await redis.exists(store.key(gone.token)) == 0
+        found = await store.get(first_quote("live"))
+        assert found is not None and found.total == live.lines[0].total
 
 
 # --- Redis going away -----------------------------------------------------------------------------
@@ -513,3 +701,89 @@ async def test_rating_survives_redis_going_away_and_is_shared_again_when_it_retu
     grown = {k: v - calls.get(k, 0) for k, v in getrates_calls(sandbox).items()}
     assert grown == {"fedex": 1, "ups": 2}  # 10003: one call per leg across both; 10004: ups
     assert (await b.get(f"/v1/quotes/{after}", headers=AUTH)).status == 200
+
+
+async def test_while_redis_is_down_a_replica_caches_legs_for_their_life_not_seconds(
+    aiohttp_client: Any, sandbox: ShipStationSandbox, sandbox_url: str, tmp_path: Path
+) -> None:
+    """The README: during a Redis outage "caches are this process's until it returns". Legs
+    written only to the near-cache (3 s) made a warehouse screen refreshing a shipment every few
+    seconds cost one ShipStation call per carrier per refresh, against a budget already cut to
+    ``limit // RATESVC_REPLICAS``: it ran out and, with no cached leg left to serve stale,
+    quotes failed as throttled, where one process would have answered from memory for the whole
+    quote TTL (15 min)."""
+    down = ThrowawayRedis()  # a free port nothing listens on: Redis is down from the start
+    settings = load_settings(service_env(sandbox_url, tmp_path))
+    client = await aiohttp_client(shared(create_app(settings), down.url, "down:"))
+    body = shipment(carriers=["ups", "fedex"])
+    await rate(client, body)
+    first = getrates_calls(sandbox)
+    assert first == {"ups": 1, "fedex": 1}
+
+    await asyncio.sleep(3.5)  # past the near-cache's 3 s, far within the 900 s quote TTL
+    again = await rate(client, body)
+
+    assert getrates_calls(sandbox) == first  # answered from this process's cache
+    assert all(q["cached"] for q in again["quotes"])
+    assert client.server.app[STATE].cache.held_bytes > 0
+
+
+async def test_a_quote_made_while_redis_was_down_is_bought_on_another_replica_once_it_is_back(
+    make_replicas: MakeReplicas, throwaway_redis: ThrowawayRedis
+) -> None:
+    """A batch that could not be written to Redis is kept by the replica that quoted it. Kept
+    there for good, a client buying it through the load balancer after the outage got **404
+    not_found** from every other replica for a quote that exists, is unexpired and is buyable on
+    one replica. When Redis answers again, each replica writes what it kept to it."""
+    await throwaway_redis.start()
+    a, b = await make_replicas(throwaway_redis.url, "back:")
+    for client in (a, b):
+        await rate(client, shipment(carriers=["fedex"]))
+    await throwaway_redis.stop()
+    quote_id = (await rate(a, shipment("10002", carriers=["ups"])))["quotes"][0]["quote_id"]
+    assert (await a.get(f"/v1/quotes/{quote_id}", headers=AUTH)).status == 200
+    store_a = a.server.app[STATE].store
+    assert isinstance(store_a, RedisQuoteStore) and store_a.kept_locally(token_of(quote_id))
+
+    await throwaway_redis.start()
+    health_a, health_b = (c.server.app[STATE].health for c in (a, b))
+    assert health_a is not None and health_b is not None
+
+    async def shared_again() -> bool:
+        for client in (a, b):
+            await rate(client, shipment(carriers=["fedex"]))
+        return health_a.available and health_b.available
+
+    await until(shared_again)
+    await until(lambda: not store_a.kept_locally(token_of(quote_id)))
+    read = await b.get(f"/v1/quotes/{quote_id}", headers=AUTH)
+    bought = await b.post("/v1/labels", json={"quote_id": quote_id}, headers=AUTH)
+
+    assert (read.status, bought.status) == (200, 201), (await read.text(), await bought.text())
+    assert store_a.held_bytes == 0  # written to Redis, forgotten here
+
+
+async def test_a_quote_a_replica_hands_out_while_redis_is_down_is_readable_on_that_replica(
+    make_replicas: MakeReplicas, throwaway_redis: ThrowawayRedis
+) -> None:
+    """A replica answers a busy body from copies of its batch stored ahead in Redis, for up to
+    ``near_ttl_s`` (3 s) without asking Redis. Doing so once Redis is known to be away handed
+    out quote ids whose batch only the unreachable Redis holds: the very replica that quoted
+    answered 503 on ``GET /v1/quotes/{id}`` and ``POST /v1/labels`` a moment later. During an
+    outage a replica rates (and keeps) its answers itself; only quotes another replica made are
+    503."""
+    await throwaway_redis.start()
+    a, _ = await make_replicas(throwaway_redis.url, "ahead:")
+    body = shipment(carriers=["ups"])
+    await rate(a, body)  # cold
+    await rate(a, body)  # kept for replay
+    await rate(a, body)  # replayed: a block of copies stored ahead, near for 3 s
+    await throwaway_redis.stop()
+    health = a.server.app[STATE].health
+    assert health is not None
+    await until(lambda: not health.available)  # the replica's subscription saw it go
+
+    quote_id = (await rate(a, body))["quotes"][0]["quote_id"]  # within the 3 s
+    read = await a.get(f"/v1/quotes/{quote_id}", headers=AUTH)
+
+    assert read.status == 200, await read.text()

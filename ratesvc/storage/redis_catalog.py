@@ -1,8 +1,10 @@
 """Carrier catalogues replicas share: :class:`~ratesvc.catalog.CatalogSharing` in Redis.
 
-Per account, a hash ``<prefix>catalog:v1:<account>`` holds ``body`` (the
+Per account scope (:func:`~ratesvc.catalog.catalog_scope`: the account's name and a digest of
+its key pair and carrier allow-list, so a replica configured otherwise never adopts the copy),
+a hash ``<prefix>catalog:v1:<scope>`` holds ``body`` (the
 :class:`~ratesvc.models.CarriersResponse` as msgpack), ``version`` and ``refresh_at`` (ms, Redis's
-clock), and ``<prefix>catalog-lock:v1:<account>`` is the claim of the one replica loading it. A
+clock), and ``<prefix>catalog-lock:v1:<scope>`` is the claim of the one replica loading it. A
 version is the publishing moment in milliseconds (or the previous version + 1 if that is not
 larger), so versions only grow, also across a Redis restart that lost them, and never equal the
 negative versions of copies a replica keeps alone during an outage.
@@ -77,13 +79,11 @@ class RedisCatalogSharing:
         )
         if reply is None:
             return None
-        version, due = int(reply[0]), bool(int(reply[1]))
-        snapshot = None
-        if len(reply) > 2:
-            try:
-                snapshot = _decode(reply[2])
-            except msgspec.DecodeError:  # another version's format: load it again
-                return None
+        try:
+            version, due = int(reply[0]), bool(int(reply[1]))
+            snapshot = None if len(reply) < 3 else _decode(reply[2])
+        except (msgspec.DecodeError, TypeError, ValueError):  # another format: load it again
+            return None
         return SharedCopy(version=version, snapshot=snapshot, refresh_due=due)
 
     async def claim(self, account: str, *, hold_s: float) -> str | None:

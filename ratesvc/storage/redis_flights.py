@@ -151,8 +151,9 @@ class RedisFlights:
     def lock_key(self, key: str) -> str:
         return f"{self._prefix}leg-lock:v1:{key}"
 
-    def _outcome_key(self, token: str) -> str:
-        return f"{self._prefix}leg-done:v1:{token}"
+    def _outcome_key(self, token: bytes) -> bytes:
+        """Bytes: a holder's token is whatever the lock holds, never decoded."""
+        return f"{self._prefix}leg-done:v1:".encode() + token
 
     async def run(
         self,
@@ -252,7 +253,7 @@ class RedisFlights:
         with contextlib.suppress(*REDIS_ERRORS):  # waiters find the lock expired and take over
             async with self._health.guard():
                 await self._finish(
-                    keys=[self.lock_key(key), self._outcome_key(token)],
+                    keys=[self.lock_key(key), self._outcome_key(token.encode())],
                     args=[token, notice, _ms(OUTCOME_TTL_S), self.channel],
                 )
 
@@ -274,7 +275,7 @@ class RedisFlights:
                 return waiter.result()
             try:
                 async with self._health.guard(), self._client.pipeline(False) as pipe:
-                    pipe.get(self._outcome_key(holder.decode()))
+                    pipe.get(self._outcome_key(holder))
                     pipe.get(self.lock_key(key))
                     recorded, lock = await pipe.execute()
             except REDIS_ERRORS as exc:

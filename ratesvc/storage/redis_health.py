@@ -2,8 +2,9 @@
 
 Every shared quote component asks :meth:`RedisHealth.usable` before a Redis call and reports how
 it went. After a failure Redis is left alone for ``retry_s`` (those calls take the local path at
-once), then tried again; the first success ends the outage. The outage is logged once when it
-starts and once when it ends, never per request.
+once), then tried again; the first success ends the outage, and calls what :meth:`when_back`
+registered (what a replica kept alone meanwhile is shared again). The outage is logged once when
+it starts and once when it ends, never per request.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import redis.exceptions
 
@@ -31,6 +32,11 @@ class RedisHealth:
         self.last_error: str | None = None
         self._retry_at = 0.0
         self._refusal_told = False
+        self._on_return: list[Callable[[], None]] = []
+
+    def when_back(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the event loop, without waiting) whenever an outage ends."""
+        self._on_return.append(callback)
 
     @property
     def available(self) -> bool:
@@ -50,6 +56,11 @@ class RedisHealth:
             )
             self.down_since = None
             self.last_error = None
+            for callback in self._on_return:
+                try:
+                    callback()
+                except Exception:  # never the request's problem
+                    log.exception("after Redis returned, %r failed", callback)
 
     def failed(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + self.retry_s

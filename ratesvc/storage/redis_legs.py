@@ -9,8 +9,11 @@
   Redis: a request finding it too old for its ``max_age_s`` asks for a fresh leg, and the shared
   single-flight (:mod:`.redis_flights`) then takes the newer entry another replica wrote, if any,
   instead of calling ShipStation.
-* Redis unreachable: reads are misses past the near-cache, writes reach the near-cache only; the
-  request is never failed for it (see :mod:`.redis_health`).
+* Redis unreachable: legs are written to a bounded cache of this process (an embedded
+  :class:`~ratesvc.quotes.LegCache`, entries living ``ttl_s`` like Redis's), read after the
+  near-cache and after Redis, so a shipment quoted again during an outage costs no upstream
+  call for as long as it would have with Redis (or one process). The request is never failed
+  for it (see :mod:`.redis_health`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import redis.asyncio as aioredis
 from aiocache import RedisCache
 from aiocache.serializers import BaseSerializer
 
-from ratesvc.quotes import LEG_PER_ENCODED_BYTE, ByteLRU, CachedLeg, held_bytes
+from ratesvc.byte_lru import ByteLRU
+from ratesvc.quotes import LEG_PER_ENCODED_BYTE, CachedLeg, LegCache, held_bytes
 from ratesvc.storage.redis_health import REDIS_ERRORS, RedisHealth
 
 log = logging.getLogger(__name__)
@@ -102,7 +106,8 @@ class NearCache:
 
 
 class RedisLegCache:
-    """:class:`~ratesvc.quotes.LegCacheProtocol` on Redis, with a :class:`NearCache` in front."""
+    """:class:`~ratesvc.quotes.LegCacheProtocol` on Redis, with a :class:`NearCache` in front
+    and a local cache (``local``) for what could not be written to Redis."""
 
     def __init__(
         self,
@@ -114,6 +119,8 @@ class RedisLegCache:
         near_ttl_s: float = 3.0,
         near_max_entries: int = 20_000,
         near_max_bytes: int = 8 << 20,
+        local_max_entries: int = 25_000,
+        local_max_bytes: int = 16 << 20,
     ) -> None:
         self.prefix = prefix
         self.ttl_s = ttl_s
@@ -121,6 +128,9 @@ class RedisLegCache:
         self.serializer = MsgspecSerializer(CachedLeg)
         self.near = NearCache(max_entries=near_max_entries, max_bytes=near_max_bytes,
                               ttl_s=near_ttl_s)  # fmt: skip
+        self.local = LegCache(backend="memory", max_entries=local_max_entries,
+                              max_bytes=local_max_bytes, ttl_s=ttl_s)  # fmt: skip
+        self._kept_locally = False  # read ``local`` only once something was written there
         # timeout=None: RedisHealth bounds each call (without a task per call)
         self._redis = _Backend(client, serializer=self.serializer, key_builder=self._key,
                                timeout=None)  # fmt: skip
@@ -134,8 +144,8 @@ class RedisLegCache:
 
     @property
     def held_bytes(self) -> int:
-        """The estimate of what the near-cache holds in this process."""
-        return self.near.held_bytes
+        """The estimate of what the near-cache and the local cache hold in this process."""
+        return self.near.held_bytes + self.local.held_bytes
 
     async def get(self, key: str) -> CachedLeg | None:
         return (await self.get_many([key]))[0]
@@ -144,28 +154,34 @@ class RedisLegCache:
         now = time.monotonic()
         found = [self.near.get(key, now) for key in keys]
         missing = [i for i, value in enumerate(found) if value is None]
-        if not missing or not self.health.usable():
-            return found
-        try:
-            async with self.health.guard():
-                values = await self._redis.multi_get([keys[i] for i in missing])
-        except REDIS_ERRORS:
-            return found
-        for i, value in zip(missing, values, strict=True):
-            if isinstance(value, CachedLeg):
+        if missing and self.health.usable():
+            try:
+                async with self.health.guard():
+                    values = await self._redis.multi_get([keys[i] for i in missing])
+            except REDIS_ERRORS:
+                values = [None] * len(missing)
+            for i, value in zip(missing, values, strict=True):
+                if isinstance(value, CachedLeg):
+                    found[i] = value
+                    self.remember(keys[i], value)
+            missing = [i for i in missing if found[i] is None]
+        if missing and self._kept_locally:  # what an outage kept here, Redis lacking it
+            kept = await self.local.get_many([keys[i] for i in missing])
+            for i, value in zip(missing, kept, strict=True):
                 found[i] = value
-                self.remember(keys[i], value)
         return found
 
     async def put(self, key: str, value: CachedLeg) -> None:
         self.remember(key, value)
-        if not self.health.usable():
-            return
-        try:
-            async with self.health.guard():
-                await self._redis.set(key, value, ttl=float(self.ttl_s))
-        except REDIS_ERRORS:
-            pass  # kept here; another replica asking will call again
+        if self.health.usable():
+            try:
+                async with self.health.guard():
+                    await self._redis.set(key, value, ttl=float(self.ttl_s))
+                return
+            except REDIS_ERRORS:
+                pass
+        await self.local.put(key, value)  # for its whole life, here; other replicas call again
+        self._kept_locally = True
 
     def remember(self, key: str, value: CachedLeg) -> None:
         """Keep a leg read from (or written to) Redis in the near-cache, for no longer than it
@@ -175,3 +191,4 @@ class RedisLegCache:
 
     async def close(self) -> None:
         self.near.clear()  # the client is the application's; Redis keeps the entries
+        await self.local.close()

@@ -5,9 +5,12 @@
   answers 410 *expired* for a while, then 404 *unknown*). A replayed answer's batch is stored as
   a reference, ``@<token of the batch it copies>``: the copy expires with the original, so the
   original outlives it. A batch that cannot be written (Redis down) is kept in this process, so
-  the replica that quoted it can still sell it; reading a quote Redis cannot be asked for is
-  :class:`~ratesvc.errors.StorageUnavailable` (503), since it may well exist.
-* :class:`RedisAnswerReplay`: a hash under ``<prefix>replay:v1:<SHA-256 of account and body>``
+  the replica that quoted it can still sell it, and written to Redis when Redis answers again
+  (:meth:`RedisQuoteStore.write_back`), so every replica can; reading a quote Redis cannot be
+  asked for is :class:`~ratesvc.errors.StorageUnavailable` (503), since it may well exist.
+* :class:`RedisAnswerReplay`: a hash under ``<prefix>replay:v1:<SHA-256 of account, body and
+  the account's rating configuration>`` (:func:`~ratesvc.replay.rating_fingerprint`: a release
+  with another markup, ship-from, carriers or key pair never replays what an older one kept)
   holding the encoded answer, the token of the batch its quote ids name, the account, the
   carrier catalogue version (shared, see :mod:`ratesvc.catalog`) and until when it is fresh and
   its quotes valid; it lives while fresh. A trip to Redis for a replay is one script call
@@ -24,18 +27,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
 import redis.asyncio as aioredis
 
+from ratesvc.byte_lru import ByteLRU
 from ratesvc.errors import StorageUnavailable
 from ratesvc.quotes import (
     ENTRY_BYTES,
     MIB,
     TOKEN_LENGTH,
-    ByteLRU,
     QuoteBatch,
     QuoteStore,
     StoredQuote,
@@ -47,6 +52,7 @@ from ratesvc.replay import MAX_BODY_BYTES
 from ratesvc.storage.redis_health import REDIS_ERRORS, RedisHealth
 
 _REFERENCE = b"@"  # never the first byte of a msgpack map (a QuoteBatch)
+_TOKEN = re.compile(rb"[A-Za-z0-9_-]{%d}" % TOKEN_LENGTH)  # as new_token() draws them
 _encode = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(QuoteBatch).decode
 
@@ -79,14 +85,50 @@ class RedisQuoteStore:
         self._health = health
         self.local = local
         self.tail_s = tail_s
+        self._writing_back: asyncio.Task[None] | None = None
+        health.when_back(self._back)
 
     def key(self, token: str) -> str:
         return f"{self._prefix}quote:v1:{token}"
 
     @property
     def held_bytes(self) -> int:
-        """What this process holds: the batches it kept while Redis was unreachable."""
+        """What this process holds: the batches it kept while Redis was unreachable (until
+        Redis answers again)."""
         return self.local.held_bytes
+
+    def _back(self) -> None:
+        """Redis answers again: share what was kept here meanwhile (in the background)."""
+        busy = self._writing_back is not None and not self._writing_back.done()
+        if len(self.local) and not busy:
+            self._writing_back = asyncio.get_running_loop().create_task(self.write_back())
+
+    async def write_back(self, *, chunk: int = 100) -> None:
+        """Write the batches kept here to Redis, each for the rest of its life (as :meth:`put`
+        would have), then forget them here; those past it are forgotten. Redis failing again
+        leaves the rest here until it returns."""
+        batches = self.local.batches()
+        for start in range(0, len(batches), chunk):
+            now = dt.datetime.now(dt.UTC)
+            some = batches[start : start + chunk]
+            live = [b for b in some if b.expires_at + dt.timedelta(seconds=self.tail_s) > now]
+            if live:
+                try:
+                    async with (self._health.guard(),
+                                self._client.pipeline(transaction=False) as pipe):  # fmt: skip
+                        for batch in live:
+                            pipe.set(self.key(batch.token), _encode(batch),
+                                     px=_px(batch.expires_at, extra_s=self.tail_s))  # fmt: skip
+                        await pipe.execute()
+                except REDIS_ERRORS:
+                    return
+            for batch in some:
+                self.local.drop(batch.token)
+
+    async def close(self) -> None:
+        if self._writing_back is not None:
+            self._writing_back.cancel()
+            await asyncio.gather(self._writing_back, return_exceptions=True)
 
     async def put(self, batch: QuoteBatch, *, size: int | None = None) -> None:
         if self._health.usable():
@@ -117,6 +159,8 @@ class RedisQuoteStore:
             async with self._health.guard():
                 raw = _bytes(await self._client.get(self.key(where[0])))
                 if raw is not None and raw.startswith(_REFERENCE):
+                    if not _TOKEN.fullmatch(raw, 1):
+                        return None  # damaged or foreign: no batch it could name
                     raw = _bytes(await self._client.get(self.key(raw[1:].decode())))
         except REDIS_ERRORS as exc:
             raise _unavailable(quote_id) from exc
@@ -179,13 +223,14 @@ class _Ahead:
 class RedisAnswerReplay:
     """:class:`~ratesvc.replay.ReplayProtocol` in Redis (see the module docstring).
 
-    Every replayed answer needs its own batch token, stored before the answer is given, so that
-    any replica can sell its quotes. A trip to Redis (one script: check the account, catalogue
-    version and freshness, store copies, return the answer) stores a *block* of copies under
-    fresh random tokens; this replica hands them out to the next replays of the same body for
-    up to ``near_ttl_s`` without asking Redis again. A block used up within that time makes
-    the next one twice as large (up to ``BLOCK[1]``). Copies never handed out expire with the
-    batch; nobody knows their tokens.
+    Every replayed answer needs its own batch token, stored before the answer is given, so that any
+    replica can sell its quotes. A trip to Redis (one script: check the account, catalogue version
+    and freshness, store copies, return the answer) stores a *block* of copies under fresh random
+    tokens; this replica hands them out to the next replays of the same body for up to
+    ``near_ttl_s`` without asking Redis again — not during an outage: those batches live in Redis
+    only, so the quotes would be unreadable even here. A block used up within that time makes the
+    next one twice as large (up to ``BLOCK[1]``). Copies never handed out expire with the batch;
+    nobody knows their tokens.
     """
 
     def __init__(
@@ -195,10 +240,14 @@ class RedisAnswerReplay:
         prefix: str,
         health: RedisHealth,
         store: RedisQuoteStore,
+        fingerprints: Mapping[str, str],
         near_ttl_s: float = 3.0,
         near_max_bytes: int = 4 * MIB,
     ) -> None:
+        """``fingerprints``: each account's :func:`~ratesvc.replay.rating_fingerprint`; an
+        account without one is never replayed."""
         self._prefix = prefix
+        self._fingerprints = dict(fingerprints)
         self._health = health
         self._store = store
         self.near_ttl_s = near_ttl_s
@@ -207,9 +256,13 @@ class RedisAnswerReplay:
         self._replay = client.register_script(_REPLAY)
         self._keep = client.register_script(_KEEP)
 
-    def key(self, account: str, body: bytes) -> str:
-        digest = hashlib.sha256(account.encode() + b"\0" + body).hexdigest()
-        return f"{self._prefix}replay:v1:{digest}"
+    def key(self, account: str, body: bytes) -> str | None:
+        """The kept answer's key; None for an account without a fingerprint."""
+        fingerprint = self._fingerprints.get(account)
+        if fingerprint is None:
+            return None
+        named = b"\0".join((account.encode(), fingerprint.encode(), body))
+        return f"{self._prefix}replay:v1:{hashlib.sha256(named).hexdigest()}"
 
     async def close(self) -> None:
         refills = list(self._refills.values())
@@ -224,8 +277,8 @@ class RedisAnswerReplay:
         return self._ahead.bytes
 
     async def replay(self, account: str, body: bytes, catalog_version: int) -> bytes | None:
-        if len(body) > MAX_BODY_BYTES:
-            return None
+        if len(body) > MAX_BODY_BYTES or not self._health.available:
+            return None  # Redis away: the copies ahead name batches only Redis holds
         key = (account, body)
         for _ in range(3):  # others may take the copies fetched before this request gets one
             ahead = self._ahead.get(key)
@@ -248,13 +301,14 @@ class RedisAnswerReplay:
 
     async def _fetch(self, account: str, body: bytes, catalog_version: int, block: int) -> bool:
         """Ask Redis for the answer to replay, storing ``block`` copies of its batch ahead."""
-        if not self._health.usable():
+        key = self.key(account, body)
+        if key is None or not self._health.usable():
             return False
         tokens = new_tokens(block)
         try:
             async with self._health.guard():
                 reply = await self._replay(
-                    keys=[self.key(account, body), *(self._store.key(t) for t in tokens)],
+                    keys=[key, *(self._store.key(t) for t in tokens)],
                     args=[account, catalog_version, _epoch_ms(dt.datetime.now(dt.UTC)),
                           int(self._store.tail_s * 1000)],
                 )  # fmt: skip
@@ -262,11 +316,15 @@ class RedisAnswerReplay:
             return False
         if not reply or len(reply) != 3:
             return False
-        token, answer, fresh_until_ms = reply
+        token, answer, fresh_until = reply
         if not isinstance(token, bytes) or not isinstance(answer, bytes):
             return False
+        try:
+            fresh_until_ms = int(fresh_until)
+        except (TypeError, ValueError):  # a foreign hash: a miss
+            return False
         ahead = _Ahead(answer=answer, token=token, version=catalog_version,
-                       fresh_until_ms=int(fresh_until_ms), until=time.monotonic() + self.near_ttl_s,
+                       fresh_until_ms=fresh_until_ms, until=time.monotonic() + self.near_ttl_s,
                        tokens=tokens, block=block)  # fmt: skip
         size = ENTRY_BYTES + len(answer) + len(body) + block * (TOKEN_LENGTH + 50)
         self._ahead.put((account, body), ahead, size)
@@ -282,7 +340,8 @@ class RedisAnswerReplay:
         fresh_until: dt.datetime,
         catalog_version: int,
     ) -> None:
-        if len(body) > MAX_BODY_BYTES or not self._health.usable():
+        key = self.key(account, body)
+        if key is None or len(body) > MAX_BODY_BYTES or not self._health.usable():
             return
         self._ahead.pop((account, body))
         if self._store.kept_locally(batch.token):  # copies of it could not be read elsewhere
@@ -293,7 +352,7 @@ class RedisAnswerReplay:
         try:
             async with self._health.guard():
                 await self._keep(
-                    keys=[self.key(account, body)],
+                    keys=[key],
                     args=[account, catalog_version, _epoch_ms(until),
                           _epoch_ms(batch.expires_at), batch.token, answer, _px(until)],
                 )  # fmt: skip

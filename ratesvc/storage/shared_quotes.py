@@ -17,19 +17,23 @@ key                                holds                                        
 ``P leg-flights:v1`` (channel)     the outcomes, as they happen                     —
 ``P quote:v1:<token>``             an answer's quotes (msgpack ``QuoteBatch``), or  expiry + 60 s
                                    ``@<token>``: a replayed copy of that one
-``P replay:v1:<sha256>``           an answer to replay for (account, body)          while fresh
-``P catalog:v1:<account>``         the carrier catalogue, its version, refresh at   7 days
-``P catalog-lock:v1:<account>``    the replica loading or refreshing it             its deadline
+``P replay:v1:<sha256>``           an answer to replay for (account, its rating     while fresh
+                                   configuration, body)
+``P catalog:v1:<scope>``           the carrier catalogue, its version, refresh at   7 days
+                                   (scope: account, digest of key pair and
+                                   carrier allow-list)
+``P catalog-lock:v1:<scope>``      the replica loading or refreshing it             its deadline
 =================================  ==============================================  ============
 
 Each replica keeps, for ``near_ttl_s`` (a few seconds), the legs it read (a near-cache) and the
 answers it replayed with copies of their batch stored ahead, and its in-process single-flight in
 front of Redis: a hot cached quote costs no Redis round trip most of the time.
 
-When Redis cannot be reached, rating never fails for it: legs are cached and coalesced in the
-process, quotes kept there, replays skipped, catalogues loaded per replica — logged once per
-outage (:class:`~ratesvc.storage.redis_health.RedisHealth`). Reading a quote then answers 503
-``storage_unavailable`` unless this replica holds it.
+When Redis cannot be reached, rating never fails for it: legs are cached (for their whole life)
+and coalesced in the process, quotes kept there, replays skipped, catalogues loaded per replica
+— logged once per outage (:class:`~ratesvc.storage.redis_health.RedisHealth`). Reading a quote
+then answers 503 ``storage_unavailable`` unless this replica holds it. When Redis answers again,
+each replica writes the quotes it kept to it, so any replica can read and sell them.
 
 The client must not decode responses (``decode_responses=False``, the default). Give it a short
 connect timeout and few retries: each Redis call is bounded by ``RedisHealth.op_timeout_s``
@@ -44,7 +48,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from ratesvc.accounts import AccountServices
-from ratesvc.catalog import CatalogSharing
+from ratesvc.catalog import CatalogSharing, catalog_scope
 from ratesvc.config import Settings
 from ratesvc.quotes import (
     LegCache,
@@ -53,7 +57,7 @@ from ratesvc.quotes import (
     QuoteStoreProtocol,
     SharedFlights,
 )
-from ratesvc.replay import AnswerReplay, ReplayProtocol
+from ratesvc.replay import AnswerReplay, ReplayProtocol, rating_fingerprint
 from ratesvc.storage.redis_catalog import RedisCatalogSharing
 from ratesvc.storage.redis_flights import RedisFlights
 from ratesvc.storage.redis_health import RedisHealth
@@ -78,7 +82,7 @@ class RatingState:
         """Make the accounts' carrier catalogues shared ones (nothing without Redis)."""
         if self.catalogs is not None:
             for services in accounts:
-                services.catalog.share(self.catalogs)
+                services.catalog.share(self.catalogs, scope=catalog_scope(services.account))
 
     async def close(self) -> None:
         """Stop what runs in the background; the Redis client is the caller's to close."""
@@ -97,11 +101,12 @@ def build_rating_state(
 ) -> RatingState:
     """The embedded state (``redis`` None) or the one shared through ``redis`` under ``prefix``.
 
-    Budgets: the quote store gets ``quote_store_max_bytes`` and the replay a quarter of it
-    (shared: a quarter for the answers a replica keeps alone during an outage and a sixteenth for
-    the replays it answers ahead); the leg near-cache an eighth of the leg cache's entries and
-    bytes. ``near_ttl_s``: how long a replica uses what it read without asking Redis again;
-    ``lease_s``: a leg lock's lease (renewed while its call runs).
+    Budgets: the quote store gets ``quote_store_max_bytes`` and the replay a quarter of it (shared:
+    a quarter for the answers a replica keeps alone during an outage and a sixteenth for the replays
+    it answers ahead); the leg near-cache an eighth of the leg cache's entries and bytes, and the
+    legs a replica caches alone during an outage a quarter. ``near_ttl_s``: how long a replica uses
+    what it read without asking Redis again; ``lease_s``: a leg lock's lease (renewed while its call
+    runs).
     """
     budget = settings.quote_store_max_bytes
     ttl_s = max(settings.quote_max_stale_s, *(a.quote_ttl_s for a in settings.accounts.values()))
@@ -119,13 +124,17 @@ def build_rating_state(
         redis, prefix=prefix, ttl_s=ttl_s, health=health, near_ttl_s=near_ttl_s,
         near_max_entries=max(1, settings.quote_cache_max_entries // 8),
         near_max_bytes=settings.quote_cache_max_bytes // 8,
+        local_max_entries=max(1, settings.quote_cache_max_entries // 4),
+        local_max_bytes=settings.quote_cache_max_bytes // 4,
     )  # fmt: skip
     flights = RedisFlights(redis, cache=cache, health=health, lease_s=lease_s)
     shared_store = RedisQuoteStore(
         redis, prefix=prefix, health=health, local=QuoteStore(max_bytes=budget // 4)
     )
+    fingerprints = {a.name: rating_fingerprint(a) for a in settings.accounts.values()}
     replay = RedisAnswerReplay(redis, prefix=prefix, health=health, store=shared_store,
-                               near_ttl_s=near_ttl_s, near_max_bytes=budget // 16)  # fmt: skip
+                               fingerprints=fingerprints, near_ttl_s=near_ttl_s,
+                               near_max_bytes=budget // 16)  # fmt: skip
     return RatingState(
         cache=cache,
         store=shared_store,
@@ -133,5 +142,5 @@ def build_rating_state(
         flights=flights,
         catalogs=RedisCatalogSharing(redis, prefix=prefix, health=health),
         health=health,
-        _closing=[flights.close, replay.close],
+        _closing=[flights.close, replay.close, shared_store.close],
     )

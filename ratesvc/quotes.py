@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 import re
 import secrets
 import time
@@ -272,14 +273,35 @@ class QuoteBatch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 TOKEN_LENGTH = 22  # secrets.token_urlsafe(16)
 
 
+class _TokenPool:
+    """Tokens drawn from the OS 256 at a time (one ``os.urandom`` call instead of one each);
+    emptied in a forked child, so two workers never hand out the same token."""
+
+    def __init__(self) -> None:
+        self._tokens: list[str] = []
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._tokens = []
+
+    def take(self) -> str:
+        if not self._tokens:
+            self._tokens = new_tokens(256)
+        return self._tokens.pop()
+
+
 def new_token() -> str:
-    return secrets.token_urlsafe(16)
+    """22 URL-safe characters, 128 random bits (as ``secrets.token_urlsafe(16)``)."""
+    return _POOL.take()
 
 
 def new_tokens(count: int) -> list[str]:
     """``count`` tokens like :func:`new_token`'s, drawn at once."""
     drawn = base64.urlsafe_b64encode(secrets.token_bytes(18 * count)).decode()
     return [drawn[i : i + TOKEN_LENGTH] for i in range(0, 24 * count, 24)]
+
+
+_POOL = _TokenPool()
 
 
 def quote_id(token: str, index: int) -> str:
@@ -374,10 +396,13 @@ class QuoteStore:
     async def get(self, quote_id: str) -> StoredQuote | None:
         return self.find(quote_id)
 
-    def keep(self, batch: QuoteBatch, *, size: int | None = None) -> None:
-        """:meth:`put`, without waiting: the store is in this process."""
+    def keep(
+        self, batch: QuoteBatch, *, size: int | None = None, now: dt.datetime | None = None
+    ) -> None:
+        """:meth:`put`, without waiting: the store is in this process. ``now``: the caller's
+        reading of the clock, when it has one."""
         self._batches.put(batch.token, batch, batch_bytes(batch) if size is None else size)
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(dt.UTC) if now is None else now
         while (oldest := self._batches.oldest()) is not None and oldest is not batch:
             if oldest.expires_at + self.grace > now:
                 return

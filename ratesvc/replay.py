@@ -43,7 +43,7 @@ def _rfc3339(moment: dt.datetime) -> bytes:
 
 @dataclass(frozen=True)
 class _Kept:
-    answer: bytes
+    pieces: list[bytes]  # the answer split at its batch's token, joined by a new one per replay
     batch: QuoteBatch
     batch_bytes: int  # its estimate, which every copy of it shares
     fresh_until: dt.datetime
@@ -102,12 +102,14 @@ class AnswerReplay:
         kept = self._kept.get((account, body))
         if kept is None:
             return None
-        if kept.catalog_version != catalog_version or dt.datetime.now(dt.UTC) >= kept.fresh_until:
+        now = dt.datetime.now(dt.UTC)
+        if kept.catalog_version != catalog_version or now >= kept.fresh_until:
             self._kept.pop((account, body))
             return None
         token = new_token()
-        self._store.keep(msgspec.structs.replace(kept.batch, token=token), size=kept.batch_bytes)
-        return kept.answer.replace(kept.batch.token.encode(), token.encode())
+        copy = msgspec.structs.replace(kept.batch, token=token)
+        self._store.keep(copy, size=kept.batch_bytes, now=now)
+        return token.encode().join(kept.pieces)
 
     async def keep(
         self,
@@ -124,7 +126,7 @@ class AnswerReplay:
             return
         size = self._store.size_of(batch.token) or batch_bytes(batch)
         kept = _Kept(
-            answer=answer, batch=batch, batch_bytes=size,
+            pieces=answer.split(batch.token.encode()), batch=batch, batch_bytes=size,
             fresh_until=min(fresh_until, batch.expires_at), catalog_version=catalog_version,
         )  # fmt: skip
         self._kept.put((account, body), kept, ENTRY_BYTES + len(answer) + len(body) + size)

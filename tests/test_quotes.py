@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
+import os
 import tracemalloc
 from collections.abc import Callable
 from decimal import Decimal
@@ -363,3 +364,26 @@ def test_the_rating_fingerprint_names_what_an_answer_depends_on() -> None:
     assert rating_fingerprint(msgspec.structs.replace(account, request_deadline_s=3.0)) == (
         rating_fingerprint(account)
     )  # what does not change an answer does not change it
+
+
+def test_tokens_are_drawn_in_blocks_yet_never_repeat_in_a_forked_worker() -> None:
+    """Quote tokens come from a pool drawn 256 at a time; ``serve --workers`` forks after the
+    service has handed some out. A child inheriting the parent's pool would hand out the very
+    tokens the parent is about to (two workers, one quote id, two different quotes)."""
+    first = new_token()  # the pool is filled now, before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next tokens, to the parent
+        os.close(read)
+        os.write(write, "".join(new_token() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = "".join(new_token() for _ in range(8))
+    assert len(first) == TOKEN_LENGTH and len(child) == 8 * TOKEN_LENGTH
+    assert child != parent
+    assert not {child[i : i + TOKEN_LENGTH] for i in range(0, len(child), TOKEN_LENGTH)} & {
+        parent[i : i + TOKEN_LENGTH] for i in range(0, len(parent), TOKEN_LENGTH)
+    }

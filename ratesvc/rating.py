@@ -388,17 +388,13 @@ class _Draft:
     carrier_code: str
     shares: list[_Priced]
     figures: tuple[Decimal, Decimal, Decimal, Decimal]  # shipment, other, markup, total
+    package_code: str | None  # the one package type of every share, else None
 
     @property
     def order(self) -> tuple[Decimal, str, str, str, str]:
         row = self.shares[0].row
         return (self.figures[3], self.carrier_code, row.service_code, row.service_name,
                 self.package_code or "")  # fmt: skip
-
-    @property
-    def package_code(self) -> str | None:
-        codes = {s.package_code for s in self.shares}
-        return codes.pop() if len(codes) == 1 else None
 
     def line(self) -> QuoteLine:
         row = self.shares[0].row
@@ -438,8 +434,10 @@ def _draft(rule: MarkupRule, shares: list[_Priced]) -> _Draft:
     other_cost = sum((s.row.other_cost for s in shares), Decimal(0))
     markup = (shipment_cost + other_cost) * rule.percent / 100 + rule.flat
     rounded = (to_cents(shipment_cost), to_cents(other_cost), to_cents(markup))
+    codes = {s.package_code for s in shares}
     return _Draft(carrier_code=shares[0].carrier_code, shares=shares,
-                  figures=(*rounded, sum(rounded, Decimal(0))))  # fmt: skip
+                  figures=(*rounded, sum(rounded, Decimal(0))),
+                  package_code=codes.pop() if len(codes) == 1 else None)  # fmt: skip
 
 
 def _age_s(cached: CachedLeg | None) -> float:

@@ -895,10 +895,10 @@ class Ledger:
         purge has locked)."""
         cutoff = format_stamp(before)
         events = await self._delete_batches(
-            "events", "event_id", "status IN ('processed', 'ignored')", cutoff, batch
+            "events", "status", ("processed", "ignored"), "event_id", cutoff, batch
         )
         jobs = await self._delete_batches(
-            "outbox", "id", "state IN ('done', 'cancelled')", cutoff, batch
+            "outbox", "state", ("done", "cancelled"), "id", cutoff, batch
         )
         documents, paths = 0, []
         while True:
@@ -914,28 +914,46 @@ class Ledger:
         return Purged(events=events, jobs=jobs, documents=documents, paths=paths)
 
     async def _delete_batches(
-        self, table: str, key: str, condition: str, cutoff: str, batch: int
+        self, table: str, column: str, states: tuple[str, ...], key: str, cutoff: str, batch: int
     ) -> int:
-        """Rows of ``table`` settled (``condition``) before ``cutoff``, deleted ``batch`` at a
-        time, each batch a statement and a transaction of its own: how many. A batch that runs
-        into the statement cap is retried a quarter the size; what earlier batches deleted
-        stays deleted, so even a purge that gives up has made progress for the next one."""
-        sql = (
-            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "
-            f"WHERE {condition} AND updated_at < ? LIMIT ?)"
-        )
+        """Rows of ``table`` in one of ``states`` (its ``column``) and last changed before
+        ``cutoff``, deleted ``batch`` at a time, each batch a statement and a transaction of its
+        own: how many.
+
+        Each state's rows are walked in ``(updated_at, key)`` order along the index migration 8
+        made, each batch starting where the last ended: no batch scans again what an earlier
+        one deleted (PostgreSQL keeps dead rows in its indexes until vacuumed), so the time per
+        batch stays flat however big the backlog. A batch that runs into the statement cap is
+        retried a quarter the size; what earlier batches deleted stays deleted, so even a purge
+        that gives up has made progress for the next one."""
         deleted = 0
-        while True:
-            try:
-                count = await self._engine.execute(sql, (cutoff, batch))
-            except TimeoutError:
-                if batch <= MIN_PURGE_BATCH:
-                    raise
-                batch = max(MIN_PURGE_BATCH, batch // 4)
-                continue
-            deleted += count
-            if count < batch:
-                return deleted
+        for state in states:
+            after: tuple[Any, ...] = ()  # (updated_at, key) the last batch ended at
+            while True:
+                where = f"{column} = ? AND updated_at < ?" + (
+                    f" AND (updated_at, {key}) > (?, ?)" if after else ""
+                )
+                args = (state, cutoff, *after)
+                try:
+                    found = await self._engine.fetch(
+                        f"SELECT updated_at, {key} FROM {table} WHERE {where} "
+                        f"ORDER BY updated_at, {key} LIMIT 1 OFFSET ?",
+                        (*args, batch - 1),
+                    )
+                    upto = f" AND (updated_at, {key}) <= (?, ?)" if found else ""
+                    deleted += await self._engine.execute(
+                        f"DELETE FROM {table} WHERE {where}{upto}",
+                        (*args, *(found[0] if found else ())),
+                    )
+                except TimeoutError:
+                    if batch <= MIN_PURGE_BATCH:
+                        raise
+                    batch = max(MIN_PURGE_BATCH, batch // 4)
+                    continue
+                if not found:
+                    break
+                after = tuple(found[0])
+        return deleted
 
     async def _purge_documents(
         self, tx: Connection, cutoff: str, batch: int

@@ -165,6 +165,12 @@ SQLITE_MIGRATIONS: list[str] = [
     ALTER TABLE events ADD COLUMN owner TEXT;
     ALTER TABLE events ADD COLUMN lease_until REAL;
     """,
+    # 8: retention walks settled events and outbox jobs in the order they were last changed
+    # (Ledger.purge): batch after batch along these, never scanning again what it deleted.
+    """
+    CREATE INDEX events_settled ON events(status, updated_at, event_id);
+    CREATE INDEX outbox_settled ON outbox(state, updated_at, id);
+    """,
 ]
 
 
@@ -287,6 +293,12 @@ def _postgresql_migrations() -> list[str]:
         ALTER TABLE outbox ADD COLUMN lease_until DOUBLE PRECISION;
         ALTER TABLE events ADD COLUMN owner TEXT;
         ALTER TABLE events ADD COLUMN lease_until DOUBLE PRECISION;
+        """,
+        # 8: retention walks settled events and outbox jobs in the order they were last changed
+        # (Ledger.purge): batch after batch along these, never scanning again what it deleted.
+        """
+        CREATE INDEX events_settled ON events(status, updated_at, event_id);
+        CREATE INDEX outbox_settled ON outbox(state, updated_at, id);
         """,
     ]
 

@@ -262,6 +262,61 @@ async def test_an_account_is_polled_by_one_replica_at_a_time(
     assert survivor.app[keys.POLLER].rounds > before
 
 
+# --- a purchase in progress or reconciling: the same answer from every replica --------------------
+
+
+async def test_a_different_request_for_a_fulfilment_being_bought_is_already_labelled_on_every_replica(  # noqa: E501
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+) -> None:
+    """While replica A's ``createlabel`` call is out, a request with another body for the same
+    fulfilment is a label being bought: 409 ``already_labelled``, whichever replica the load
+    balancer picks. Only A knows its call is out (its unit is ``calling``); B sees the package
+    ``unknown`` in the ledger, and used to answer 409 ``reconciling`` — which API.md keeps for
+    an outcome a time-out or crash left unknown, and which the client (and automation, retrying
+    it with back-off) treats differently. B reads A's live purchase lease, with no reconciling
+    lease beside it, as a purchase in progress."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    sandbox.label_fault = "hang"  # ShipStation buys, then takes its time to answer
+    sandbox.knobs.hang_s = 5
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    other_body = {**SALE, "service_code": "ups_next_day_air"}
+    on_a = await a.post("/v1/labels", json=other_body, headers=AUTH)
+    on_b = await b.post("/v1/labels", json=other_body, headers=AUTH)
+    codes = [(r.status, (await r.json()).get("code")) for r in (on_a, on_b)]
+    sandbox.label_fault = None
+    await buying
+    assert codes == [(409, "already_labelled"), (409, "already_labelled")], codes
+
+
+async def test_a_purchase_whose_outcome_is_being_reconciled_is_reconciling_on_every_replica(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+) -> None:
+    """The other side of the previous test: ShipStation answers ``createlabel`` with a 5xx and
+    cannot list shipments, so A's unit reconciles an unknown outcome while still holding the
+    purchase lease. A request for the fulfilment is then ``reconciling`` on A *and* on B — a
+    live purchase lease alone must not read as a purchase in progress (B would answer
+    ``already_labelled`` for as long as the outcome stays unknown)."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    await a.get("/v1/carriers", headers=AUTH)
+    sandbox.knobs.error_rate = {"*": 1.0}  # createlabel and the shipment list both fail
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, sandbox.calls["/shipments/createlabel"] == 1))
+    await until(lambda: asyncio.sleep(0, sandbox.calls["/shipments"] >= 1))  # reconciling
+    other_body = {**SALE, "service_code": "ups_next_day_air"}
+    on_a = await a.post("/v1/labels", json=other_body, headers=AUTH)
+    on_b = await b.post("/v1/labels", json=other_body, headers=AUTH)
+    codes = [(r.status, (await r.json()).get("code")) for r in (on_a, on_b)]
+    buying.cancel()
+    await asyncio.gather(buying, return_exceptions=True)
+    assert codes == [(409, "reconciling"), (409, "reconciling")], codes
+    assert sandbox.calls["/shipments/createlabel"] == 1
+
+
 # --- voids across replicas ------------------------------------------------------------------
 
 

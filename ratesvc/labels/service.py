@@ -29,6 +29,13 @@ Every replica adopts, at start and then every third of the lease TTL, the unfini
 whose lease is free or expired (their replica died): they are resumed like any unit — an
 ``unknown`` package reconciled against ShipStation before anything is bought again.
 
+Whether an ``unknown`` package is a label *being bought* (``already_labelled``) or an outcome
+*being reconciled* (``reconciling``) is read from the ledger, so every replica answers alike: a
+unit reconciling holds a second lease, ``reconciling:<label id>``, while it looks for the
+outcome at ShipStation. A label whose purchase lease a live owner holds and whose reconciling
+lease nobody does is being bought (its ``createlabel`` call is out, or about to be); a purchase
+lease expired (the buyer died) or a reconciling lease held means the outcome is unknown.
+
 Voids: one at a time per label — in a process a lock, across replicas the label's void lease
 (``void:<label id>``, see :mod:`.void`). A void that finds another running waits for it and
 then runs itself (so a duplicate answers ``already_voided`` once the first voided the label,
@@ -59,7 +66,7 @@ from ratesvc.errors import (
 )
 from ratesvc.labels.documents import CUSTOMS, LABEL, package_pdf
 from ratesvc.labels.lifecycle import LabelStatus, PackageState
-from ratesvc.labels.models import Label, LabelsRequest
+from ratesvc.labels.models import Label, LabelPlan, LabelsRequest
 from ratesvc.labels.plan import fulfilment_key, make_plan, stored_quote
 from ratesvc.labels.printing import merged_label_pdf
 from ratesvc.labels.purchase import LabelTiming, PurchaseUnit
@@ -72,6 +79,7 @@ from ratesvc.storage.ledger import (
     IdempotencyConflict,
     IllegalTransition,
     Ledger,
+    PackageRow,
     PurchaseRow,
     now_text,
 )
@@ -82,6 +90,38 @@ S = LabelStatus
 HOUSEKEEPING_S = 3600.0
 WATCH_S = (0.05, 1.0)  # watching a label another replica buys: first and longest pause
 PURCHASE_LEASE = "purchase:"  # + label id: held by the unit buying the label (see .purchase)
+RECONCILING_LEASE = "reconciling:"  # + label id: held while that unit reconciles an outcome
+
+
+class _Unit(PurchaseUnit):
+    """A purchase unit that tells every replica when it is reconciling: while it looks for an
+    ``unknown`` package's outcome at ShipStation it holds the label's reconciling lease, so a
+    request on any replica answers ``reconciling`` then, and ``already_labelled`` while the
+    unit is merely buying (see :meth:`Labels._unknown_outcome`)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        services: AccountServices,
+        label_id: str,
+        *,
+        timing: LabelTiming,
+        on_queued: Callable[[], None],
+    ) -> None:
+        super().__init__(ledger, services, label_id, timing=timing, on_queued=on_queued)
+        self._reconciling = Lease(
+            ledger, f"{RECONCILING_LEASE}{label_id}", ttl_s=timing.lease_ttl_s
+        )
+
+    async def _settle(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
+        try:
+            await self._reconciling.acquire()  # taken by another owner: it says so already
+        except Exception as exc:  # the ledger away: the settling itself will find out
+            log.warning("%s not taken (%r)", self._reconciling.name, exc)
+        try:
+            return await super()._settle(plan, package)
+        finally:
+            await self._reconciling.release()
 
 
 class Labels:
@@ -250,13 +290,26 @@ class Labels:
         )
 
     async def _unknown_outcome(self, label_id: str) -> bool:
-        """A package's outcome is unknown and being reconciled — not merely a ``createlabel``
-        call of this process still waiting for its answer (that label is simply being bought)."""
+        """A package's outcome is unknown and being reconciled (or waiting for a replica to
+        reconcile it) — not a label simply being bought, whichever replica buys it: a
+        ``createlabel`` call of this process waiting for its answer, or an ``unknown`` package
+        of a label whose purchase lease a live owner holds while nobody holds its reconciling
+        lease (that owner's unit is buying, not reconciling)."""
         running = self._units.get(label_id)
         if running is not None and running[1].calling:
             return False
         packages = await self._ledger.packages(label_id)
-        return any(p.state == PackageState.UNKNOWN for p in packages)
+        if not any(p.state == PackageState.UNKNOWN for p in packages):
+            return False
+        return not await self._being_bought(label_id)
+
+    async def _being_bought(self, label_id: str) -> bool:
+        """From the ledger: a live owner drives the label's purchase and is not reconciling."""
+        buyer = await self._ledger.lease(f"{PURCHASE_LEASE}{label_id}")
+        if buyer is None or buyer[1] <= 0:  # nobody, or a replica that died: unknown
+            return False
+        reconciler = await self._ledger.lease(f"{RECONCILING_LEASE}{label_id}")
+        return reconciler is None or reconciler[1] <= 0
 
     async def _relabel_allowed(self, services: AccountServices, request: LabelsRequest) -> bool:
         """A sale whose earlier labels were voided may be labelled again although its Ship stays
@@ -306,7 +359,7 @@ class Labels:
         running = self._units.get(label_id)
         if running is not None and not running[0].done():
             return running[0]
-        purchase = PurchaseUnit(
+        purchase = _Unit(
             self._ledger, services, label_id, timing=self._timing,
             on_queued=self._on_queued,
         )  # fmt: skip
@@ -335,7 +388,7 @@ class Labels:
 
         Voids cut off midway are settled first — but not one another replica is running (its
         void lease is held): a replica starting during a void leaves it to its runner."""
-        for prefix in (PURCHASE_LEASE, VOID_LEASE):
+        for prefix in (PURCHASE_LEASE, RECONCILING_LEASE, VOID_LEASE):
             await self._ledger.abandon_leases(prefix)
         await settle_interrupted_voids(self._ledger, self._on_queued, self._void_claim)
         adopted = await self._adopt()
@@ -393,8 +446,9 @@ class Labels:
         for task in units:
             task.cancel()
         await asyncio.gather(*units, return_exceptions=True)
-        try:  # each unit gave its lease back; this catches one cut off as it was taken
-            await self._ledger.release_own_leases(PURCHASE_LEASE)
+        try:  # each unit gave its leases back; this catches one cut off as it was taken
+            for prefix in (PURCHASE_LEASE, RECONCILING_LEASE):
+                await self._ledger.release_own_leases(prefix)
         except Exception as exc:
             log.warning("purchase leases not given back (%r): they expire", exc)
 

@@ -125,6 +125,24 @@ async def test_abandoning_at_start_takes_every_lease_only_with_one_process(
     assert not await b.acquire_lease("poller:acme", TTL)
 
 
+async def test_expired_leases_are_listed_by_prefix_for_the_sweep_of_cut_off_work(
+    pair: tuple[Ledger, Ledger], ledger_url: str
+) -> None:
+    """A void whose replica died leaves its ``void:`` lease to expire: the other replicas find
+    it there (a live one, another prefix's, or one given back is not listed)."""
+    a, b = pair
+    for name in ("void:lb_1", "void:lb_2", "void:lb_3", "purchase:lb_1"):
+        assert await a.acquire_lease(name, TTL)
+    assert await b.expired_leases("void:") == []
+    await expire(ledger_url)
+    assert await a.acquire_lease("void:lb_2", TTL)  # renewed after all: live again
+    assert await a.release_lease("void:lb_3")  # given back: nothing was cut off
+
+    assert await b.expired_leases("void:") == ["void:lb_1"]
+    assert await b.acquire_lease("void:lb_1", TTL)  # taken by the sweeper: no longer expired
+    assert await b.expired_leases("void:") == []
+
+
 async def test_a_fenced_write_is_refused_once_the_lease_changed_hands(
     pair: tuple[Ledger, Ledger], ledger_url: str
 ) -> None:

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from ratesvc import keys
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
+from ratesvc.labels.void import void_label
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from ratesvc.storage.postgres_engine import PostgresEngine
@@ -31,6 +32,8 @@ from tests.ledger_sql import ledger_sql
 TTL = "1"  # RATESVC_LEASE_TTL_S: a dead replica's work is adopted about a second later
 SALE = {"sale_id": "sale-simple", "task_id": "task-sale-simple", "carrier_code": "ups",
         "service_code": "ups_ground"}  # fmt: skip
+MULTIBOX = {"sale_id": "sale-multibox", "task_id": "task-sale-multibox", "carrier_code": "ups",
+            "service_code": "ups_ground"}  # fmt: skip
 FAST = {"RATESVC_LABEL_SETTLE_S": "0", "RATESVC_WRITEBACK_RETRY_S": "0.05",
         "RATESVC_CIN7_MIN_INTERVAL_S": "0.01", "RATESVC_LEASE_TTL_S": TTL}  # fmt: skip
 
@@ -74,6 +77,11 @@ async def die(replica: TestClient) -> None:
 async def lease_owner(url: str, name: str) -> str | None:
     rows = await ledger_sql(url, "SELECT owner FROM leases WHERE name = ?", (name,))
     return str(rows[0][0]) if rows else None
+
+
+def sale_tracking(cin7: Cin7Sandbox, sale_id: str) -> set[str]:
+    lines = cin7.fulfilment(sale_id)["Ship"]["Lines"]
+    return {line["TrackingNumber"] for line in lines if line.get("TrackingNumber")}
 
 
 def ships(cin7: Cin7Sandbox) -> int:
@@ -130,6 +138,14 @@ async def test_a_purchase_is_driven_by_one_replica_and_adopted_by_another_when_i
 
 async def label_status(client: TestClient, label_id: str, status: str) -> bool:
     return bool((await label_of(client, label_id))["status"] == status)
+
+
+async def bought_and_written_back(client: TestClient, body: dict[str, Any]) -> str:
+    response = await client.post("/v1/labels", json=body, headers=AUTH)
+    assert response.status == 201, await response.text()
+    label_id = str((await response.json())["label_id"])
+    await until(lambda: label_status(client, label_id, "completed"), seconds=15)
+    return label_id
 
 
 async def test_a_running_write_back_is_not_stolen_by_a_starting_replica_but_adopted_when_its_own_dies(  # noqa: E501
@@ -244,3 +260,242 @@ async def test_an_account_is_polled_by_one_replica_at_a_time(
     before = survivor.app[keys.POLLER].rounds
     await asyncio.sleep(2.5)  # its lease expires (interval + TTL), then the survivor polls
     assert survivor.app[keys.POLLER].rounds > before
+
+
+# --- a purchase in progress or reconciling: the same answer from every replica --------------------
+
+
+async def test_a_different_request_for_a_fulfilment_being_bought_is_already_labelled_on_every_replica(  # noqa: E501
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+) -> None:
+    """While replica A's ``createlabel`` call is out, a request with another body for the same
+    fulfilment is a label being bought: 409 ``already_labelled``, whichever replica the load
+    balancer picks. Only A knows its call is out (its unit is ``calling``); B sees the package
+    ``unknown`` in the ledger, and used to answer 409 ``reconciling`` — which API.md keeps for
+    an outcome a time-out or crash left unknown, and which the client (and automation, retrying
+    it with back-off) treats differently. B reads A's live purchase lease, with no reconciling
+    lease beside it, as a purchase in progress."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    sandbox.label_fault = "hang"  # ShipStation buys, then takes its time to answer
+    sandbox.knobs.hang_s = 5
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    other_body = {**SALE, "service_code": "ups_next_day_air"}
+    on_a = await a.post("/v1/labels", json=other_body, headers=AUTH)
+    on_b = await b.post("/v1/labels", json=other_body, headers=AUTH)
+    codes = [(r.status, (await r.json()).get("code")) for r in (on_a, on_b)]
+    sandbox.label_fault = None
+    await buying
+    assert codes == [(409, "already_labelled"), (409, "already_labelled")], codes
+
+
+async def test_a_purchase_whose_outcome_is_being_reconciled_is_reconciling_on_every_replica(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+) -> None:
+    """The other side of the previous test: ShipStation answers ``createlabel`` with a 5xx and
+    cannot list shipments, so A's unit reconciles an unknown outcome while still holding the
+    purchase lease. A request for the fulfilment is then ``reconciling`` on A *and* on B — a
+    live purchase lease alone must not read as a purchase in progress (B would answer
+    ``already_labelled`` for as long as the outcome stays unknown)."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    await a.get("/v1/carriers", headers=AUTH)
+    sandbox.knobs.error_rate = {"*": 1.0}  # createlabel and the shipment list both fail
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, sandbox.calls["/shipments/createlabel"] == 1))
+    await until(lambda: asyncio.sleep(0, sandbox.calls["/shipments"] >= 1))  # reconciling
+    other_body = {**SALE, "service_code": "ups_next_day_air"}
+    on_a = await a.post("/v1/labels", json=other_body, headers=AUTH)
+    on_b = await b.post("/v1/labels", json=other_body, headers=AUTH)
+    codes = [(r.status, (await r.json()).get("code")) for r in (on_a, on_b)]
+    buying.cancel()
+    await asyncio.gather(buying, return_exceptions=True)
+    assert codes == [(409, "reconciling"), (409, "reconciling")], codes
+    assert sandbox.calls["/shipments/createlabel"] == 1
+
+
+# --- voids across replicas ------------------------------------------------------------------
+
+
+async def test_the_same_void_sent_to_two_replicas_voids_once_and_answers_like_a_duplicate(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """A client whose void timed out retries it through the load balancer: the retry lands on
+    replica B while A is still voiding. The one-void-per-label lock was per process, so both
+    called ShipStation; the second was told 'already voided', found the shipment voided and
+    moved the package ``bought -> voided`` — which A had done: IllegalTransition, a 500. Now
+    the void holds the label's void lease: B waits for A's void (longer than a lease TTL: A
+    renews it), then finds the label voided and answers 409 ``already_voided`` — what a
+    duplicate in one process answers. ShipStation is asked once; one correction is queued."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    label_id = await bought_and_written_back(a, SALE)
+    at_shipstation = asyncio.Event()
+    release = asyncio.Event()
+    client = a.app[keys.ACCOUNTS]["default"].shipstation
+    real = client.void_label
+
+    async def slow(shipment_id: int, **kwargs: Any) -> Any:
+        at_shipstation.set()
+        await release.wait()
+        return await real(shipment_id, **kwargs)
+
+    client.void_label = slow  # type: ignore[method-assign]
+    on_a = asyncio.create_task(a.post(f"/v1/labels/{label_id}/void", headers=AUTH))
+    await asyncio.wait_for(at_shipstation.wait(), 10)
+    on_b = asyncio.create_task(b.post(f"/v1/labels/{label_id}/void", headers=AUTH))
+    await asyncio.sleep(1.5)  # more than a lease TTL: A renews its void lease, B waits for it
+    holder = await lease_owner(postgres_url, f"void:{label_id}")
+    b_waited = not on_b.done()
+    release.set()
+    answers = [await on_a, await on_b]
+    codes = [(r.status, (await r.json()).get("code")) for r in answers]
+    corrections = await ledger_sql(
+        postgres_url, "SELECT id FROM outbox WHERE label_id = ? AND kind = 'void_correction'",
+        (label_id,),
+    )  # fmt: skip
+    assert codes == [(200, None), (409, "already_voided")], codes
+    assert b_waited and holder == a.app[keys.LEDGER].owner
+    assert sandbox.calls["/shipments/voidlabel"] == 1
+    assert len(corrections) == 1
+    assert await lease_owner(postgres_url, f"void:{label_id}") is None  # given back
+
+
+async def test_two_voids_that_both_reach_shipstation_record_the_label_voided_once(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """Belt and braces behind the void lease: two voids of one label at ShipStation together
+    (a void whose lease ran out while its replica could not renew it, and the void that took
+    it). The second is told 'already voided' and finds the shipment voided; the package (and
+    then the label) is already recorded ``voided`` by the first. That is progress, not an
+    error: it used to raise IllegalTransition — a 500, and the label's void never recorded by
+    the replica that got there first. Both voids end quietly; one correction is queued."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    label_id = await bought_and_written_back(a, SALE)
+    arrived: list[int] = []
+    both = asyncio.Event()
+    for replica in (a, b):
+        client = replica.app[keys.ACCOUNTS]["default"].shipstation
+        real = client.void_label
+
+        async def together(shipment_id: int, *, real: Any = real, **kwargs: Any) -> Any:
+            arrived.append(shipment_id)
+            if len(arrived) >= 2:
+                both.set()
+            await asyncio.wait_for(both.wait(), 10)
+            return await real(shipment_id, **kwargs)
+
+        client.void_label = together
+    await asyncio.gather(*(
+        void_label(r.app[keys.LEDGER], r.app[keys.ACCOUNTS]["default"], label_id, lambda: None)
+        for r in (a, b)
+    ))  # fmt: skip
+    corrections = await ledger_sql(
+        postgres_url, "SELECT id FROM outbox WHERE label_id = ? AND kind = 'void_correction'",
+        (label_id,),
+    )  # fmt: skip
+    assert sandbox.calls["/shipments/voidlabel"] == 2
+    assert (await label_of(b, label_id))["status"] == "voided"
+    assert len(corrections) == 1
+
+
+async def test_a_replica_starting_during_a_void_leaves_it_to_the_replica_voiding(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """Every replica settles, at start-up, the voids a crash cut off between two boxes — and
+    took any live label with a voided box for one. A voids a 2-box label: box 1 is voided and
+    recorded, box 2's void is at ShipStation. B starts (a rolling deploy, a scale-out): it used
+    to move the label to ``attention`` ('a void was interrupted after some boxes: void again'
+    — a person told to void a label being voided) and queue a tracking correction, and A then
+    queued another. A's void lease is live: B leaves the label alone."""
+    a = await make_replica("a")
+    label_id = await bought_and_written_back(a, MULTIBOX)
+    client = a.app[keys.ACCOUNTS]["default"].shipstation
+    real = client.void_label
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def second_box_slow(shipment_id: int, **kwargs: Any) -> Any:
+        calls.append(shipment_id)
+        if len(calls) == 2:
+            await release.wait()
+        return await real(shipment_id, **kwargs)
+
+    client.void_label = second_box_slow  # type: ignore[method-assign]
+    voiding = asyncio.create_task(a.post(f"/v1/labels/{label_id}/void", headers=AUTH))
+    await until(lambda: asyncio.sleep(0, len(calls) == 2))
+    b = await make_replica("b")  # starts while A waits for box 2's void
+    during = await label_of(b, label_id)
+    await asyncio.sleep(1.5)  # B's sweeps of expired void leases find none: A renews its own
+    still = await label_of(b, label_id)
+    release.set()
+    answer = await voiding
+    corrections = await ledger_sql(
+        postgres_url, "SELECT id FROM outbox WHERE label_id = ? AND kind = 'void_correction'",
+        (label_id,),
+    )  # fmt: skip
+    assert answer.status == 200, await answer.text()
+    assert (await answer.json())["status"] == "voided"
+    assert [during["status"], still["status"]] == ["completed", "completed"], (during, still)
+    assert len(corrections) == 1
+
+
+async def test_a_void_cut_off_by_its_replica_dying_is_settled_by_another_once_its_lease_expires(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """A dies between box 1's void (recorded) and box 2's. Start-up settling now leaves a label
+    whose void lease is held, so a cut-off void must still be settled by someone: B, running
+    all along, sweeps the void leases that expired and settles that label — to ``attention``
+    ('void again'), box 1's tracking corrected off the sale, box 2's kept."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    label_id = await bought_and_written_back(a, MULTIBOX)
+    _, second = (await label_of(a, label_id))["packages"]
+    client = a.app[keys.ACCOUNTS]["default"].shipstation
+    real = client.void_label
+    calls: list[int] = []
+
+    async def dies_at_the_second_box(shipment_id: int, **kwargs: Any) -> Any:
+        calls.append(shipment_id)
+        if len(calls) == 2:
+            await asyncio.Event().wait()  # until the replica is gone
+        return await real(shipment_id, **kwargs)
+
+    client.void_label = dies_at_the_second_box  # type: ignore[method-assign]
+    voiding = asyncio.create_task(a.post(f"/v1/labels/{label_id}/void", headers=AUTH))
+    await until(lambda: asyncio.sleep(0, len(calls) == 2))
+    await die(a)
+    voiding.cancel()
+    await asyncio.gather(voiding, return_exceptions=True)
+
+    await until(lambda: label_status(b, label_id, "attention"), seconds=10)
+    shown = await label_of(b, label_id)
+
+    async def drained() -> bool:
+        rows = await ledger_sql(
+            postgres_url, "SELECT kind, state FROM outbox WHERE label_id = ? ORDER BY id",
+            (label_id,),
+        )  # fmt: skip
+        return rows == [("write_back", "done"), ("void_correction", "done")]
+
+    await until(drained, seconds=15)
+    assert "interrupted" in shown["detail"]
+    assert [p["state"] for p in shown["packages"]] == ["voided", "bought"]
+    assert sale_tracking(cin7_sandbox, "sale-multibox") == {second["tracking_number"]}
+    assert await lease_owner(postgres_url, f"void:{label_id}") is None

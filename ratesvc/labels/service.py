@@ -28,6 +28,19 @@ start buying: it watches the label's row in the ledger until it is bought or ``w
 Every replica adopts, at start and then every third of the lease TTL, the unfinished purchases
 whose lease is free or expired (their replica died): they are resumed like any unit — an
 ``unknown`` package reconciled against ShipStation before anything is bought again.
+
+Whether an ``unknown`` package is a label *being bought* (``already_labelled``) or an outcome
+*being reconciled* (``reconciling``) is read from the ledger, so every replica answers alike: a
+unit reconciling holds a second lease, ``reconciling:<label id>``, while it looks for the
+outcome at ShipStation. A label whose purchase lease a live owner holds and whose reconciling
+lease nobody does is being bought (its ``createlabel`` call is out, or about to be); a purchase
+lease expired (the buyer died) or a reconciling lease held means the outcome is unknown.
+
+Voids: one at a time per label — in a process a lock, across replicas the label's void lease
+(``void:<label id>``, see :mod:`.void`). A void that finds another running waits for it and
+then runs itself (so a duplicate answers ``already_voided`` once the first voided the label,
+whichever replica each landed on). A void cut off midway (its replica died) leaves its lease to
+expire: every replica sweeps expired void leases as it adopts purchases and settles those voids.
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
@@ -47,22 +60,26 @@ from ratesvc.errors import (
     IdempotencyKeyReused,
     NotFound,
     Reconciling,
+    RequestError,
+    UpstreamFailure,
+    VoidRejected,
 )
 from ratesvc.labels.documents import CUSTOMS, LABEL, package_pdf
 from ratesvc.labels.lifecycle import LabelStatus, PackageState
-from ratesvc.labels.models import Label, LabelsRequest
+from ratesvc.labels.models import Label, LabelPlan, LabelsRequest
 from ratesvc.labels.plan import fulfilment_key, make_plan, stored_quote
 from ratesvc.labels.printing import merged_label_pdf
 from ratesvc.labels.purchase import LabelTiming, PurchaseUnit
 from ratesvc.labels.retention import Retention
 from ratesvc.labels.views import label_view
-from ratesvc.labels.void import settle_interrupted_voids, void_label
+from ratesvc.labels.void import VOID_LEASE, settle_interrupted_voids, void_label
 from ratesvc.quotes import QuoteStoreProtocol
-from ratesvc.storage.leases import renew_every
+from ratesvc.storage.leases import Lease, renew_every
 from ratesvc.storage.ledger import (
     IdempotencyConflict,
     IllegalTransition,
     Ledger,
+    PackageRow,
     PurchaseRow,
     now_text,
 )
@@ -72,6 +89,39 @@ log = logging.getLogger(__name__)
 S = LabelStatus
 HOUSEKEEPING_S = 3600.0
 WATCH_S = (0.05, 1.0)  # watching a label another replica buys: first and longest pause
+PURCHASE_LEASE = "purchase:"  # + label id: held by the unit buying the label (see .purchase)
+RECONCILING_LEASE = "reconciling:"  # + label id: held while that unit reconciles an outcome
+
+
+class _Unit(PurchaseUnit):
+    """A purchase unit that tells every replica when it is reconciling: while it looks for an
+    ``unknown`` package's outcome at ShipStation it holds the label's reconciling lease, so a
+    request on any replica answers ``reconciling`` then, and ``already_labelled`` while the
+    unit is merely buying (see :meth:`Labels._unknown_outcome`)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        services: AccountServices,
+        label_id: str,
+        *,
+        timing: LabelTiming,
+        on_queued: Callable[[], None],
+    ) -> None:
+        super().__init__(ledger, services, label_id, timing=timing, on_queued=on_queued)
+        self._reconciling = Lease(
+            ledger, f"{RECONCILING_LEASE}{label_id}", ttl_s=timing.lease_ttl_s
+        )
+
+    async def _settle(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
+        try:
+            await self._reconciling.acquire()  # taken by another owner: it says so already
+        except Exception as exc:  # the ledger away: the settling itself will find out
+            log.warning("%s not taken (%r)", self._reconciling.name, exc)
+        try:
+            return await super()._settle(plan, package)
+        finally:
+            await self._reconciling.release()
 
 
 class Labels:
@@ -240,13 +290,26 @@ class Labels:
         )
 
     async def _unknown_outcome(self, label_id: str) -> bool:
-        """A package's outcome is unknown and being reconciled — not merely a ``createlabel``
-        call of this process still waiting for its answer (that label is simply being bought)."""
+        """A package's outcome is unknown and being reconciled (or waiting for a replica to
+        reconcile it) — not a label simply being bought, whichever replica buys it: a
+        ``createlabel`` call of this process waiting for its answer, or an ``unknown`` package
+        of a label whose purchase lease a live owner holds while nobody holds its reconciling
+        lease (that owner's unit is buying, not reconciling)."""
         running = self._units.get(label_id)
         if running is not None and running[1].calling:
             return False
         packages = await self._ledger.packages(label_id)
-        return any(p.state == PackageState.UNKNOWN for p in packages)
+        if not any(p.state == PackageState.UNKNOWN for p in packages):
+            return False
+        return not await self._being_bought(label_id)
+
+    async def _being_bought(self, label_id: str) -> bool:
+        """From the ledger: a live owner drives the label's purchase and is not reconciling."""
+        buyer = await self._ledger.lease(f"{PURCHASE_LEASE}{label_id}")
+        if buyer is None or buyer[1] <= 0:  # nobody, or a replica that died: unknown
+            return False
+        reconciler = await self._ledger.lease(f"{RECONCILING_LEASE}{label_id}")
+        return reconciler is None or reconciler[1] <= 0
 
     async def _relabel_allowed(self, services: AccountServices, request: LabelsRequest) -> bool:
         """A sale whose earlier labels were voided may be labelled again although its Ship stays
@@ -296,7 +359,7 @@ class Labels:
         running = self._units.get(label_id)
         if running is not None and not running[0].done():
             return running[0]
-        purchase = PurchaseUnit(
+        purchase = _Unit(
             self._ledger, services, label_id, timing=self._timing,
             on_queued=self._on_queued,
         )  # fmt: skip
@@ -321,9 +384,13 @@ class Labels:
         """Adopt every purchase left unsettled (buying, or with an unknown outcome) that no
         live replica drives — with one process (SQLite) every one a previous process left —
         then keep adopting those whose replica dies; and start forgetting what is older than
-        the retention period. How many were adopted now."""
-        await self._ledger.abandon_leases("purchase:")
-        await settle_interrupted_voids(self._ledger, self._on_queued)
+        the retention period. How many were adopted now.
+
+        Voids cut off midway are settled first — but not one another replica is running (its
+        void lease is held): a replica starting during a void leaves it to its runner."""
+        for prefix in (PURCHASE_LEASE, RECONCILING_LEASE, VOID_LEASE):
+            await self._ledger.abandon_leases(prefix)
+        await settle_interrupted_voids(self._ledger, self._on_queued, self._void_claim)
         adopted = await self._adopt()
         self._adopting = asyncio.create_task(self._keep_adopting())
         self._housekeeping = asyncio.create_task(self.retention.run())
@@ -347,8 +414,20 @@ class Labels:
             try:
                 if adopted := await self._adopt():
                     log.info("adopted %d purchase(s) no replica was driving", adopted)
+                if settled := await self._settle_cut_off_voids():
+                    log.info("settled %d void(s) whose replica stopped midway", settled)
             except Exception:  # the ledger away: the next round tries again
-                log.exception("looking for purchases to adopt failed")
+                log.exception("looking for purchases to adopt or voids to settle failed")
+
+    async def _settle_cut_off_voids(self) -> int:
+        """Settle the voids whose lease expired: their runner died (or stopped) midway."""
+        expired = await self._ledger.expired_leases(VOID_LEASE)
+        if not expired:
+            return 0
+        label_ids = [name.removeprefix(VOID_LEASE) for name in expired]
+        return await settle_interrupted_voids(
+            self._ledger, self._on_queued, self._void_claim, label_ids
+        )
 
     async def close(self, grace_s: float = 30.0) -> None:
         """Stop: a unit waiting for ShipStation's answer to ``createlabel`` gets ``grace_s`` to
@@ -367,8 +446,9 @@ class Labels:
         for task in units:
             task.cancel()
         await asyncio.gather(*units, return_exceptions=True)
-        try:  # each unit gave its lease back; this catches one cut off as it was taken
-            await self._ledger.release_own_leases("purchase:")
+        try:  # each unit gave its leases back; this catches one cut off as it was taken
+            for prefix in (PURCHASE_LEASE, RECONCILING_LEASE):
+                await self._ledger.release_own_leases(prefix)
         except Exception as exc:
             log.warning("purchase leases not given back (%r): they expire", exc)
 
@@ -435,17 +515,74 @@ class Labels:
     # --- voiding -------------------------------------------------------------------------------
 
     async def void(self, services: AccountServices, label_id: str) -> Label:
-        """Void the label (see :func:`.void.void_label`), one void at a time per label."""
+        """Void the label (see :func:`.void.void_label`), one void at a time per label across
+        replicas. A void that finds another one running (here or on another replica) waits for
+        it — as long as a void may take (the request deadline), plus a lease TTL for one whose
+        replica died — and then runs itself: a label the first one voided is then
+        ``already_voided``, as for a duplicate in one process. Still running after that:
+        ``void_rejected`` (try again)."""
+        wait_s = services.account.request_deadline_s + self._timing.lease_ttl_s
+        async with self._void_claim(label_id, wait_s=wait_s) as taken:
+            if not taken:
+                raise VoidRejected(
+                    f"label {label_id} is being voided by another request; try again shortly",
+                    label_id=label_id,
+                )
+            await void_label(self._ledger, services, label_id, self._on_queued)
+        return await self.view(label_id, services.account.name)
+
+    @contextlib.asynccontextmanager
+    async def _void_claim(self, label_id: str, *, wait_s: float = 0.0) -> AsyncIterator[bool]:
+        """The label's void claim for the block (True when taken): this process's lock on it,
+        then its void lease in the ledger, renewed while the block runs. ``wait_s``: how long to
+        wait for a void running here or on another replica (0: a label being voided is not
+        taken — settling leaves it to its void).
+
+        A block that ends — or refuses, or fails upstream — having recorded what it did gives
+        the lease back; one cut off (cancelled, the ledger lost, a bug) leaves it to expire, so
+        the sweep of expired void leases settles what it left half done."""
+        if wait_s <= 0 and label_id in self._void_locks:
+            yield False
+            return
         lock, users = self._void_locks.setdefault(label_id, (asyncio.Lock(), [0]))
         users[0] += 1  # holding or waiting: the lock is forgotten only when nobody is
         try:
             async with lock:
-                await void_label(self._ledger, services, label_id, self._on_queued)
+                lease = Lease(
+                    self._ledger, f"{VOID_LEASE}{label_id}", ttl_s=self._timing.lease_ttl_s
+                )
+                if not await self._take_void_lease(lease, wait_s):
+                    yield False
+                    return
+                recorded = False
+                try:
+                    yield True
+                    recorded = True
+                except (RequestError, UpstreamFailure):
+                    recorded = True
+                    raise
+                finally:
+                    if recorded:
+                        await lease.release()
+                    else:
+                        await lease.pause()
         finally:
             users[0] -= 1
             if users[0] == 0:
                 del self._void_locks[label_id]
-        return await self.view(label_id, services.account.name)
+
+    async def _take_void_lease(self, lease: Lease, wait_s: float) -> bool:
+        """Take the void lease, waiting up to ``wait_s`` while another owner holds it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        pause = WATCH_S[0]
+        while not await lease.acquire():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(pause, left))
+            pause = min(WATCH_S[1], pause * 2)
+        return True
 
     async def hold_for_voided_sale(self, account: str, sale_id: str, detail: str) -> list[str]:
         """The sale was voided in Cin7 Core: its labels bought but not yet written back go to

@@ -3,13 +3,22 @@
 A void whose answer was lost (a time-out, a 5xx, an unreadable body) may have happened; a void
 ShipStation refuses may be of a label voided earlier (by a void whose answer was lost). Either
 way ShipStation's own shipment record says: voided there is voided here.
+
+One void runs per label across replicas: it holds the label's void lease
+(:data:`VOID_LEASE` + label id, taken by :class:`~ratesvc.labels.service.Labels`) while it
+calls ShipStation and records what it did. A void that lost its lease midway (renewals failed
+until another replica's void took it) may meet the other's records: a box or a label it finds
+already ``voided`` is progress, not an error. The lease also tells a void cut off by a crash
+(its lease expired with nobody renewing it) from one running on another replica right now
+(:func:`settle_interrupted_voids` leaves those alone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 
 from ratesvc.accounts import AccountServices
 from ratesvc.errors import (
@@ -28,6 +37,11 @@ from ratesvc.storage.ledger import IllegalTransition, Ledger, PackageRow, parse_
 
 log = logging.getLogger(__name__)
 S = LabelStatus
+VOID_LEASE = "void:"  # + label id: held by the one void (or settling of a void) of a label
+
+# A label's void claim: the process's one-void-per-label lock and the label's void lease, taken
+# for the ``async with`` block if it can be (the value says whether it was).
+VoidClaim = Callable[[str], AbstractAsyncContextManager[bool]]
 
 
 async def void_label(
@@ -69,7 +83,15 @@ async def void_label(
         if refusal is not None:
             refused.append(f"box {package.n}: {refusal}")
             continue
-        await ledger.move_package(label_id, package.n, PackageState.VOIDED, {PackageState.BOUGHT})
+        try:
+            await ledger.move_package(
+                label_id, package.n, PackageState.VOIDED, {PackageState.BOUGHT}
+            )
+        except IllegalTransition as exc:
+            if exc.current != PackageState.VOIDED:
+                raise
+            # another void (one whose lease ran out while it worked) recorded it first
+            log.info("box %d of %s was already recorded voided", package.n, label_id)
     voided_now = [p.n for p in await ledger.packages(label_id) if p.state == PackageState.VOIDED]
     if refused and not voided_now:
         if failure is not None:
@@ -91,10 +113,14 @@ async def void_label(
 async def finish_void(
     ledger: Ledger, label_id: str, on_queued: Callable[[], None], *, partly: str | None = None
 ) -> None:
-    """Record the void (whole, or ``partly``: to ``attention``) with its correction."""
+    """Record the void (whole, or ``partly``: to ``attention``) with its correction. A label
+    another void recorded ``voided`` meanwhile is left as it is: the void happened."""
     try:
         _, corrected = await ledger.void(label_id, VOIDABLE, partly=partly)
     except IllegalTransition as exc:
+        if exc.current == S.VOIDED:
+            log.info("label %s was already recorded voided (by another void)", label_id)
+            return
         log.error("refused: %s", exc)
         raise VoidRejected(
             f"label {label_id} changed while it was being voided ({exc.current}); try again"
@@ -103,15 +129,41 @@ async def finish_void(
         on_queued()
 
 
-async def settle_interrupted_voids(ledger: Ledger, on_queued: Callable[[], None]) -> int:
-    """At start-up: a label with voided boxes that is still live was cut off mid-void (a crash
-    between two boxes): it goes to ``attention`` — or, when every box is voided, ``voided`` —
-    and its voided boxes' tracking is corrected."""
-    labels = await ledger.half_voided()
-    for label_id, every_box in labels:
-        partly = None if every_box else "a void was interrupted after some boxes: void again"
-        await finish_void(ledger, label_id, on_queued, partly=partly)
-    return len(labels)
+async def settle_interrupted_voids(
+    ledger: Ledger,
+    on_queued: Callable[[], None],
+    claim: VoidClaim,
+    label_ids: Iterable[str] | None = None,
+) -> int:
+    """A live label with voided boxes was cut off mid-void (a crash between two boxes): it goes
+    to ``attention`` — or, when every box is voided, ``voided`` — and its voided boxes' tracking
+    is corrected. Every such label (at start-up), or those of ``label_ids`` that are (a sweep
+    of void leases found expired). How many were settled.
+
+    Each is settled under its void ``claim``, and looked at again once the claim is taken: a
+    label whose void lease a live owner holds is being voided right now (on another replica,
+    or in this process) and is skipped — its void is running, not cut off; once its runner is
+    gone its lease expires and the sweep settles it."""
+    if label_ids is None:
+        label_ids = [label_id for label_id, _ in await ledger.half_voided()]
+    settled = 0
+    for label_id in label_ids:
+        try:
+            async with claim(label_id) as taken:
+                if not taken:
+                    continue
+                found = await ledger.half_voided(label_id)
+                if not found:  # finished (or never begun) after all: nothing to settle
+                    continue
+                every_box = found[0][1]
+                partly = (
+                    None if every_box else "a void was interrupted after some boxes: void again"
+                )
+                await finish_void(ledger, label_id, on_queued, partly=partly)
+                settled += 1
+        except Exception:  # the next one may still be settled; this one at the next look
+            log.exception("settling the interrupted void of %s failed", label_id)
+    return settled
 
 
 async def void_package(

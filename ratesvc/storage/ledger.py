@@ -254,6 +254,17 @@ class Ledger:
                 )
         return deleted
 
+    async def expired_leases(self, prefix: str) -> list[str]:
+        """The leases named ``prefix…`` whose holder let them expire (on the database's clock)
+        and nobody took since: work cut off by a replica that died or stopped (a graceful end
+        gives its leases back)."""
+        rows = await self._engine.fetch(
+            f"SELECT name FROM leases WHERE substr(name, 1, ?) = ? AND expires_at < {self._now} "
+            "ORDER BY name",
+            (len(prefix), prefix),
+        )
+        return [str(row[0]) for row in rows]
+
     async def _gone_owners(self, sql: str, args: Sequence[Any]) -> list[str]:
         """The owners ``sql`` lists whose process is known to be gone (not ours now)."""
         rows = await self._engine.fetch(sql, args)
@@ -558,18 +569,21 @@ class Ledger:
 
         return await self._engine.run(void)
 
-    async def half_voided(self) -> list[tuple[str, bool]]:
+    async def half_voided(self, label_id: str | None = None) -> list[tuple[str, bool]]:
         """Live labels a void was cut off in: (label id, whether every package is voided) for
         each label with a voided package that is not ``attention``, or is ``attention`` with
-        nothing left bought (a second void finished the boxes but not the label)."""
+        nothing left bought (a second void finished the boxes but not the label). With
+        ``label_id``: that label, if it is one of them."""
+        one = "" if label_id is None else "AND p.label_id = ? "
         rows = await self._engine.fetch(
             "SELECT p.label_id, p.status, "
             "SUM(CASE WHEN k.state = 'voided' THEN 1 ELSE 0 END), "
             "SUM(CASE WHEN k.state NOT IN ('voided', 'failed') THEN 1 ELSE 0 END) "
             "FROM purchases p JOIN packages k ON k.label_id = p.label_id "
             "WHERE p.status IN ('purchased', 'completed', 'write_back_failed', 'attention') "
-            "AND p.label_id IN (SELECT label_id FROM packages WHERE state = 'voided') "
-            "GROUP BY p.label_id, p.status"
+            f"{one}AND p.label_id IN (SELECT label_id FROM packages WHERE state = 'voided') "
+            "GROUP BY p.label_id, p.status",
+            () if label_id is None else (label_id,),
         )
         return [
             (str(label_id), not live)

@@ -244,3 +244,166 @@ async def test_an_account_is_polled_by_one_replica_at_a_time(
     before = survivor.app[keys.POLLER].rounds
     await asyncio.sleep(2.5)  # its lease expires (interval + TTL), then the survivor polls
     assert survivor.app[keys.POLLER].rounds > before
+
+
+# --- a write-back never starts a Cin7 Core write once its claim may have lapsed ------------------
+
+
+async def hang_renewals(replica: TestClient) -> None:
+    """The replica's job renewals (and claims) hang, as statements do when PostgreSQL stops
+    answering without refusing: each waits out the engine's time-out, then fails."""
+
+    async def hangs(*args: object, **kwargs: object) -> Any:
+        await asyncio.sleep(8)
+        raise TimeoutError
+
+    ledger = replica.app[keys.LEDGER]
+    ledger.renew_jobs = hangs
+    ledger.claim_jobs = hangs
+
+
+def hold_first(replica: TestClient, method: str, calls: list[str], hold: asyncio.Event) -> None:
+    """The replica's first Cin7 Core ``method`` call (of all replicas holding ``calls``) is held
+    before it leaves until ``hold`` is set: a slow network, a busy loop, a limiter wait."""
+    cin7 = replica.app[keys.ACCOUNTS]["default"].cin7
+    real = getattr(cin7, method)
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        if len(calls) == 1:
+            await hold.wait()
+        return await real(*args, **kwargs)
+
+    setattr(cin7, method, held)
+
+
+async def running_owner(url: str, label_id: str) -> Any:
+    rows = await ledger_sql(
+        url, "SELECT owner FROM outbox WHERE label_id = ? AND state = 'running'", (label_id,)
+    )
+    return rows[0][0] if rows else None
+
+
+async def test_a_write_back_whose_claim_renewal_hangs_is_not_written_by_both_replicas(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """Regression (review round 4, finding 1). The replica holding a write-back job is slow,
+    not dead: its upload of the label PDF to Cin7 Core has not left yet, and its claim renewal
+    hangs (PostgreSQL stops answering that replica without refusing: each statement waits for
+    the engine's 10 s time-outs), so it cannot claim anything either. The other replica adopts
+    the expired claim, reads the sale (Ship written, no PDF yet) and attaches the PDF. The slow
+    replica must not upload it too: its job is stopped when the claim runs out on its own clock
+    (renewal pending or not), and a write that leaves anyway is confirmed in the ledger first.
+    Before, the PDF was on the sale twice (and with ``invoice_shipping``, the charge could be
+    added twice): the fence only refused the slow replica's ledger settle, after Cin7 Core had
+    been written."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    upload = asyncio.Event()
+    uploads: list[str] = []
+    for replica in (a, b):
+        hold_first(replica, "attach", uploads, upload)
+    response = await a.post("/v1/labels", json=SALE, headers=AUTH)
+    label_id = (await response.json())["label_id"]
+    await until(lambda: asyncio.sleep(0, bool(uploads)))  # the claimer's upload is held
+    slow = a if await running_owner(postgres_url, label_id) == a.app[keys.LEDGER].owner else b
+    await hang_renewals(slow)
+    await until(lambda: asyncio.sleep(0, len(uploads) >= 2), seconds=10)  # adopted, uploaded
+    upload.set()  # the slow upload would leave now
+    await asyncio.sleep(1.0)
+    attached = [x["FileName"] for x in cin7_sandbox.attachments.get("sale-simple", [])]
+    assert len(attached) == 1, f"written back by both replicas: attachments {attached}"
+    await until(lambda: label_status(b, label_id, "completed"))
+
+
+async def test_a_slow_write_back_of_a_voided_label_does_not_land_after_its_correction(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """Regression (review round 4, finding 2). The replica writing the Ship is slow (its POST
+    has not left) when the label is voided: the void sees the job running and queues the
+    tracking correction behind it. The slow replica's renewal hangs and its claim expires; the
+    other replica adopts the write-back (label voided: cancelled, nothing written), then runs
+    the correction: the Ship holds no tracking yet, nothing to clear, done. The slow POST must
+    not land after that: before, the voided label's tracking stayed on the Cin7 Core sale, Ship
+    authorised, with no job left to clear it — a write-back applied to a voided label, for
+    good."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    post = asyncio.Event()
+    posts: list[str] = []
+    for replica in (a, b):
+        hold_first(replica, "ship", posts, post)
+    response = await a.post("/v1/labels", json=SALE, headers=AUTH)
+    label_id = (await response.json())["label_id"]
+    await until(lambda: asyncio.sleep(0, bool(posts)))  # the Ship POST is held
+    voided = await b.post(f"/v1/labels/{label_id}/void", headers=AUTH)
+    assert voided.status == 200, await voided.text()
+    slow = a if await running_owner(postgres_url, label_id) == a.app[keys.LEDGER].owner else b
+    await hang_renewals(slow)
+    jobs = "SELECT kind, state FROM outbox WHERE label_id = ? ORDER BY id"
+
+    async def corrected() -> bool:
+        done = [("write_back", "cancelled"), ("void_correction", "done")]
+        return await ledger_sql(postgres_url, jobs, (label_id,)) == done
+
+    await until(corrected, seconds=10)  # adopted, cancelled, corrected
+    post.set()  # the slow POST would leave now
+    await asyncio.sleep(1.0)
+    summary = cin7_sandbox.summary("sale-simple")
+    label = await label_of(b, label_id)
+    tracking = {p["tracking_number"] for p in label["packages"]}
+    assert not any(t in str(summary) for t in tracking), (
+        f"voided label {label_id}'s tracking {tracking} is on the sale: {summary}"
+    )
+
+
+@pytest.mark.parametrize("claim", ["adopted", "about_to_lapse"])
+async def test_a_write_back_confirms_its_claim_in_the_ledger_before_each_cin7_write(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+    claim: str,
+) -> None:
+    """The replica's own idea of its claim can be wrong: a VM paused and resumed (the monotonic
+    clock does not count the pause), a loop stalled between the renewal and the write. Its
+    renewal round has not run yet, so nothing stopped the job — but in the ledger the claim was
+    adopted by another replica, or has less than the margin (a third of the TTL) left. Right
+    before the Cin7 Core write leaves, the ledger is asked: the write is not sent, and nothing is
+    settled or recorded against the label (the job is not this replica's to settle); once the
+    claim lapses, the job is claimed again and done once."""
+    a = await make_replica("a", RATESVC_LEASE_TTL_S="30")  # no renewal round during the test
+    upload = asyncio.Event()
+    uploads: list[str] = []
+    hold_first(a, "attach", uploads, upload)
+    response = await a.post("/v1/labels", json=SALE, headers=AUTH)
+    label_id = (await response.json())["label_id"]
+    await until(lambda: asyncio.sleep(0, bool(uploads)))  # the Ship is written, the PDF held
+    now = "EXTRACT(EPOCH FROM clock_timestamp())"
+    if claim == "adopted":
+        change = f"owner = 'elsewhere:1:00000000', lease_until = {now} + 30"
+    else:
+        change = f"lease_until = {now} + 2"  # still a's, less than the 10 s margin left
+    await ledger_sql(postgres_url, f"UPDATE outbox SET {change} WHERE label_id = ?", (label_id,))
+    upload.set()
+    await asyncio.sleep(0.5)
+    assert cin7_sandbox.attachments.get("sale-simple", []) == []
+    assert (await label_of(a, label_id))["status"] == "purchased"
+    rows = await ledger_sql(
+        postgres_url, "SELECT state, attempts, last_error FROM outbox WHERE label_id = ?",
+        (label_id,),
+    )  # fmt: skip
+    assert rows == [("running", 0, None)], rows  # left to whoever claims it next
+    if claim == "adopted":
+        return
+    await asyncio.sleep(2.0)  # the claim lapses; a starting replica takes the job at once
+    b = await make_replica("b", RATESVC_LEASE_TTL_S="30")
+    await until(lambda: label_status(b, label_id, "completed"), seconds=10)
+    assert len(cin7_sandbox.attachments["sale-simple"]) == 1
+    assert ships(cin7_sandbox) == 1

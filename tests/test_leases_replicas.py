@@ -10,6 +10,8 @@ holds is given back), then its tasks stop wherever they are."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from ratesvc import keys
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
+from ratesvc.labels import reconcile
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from ratesvc.storage.postgres_engine import PostgresEngine
@@ -371,8 +374,9 @@ async def test_a_write_back_confirms_its_claim_in_the_ledger_before_each_cin7_wr
     postgres_url: str,
     claim: str,
 ) -> None:
-    """The replica's own idea of its claim can be wrong: a VM paused and resumed (the monotonic
-    clock does not count the pause), a loop stalled between the renewal and the write. Its
+    """The replica's own idea of its claim can be wrong: a machine suspended and resumed (its
+    monotonic clock may not count the suspension), a loop stalled between the renewal and the
+    write. Its
     renewal round has not run yet, so nothing stopped the job — but in the ledger the claim was
     adopted by another replica, or has less than the margin (a third of the TTL) left. Right
     before the Cin7 Core write leaves, the ledger is asked: the write is not sent, and nothing is
@@ -407,3 +411,41 @@ async def test_a_write_back_confirms_its_claim_in_the_ledger_before_each_cin7_wr
     await until(lambda: label_status(b, label_id, "completed"), seconds=10)
     assert len(cin7_sandbox.attachments["sale-simple"]) == 1
     assert ships(cin7_sandbox) == 1
+
+
+# --- clocks ----------------------------------------------------------------------------------
+
+
+async def test_a_replica_whose_clock_is_behind_does_not_rebuy_a_package_it_reconciles(
+    make_replica: MakeReplica, sandbox: ShipStationSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (review round 4, finding 7). Attempt ages are on the database's clock, but
+    the shipment list used to end at the replica's own clock (``createDateEnd = now + 10
+    min``). A replica whose clock is more than 10 minutes behind (a VM resumed from a pause, a
+    host without NTP) listed a window ending before the attempt: the shipment ShipStation sold
+    was not in it, every page was read, the attempt (on the database's clock) was older than
+    ``settle_s`` — the package was taken for provably absent and bought again. The list has no
+    end now."""
+    a = await make_replica("a", RATESVC_LABEL_SETTLE_S="1")
+
+    class Behind(dt.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:  # type: ignore[override]
+            return dt.datetime.now(tz) - dt.timedelta(minutes=15)
+
+    monkeypatch.setattr(
+        reconcile, "dt",
+        types.SimpleNamespace(datetime=Behind, UTC=dt.UTC, timedelta=dt.timedelta),
+    )  # fmt: skip
+    sandbox.knobs.createlabel_faults = ["drop_after_buy"]  # bought; the answer is lost
+    response = await a.post("/v1/labels", json=SALE, headers=AUTH)
+    label_id = (await response.json())["label_id"]
+
+    async def settled() -> bool:
+        return bool((await label_of(a, label_id))["status"] != "purchasing")
+
+    await until(settled, seconds=20)
+    assert sandbox.calls["/shipments/createlabel"] == 1, (
+        f"bought {sandbox.calls['/shipments/createlabel']} times for one package"
+    )
+    assert "recovered" in (await label_of(a, label_id))["detail"]

@@ -249,6 +249,119 @@ async def test_an_account_is_polled_by_one_replica_at_a_time(
     assert survivor.app[keys.POLLER].rounds > before
 
 
+# --- a purchase whose buyer lost its lease while createlabel was out ---------------------------
+
+
+def partition_from_ledger(replica: TestClient) -> None:
+    """The replica can no longer renew its leases (a network partition from PostgreSQL, a
+    stalled event loop): the renewal statement fails, everything else keeps going."""
+
+    async def renew_fails(*args: object, **kwargs: object) -> bool:
+        raise ConnectionError("partitioned from the ledger")
+
+    replica.app[keys.LEDGER].renew_lease = renew_fails
+
+
+async def test_a_label_bought_while_the_buyer_could_not_renew_keeps_its_pdf(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+) -> None:
+    """Regression (review round 4, finding 6). A's createlabel is out (ShipStation slow to
+    answer) when A stops being able to renew its lease (a PostgreSQL blip on A's side); B adopts
+    the purchase and finds the shipment in ShipStation's list — which carries no label data.
+    ShipStation then answers A with the label and its PDF. Before, A's record of it was fenced
+    on the lease, refused and thrown away, and B recorded the shipment from the list: no label
+    to print (404 on label.pdf), nothing attached to the sale, 'reprint its PDF from
+    ShipStation' although ratesvc had the PDF in hand. Now A records the answer guarded by the
+    package's state alone, and B, finding the shipment while A's answer may still come (within
+    settle_s of the send), waits for it and takes it; the label is bought once, with its PDF,
+    and written back once by B."""
+    a = await make_replica("a", RATESVC_LABEL_SETTLE_S="10")
+    b = await make_replica("b", RATESVC_LABEL_SETTLE_S="10")
+    sandbox.label_fault = "hang"
+    sandbox.knobs.hang_s = 3
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    partition_from_ledger(a)  # from here A's renewals fail; B adopts about 1 s later
+    answer = await asyncio.wait_for(buying, 30)
+    sandbox.label_fault = None
+    label_id = (await answer.json())["label_id"]
+    await until(lambda: label_status(b, label_id, "completed"), seconds=30)
+    pdf = await b.get(f"/v1/labels/{label_id}/packages/1/label.pdf", headers=AUTH)
+    attached = [x["FileName"] for x in cin7_sandbox.attachments.get("sale-simple", [])]
+    label = await label_of(b, label_id)
+    assert sandbox.calls["/shipments/createlabel"] == 1
+    assert pdf.status == 200 and attached, (
+        f"the PDF ShipStation returned to A was discarded: label.pdf {pdf.status}, "
+        f"attached to the sale: {attached}, detail: {label['detail']}"
+    )
+    assert not label["detail"], label["detail"]  # nothing to reprint
+    assert ships(cin7_sandbox) == 1 and len(attached) == 1
+
+
+async def test_the_adopter_of_a_dead_buyers_label_waits_for_its_answer_only_while_it_may_come(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """The buyer is killed with its createlabel out: its answer will never come. The adopter
+    finds the shipment in the list at once, waits for the answer only until settle_s after the
+    send (the window in which the buyer could still have recorded it), then records the
+    shipment from the list — it does not wait for ever."""
+    a = await make_replica("a", RATESVC_LABEL_SETTLE_S="2")
+    b = await make_replica("b", RATESVC_LABEL_SETTLE_S="2")
+    sandbox.label_fault = "hang"
+    sandbox.knobs.hang_s = 60
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    loop = asyncio.get_running_loop()
+    killed_at = loop.time()
+    await die(a)
+    buying.cancel()
+    await asyncio.gather(buying, return_exceptions=True)
+    sandbox.label_fault = None
+    ((label_id,),) = await ledger_sql(postgres_url, "SELECT label_id FROM purchases")
+    await until(lambda: label_status(b, label_id, "completed"), seconds=10)
+    took = loop.time() - killed_at
+    label = await label_of(b, label_id)
+    assert sandbox.calls["/shipments/createlabel"] == 1
+    assert "recovered" in label["detail"]
+    assert 1.5 < took < 6, f"recorded {took:.1f} s after the buyer died"
+
+
+async def test_a_buyers_answer_after_the_adopter_recorded_the_label_changes_nothing(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ShipStation answers the buyer (which lost its lease meanwhile) only after the adopter's
+    wait ran out and it recorded the shipment from the list: the buyer's answer finds the
+    package bought and is dropped — no error, one label, written back once."""
+    a = await make_replica("a", RATESVC_LABEL_SETTLE_S="0.5")
+    b = await make_replica("b", RATESVC_LABEL_SETTLE_S="0.5")
+    sandbox.label_fault = "hang"
+    sandbox.knobs.hang_s = 4
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    partition_from_ledger(a)
+    answer = await asyncio.wait_for(buying, 30)
+    sandbox.label_fault = None
+    assert answer.status < 500, await answer.text()
+    label_id = (await answer.json())["label_id"]
+    await until(lambda: label_status(b, label_id, "completed"), seconds=15)
+    await asyncio.sleep(0.5)
+    label = await label_of(b, label_id)
+    assert sandbox.calls["/shipments/createlabel"] == 1
+    assert "recovered" in label["detail"]
+    assert ships(cin7_sandbox) == 1
+    assert not a.app[keys.LABELS]._units  # A's unit ended: its lease was lost
+    errors = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, errors
+
+
 # --- a write-back never starts a Cin7 Core write once its claim may have lapsed ------------------
 
 

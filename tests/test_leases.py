@@ -330,3 +330,59 @@ async def test_claims_cancel_the_work_of_a_claim_another_owner_adopted(
     finally:
         work.cancel()
         await claims.stop()
+
+
+async def test_claims_stop_the_work_when_its_claim_runs_out_while_a_renewal_hangs() -> None:
+    """Regression (review round 4, finding 1): a replica's renewal statement hangs — PostgreSQL
+    stops answering it without refusing, or the pool is exhausted: up to the engine's 10 s
+    acquire and command time-outs. Meanwhile the claim expires in the database and another
+    replica adopts the job. Claims used to cancel a task only once a renewal round returned, so
+    the holder went on working — writing to Cin7 Core — for seconds after its claim was gone.
+    The task is stopped when its claim runs out on the holder's clock, renewal pending or not,
+    and the hung renewal is given up with it."""
+    renewing = asyncio.Event()
+    renewal_given_up = asyncio.Event()
+
+    async def hangs(ids: object) -> set[int]:
+        renewing.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            renewal_given_up.set()
+            raise
+        return {1}
+
+    claims: Claims[int] = Claims("job", hangs, ttl_s=0.6)
+    loop = asyncio.get_running_loop()
+    claimed_at = loop.time()
+    work = asyncio.create_task(asyncio.sleep(30))
+    claims.add(1, work, claimed_at)
+    try:
+        await asyncio.wait([work], timeout=3)
+        stopped_after = loop.time() - claimed_at
+        assert renewing.is_set() and work.cancelled(), "the work outlived its claim"
+        assert 0.55 <= stopped_after < 0.9, f"stopped {stopped_after:.2f} s after the claim"
+        await asyncio.wait_for(renewal_given_up.wait(), 1)
+    finally:
+        work.cancel()
+        await claims.stop()
+
+
+async def test_claims_keep_the_work_going_while_renewals_succeed() -> None:
+    """The timer that stops work whose claim ran out is moved on by every renewal: work whose
+    renewals succeed runs as long as it needs (here four claim lifetimes)."""
+    renewed: list[float] = []
+
+    async def renew(ids: object) -> set[int]:
+        renewed.append(asyncio.get_running_loop().time())
+        return {1}
+
+    claims: Claims[int] = Claims("job", renew, ttl_s=0.3)
+    work = asyncio.create_task(asyncio.sleep(1.2))
+    claims.add(1, work, asyncio.get_running_loop().time())
+    try:
+        await asyncio.wait([work], timeout=3)
+        assert work.done() and not work.cancelled() and len(renewed) >= 8, renewed
+    finally:
+        work.cancel()
+        await claims.stop()

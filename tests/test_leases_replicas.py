@@ -10,6 +10,8 @@ holds is given back), then its tasks stop wherever they are."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from ratesvc import keys
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
+from ratesvc.labels import reconcile
 from ratesvc.labels.void import void_label
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
@@ -499,3 +502,318 @@ async def test_a_void_cut_off_by_its_replica_dying_is_settled_by_another_once_it
     assert [p["state"] for p in shown["packages"]] == ["voided", "bought"]
     assert sale_tracking(cin7_sandbox, "sale-multibox") == {second["tracking_number"]}
     assert await lease_owner(postgres_url, f"void:{label_id}") is None
+
+
+# --- a purchase whose buyer lost its lease while createlabel was out ---------------------------
+
+
+def partition_from_ledger(replica: TestClient) -> None:
+    """The replica can no longer renew its leases (a network partition from PostgreSQL, a
+    stalled event loop): the renewal statement fails, everything else keeps going."""
+
+    async def renew_fails(*args: object, **kwargs: object) -> bool:
+        raise ConnectionError("partitioned from the ledger")
+
+    replica.app[keys.LEDGER].renew_lease = renew_fails
+
+
+async def test_a_label_bought_while_the_buyer_could_not_renew_keeps_its_pdf(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+) -> None:
+    """Regression (review round 4, finding 6). A's createlabel is out (ShipStation slow to
+    answer) when A stops being able to renew its lease (a PostgreSQL blip on A's side); B adopts
+    the purchase and finds the shipment in ShipStation's list — which carries no label data.
+    ShipStation then answers A with the label and its PDF. Before, A's record of it was fenced
+    on the lease, refused and thrown away, and B recorded the shipment from the list: no label
+    to print (404 on label.pdf), nothing attached to the sale, 'reprint its PDF from
+    ShipStation' although ratesvc had the PDF in hand. Now A records the answer guarded by the
+    package's state alone, and B, finding the shipment while A's answer may still come (within
+    settle_s of the send), waits for it and takes it; the label is bought once, with its PDF,
+    and written back once by B."""
+    a = await make_replica("a", RATESVC_LABEL_SETTLE_S="10")
+    b = await make_replica("b", RATESVC_LABEL_SETTLE_S="10")
+    sandbox.label_fault = "hang"
+    sandbox.knobs.hang_s = 3
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    partition_from_ledger(a)  # from here A's renewals fail; B adopts about 1 s later
+    answer = await asyncio.wait_for(buying, 30)
+    sandbox.label_fault = None
+    label_id = (await answer.json())["label_id"]
+    await until(lambda: label_status(b, label_id, "completed"), seconds=30)
+    pdf = await b.get(f"/v1/labels/{label_id}/packages/1/label.pdf", headers=AUTH)
+    attached = [x["FileName"] for x in cin7_sandbox.attachments.get("sale-simple", [])]
+    label = await label_of(b, label_id)
+    assert sandbox.calls["/shipments/createlabel"] == 1
+    assert pdf.status == 200 and attached, (
+        f"the PDF ShipStation returned to A was discarded: label.pdf {pdf.status}, "
+        f"attached to the sale: {attached}, detail: {label['detail']}"
+    )
+    assert not label["detail"], label["detail"]  # nothing to reprint
+    assert ships(cin7_sandbox) == 1 and len(attached) == 1
+
+
+async def test_the_adopter_of_a_dead_buyers_label_waits_for_its_answer_only_while_it_may_come(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """The buyer is killed with its createlabel out: its answer will never come. The adopter
+    finds the shipment in the list at once, waits for the answer only until settle_s after the
+    send (the window in which the buyer could still have recorded it), then records the
+    shipment from the list — it does not wait for ever."""
+    a = await make_replica("a", RATESVC_LABEL_SETTLE_S="2")
+    b = await make_replica("b", RATESVC_LABEL_SETTLE_S="2")
+    sandbox.label_fault = "hang"
+    sandbox.knobs.hang_s = 60
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    loop = asyncio.get_running_loop()
+    killed_at = loop.time()
+    await die(a)
+    buying.cancel()
+    await asyncio.gather(buying, return_exceptions=True)
+    sandbox.label_fault = None
+    ((label_id,),) = await ledger_sql(postgres_url, "SELECT label_id FROM purchases")
+    await until(lambda: label_status(b, label_id, "completed"), seconds=10)
+    took = loop.time() - killed_at
+    label = await label_of(b, label_id)
+    assert sandbox.calls["/shipments/createlabel"] == 1
+    assert "recovered" in label["detail"]
+    assert 1.5 < took < 6, f"recorded {took:.1f} s after the buyer died"
+
+
+async def test_a_buyers_answer_after_the_adopter_recorded_the_label_changes_nothing(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ShipStation answers the buyer (which lost its lease meanwhile) only after the adopter's
+    wait ran out and it recorded the shipment from the list: the buyer's answer finds the
+    package bought and is dropped — no error, one label, written back once."""
+    a = await make_replica("a", RATESVC_LABEL_SETTLE_S="0.5")
+    b = await make_replica("b", RATESVC_LABEL_SETTLE_S="0.5")
+    sandbox.label_fault = "hang"
+    sandbox.knobs.hang_s = 4
+    buying = asyncio.create_task(a.post("/v1/labels", json=SALE, headers=AUTH))
+    await until(lambda: asyncio.sleep(0, bool(sandbox.shipments)))
+    partition_from_ledger(a)
+    answer = await asyncio.wait_for(buying, 30)
+    sandbox.label_fault = None
+    assert answer.status < 500, await answer.text()
+    label_id = (await answer.json())["label_id"]
+    await until(lambda: label_status(b, label_id, "completed"), seconds=15)
+    await asyncio.sleep(0.5)
+    label = await label_of(b, label_id)
+    assert sandbox.calls["/shipments/createlabel"] == 1
+    assert "recovered" in label["detail"]
+    assert ships(cin7_sandbox) == 1
+    assert not a.app[keys.LABELS]._units  # A's unit ended: its lease was lost
+    errors = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, errors
+
+
+# --- a write-back never starts a Cin7 Core write once its claim may have lapsed ------------------
+
+
+async def hang_renewals(replica: TestClient) -> None:
+    """The replica's job renewals (and claims) hang, as statements do when PostgreSQL stops
+    answering without refusing: each waits out the engine's time-out, then fails."""
+
+    async def hangs(*args: object, **kwargs: object) -> Any:
+        await asyncio.sleep(8)
+        raise TimeoutError
+
+    ledger = replica.app[keys.LEDGER]
+    ledger.renew_jobs = hangs
+    ledger.claim_jobs = hangs
+
+
+def hold_first(replica: TestClient, method: str, calls: list[str], hold: asyncio.Event) -> None:
+    """The replica's first Cin7 Core ``method`` call (of all replicas holding ``calls``) is held
+    before it leaves until ``hold`` is set: a slow network, a busy loop, a limiter wait."""
+    cin7 = replica.app[keys.ACCOUNTS]["default"].cin7
+    real = getattr(cin7, method)
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        if len(calls) == 1:
+            await hold.wait()
+        return await real(*args, **kwargs)
+
+    setattr(cin7, method, held)
+
+
+async def running_owner(url: str, label_id: str) -> Any:
+    rows = await ledger_sql(
+        url, "SELECT owner FROM outbox WHERE label_id = ? AND state = 'running'", (label_id,)
+    )
+    return rows[0][0] if rows else None
+
+
+async def test_a_write_back_whose_claim_renewal_hangs_is_not_written_by_both_replicas(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """Regression (review round 4, finding 1). The replica holding a write-back job is slow,
+    not dead: its upload of the label PDF to Cin7 Core has not left yet, and its claim renewal
+    hangs (PostgreSQL stops answering that replica without refusing: each statement waits for
+    the engine's 10 s time-outs), so it cannot claim anything either. The other replica adopts
+    the expired claim, reads the sale (Ship written, no PDF yet) and attaches the PDF. The slow
+    replica must not upload it too: its job is stopped when the claim runs out on its own clock
+    (renewal pending or not), and a write that leaves anyway is confirmed in the ledger first.
+    Before, the PDF was on the sale twice (and with ``invoice_shipping``, the charge could be
+    added twice): the fence only refused the slow replica's ledger settle, after Cin7 Core had
+    been written."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    upload = asyncio.Event()
+    uploads: list[str] = []
+    for replica in (a, b):
+        hold_first(replica, "attach", uploads, upload)
+    response = await a.post("/v1/labels", json=SALE, headers=AUTH)
+    label_id = (await response.json())["label_id"]
+    await until(lambda: asyncio.sleep(0, bool(uploads)))  # the claimer's upload is held
+    slow = a if await running_owner(postgres_url, label_id) == a.app[keys.LEDGER].owner else b
+    await hang_renewals(slow)
+    await until(lambda: asyncio.sleep(0, len(uploads) >= 2), seconds=10)  # adopted, uploaded
+    upload.set()  # the slow upload would leave now
+    await asyncio.sleep(1.0)
+    attached = [x["FileName"] for x in cin7_sandbox.attachments.get("sale-simple", [])]
+    assert len(attached) == 1, f"written back by both replicas: attachments {attached}"
+    await until(lambda: label_status(b, label_id, "completed"))
+
+
+async def test_a_slow_write_back_of_a_voided_label_does_not_land_after_its_correction(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """Regression (review round 4, finding 2). The replica writing the Ship is slow (its POST
+    has not left) when the label is voided: the void sees the job running and queues the
+    tracking correction behind it. The slow replica's renewal hangs and its claim expires; the
+    other replica adopts the write-back (label voided: cancelled, nothing written), then runs
+    the correction: the Ship holds no tracking yet, nothing to clear, done. The slow POST must
+    not land after that: before, the voided label's tracking stayed on the Cin7 Core sale, Ship
+    authorised, with no job left to clear it — a write-back applied to a voided label, for
+    good."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    post = asyncio.Event()
+    posts: list[str] = []
+    for replica in (a, b):
+        hold_first(replica, "ship", posts, post)
+    response = await a.post("/v1/labels", json=SALE, headers=AUTH)
+    label_id = (await response.json())["label_id"]
+    await until(lambda: asyncio.sleep(0, bool(posts)))  # the Ship POST is held
+    voided = await b.post(f"/v1/labels/{label_id}/void", headers=AUTH)
+    assert voided.status == 200, await voided.text()
+    slow = a if await running_owner(postgres_url, label_id) == a.app[keys.LEDGER].owner else b
+    await hang_renewals(slow)
+    jobs = "SELECT kind, state FROM outbox WHERE label_id = ? ORDER BY id"
+
+    async def corrected() -> bool:
+        done = [("write_back", "cancelled"), ("void_correction", "done")]
+        return await ledger_sql(postgres_url, jobs, (label_id,)) == done
+
+    await until(corrected, seconds=10)  # adopted, cancelled, corrected
+    post.set()  # the slow POST would leave now
+    await asyncio.sleep(1.0)
+    summary = cin7_sandbox.summary("sale-simple")
+    label = await label_of(b, label_id)
+    tracking = {p["tracking_number"] for p in label["packages"]}
+    assert not any(t in str(summary) for t in tracking), (
+        f"voided label {label_id}'s tracking {tracking} is on the sale: {summary}"
+    )
+
+
+@pytest.mark.parametrize("claim", ["adopted", "about_to_lapse"])
+async def test_a_write_back_confirms_its_claim_in_the_ledger_before_each_cin7_write(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+    claim: str,
+) -> None:
+    """The replica's own idea of its claim can be wrong: a machine suspended and resumed (its
+    monotonic clock may not count the suspension), a loop stalled between the renewal and the
+    write. Its
+    renewal round has not run yet, so nothing stopped the job — but in the ledger the claim was
+    adopted by another replica, or has less than the margin (a third of the TTL) left. Right
+    before the Cin7 Core write leaves, the ledger is asked: the write is not sent, and nothing is
+    settled or recorded against the label (the job is not this replica's to settle); once the
+    claim lapses, the job is claimed again and done once."""
+    a = await make_replica("a", RATESVC_LEASE_TTL_S="30")  # no renewal round during the test
+    upload = asyncio.Event()
+    uploads: list[str] = []
+    hold_first(a, "attach", uploads, upload)
+    response = await a.post("/v1/labels", json=SALE, headers=AUTH)
+    label_id = (await response.json())["label_id"]
+    await until(lambda: asyncio.sleep(0, bool(uploads)))  # the Ship is written, the PDF held
+    now = "EXTRACT(EPOCH FROM clock_timestamp())"
+    if claim == "adopted":
+        change = f"owner = 'elsewhere:1:00000000', lease_until = {now} + 30"
+    else:
+        change = f"lease_until = {now} + 2"  # still a's, less than the 10 s margin left
+    await ledger_sql(postgres_url, f"UPDATE outbox SET {change} WHERE label_id = ?", (label_id,))
+    upload.set()
+    await asyncio.sleep(0.5)
+    assert cin7_sandbox.attachments.get("sale-simple", []) == []
+    assert (await label_of(a, label_id))["status"] == "purchased"
+    rows = await ledger_sql(
+        postgres_url, "SELECT state, attempts, last_error FROM outbox WHERE label_id = ?",
+        (label_id,),
+    )  # fmt: skip
+    assert rows == [("running", 0, None)], rows  # left to whoever claims it next
+    if claim == "adopted":
+        return
+    await asyncio.sleep(2.0)  # the claim lapses; a starting replica takes the job at once
+    b = await make_replica("b", RATESVC_LEASE_TTL_S="30")
+    await until(lambda: label_status(b, label_id, "completed"), seconds=10)
+    assert len(cin7_sandbox.attachments["sale-simple"]) == 1
+    assert ships(cin7_sandbox) == 1
+
+
+# --- clocks ----------------------------------------------------------------------------------
+
+
+async def test_a_replica_whose_clock_is_behind_does_not_rebuy_a_package_it_reconciles(
+    make_replica: MakeReplica, sandbox: ShipStationSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (review round 4, finding 7). Attempt ages are on the database's clock, but
+    the shipment list used to end at the replica's own clock (``createDateEnd = now + 10
+    min``). A replica whose clock is more than 10 minutes behind (a VM resumed from a pause, a
+    host without NTP) listed a window ending before the attempt: the shipment ShipStation sold
+    was not in it, every page was read, the attempt (on the database's clock) was older than
+    ``settle_s`` — the package was taken for provably absent and bought again. The list has no
+    end now."""
+    a = await make_replica("a", RATESVC_LABEL_SETTLE_S="1")
+
+    class Behind(dt.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:  # type: ignore[override]
+            return dt.datetime.now(tz) - dt.timedelta(minutes=15)
+
+    monkeypatch.setattr(
+        reconcile, "dt",
+        types.SimpleNamespace(datetime=Behind, UTC=dt.UTC, timedelta=dt.timedelta),
+    )  # fmt: skip
+    sandbox.knobs.createlabel_faults = ["drop_after_buy"]  # bought; the answer is lost
+    response = await a.post("/v1/labels", json=SALE, headers=AUTH)
+    label_id = (await response.json())["label_id"]
+
+    async def settled() -> bool:
+        return bool((await label_of(a, label_id))["status"] != "purchasing")
+
+    await until(settled, seconds=20)
+    assert sandbox.calls["/shipments/createlabel"] == 1, (
+        f"bought {sandbox.calls['/shipments/createlabel']} times for one package"
+    )
+    assert "recovered" in (await label_of(a, label_id))["detail"]

@@ -6,9 +6,11 @@ lease (``purchase:<label id>``, :class:`ratesvc.storage.leases.Lease`), renewed 
 background and given back when it stops. A unit that finds the lease taken returns at once
 (another replica drives the label); one whose lease is lost midway (renewals failed until
 another replica adopted the label) stops before its next call to ShipStation, and every
-state it writes is fenced on the lease, so it never overwrites what the adopter found. The
-adopter starts from the ledger like any resumed unit: an ``unknown`` package is reconciled
-against ShipStation's shipment list before anything is bought again.
+state it writes is fenced on the lease, so it never overwrites what the adopter found — but
+for ShipStation's answer to a ``createlabel`` it sent: that is recorded whatever became of the
+lease, guarded by the package's state alone (``unknown`` → ``bought``), since only that answer
+carries the label PDF. The adopter starts from the ledger like any resumed unit: an ``unknown``
+package is reconciled against ShipStation's shipment list before anything is bought again.
 
 It reads top to bottom: each package is advanced by the function for its state until
 it is ``bought``; then the label moves on (:func:`_finish`). A package's state is written *before*
@@ -19,7 +21,9 @@ anything is asked of ShipStation:
   reconcile, never a package believed unbought. A throttled call (the limiter said no, or a 429)
   reached nothing: the package goes back to ``pending`` and the attempt is not counted.
 * ``unknown`` → :meth:`PurchaseUnit._settle`: ShipStation's shipments are listed around the attempt
-  and matched on the purchase key (``advancedOptions.customField1``). Found: adopted. Provably
+  and matched on the purchase key (``advancedOptions.customField1``). Found: adopted — once the
+  call's own answer can no longer come (an adopter waits for it up to ``settle_s`` or the
+  call's deadline after the attempt, reading the ledger: the list carries no PDF). Provably
   absent (every page listed, ``settle_s`` after the attempt): ``pending`` again. Otherwise it waits
   and looks again — for as long as it takes; after ``give_up_s`` the label goes to ``attention``
   (a person should look) but the package stays ``unknown`` and the unit keeps looking, so a label
@@ -62,6 +66,7 @@ from ratesvc.storage.ledger import (
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5  # createlabel calls for one package that provably bought nothing
+CALL_S = 60.0  # a createlabel call's deadline (its turn in the limiter included)
 P = PackageState
 S = LabelStatus
 
@@ -106,6 +111,7 @@ class PurchaseUnit:
         self._asked_for_a_person = False
         self._lease = Lease(ledger, f"purchase:{label_id}", ttl_s=timing.lease_ttl_s)
         self.calling = False  # a createlabel call is out: its answer is worth waiting for
+        self._no_answer: set[int] = set()  # packages whose createlabel here ended unanswered
 
     async def run(self) -> bool:
         """Drive the label while holding its lease: True when this unit drove it as far as it
@@ -188,7 +194,7 @@ class PurchaseUnit:
             test_label=plan.test_label, purchase_key=package.purchase_key,
             customs=declaration(plan.ship_from, plan.ship_to, plan.customs, parcel),
         )  # fmt: skip
-        deadline = asyncio.get_running_loop().time() + 60
+        deadline = asyncio.get_running_loop().time() + CALL_S
         try:
             # the lease is checked again when the limiter grants the call, right before it is
             # sent: a turn waited for can outlast the lease, and an adopter reconciling then
@@ -212,15 +218,39 @@ class PurchaseUnit:
                 # A 5xx may come after the carrier sold the label: find out before buying again
                 log.warning("label %s package %d: outcome unknown (%s)", self._label_id, n,
                             exc.detail)  # fmt: skip
+                self._no_answer.add(n)  # its settle need not wait for an answer
                 return package
             await self._move(package, P.FAILED)
             raise Stop(f"package {n}: {exc.detail}") from exc
         try:
-            return await self._bought(
-                package, record, pdf=record.label_pdf, form=record.customs_form_pdf
-            )
+            return await self._answered(package, record)
         finally:
             self.calling = False
+
+    async def _answered(self, package: PackageRow, record: ShipmentRecord) -> PackageRow:
+        """ShipStation answered ``createlabel``: the label is bought and its PDF (and customs
+        form) are in hand. Recorded *without* the lease fence — guarded by the package's state
+        alone (``unknown`` → ``bought``, so of two writers only one records it): a unit that
+        lost its lease while the call was out (its renewals failing, another replica adopting)
+        still keeps what only this answer carries — the shipment list an adopter reconciles
+        from has no label data, and the PDF would be lost ("reprint it from ShipStation").
+        The adopter waits for this answer while it may still come (:meth:`_settle`). If the
+        adopter recorded the package first, this answer is dropped and the package read again;
+        either way a unit that lost its lease stops at its next fenced step."""
+        try:
+            return await self._bought(
+                package, record, pdf=record.label_pdf, form=record.customs_form_pdf, fenced=False
+            )
+        except IllegalTransition as exc:
+            log.warning("label %s package %d: bought, but recorded meanwhile (%s)",
+                        self._label_id, package.n, exc.current)  # fmt: skip
+            return await self._reread(package)
+
+    async def _reread(self, package: PackageRow) -> PackageRow:
+        for current in await self._ledger.packages(self._label_id):
+            if current.n == package.n:
+                return current
+        raise Stop(f"package {package.n} is no longer recorded")
 
     async def _sending(self, n: int) -> None:
         """Right before ``createlabel`` leaves (the limiter granted it): the lease is still ours
@@ -237,11 +267,13 @@ class PurchaseUnit:
 
     async def _settle(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
         """Look for the last attempt at ShipStation until it is found or provably absent."""
-        stamp = package.attempt_at or now_text()
-        attempt = parse_stamp(stamp)
         loop = asyncio.get_running_loop()
         while True:
             self._lease.check()
+            package = await self._reread(package)
+            if package.state != P.UNKNOWN:  # the sender's answer was recorded meanwhile
+                return package
+            attempt = parse_stamp(package.attempt_at or now_text())
             try:
                 found, listed_all = await find_shipment(
                     self._services, plan, package.purchase_key, attempt
@@ -249,19 +281,10 @@ class PurchaseUnit:
             except UpstreamFailure as exc:
                 log.warning("reconciling %s: %s", package.purchase_key, exc.detail)
                 found, listed_all = None, False
-            if found is not None:
-                reprint = "its PDF"
-                if is_international(plan.ship_from, plan.ship_to):
-                    reprint = "its PDF and its customs form (international: the parcel needs it)"
-                await self._ledger.set_detail(
-                    self._label_id,
-                    f"package {package.n}: a label was recovered from ShipStation after an "
-                    f"unknown outcome; reprint {reprint} from ShipStation",
-                    lease=self._lease.name,
-                )
-                return await self._bought(package, found, pdf=None)
             # on the database's clock, like attempt_at: replicas' own clocks may disagree
             age = (await self._ledger.clock() - attempt).total_seconds()
+            if found is not None:
+                return await self._found(plan, package, found, age)
             if listed_all and age >= self._timing.settle_s:
                 return await self._move(package, P.PENDING)
             waited = loop.time() - self._started
@@ -273,6 +296,38 @@ class PurchaseUnit:
                 )
             pause = 5.0 if waited <= self._timing.give_up_s else 60.0
             await asyncio.sleep(min(pause, max(0.05, self._timing.settle_s - age)))
+
+    async def _found(
+        self, plan: LabelPlan, package: PackageRow, found: ShipmentRecord, age: float
+    ) -> PackageRow:
+        """The attempt's shipment is in ShipStation's list, which carries no label data. A unit
+        that did not see that call end — it adopted the label, or resumed it — first waits
+        while the sender may still get ShipStation's answer, with the label PDF, and record it
+        (:meth:`_answered`): until :data:`CALL_S` (the call's deadline) or ``settle_s`` after
+        the attempt, whichever is first, reading the package again every second (the ledger
+        only: ShipStation is not asked again). Then it records the shipment from the list."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(CALL_S, self._timing.settle_s) - age
+        while package.n not in self._no_answer and loop.time() < until:
+            await asyncio.sleep(min(1.0, max(0.05, until - loop.time())))
+            self._lease.check()
+            package = await self._reread(package)
+            if package.state != P.UNKNOWN:  # the sender recorded its answer
+                return package
+        try:
+            bought = await self._bought(package, found, pdf=None)
+        except IllegalTransition:  # the sender's answer was recorded first: take it
+            return await self._reread(package)
+        reprint = "its PDF"
+        if is_international(plan.ship_from, plan.ship_to):
+            reprint = "its PDF and its customs form (international: the parcel needs it)"
+        await self._ledger.set_detail(
+            self._label_id,
+            f"package {package.n}: a label was recovered from ShipStation after an "
+            f"unknown outcome; reprint {reprint} from ShipStation",
+            lease=self._lease.name,
+        )
+        return bought
 
     # --- the label as a whole ------------------------------------------------------------------
 
@@ -345,12 +400,15 @@ class PurchaseUnit:
         *,
         pdf: bytes | None,
         form: bytes | None = None,
+        fenced: bool = True,
     ) -> PackageRow:
         """Record the package bought, with its label PDF and customs form (when ShipStation
-        returned them) kept in the ledger in the same transaction."""
+        returned them) kept in the ledger in the same transaction; ``fenced``: only while the
+        lease is ours (else the package's state alone guards the move)."""
         documents = {kind: content for kind, content in ((LABEL, pdf), (CUSTOMS, form)) if content}
-        return await self._move(
-            package, P.BOUGHT, documents=documents, shipment_id=record.shipment_id,
+        return await self._ledger.move_package(
+            self._label_id, package.n, P.BOUGHT, package_sources(P.BOUGHT), documents=documents,
+            lease=self._lease.name if fenced else None, shipment_id=record.shipment_id,
             tracking_number=record.tracking_number, cost=str(record.shipment_cost),
             insurance_cost=str(record.insurance_cost),
         )  # fmt: skip

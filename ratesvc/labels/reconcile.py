@@ -14,20 +14,24 @@ from ratesvc.labels.models import LabelPlan
 from ratesvc.models import ShipmentQuery, ShipmentRecord
 
 MAX_PAGES = 20  # shipment list pages (of 500) read when reconciling one package
-WINDOW = dt.timedelta(minutes=10)  # around the attempt: clocks differ, ShipStation stamps late
+WINDOW = dt.timedelta(minutes=10)  # before the attempt: clocks differ, ShipStation stamps late
 
 
 async def find_shipment(
     services: AccountServices, plan: LabelPlan, purchase_key: str, attempt: dt.datetime
 ) -> tuple[ShipmentRecord | None, bool]:
-    """(the shipment bought with ``purchase_key``, or None; whether every page was read)."""
+    """(the shipment bought with ``purchase_key``, or None; whether every page was read).
+
+    The list starts :data:`WINDOW` before ``attempt`` (on the database's clock) and has no end:
+    an end taken from this replica's clock would, on a replica whose clock is behind, end
+    before the attempt — the shipment missing from a list read to its last page, the package
+    taken for unbought and bought again."""
     loop = asyncio.get_running_loop()
     for number in range(1, MAX_PAGES + 1):
         query = ShipmentQuery(
             carrier_code=plan.carrier_code,
             service_code=plan.service_code,
             created_from=attempt - WINDOW,
-            created_to=dt.datetime.now(dt.UTC) + WINDOW,
             page=number,
             page_size=500,
         )

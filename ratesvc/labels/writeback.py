@@ -27,6 +27,25 @@ owner settles a job). With one process (SQLite) the jobs a previous process left
 due again at start-up; with several (PostgreSQL) a running job at start-up may be a live
 replica's and is left to expire. A graceful stop gives the stopped jobs back at once.
 
+A job never starts a Cin7 Core write once its claim may have lapsed: right before *every* Cin7
+Core write (the Ship, each PDF and customs form, the invoice charge, a correction's Ship and
+charge removal) — when the limiter grants it, after any wait for a turn — the worker confirms the
+claim in the ledger itself (:meth:`WriteBackWorker._confirm`: the job is still ``running``, still
+this replica's, with at least :func:`~ratesvc.storage.leases.confirm_margin` — a third of the
+TTL — left on the database's clock). A write it cannot confirm (the claim adopted, about to
+lapse, or the ledger not answering) is not sent, and the job stops there without settling or
+recording an error: the claim lapses and whoever claims the job next (an adopter, or this
+replica) does it again from the top. Meanwhile :class:`~ratesvc.storage.leases.Claims` cancels a
+job whose claim runs out on this replica's clock, even while a renewal hangs.
+
+What is left: a write confirmed and sent can still be *applied* after the claim lapsed, if more
+than the margin (10 s with the default 30 s TTL) passes between the confirm and Cin7 Core
+applying it (connecting, sending, Cin7 Core's own processing) *and* every renewal meanwhile
+failed; it duplicates or outlives an adopter's work only if it lands after the adopter claimed
+the job and read the sale, later still. The margin cannot cover a Cin7 Core call's own time-out
+(a call may last until the job's 60 s deadline): that would need a TTL above 180 s
+(``RATESVC_LEASE_TTL_S``, and a dead replica's work would wait that long to be adopted).
+
 A void while a write-back is ``pending`` and untried cancels it; while it is
 running, or after it ran, the void queues a ``void_correction`` behind it (see
 :meth:`ratesvc.storage.ledger.Ledger.void`), and the write-back's own outcome no longer moves the
@@ -39,8 +58,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import msgspec
@@ -51,7 +72,7 @@ from ratesvc.labels.documents import CUSTOMS, LABEL, package_pdf
 from ratesvc.labels.lifecycle import JobKind, LabelStatus, PackageState, WriteBackState, sources
 from ratesvc.labels.models import LabelPlan
 from ratesvc.sales import SHIPPED_STATES
-from ratesvc.storage.leases import DEFAULT_TTL_S, Claims
+from ratesvc.storage.leases import DEFAULT_TTL_S, Claims, confirm_margin
 from ratesvc.storage.ledger import (
     IllegalTransition,
     JobResult,
@@ -67,6 +88,9 @@ from ratesvc.upstreams.cin7 import wire
 from ratesvc.upstreams.cin7.client import Cin7Client
 
 log = logging.getLogger(__name__)
+
+Confirm = Callable[[], Awaitable[None]]
+"""Raises :class:`LeaseLost` unless the job's claim is still this replica's (before a write)."""
 
 
 class NeedsAPerson(RatesvcError):
@@ -137,6 +161,7 @@ class WriteBackWorker:
     ) -> None:
         self._ledger = ledger
         self._lease_ttl_s = lease_ttl_s
+        self._margin_s = confirm_margin(lease_ttl_s)
         self._claims: Claims[int] = Claims(
             "write-back job", lambda ids: ledger.renew_jobs(ids, lease_ttl_s), ttl_s=lease_ttl_s
         )
@@ -220,8 +245,8 @@ class WriteBackWorker:
             await self._do(job)
         except asyncio.CancelledError:
             raise
-        except LeaseLost as lost:  # adopted by another replica: its outcome is the one kept
-            log.warning("write-back job %d of %s: %s", job.id, job.label_id, lost)
+        except LeaseLost as lost:  # adopted, or could not be confirmed: left to the next claim
+            log.warning("write-back job %d of %s stops here: %s", job.id, job.label_id, lost)
         except Exception as exc:  # a bug must not stop every other write-back
             log.exception("write-back job %d of %s failed unexpectedly", job.id, job.label_id)
             later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._max_s)
@@ -245,10 +270,11 @@ class WriteBackWorker:
         try:
             packages = await self._ledger.packages(job.label_id)
             plan = msgspec.json.decode(row.plan, type=LabelPlan)
+            confirm = functools.partial(self._confirm, job.id)
             if job.kind == JobKind.VOID_CORRECTION:
-                await self._correct(services, plan, packages)
+                await self._correct(services, plan, packages, confirm)
             else:
-                await self._write(services, plan, packages)
+                await self._write(services, plan, packages, confirm)
         except NeedsAPerson as exc:
             if job.kind == JobKind.VOID_CORRECTION:  # a voided label stays voided
                 await self._ledger.settle_job(JobResult(job.id, "done", exc.detail))
@@ -324,8 +350,27 @@ class WriteBackWorker:
             log.info("write-back of %s: label no longer takes it (%s)", job.label_id, exc.current)
             await self._ledger.settle_job(JobResult(job.id, "cancelled", f"label {exc.current}"))
 
+    async def _confirm(self, job_id: int) -> None:
+        """Right before a Cin7 Core write of job ``job_id`` leaves: the ledger says the job is
+        still this replica's, with at least the margin left on the database's clock once the
+        answer is back (the time the read took is taken off what it found). Raises
+        :class:`LeaseLost` otherwise — also when the ledger cannot say: the write is not sent."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        try:
+            left = await self._ledger.job_claim_left(job_id)
+        except Exception as exc:
+            log.warning("the claim on write-back job %d could not be confirmed (%r)", job_id, exc)
+            raise LeaseLost(f"outbox:{job_id}") from exc
+        if left is None or left - (loop.time() - sent) < self._margin_s:
+            raise LeaseLost(f"outbox:{job_id}")
+
     async def _write(
-        self, services: AccountServices, plan: LabelPlan, packages: list[PackageRow]
+        self,
+        services: AccountServices,
+        plan: LabelPlan,
+        packages: list[PackageRow],
+        confirm: Confirm,
     ) -> None:
         cin7 = services.cin7
         assert cin7 is not None
@@ -350,9 +395,11 @@ class WriteBackWorker:
                         f"tracking numbers ({', '.join(sorted(present))})"
                     )
                 await cin7.ship(plan.task_id, lines, authorise=True, add_tracking=True,
-                                deadline=deadline)  # fmt: skip
+                                deadline=deadline, before_send=confirm)  # fmt: skip
             else:
-                await cin7.ship(plan.task_id, lines, authorise=True, deadline=deadline)
+                await cin7.ship(
+                    plan.task_id, lines, authorise=True, deadline=deadline, before_send=confirm
+                )
         attached = set(sale.attachments)
         for package in packages:
             files = (
@@ -364,13 +411,18 @@ class WriteBackWorker:
                 if kept and name not in attached:
                     content = await package_pdf(self._ledger, package, kind)
                     if content is not None:
-                        await cin7.attach(plan.sale_id, name, content, deadline=deadline)
+                        await cin7.attach(plan.sale_id, name, content, deadline=deadline,
+                                          before_send=confirm)  # fmt: skip
         if services.account.invoice_shipping:
-            await self._charge(cin7, plan, packages, deadline)
+            await self._charge(cin7, plan, packages, deadline, confirm)
 
     @staticmethod
     async def _charge(
-        cin7: Cin7Client, plan: LabelPlan, packages: list[PackageRow], deadline: float
+        cin7: Cin7Client,
+        plan: LabelPlan,
+        packages: list[PackageRow],
+        deadline: float,
+        confirm: Confirm,
     ) -> None:
         """Add the shipping charge to the sale's draft invoice once (its comment names the label).
 
@@ -395,10 +447,14 @@ class WriteBackWorker:
             Description=f"Shipping - {carrier_name(plan.carrier_code)} ({tracking})",
             Quantity=Decimal(1), Price=amount, Total=amount, Comment=label_id,
         )  # fmt: skip
-        await cin7.add_invoice_charge(draft, charge, deadline=deadline)
+        await cin7.add_invoice_charge(draft, charge, deadline=deadline, before_send=confirm)
 
     async def _correct(
-        self, services: AccountServices, plan: LabelPlan, packages: list[PackageRow]
+        self,
+        services: AccountServices,
+        plan: LabelPlan,
+        packages: list[PackageRow],
+        confirm: Confirm,
     ) -> None:
         """Clear the voided boxes' tracking numbers from the Ship, if any of them are there (a
         box the carrier would not void keeps its line); once every box is voided, take the
@@ -415,12 +471,14 @@ class WriteBackWorker:
         }:
             lines = [_line(plan, p, live=p.state == PackageState.BOUGHT) for p in packages]
             await services.cin7.ship(plan.task_id, lines, authorise=True, add_tracking=True,
-                                     deadline=deadline)  # fmt: skip
+                                     deadline=deadline, before_send=confirm)  # fmt: skip
         if services.account.invoice_shipping and all(p.state == "voided" for p in packages):
-            await self._uncharge(services.cin7, plan, packages[0].label_id, deadline)
+            await self._uncharge(services.cin7, plan, packages[0].label_id, deadline, confirm)
 
     @staticmethod
-    async def _uncharge(cin7: Cin7Client, plan: LabelPlan, label_id: str, deadline: float) -> None:
+    async def _uncharge(
+        cin7: Cin7Client, plan: LabelPlan, label_id: str, deadline: float, confirm: Confirm
+    ) -> None:
         """Take the voided label's shipping charge off the sale's draft invoice, if it is there;
         on an invoice no longer in draft it cannot be: a person credits it."""
         assert plan.sale_id is not None
@@ -432,4 +490,6 @@ class WriteBackWorker:
                     f"voided, but its shipping charge is on invoice {invoice.fields.InvoiceNumber}"
                     f" ({invoice.fields.Status}): credit it in Cin7 Core"
                 )
-            await cin7.remove_invoice_charge(invoice, label_id, deadline=deadline)
+            await cin7.remove_invoice_charge(
+                invoice, label_id, deadline=deadline, before_send=confirm
+            )

@@ -36,6 +36,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ratesvc.storage.records import LeaseLost
@@ -90,6 +91,14 @@ def owner_is_gone(owner: str) -> bool:
 def renew_every(ttl_s: float) -> float:
     """How often a lease of ``ttl_s`` is renewed: a third of it, so two renewals in a row may
     fail (a slow database, a busy loop) before it expires."""
+    return ttl_s / 3
+
+
+def confirm_margin(ttl_s: float) -> float:
+    """How much of a claim of ``ttl_s`` must be left, on the database's clock, for an upstream
+    write to be sent under it: a third of it (what is left once two renewals in a row failed).
+    A write sent then lands after the claim lapsed only if the upstream takes longer than that
+    to apply it."""
     return ttl_s / 3
 
 
@@ -174,13 +183,35 @@ class Lease:
             log.warning("lease %s not released (%r); it expires on its own", self.name, exc)
 
 
+@dataclass
+class _Held:
+    """One claimed row: the task working on it, and until when (the loop's clock) this process
+    believes the claim is its own — the timer that stops the task then, unless renewed."""
+
+    task: asyncio.Task[None]
+    valid_until: float
+    timer: asyncio.TimerHandle
+
+
 class Claims(Generic[K]):
     """The rows (outbox jobs or events) this process claimed, each with the task working on it.
 
     Every :func:`renew_every` seconds all of them are renewed in one statement (``renew`` gives
-    the keys still ours back); a task whose claim was not renewed — another owner adopted the
-    row after it expired, or the ledger could not be reached for a whole TTL — is cancelled:
-    its work stops before any further upstream call, and its result would be refused anyway.
+    the keys still ours back); a task whose claim was not renewed in time is cancelled: its work
+    stops before any further upstream call, and its result would be refused anyway. Two ways a
+    claim is lost:
+
+    * another owner adopted the row (it expired first): the renewal does not give its key back;
+    * the claim ran out here: each claim has a timer at its *valid_until* (measured, like a
+      :class:`Lease`, from when the statement that took or last renewed it was sent, so always
+      before the database expires it) that cancels its task — even while a renewal is still
+      pending. A renewal is itself bounded by the last of the claims' *valid_until*: a
+      statement that hangs (the database not answering, the pool exhausted: up to the engine's
+      10 s time-outs) neither keeps a task working past its claim nor delays the next round.
+
+    The timer only stops what this process still has to do; a write already sent keeps going.
+    Work that writes upstream therefore also confirms its claim in the ledger right before each
+    write (:meth:`ratesvc.labels.writeback.WriteBackWorker` does, before every Cin7 Core write).
     """
 
     def __init__(
@@ -193,20 +224,36 @@ class Claims(Generic[K]):
         self._what = what
         self._renew = renew
         self._ttl_s = ttl_s
-        self._held: dict[K, tuple[asyncio.Task[None], float]] = {}
+        self._held: dict[K, _Held] = {}
         self._task: asyncio.Task[None] | None = None
 
     def add(self, key: K, task: asyncio.Task[None], claimed_at: float) -> None:
         """``task`` works on the row ``key``, claimed by a statement sent at ``claimed_at`` (the
         loop's clock); it is forgotten when the task ends."""
-        self._held[key] = (task, claimed_at + self._ttl_s)
+        self._hold(key, task, claimed_at + self._ttl_s)
         task.add_done_callback(lambda done: self._forget(key, done))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
 
+    def _hold(self, key: K, task: asyncio.Task[None], valid_until: float) -> None:
+        earlier = self._held.get(key)
+        if earlier is not None:
+            earlier.timer.cancel()
+        timer = asyncio.get_running_loop().call_at(valid_until, self._lapse, key, task)
+        self._held[key] = _Held(task, valid_until, timer)
+
+    def _lapse(self, key: K, task: asyncio.Task[None]) -> None:
+        held = self._held.get(key)
+        if held is None or held.task is not task or task.done():
+            return
+        log.warning("%s %s: its claim was not renewed in time (it may be adopted now): stopping",
+                    self._what, key)  # fmt: skip
+        task.cancel()
+
     def _forget(self, key: K, task: asyncio.Task[None]) -> None:
         held = self._held.get(key)
-        if held is not None and held[0] is task:
+        if held is not None and held.task is task:
+            held.timer.cancel()
             del self._held[key]
 
     async def stop(self) -> None:
@@ -224,25 +271,21 @@ class Claims(Generic[K]):
             if not keys:
                 continue
             sent = loop.time()
+            last = max(self._held[key].valid_until for key in keys)
+            if last <= sent:  # every claim ran out: their tasks are being stopped
+                continue
             try:
-                kept = await self._renew(keys)
-            except Exception as exc:
+                async with asyncio.timeout_at(last):  # a hung renewal is given up with the claims
+                    kept = await self._renew(keys)
+            except Exception as exc:  # the timers stop what runs out meanwhile
                 log.warning("%s claims not renewed (%r); trying again", self._what, exc)
-                kept = set()
-            else:
-                for key in keys:
-                    held = self._held.get(key)
-                    if key not in kept and held is not None:
-                        log.warning("%s %s was adopted by another owner: stopping", self._what,
-                                    key)  # fmt: skip
-                        held[0].cancel()
-            now = loop.time()
+                continue
             for key in keys:
                 held = self._held.get(key)
-                if held is None:
+                if held is None or held.task.done():
                     continue
-                task, valid_until = held
                 if key in kept:
-                    self._held[key] = (task, sent + self._ttl_s)
-                elif now >= valid_until:
-                    task.cancel()
+                    self._hold(key, held.task, sent + self._ttl_s)
+                else:
+                    log.warning("%s %s was adopted by another owner: stopping", self._what, key)
+                    held.task.cancel()

@@ -785,6 +785,17 @@ class Ledger:
         still ours (a job adopted by another owner after its claim expired is not)."""
         return {int(key) for key in await self._renew_claims("outbox", "id", ids, ttl_s)}
 
+    async def job_claim_left(self, job_id: int) -> float | None:
+        """Seconds left on this owner's claim on the running job ``job_id``, on the database's
+        clock (negative once it expired); None when the job is not running or is another
+        owner's. Read right before a write-back writes to Cin7 Core."""
+        rows = await self._engine.fetch(
+            f"SELECT lease_until - {self._now} FROM outbox "
+            "WHERE id = ? AND state = 'running' AND owner = ?",
+            (job_id, self.owner),
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
     async def release_own_jobs(self) -> int:
         """Every job this owner has running is pending again (its worker stopped gracefully —
         including a claim that committed as the worker was cancelled), so another replica

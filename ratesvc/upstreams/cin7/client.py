@@ -8,7 +8,7 @@ second, paused globally on any of Cin7 Core's three throttling answers).
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -25,6 +25,9 @@ from ratesvc.upstreams.cin7 import mapping, wire
 from ratesvc.upstreams.http import Retry, RetryPolicy, UpstreamHttp
 
 T = TypeVar("T")
+BeforeSend = Callable[[], Awaitable[None]]
+"""Run once the limiter grants a write, right before it is sent; what it raises stops the write
+unsent (a write-back confirms its claim on the job there)."""
 
 
 def _decode(body: bytes, kind: type[T], endpoint: str) -> T:
@@ -130,6 +133,7 @@ class Cin7Client:
         authorise: bool,
         add_tracking: bool = False,
         deadline: float | None,
+        before_send: BeforeSend | None = None,
     ) -> None:
         """Write ship lines (``POST``), or add tracking to an authorised Ship (``PUT``)."""
         body = wire.ShipWrite(
@@ -139,11 +143,17 @@ class Cin7Client:
         await self._http.call(
             "PUT" if add_tracking else "POST", "/sale/fulfilment/ship", endpoint="ship",
             priority=Priority.URGENT, deadline=deadline, retry=Retry.THROTTLE_ONLY,
-            json_body=wire.encoder.encode(body),
+            json_body=wire.encoder.encode(body), before_send=before_send,
         )  # fmt: skip
 
     async def attach(
-        self, sale_id: str, file_name: str, content: bytes, *, deadline: float | None
+        self,
+        sale_id: str,
+        file_name: str,
+        content: bytes,
+        *,
+        deadline: float | None,
+        before_send: BeforeSend | None = None,
     ) -> None:
         body = wire.AttachmentWrite(
             SaleID=sale_id, FileName=file_name, Content=base64.b64encode(content).decode()
@@ -151,6 +161,7 @@ class Cin7Client:
         await self._http.call(
             "POST", "/sale/attachment", endpoint="attachment", priority=Priority.URGENT,
             deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(body),
+            before_send=before_send,
         )  # fmt: skip
 
     async def invoices(self, sale_id: str, *, deadline: float | None) -> list[wire.InvoiceDocument]:
@@ -168,21 +179,34 @@ class Cin7Client:
         charge: wire.InvoiceCharge,
         *,
         deadline: float | None,
+        before_send: BeforeSend | None = None,
     ) -> None:
         """``POST /sale/invoice`` replaces the whole invoice: it goes back as it was read, fields
         ratesvc does not model included, with ``charge`` added to its additional charges."""
-        await self._rewrite_invoice(mapping.invoice_with_charge(invoice, charge), deadline)
+        await self._rewrite_invoice(
+            mapping.invoice_with_charge(invoice, charge), deadline, before_send
+        )
 
     async def remove_invoice_charge(
-        self, invoice: wire.InvoiceDocument, comment: str, *, deadline: float | None
+        self,
+        invoice: wire.InvoiceDocument,
+        comment: str,
+        *,
+        deadline: float | None,
+        before_send: BeforeSend | None = None,
     ) -> None:
         """The invoice back whole, without the additional charges whose comment is ``comment``."""
-        await self._rewrite_invoice(mapping.invoice_without_charge(invoice, comment), deadline)
+        await self._rewrite_invoice(
+            mapping.invoice_without_charge(invoice, comment), deadline, before_send
+        )
 
-    async def _rewrite_invoice(self, body: dict[str, Any], deadline: float | None) -> None:
+    async def _rewrite_invoice(
+        self, body: dict[str, Any], deadline: float | None, before_send: BeforeSend | None
+    ) -> None:
         await self._http.call(
             "POST", "/sale/invoice", endpoint="invoice", priority=Priority.URGENT,
             deadline=deadline, retry=Retry.THROTTLE_ONLY, json_body=wire.encoder.encode(body),
+            before_send=before_send,
         )  # fmt: skip
 
     async def locations(self, *, deadline: float | None) -> list[wire.Location]:

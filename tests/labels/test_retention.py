@@ -91,8 +91,9 @@ async def test_a_backlog_too_big_for_one_statement_is_purged_in_batches_that_kee
     events. Deleted in one statement, the purge ran into PostgreSQL's 10 s statement cap, rolled
     back everything, and failed the same way every hour after. Deleted in batches (each its own
     transaction, smaller after a batch runs into the cap), every run keeps what it did and the
-    backlog is gone after a few. Scaled down: a 0.05 s cap and 300 000 events."""
-    monkeypatch.setattr(postgres_engine, "COMMAND_TIMEOUT_S", 0.05)
+    backlog is gone after a few. Scaled down: a 0.1 s cap and 300 000 events (one DELETE of them
+    all takes longer)."""
+    monkeypatch.setattr(postgres_engine, "COMMAND_TIMEOUT_S", 0.1)
     ledger = Ledger.from_url(postgres_url)
     await ledger.open()
     try:
@@ -106,6 +107,7 @@ async def test_a_backlog_too_big_for_one_statement_is_purged_in_batches_that_kee
             "FROM generate_series(1, 300000) g",
             (old, old, old),
         )
+        await ledger_sql(postgres_url, "ANALYZE events")  # as autovacuum would have by now
         retention = Retention(ledger, days=90)
         left: list[int] = []
         for _ in range(10):  # hourly runs, each logging what stopped it (Retention.run)

@@ -38,6 +38,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 HEADER_LIMIT = "X-Rate-Limit-Limit"
 HEADER_REMAINING = "X-Rate-Limit-Remaining"
 HEADER_RESET = "X-Rate-Limit-Reset"
+MAX_CALLS = 1_000_000  # a Limit or Remaining above this is no usable number: ignored
+MAX_RESET_S = 86_400.0  # so is a Reset beyond a day
 
 Sharing = Literal["local", "shared", "degraded"]
 
@@ -102,13 +105,19 @@ class LimiterState:
 
 @dataclass(frozen=True)
 class RateHeaders:
+    """An answer's ``X-Rate-Limit-*`` headers; None where absent or no usable number."""
+
     limit: int | None
     remaining: int | None
     reset_s: float | None
+    reset_unit_s: float = 1.0  # the Reset's rounding: its last digit's worth (1 s for "59")
 
     @classmethod
     def parse(cls, headers: Mapping[str, str]) -> RateHeaders:
-        def number(name: str) -> float | None:
+        """Upstream input: a value that is not a finite number from 0 to a sane bound (a
+        million calls, a day) is ignored, never raised about."""
+
+        def number(name: str, highest: float) -> float | None:
             raw = headers.get(name)
             if raw is None:
                 return None
@@ -116,14 +125,26 @@ class RateHeaders:
                 value = float(raw)
             except ValueError:
                 return None
-            return value if value >= 0 else None
+            return value if math.isfinite(value) and 0 <= value <= highest else None
 
-        limit, remaining = number(HEADER_LIMIT), number(HEADER_REMAINING)
+        limit = number(HEADER_LIMIT, MAX_CALLS)
+        remaining = number(HEADER_REMAINING, MAX_CALLS)
+        reset_s = number(HEADER_RESET, MAX_RESET_S)
         return cls(
-            limit=int(limit) if limit else None,
+            limit=int(limit) if limit is not None and limit >= 1 else None,
             remaining=int(remaining) if remaining is not None else None,
-            reset_s=number(HEADER_RESET),
+            reset_s=reset_s,
+            reset_unit_s=_resolution(headers.get(HEADER_RESET, "")) if reset_s is not None else 1.0,
         )
+
+
+def _resolution(raw: str) -> float:
+    """What the last digit of a decimal number is worth: 1 for ``59``, 0.001 for ``0.059``
+    (at least a microsecond); 1 for anything less plain."""
+    whole, dot, fraction = raw.strip().partition(".")
+    if dot and fraction.isdigit() and (whole.isdigit() or not whole):
+        return max(1e-6, 10.0 ** -len(fraction))
+    return 1.0
 
 
 class Limiter(Protocol):

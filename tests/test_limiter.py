@@ -11,11 +11,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from ratesvc.config import Secret, ShipStationConfig
 from ratesvc.errors import UpstreamThrottled
-from ratesvc.limiter import Permit, Priority, RateLimiter
+from ratesvc.limiter import Permit, Priority, RateHeaders, RateLimiter
 from ratesvc.models import Address, RateRequest, Weight
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import ShipStationSandbox
@@ -427,3 +428,66 @@ async def test_a_429_storm_costs_at_most_one_429_per_window(
     per_window = tight_sandbox.window.throttled_per_window
     assert 1 <= tight_sandbox.throttled <= math.ceil(1.0 / 0.4) + 1
     assert max(per_window.values()) == 1
+
+
+# --- rate headers are upstream input ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "parsed"),
+    [
+        ("X-Rate-Limit-Limit", "100", 100),
+        ("X-Rate-Limit-Limit", "0.5", None),  # no window of less than one call
+        ("X-Rate-Limit-Limit", "1e999", None),
+        ("X-Rate-Limit-Limit", "inf", None),
+        ("X-Rate-Limit-Limit", "2000000", None),
+        ("X-Rate-Limit-Remaining", "Infinity", None),
+        ("X-Rate-Limit-Remaining", "nan", None),
+        ("X-Rate-Limit-Remaining", "-1", None),
+        ("X-Rate-Limit-Remaining", "0", 0),
+        ("X-Rate-Limit-Reset", "1e999", None),
+        ("X-Rate-Limit-Reset", "86401", None),  # beyond a day
+        ("X-Rate-Limit-Reset", "59", 59.0),
+        ("X-Rate-Limit-Reset", "soon", None),
+    ],
+)
+def test_a_rate_header_that_is_no_usable_number_is_ignored(
+    header: str, value: str, parsed: float | None
+) -> None:
+    info = RateHeaders.parse({header: value})
+
+    field = {"X-Rate-Limit-Limit": info.limit, "X-Rate-Limit-Remaining": info.remaining,
+             "X-Rate-Limit-Reset": info.reset_s}[header]  # fmt: skip
+    assert field == parsed
+
+
+@pytest.mark.parametrize(("reset", "unit"), [("59", 1.0), ("0.150", 0.001), ("1.5", 0.1),
+                                             ("6e1", 1.0), (" 2.25 ", 0.01)])  # fmt: skip
+def test_a_resets_rounding_is_what_its_last_digit_is_worth(reset: str, unit: float) -> None:
+    assert RateHeaders.parse({"X-Rate-Limit-Reset": reset}).reset_unit_s == pytest.approx(unit)
+
+
+@pytest.mark.parametrize("header", ["X-Rate-Limit-Limit", "X-Rate-Limit-Remaining",
+                                    "X-Rate-Limit-Reset"])  # fmt: skip
+async def test_an_unparseable_huge_rate_header_does_not_fail_a_successful_call(
+    aiohttp_server: Any, header: str
+) -> None:
+    """``RateHeaders.parse`` accepted any ``float()``: ``1e999`` / ``inf`` became ``inf`` and
+    ``int(inf)`` raised ``OverflowError`` inside ``limiter.observe``, after the answer arrived:
+    a 200 from ShipStation became a 500 for a quote, and for a ``createlabel`` a label bought
+    and reported as a crash (a ``Reset`` of ``inf`` never ended the window)."""
+
+    async def getrates(_request: web.Request) -> web.Response:
+        return web.json_response([], headers={header: "1e999"})
+
+    app = web.Application()
+    app.router.add_post("/shipments/getrates", getrates)
+    server = await aiohttp_server(app)
+    limiter = RateLimiter("shipstation:key", limit=40, window_s=60)
+    config = ShipStationConfig(
+        url=str(server.make_url("")).rstrip("/"), api_key=Secret("k"), api_secret=Secret("s"),
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        client = ShipStationClient(session, config, limiter)
+        assert await client.get_rates(RATE, deadline=now() + 5) == []
+        assert await client.get_rates(RATE, deadline=now() + 5) == []  # the window still works

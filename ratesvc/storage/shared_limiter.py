@@ -110,13 +110,16 @@ class _ShareModel(WindowModel):
         remaining = info.remaining
         if remaining is not None and self.probing:
             remaining = min(remaining // self.replicas, (limit or self.limit) - 1)
-        return RateHeaders(limit=limit, remaining=remaining, reset_s=info.reset_s)
+        return RateHeaders(limit=limit, remaining=remaining, reset_s=info.reset_s,
+                           reset_unit_s=info.reset_unit_s)  # fmt: skip
 
-    def adopt(self, now: float, info: RateHeaders, *, alone: bool) -> None:
-        super().adopt(now, self._scaled(info), alone=alone)
+    def adopt(
+        self, now: float, info: RateHeaders, *, alone: bool, sent_at: float | None = None
+    ) -> None:
+        super().adopt(now, self._scaled(info), alone=alone, sent_at=sent_at)
 
-    def throttle(self, now: float, info: RateHeaders) -> None:
-        super().throttle(now, self._scaled(info))
+    def throttle(self, now: float, info: RateHeaders, *, sent_at: float | None = None) -> None:
+        super().throttle(now, self._scaled(info), sent_at=sent_at)
 
     def paused_for(self, now: float) -> float | None:
         """Seconds left of a pause after a 429 (None: not paused)."""
@@ -479,6 +482,7 @@ class SharedRateLimiter:
         if window is not None and window.ends_at is not None and now < window.ends_at:
             taken = self._mine[1] if self._mine[0] == window.epoch else 0
             model.reset_at = window.ends_at
+            model.heard = True  # Redis's bound: answers here only ever move it later
             model.remaining = max(0, min(model.limit - taken, window.remaining))
             model.next_slot = window.slot_at
         return model

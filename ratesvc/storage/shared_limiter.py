@@ -10,7 +10,8 @@ script (:mod:`.limiter_scripts`) judged on Redis's clock, so replicas never comp
   The script says how long to wait otherwise; the replica sleeps that long or until something
   of its own changes.
 * **Answers from any replica.** ``X-Rate-Limit-*`` headers are applied in Redis: a new Limit,
-  a lower Remaining, the Reset; a 429 anywhere pauses the key for all until the reset.
+  a lower Remaining, the Reset; a 429 anywhere pauses the key for all until the reset — also
+  one answered, after Redis came back, to a call this replica sent from its local share.
 * **Priorities.** Within a replica, callers wait in the same priority queue as in-process.
   Across replicas, each registers in Redis the priorities it has callers waiting at (a
   registration lapses after ``3 * heartbeat_s`` unless renewed, so a dead replica holds no one
@@ -252,7 +253,7 @@ class SharedRateLimiter:
         throttled: bool | None = None,
     ) -> None:
         """Feed the window what upstream said in answer to ``permit``'s call (in Redis, for
-        every replica, when the permit came from there)."""
+        every replica, when the permit came from there; a refusal whenever Redis answers)."""
         permit.answered = True
         refused = status == 429 if throttled is None else throttled
         info = RateHeaders.parse(headers)
@@ -260,7 +261,7 @@ class SharedRateLimiter:
             self._throttled += 1
             if self._metrics is not None:
                 self._metrics.limiter_throttled.labels(self.name).inc()
-        if permit.shared and self._shared:
+        if self._shared and (permit.shared or refused):
             if refused:
                 log.warning(
                     "%s: upstream answered 429; pausing the key for every replica for %.1f s",

@@ -563,6 +563,40 @@ async def test_an_acquire_retried_by_the_client_is_granted_once(
         await client.aclose()
 
 
+async def paused(limiter: SharedRateLimiter) -> bool:
+    """Whether the limiter refuses a call due within the next second."""
+    try:
+        permit = await limiter.acquire(Priority.NORMAL, now() + 1)
+    except UpstreamThrottled:
+        return True
+    limiter.release(permit)
+    return False
+
+
+async def test_a_429_answered_after_redis_returned_to_a_call_sent_while_it_was_away_pauses_everyone(
+    own_redis: RedisServer,
+) -> None:
+    """A call sent from the local share while Redis was away (a createlabel, a Cin7 Core
+    write-back) is answered 429 just after the replica rejoined. ``observe`` sent an answer to
+    Redis only for a permit Redis had granted, so this 429 went to the unused local model and
+    nobody was paused, this replica included: the rejoined window was probing, so the next
+    caller anywhere probed at once into a key upstream had just said was exhausted for 20 s.
+    Now every refusal goes to the shared window when Redis answers."""
+    async with replicas(own_redis.url, "t:", 2, retry_s=0.05, heartbeat_s=0.1) as (seen, other):
+        probe = await seen.acquire(Priority.NORMAL, None)
+        await answered(seen, probe, 200, headers(40, 39, 30))
+        own_redis.stop()
+        sent = await seen.acquire(Priority.URGENT, None)  # from the local share
+        assert not sent.shared
+        own_redis.start()
+        await until(lambda: seen.shared and other.shared)  # both noticed the outage
+
+        await answered(seen, sent, 429, headers(40, 0, 20))  # its answer comes back now
+
+        assert await paused(other), "another replica is granted a call into the pause"
+        assert await paused(seen), "the replica that saw the 429 is granted a call into it"
+
+
 # --- against the ShipStation sandbox --------------------------------------------------------------
 
 RATE = RateRequest(

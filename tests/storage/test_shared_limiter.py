@@ -35,6 +35,7 @@ from ratesvc.models import Address, RateRequest, Weight
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import FixedWindow, ShipStationSandbox
 from ratesvc.storage import limiter_scripts
+from ratesvc.storage.limiter_share import local_share
 from ratesvc.storage.redis_client import open_redis
 from ratesvc.storage.shared_limiter import SharedRateLimiter, make_limiter
 from ratesvc.upstreams.shipstation.client import ShipStationClient
@@ -521,6 +522,15 @@ async def burst(limiters: Sequence[SharedRateLimiter], upstream: FixedWindow, ca
 
 def since(counter: dict[int, int], before: dict[int, int]) -> dict[int, int]:
     return {i: n - before.get(i, 0) for i, n in counter.items() if n > before.get(i, 0)}
+
+
+def test_the_local_share_is_paced_as_one_of_the_replicas() -> None:
+    """Cin7 Core is paced to about a call a second for the whole key: N replicas cut off each
+    sending a call a second made N a second. The share's pace is ``replicas`` times slower."""
+    share = local_share("cin7:app", None, 0, 0.0, replicas=3, limit=60, window_s=60.0,
+                        margin_s=1.0, min_interval_s=1.0, pause_s=20.0)  # fmt: skip
+
+    assert (share.limit, share.min_interval_s) == (20, 3.0)
 
 
 async def test_redis_stopped_and_restarted_means_the_local_share_then_the_shared_window(

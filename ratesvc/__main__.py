@@ -16,7 +16,15 @@ from ratesvc import __version__, event_loop, supervisor
 from ratesvc.app import create_app
 from ratesvc.checks import check_accounts
 from ratesvc.cin7_commands import subscribe_command, webhooks_command
-from ratesvc.config import MAX_WORKERS, ConfigError, Settings, load_settings, workers_problem
+from ratesvc.config import (
+    MAX_WORKERS,
+    ConfigError,
+    Settings,
+    load_settings,
+    replicas_problem,
+    with_workers,
+    workers_problem,
+)
 from ratesvc.demo import run_demo, start_site
 from ratesvc.sandbox.knobs import Knobs, Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
@@ -181,8 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = settings.log_level
         if args.command == "serve":
             workers = settings.workers if args.workers is None else args.workers
-            if problem := workers_problem(settings, workers, f"--workers {workers}"):
-                _refuse([problem])
+            where = f"--workers {workers}"
+            problems = [workers_problem(settings, workers, where),
+                        replicas_problem(settings, workers, where)]  # fmt: skip
+            if any(problems):
+                _refuse([problem for problem in problems if problem])
+            settings = with_workers(settings, workers)
     else:
         settings, level = None, os.environ.get("RATESVC_LOG_LEVEL", "WARNING").upper()
     logging.basicConfig(

@@ -231,8 +231,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # processes ``ratesvc serve`` runs on one port (SO_REUSEPORT); above 1 needs both backends
     workers: int = 1
     # processes sharing each upstream budget through Redis (every replica's workers); while
-    # Redis cannot be reached, each takes this share of a window (conservative: never over)
+    # Redis cannot be reached, each takes this share of a window. Unset: this replica's
+    # workers, at least 2 (``replicas_given`` False; ``serve --workers N`` raises it to N)
     replicas: int = 2
+    replicas_given: bool = False
     accounts: dict[str, Account] = {}
 
     @property
@@ -272,6 +274,28 @@ def workers_problem(settings: Settings, workers: int, where: str = "RATESVC_WORK
         f"{where}: {workers} workers need shared backends: set both RATESVC_DATABASE_URL="
         f"postgresql://... (now {database}) and RATESVC_REDIS_URL=redis://... (now {redis})"
     )
+
+
+def replicas_problem(
+    settings: Settings, workers: int, where: str = "RATESVC_WORKERS"
+) -> str | None:
+    """One line when the configured ``replicas`` count fewer processes than this replica's own
+    ``workers`` (each would take too big a share of a window while Redis is unreachable)."""
+    if not settings.replicas_given or settings.replicas >= workers:
+        return None
+    return (
+        f"RATESVC_REPLICAS: {settings.replicas} is fewer than the {workers} workers of {where}; "
+        "it counts every process sharing the upstream budgets (each takes 1/RATESVC_REPLICAS "
+        f"of a window while Redis is unreachable): set at least {workers}, or leave it unset"
+    )
+
+
+def with_workers(settings: Settings, workers: int) -> Settings:
+    """``settings`` for ``workers`` processes: ``replicas``, when not configured, at least
+    ``workers``."""
+    if settings.replicas_given or settings.replicas >= workers:
+        return settings
+    return msgspec.structs.replace(settings, replicas=workers)
 
 
 def sqlite_path(url: str) -> Path:
@@ -633,6 +657,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             for name, raw in file_accounts.items()
         }
     _check_tokens_unique(reader, accounts)
+    workers = whole("RATESVC_WORKERS", "workers", 1, 1, MAX_WORKERS)
     settings = Settings(
         host=str(service_value("RATESVC_HOST", "host") or "127.0.0.1"),
         port=whole("RATESVC_PORT", "port", 8080, 0, 65535),
@@ -687,11 +712,14 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             ("redis", "rediss", "unix"),
         ),
         redis_prefix=_redis_prefix(reader, service_value("RATESVC_REDIS_PREFIX", "redis_prefix")),
-        workers=whole("RATESVC_WORKERS", "workers", 1, 1, MAX_WORKERS),
-        replicas=whole("RATESVC_REPLICAS", "replicas", 2, 1, 1024),
+        workers=workers,
+        replicas=whole("RATESVC_REPLICAS", "replicas", max(2, workers), 1, 1024),
+        replicas_given=service_value("RATESVC_REPLICAS", "replicas") not in (None, ""),
         accounts=accounts,
     )
     if problem := workers_problem(settings, settings.workers):
+        reader.problems.append(problem)
+    if problem := replicas_problem(settings, settings.workers):
         reader.problems.append(problem)
     if reader.problems:
         raise ConfigError(reader.problems)

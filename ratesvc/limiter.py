@@ -5,14 +5,24 @@ client of that key, and reports ``X-Rate-Limit-Limit / -Remaining / -Reset`` on 
 :class:`RateLimiter` is shared by every request of an account and decides who may send when:
 
 * **Never over the window.** Each window starts with ``limit`` tokens; each call takes one.
-  The window end comes from ``X-Rate-Limit-Reset`` plus a small safety margin; when a window ends
-  without word from upstream, the next one is assumed to end a whole window later (never earlier
-  than the truth).
+  An answer's ``X-Rate-Limit-Reset`` bounds when upstream's window ends: not before the call
+  was *granted* plus Reset (less the header's rounding: a whole second for ``59``, a
+  millisecond for ``0.059``), and not after the answer *arrived* plus Reset plus a small safety
+  margin. The window ends at the latest bound (answers of one window only ever move it later);
+  between the earliest bound (less the margin, the time a granted call may take to reach
+  upstream) and the latest, **nothing is granted**: a call sent there could land in upstream's
+  next window while counted in this one, and the next window would then be granted in full on
+  top of it. So every call of a window lands in one upstream window. When a window ends, the
+  next is assumed to end a whole window later, its earliest bound a whole window after this
+  one's; if the limiter was idle past that bound it knows nothing of where upstream's window
+  stands, so the next window starts with a probe. An upstream that never sends a Reset (Cin7
+  Core) is counted from its first answer, without that pause.
 * **Headers win.** A changed ``X-Rate-Limit-Limit`` (partner keys get 100) is adopted at once.
   ``Remaining`` is trusted when no other call of ours is in flight (then it is unambiguous), so
   calls made by other programs on the same key are noticed; a ``Remaining: 0`` waits for the reset.
-* **Probing when unsure.** At start-up, and after any 429, a single call goes first; the others
-  wait for its headers. So a key exhausted by someone else costs one 429 per window, not a burst.
+* **Probing when unsure.** At start-up, after any 429 and after an idle stretch (above), a
+  single call goes first; the others wait for its headers. So a key exhausted by someone else
+  costs one 429 per window, not a burst.
 * **A 429 pauses the whole key** until the reset it announces: every queued caller waits at the
   limiter, none retries on its own.
 * **Priorities.** Waiters are served by :class:`Priority` then arrival: a label purchase never
@@ -38,6 +48,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -52,6 +63,8 @@ log = logging.getLogger(__name__)
 HEADER_LIMIT = "X-Rate-Limit-Limit"
 HEADER_REMAINING = "X-Rate-Limit-Remaining"
 HEADER_RESET = "X-Rate-Limit-Reset"
+MAX_CALLS = 1_000_000  # a Limit or Remaining above this is no usable number: ignored
+MAX_RESET_S = 86_400.0  # so is a Reset beyond a day
 
 Sharing = Literal["local", "shared", "degraded"]
 
@@ -84,6 +97,8 @@ class Permit:
     paced_until: float = 0.0
     shared: bool = False  # granted by a window kept in Redis (its times are Redis's clock)
     lease: int = 0  # shared probes: the probe's lease, handed back when it goes unanswered
+    # when it was granted: loop.time(), or Redis's TIME in microseconds when ``shared``
+    granted_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,13 +117,19 @@ class LimiterState:
 
 @dataclass(frozen=True)
 class RateHeaders:
+    """An answer's ``X-Rate-Limit-*`` headers; None where absent or no usable number."""
+
     limit: int | None
     remaining: int | None
     reset_s: float | None
+    reset_unit_s: float = 1.0  # the Reset's rounding: its last digit's worth (1 s for "59")
 
     @classmethod
     def parse(cls, headers: Mapping[str, str]) -> RateHeaders:
-        def number(name: str) -> float | None:
+        """Upstream input: a value that is not a finite number from 0 to a sane bound (a
+        million calls, a day) is ignored, never raised about."""
+
+        def number(name: str, highest: float) -> float | None:
             raw = headers.get(name)
             if raw is None:
                 return None
@@ -116,14 +137,26 @@ class RateHeaders:
                 value = float(raw)
             except ValueError:
                 return None
-            return value if value >= 0 else None
+            return value if math.isfinite(value) and 0 <= value <= highest else None
 
-        limit, remaining = number(HEADER_LIMIT), number(HEADER_REMAINING)
+        limit = number(HEADER_LIMIT, MAX_CALLS)
+        remaining = number(HEADER_REMAINING, MAX_CALLS)
+        reset_s = number(HEADER_RESET, MAX_RESET_S)
         return cls(
-            limit=int(limit) if limit else None,
+            limit=int(limit) if limit is not None and limit >= 1 else None,
             remaining=int(remaining) if remaining is not None else None,
-            reset_s=number(HEADER_RESET),
+            reset_s=reset_s,
+            reset_unit_s=_resolution(headers.get(HEADER_RESET, "")) if reset_s is not None else 1.0,
         )
+
+
+def _resolution(raw: str) -> float:
+    """What the last digit of a decimal number is worth: 1 for ``59``, 0.001 for ``0.059``
+    (at least a microsecond); 1 for anything less plain."""
+    whole, dot, fraction = raw.strip().partition(".")
+    if dot and fraction.isdigit() and (whole.isdigit() or not whole):
+        return max(1e-6, 10.0 ** -len(fraction))
+    return 1.0
 
 
 class Limiter(Protocol):
@@ -263,7 +296,12 @@ class WaitQueue:
 
 class WindowModel:
     """What one process knows of a fixed window: the calls left, when it resets, whether it
-    must probe, the pacing slot (see the module docstring). Pure state, no clock of its own."""
+    must probe, the pacing slot (see the module docstring). Pure state, no clock of its own.
+
+    ``reset_at`` is the latest upstream's window can end (the window rolls then); ``soft_end``
+    the earliest (None: no Reset heard, no pause before the end); ``heard`` says whether an
+    answer of this window set ``reset_at`` (else it is the roll's assumption, which the first
+    answer replaces)."""
 
     def __init__(
         self,
@@ -284,28 +322,41 @@ class WindowModel:
         self.next_slot = 0.0
         self.remaining = 0
         self.reset_at: float | None = None  # None: nothing known yet
+        self.soft_end: float | None = None
+        self.heard = False
         self.probing = True
         self.probe_in_flight = False
         self.epoch = 0
         self.in_flight = 0
 
     def observe(self, permit: Permit, now: float, info: RateHeaders, *, throttled: bool) -> None:
+        # A shared permit's grant time is Redis's clock: no bound can be drawn from it here.
+        sent_at = None if permit.shared else permit.granted_at
         if throttled:
-            self.throttle(now, info)
+            self.throttle(now, info, sent_at=sent_at)
         elif permit.epoch == self.epoch and not permit.shared:
-            self.adopt(now, info, alone=self.in_flight == 1)
+            self.adopt(now, info, alone=self.in_flight == 1, sent_at=sent_at)
 
-    def throttle(self, now: float, info: RateHeaders) -> None:
+    def throttle(self, now: float, info: RateHeaders, *, sent_at: float | None = None) -> None:
         reset_s = info.reset_s if info.reset_s is not None else self.throttle_pause_s
         log.warning("%s: upstream answered 429; pausing the key for %.1f s", self.name, reset_s)
         if info.limit:
             self.limit = info.limit
         self.epoch += 1  # answers to calls sent before this one no longer describe the window
         self.remaining = 0
-        self.reset_at = now + reset_s + self.margin_s
+        if info.reset_s is None:
+            self.reset_at = now + reset_s + self.margin_s
+            self.soft_end = None
+        else:
+            self.reset_at = now + reset_s + max(self.margin_s, info.reset_unit_s)
+            self.soft_end = None if sent_at is None else sent_at + reset_s - info.reset_unit_s
+        self.heard = True
         self.probing = True
 
-    def adopt(self, now: float, info: RateHeaders, *, alone: bool) -> None:
+    def adopt(
+        self, now: float, info: RateHeaders, *, alone: bool, sent_at: float | None = None
+    ) -> None:
+        """Take in an answer to a call of this window, granted at ``sent_at`` (None: unknown)."""
         if info.limit is not None and info.limit != self.limit:
             log.info(
                 "%s: upstream limit is %d per window (was %d)", self.name, info.limit, self.limit
@@ -322,12 +373,27 @@ class WindowModel:
                 )  # fmt: skip
                 self.remaining = info.remaining
         if info.reset_s is not None:
-            self.reset_at = now + info.reset_s + self.margin_s
+            self.bound(now, info.reset_s, info.reset_unit_s, sent_at)
         elif self.reset_at is None:
             # An answer without rate headers: fall back to counting calls ourselves.
             self.reset_at = now + self.window_s + self.margin_s
             self.remaining = max(0, self.limit - self.in_flight)
         self.probing = False
+
+    def bound(self, now: float, reset_s: float, unit_s: float, sent_at: float | None) -> None:
+        """Narrow the window's end by an answer arriving ``now``: upstream measured ``reset_s``
+        (rounded to ``unit_s``) between granting the call (``sent_at``) and ``now``."""
+        latest = now + reset_s + max(self.margin_s, unit_s)
+        if self.heard and self.reset_at is not None:
+            latest = max(latest, self.reset_at)  # a late answer never ends the window early
+        self.reset_at = latest
+        self.heard = True
+        if sent_at is not None:
+            earliest = sent_at + reset_s - unit_s
+            if self.soft_end is None or self.soft_end > latest:
+                self.soft_end = earliest  # the roll's assumption proved wrong: evidence wins
+            else:
+                self.soft_end = max(self.soft_end, earliest)
 
     def roll(self, now: float) -> None:
         """Start the next window if this one is over."""
@@ -335,9 +401,26 @@ class WindowModel:
             self.epoch += 1
             self.remaining = self.limit
             self.reset_at = now + self.window_s + self.margin_s
+            self.heard = False
+            if self.soft_end is not None:
+                soft_end = self.soft_end + self.window_s
+                if soft_end - self.margin_s > now:
+                    self.soft_end = soft_end
+                else:  # idle past where upstream's next window may end: ask where it stands
+                    self.soft_end = None
+                    self.probing = True
+
+    def closed(self, moment: float) -> bool:
+        """Whether ``moment`` falls between the earliest (less the margin) and the latest time
+        upstream's window can end: a call sent then may land in the next one."""
+        return (
+            self.soft_end is not None
+            and self.reset_at is not None
+            and self.soft_end - self.margin_s <= moment < self.reset_at
+        )
 
     def can_send(self, now: float) -> bool:
-        if now < self.next_slot:
+        if now < self.next_slot or self.closed(now):
             return False
         if self.probing:
             return not self.probe_in_flight and (self.reset_at is None or self.remaining > 0)
@@ -346,7 +429,7 @@ class WindowModel:
     def grant(self, now: float) -> Permit:
         permit = Permit(
             epoch=self.epoch, probe=self.probing, counted=self.reset_at is not None,
-            paced_from=self.next_slot, paced_until=now + self.min_interval_s,
+            paced_from=self.next_slot, paced_until=now + self.min_interval_s, granted_at=now,
         )  # fmt: skip
         self.next_slot = permit.paced_until
         if permit.probe:
@@ -375,9 +458,10 @@ class WindowModel:
         paced = max(now, self.next_slot) + position * self.min_interval_s
         if self.reset_at is None:
             return paced
-        available = self.remaining if now < self.reset_at else self.limit
+        fresh = now >= self.reset_at
+        available = self.remaining if not fresh else self.limit
         if position < available:
-            return paced
+            return self.reset_at if not fresh and self.closed(paced) else paced
         windows_later = (position - available) // max(1, self.limit)
         return max(paced, self.reset_at + windows_later * (self.window_s + self.margin_s))
 
@@ -386,7 +470,9 @@ class WindowModel:
         wake_at = None
         if self.next_slot > now:
             wake_at = self.next_slot
-        if self.reset_at is not None and self.remaining <= 0:
+        if self.reset_at is not None and (
+            self.remaining <= 0 or self.closed(max(now, self.next_slot))
+        ):
             wake_at = max(wake_at or 0.0, self.reset_at)
         elif self.reset_at is not None and wake_at is None:
             wake_at = self.reset_at
@@ -408,8 +494,9 @@ class WindowModel:
 
 
 def default_margin(window_s: float) -> float:
-    """Reset headers are whole seconds at ShipStation: allow for truncation, but keep short
-    test windows usable."""
+    """How late a window's end may be taken to be, and how long a granted call may take to
+    reach upstream: a second at ShipStation (whose Reset is whole seconds), less for the short
+    windows of tests."""
     return min(1.0, window_s * 0.05)
 
 

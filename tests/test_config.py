@@ -9,13 +9,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from ratesvc.__main__ import main
 from ratesvc.config import (
     DEFAULT_SHIPSTATION_URL,
     ConfigError,
     Secret,
     ShipStationConfig,
     load_settings,
+    replicas_problem,
     sqlite_path,
+    with_workers,
     workers_problem,
 )
 from ratesvc.customs import CustomsRules
@@ -637,3 +640,55 @@ def test_two_shipstation_accounts_never_share_a_leg_key_even_when_their_key_ids_
     assert len({one.cache_id(), shipstation("ss-key-41588", "another secret").cache_id(),
                 shipstation("ss-key-41588", "secret-of-organisation-1",
                             "https://ssapi.example").cache_id()}) == 3  # fmt: skip
+
+
+SHARED = {
+    **MINIMAL,
+    "RATESVC_DATABASE_URL": "postgresql://ratesvc:pw@db:5432/ratesvc",
+    "RATESVC_REDIS_URL": "redis://cache:6379/0",
+}
+
+
+def test_replicas_left_unset_count_at_least_this_replicas_workers() -> None:
+    """``RATESVC_WORKERS=4`` on shared backends used to load with ``RATESVC_REPLICAS`` at its
+    default of 2: while Redis is unreachable each of the four processes took half a window,
+    twice the key's budget. ``replicas`` counts every process sharing the budget, so left
+    unset it is the workers (at least 2), and ``serve --workers N`` raises it to N."""
+    settings = load_settings({**SHARED, "RATESVC_WORKERS": "4"})
+
+    assert (settings.workers, settings.replicas) == (4, 4)
+    assert with_workers(load_settings(SHARED), 6).replicas == 6
+    assert with_workers(load_settings(SHARED), 1).replicas == 2
+    given = load_settings({**SHARED, "RATESVC_REPLICAS": "8"})
+    assert with_workers(given, 6) is given
+
+
+def test_workers_beyond_the_replicas_setting_are_not_accepted_silently() -> None:
+    """Set explicitly below this replica's workers, ``RATESVC_REPLICAS`` would again let the
+    processes together take more than the budget while Redis is unreachable: one clear line
+    at start, as for the other settings problems (the CLI exits 2)."""
+    (problem,) = problems_of({**SHARED, "RATESVC_WORKERS": "4", "RATESVC_REPLICAS": "2"})
+
+    assert problem.startswith("RATESVC_REPLICAS: 2 is fewer than the 4 workers of RATESVC_WORKERS")
+    assert "set at least 4, or leave it unset" in problem
+    settings = load_settings({**SHARED, "RATESVC_REPLICAS": "3"})
+    assert replicas_problem(settings, 4, "--workers 4") is not None
+    assert replicas_problem(settings, 3, "--workers 3") is None
+
+
+def test_serve_refuses_more_workers_than_the_replicas_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {**SHARED, "RATESVC_REPLICAS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RATESVC_CONFIG", raising=False)
+    monkeypatch.delenv("RATESVC_WORKERS", raising=False)
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--workers", "4"])
+
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "ratesvc: the configuration has problems:"
+    (problem,) = lines[1:]
+    assert problem.startswith("  - RATESVC_REPLICAS: 2 is fewer than the 4 workers of --workers 4")

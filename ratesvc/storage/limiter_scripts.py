@@ -6,11 +6,19 @@ A window is one hash (``KEYS[1]``), times in microseconds of Redis's clock:
 =========== =================================================================================
 ``limit``     calls per window (from the configuration, then ``X-Rate-Limit-Limit``)
 ``remaining`` calls left in this window, every replica's grants taken off
-``end``       when the window ends (absent: not known yet, probe first)
+``end``       the latest upstream's window can end: the window rolls then (absent: not known
+              yet, probe first)
+``soft``      the earliest it can end (absent: no Reset heard): nothing is granted from
+              ``soft - margin`` until ``end`` (:mod:`ratesvc.limiter` says why)
+``heard``     1 once an answer of this window set ``end`` (until then it is the roll's guess,
+              which the first answer replaces; later answers only move it later)
 ``slot``      the pacing slot: no call before it (``min_interval_s``, Cin7 Core)
-``probing``   1 until a probe's answer describes the window (start-up, after a 429)
+``probing``   1 until a probe's answer describes the window (start-up, after a 429, after an
+              idle stretch past ``soft``)
 ``probe``     the lease of the probe in flight (0: none); a dead replica's lease runs out
 ``epoch``     counts windows and 429s: answers to calls of an older epoch are not adopted
+``doubt``     until when replicas Redis has not heard from are presumed to spend their local
+              shares (after a rejoin, or when Redis had forgotten every member)
 =========== =================================================================================
 
 Acquiring is idempotent: a client that retries a command whose answer was lost (the process's
@@ -21,9 +29,17 @@ The waiters of each replica are registered in a sorted set (``KEYS[2]``) as
 ``"<priority>:<replica>"`` scored by the time the registration lapses: a call is not granted
 while another replica has a live registration of a better priority.
 
+The members (``KEYS[4]``): every limiter instance sharing the window, scored by the time its
+entry lapses (``lapse`` after its last heartbeat or acquire), removed ``expiry`` after that (or
+when it closes). A member whose entry lapsed may be cut off from Redis and spending its local
+share, so each acquire holds ``limit // replicas`` calls aside per lapsed member (``held``);
+while ``doubt`` lasts, per replica not heard from (``replicas`` less the live members), since
+Redis may not know them.
+
 Every script answers the window as it stands after it: ``granted, wait, epoch, probe, counted,
-paced_from, paced_until, lease, limit, remaining, ends_in, slot_in, probing`` (microseconds;
-``ends_in`` is -1 while the window is unknown).
+paced_from, paced_until, lease, limit, remaining, ends_in, slot_in, probing, soft, now, held``
+(microseconds; ``ends_in`` is -1 while the window is unknown, ``soft`` Redis's time or 0,
+``now`` Redis's time, which a grant carries; ``held`` -1 when the script did not count it).
 """
 
 from __future__ import annotations
@@ -32,37 +48,73 @@ _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local f = redis.call('HMGET', KEYS[1], 'limit', 'remaining', 'end', 'slot', 'probing', 'probe',
-                     'epoch')
+                     'epoch', 'soft', 'heard', 'doubt')
 local w = {limit = tonumber(f[1]) or tonumber(ARGV[1]), remaining = tonumber(f[2]) or 0,
            ends = tonumber(f[3]), slot = tonumber(f[4]) or 0, probing = f[5] ~= '0',
-           probe = tonumber(f[6]) or 0, epoch = tonumber(f[7]) or 0}
+           probe = tonumber(f[6]) or 0, epoch = tonumber(f[7]) or 0, soft = tonumber(f[8]),
+           heard = f[9] == '1', doubt = tonumber(f[10]) or 0}
 local window, margin = tonumber(ARGV[2]), tonumber(ARGV[3])
 if w.ends and now >= w.ends then
   w.epoch = w.epoch + 1
   w.remaining = w.limit
   w.ends = now + window + margin
+  w.heard = false
+  if w.soft then
+    if w.soft + window - margin > now then
+      w.soft = w.soft + window
+    else  -- idle past where upstream's next window may end: ask where it stands
+      w.soft, w.probing = nil, true
+    end
+  end
 end
 local granted, wait, probe, counted, paced_from, paced_until = 0, 0, 0, 0, w.slot, w.slot
 
-local function answer()
+local function answer(held)
   redis.call('HSET', KEYS[1], 'limit', w.limit, 'remaining', w.remaining, 'slot', w.slot,
-             'probing', w.probing and 1 or 0, 'probe', w.probe, 'epoch', w.epoch)
-  local last = math.max(w.slot, w.probe, now)
+             'probing', w.probing and 1 or 0, 'probe', w.probe, 'epoch', w.epoch,
+             'heard', w.heard and 1 or 0, 'doubt', w.doubt)
+  local last = math.max(w.slot, w.probe, now, w.doubt)
   if w.ends then
     redis.call('HSET', KEYS[1], 'end', w.ends)
     last = math.max(last, w.ends)
   else
     redis.call('HDEL', KEYS[1], 'end')
   end
+  if w.soft then
+    redis.call('HSET', KEYS[1], 'soft', w.soft)
+  else
+    redis.call('HDEL', KEYS[1], 'soft')
+  end
   redis.call('PEXPIRE', KEYS[1], math.ceil((last - now + 2 * window) / 1000) + 1000)
   return {granted, wait, w.epoch, probe, counted, paced_from, paced_until, w.probe, w.limit,
           w.remaining, w.ends and (w.ends - now) or -1, math.max(0, w.slot - now),
-          w.probing and 1 or 0}
+          w.probing and 1 or 0, w.soft or 0, now, held or -1}
+end
+"""
+
+# With KEYS[4]: refresh this replica's member entry, and count who may be spending a local
+# share. A members set Redis does not have means it forgot them (a restart) or never knew.
+_MEMBERS = """
+local function join(me, lapse, expiry)
+  if redis.call('EXISTS', KEYS[4]) == 0 then w.doubt = math.max(w.doubt, now + expiry) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('(%d', now - expiry))
+  redis.call('ZADD', KEYS[4], now + lapse, me)
+  redis.call('PEXPIRE', KEYS[4], math.ceil((lapse + expiry) / 1000) + 1000)
+end
+
+local function held(replicas)
+  local unheard = math.max(0, replicas - redis.call('ZCOUNT', KEYS[4], now, '+inf'))
+  local absent = unheard
+  if now >= w.doubt then
+    absent = math.min(unheard, redis.call('ZCOUNT', KEYS[4], '-inf', string.format('(%d', now)))
+  end
+  return absent * math.max(1, math.floor(w.limit / replicas))
 end
 """
 
 # ARGV: limit, window, margin (the prelude's); replica, priority, wanted, "n0,n1,n2" (the
-# replica's waiters by priority), interval, lease, reserve, registration ttl, poll, token.
+# replica's waiters by priority), interval, lease, reserve, registration ttl, poll, token;
+# member lapse, member expiry, replicas.
 ACQUIRE = (
     """
 local last = redis.call('GET', KEYS[3])
@@ -76,10 +128,14 @@ if last then
 end
 """
     + _PRELUDE
+    + _MEMBERS
     + """
 local me, priority, wanted = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local interval, lease, reserve = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local ttl, poll = tonumber(ARGV[11]), tonumber(ARGV[12])
+
+join(me, tonumber(ARGV[14]), tonumber(ARGV[15]))
+local aside = held(tonumber(ARGV[16]))
 
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local yielding = false
@@ -88,7 +144,7 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if owner ~= me and tonumber(level) < priority then yielding = true end
 end
 
-local available = w.remaining
+local available = w.remaining - aside
 if priority > 0 then available = available - reserve end
 if wanted > 0 then
   if yielding then wait = poll end
@@ -96,6 +152,9 @@ if wanted > 0 then
   if w.probing and w.probe > now then wait = math.max(wait, math.min(poll, w.probe - now)) end
   if (w.ends or not w.probing) and available <= 0 then
     wait = math.max(wait, (w.ends or now + poll) - now)
+  end
+  if w.soft and w.ends and now >= w.soft - margin then
+    wait = math.max(wait, w.ends - now)  -- a call now may land in upstream's next window
   end
   if wait == 0 then
     granted = math.min(wanted, available)
@@ -125,7 +184,7 @@ for n in string.gmatch(ARGV[7], '%d+') do
   level = level + 1
 end
 redis.call('PEXPIRE', KEYS[2], math.ceil(ttl / 1000) + 1000)
-local reply = answer()
+local reply = answer(aside)
 local kept = {}
 for i, n in ipairs(reply) do kept[i] = string.format('%d', n) end
 redis.call('SET', KEYS[3], ARGV[13] .. '|' .. table.concat(kept, ','), 'PX', 10000)
@@ -134,17 +193,25 @@ return reply
 )
 
 # ARGV: limit, window, margin; throttled (0/1), the call's epoch, and the answer's headers:
-# limit, remaining, reset (-1: absent); the pause after a refusal without a reset.
+# limit, remaining, reset (-1: absent); the pause after a refusal without a reset; when the
+# call was granted (Redis's time; -1: unknown, a call of a replica's local share) and the
+# Reset's rounding.
 OBSERVE = (
     _PRELUDE
     + """
 local throttled, epoch = ARGV[4] == '1', tonumber(ARGV[5])
 local limit, remaining, reset = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local sent, unit = tonumber(ARGV[10]), tonumber(ARGV[11])
 if throttled then
   if limit > 0 then w.limit = limit end
-  if reset < 0 then reset = tonumber(ARGV[9]) end
   w.epoch = w.epoch + 1
-  w.remaining, w.ends, w.probing, w.probe = 0, now + reset + margin, true, 0
+  w.remaining, w.probing, w.probe, w.heard, w.soft = 0, true, 0, true, nil
+  if reset < 0 then
+    w.ends = now + tonumber(ARGV[9]) + margin
+  else
+    w.ends = now + reset + math.max(margin, unit)
+    if sent >= 0 then w.soft = sent + reset - unit end
+  end
 elseif epoch == w.epoch then
   if limit > 0 and limit ~= w.limit then
     w.remaining = math.max(0, w.remaining + limit - w.limit)
@@ -154,7 +221,17 @@ elseif epoch == w.epoch then
     w.remaining = remaining
   end
   if reset >= 0 then
-    w.ends = now + reset + margin
+    local latest = now + reset + math.max(margin, unit)
+    if w.heard and w.ends then latest = math.max(latest, w.ends) end  -- never earlier
+    w.ends, w.heard = latest, true
+    if sent >= 0 then
+      local earliest = sent + reset - unit
+      if not w.soft or w.soft > latest then
+        w.soft = earliest  -- the roll's assumption proved wrong: evidence wins
+      else
+        w.soft = math.max(w.soft, earliest)
+      end
+    end
   elseif not w.ends then
     w.ends = now + window + margin
     w.remaining = math.max(0, w.limit - 1)
@@ -180,18 +257,32 @@ return answer()
 """
 )
 
-# ARGV: limit, window, margin; pause (-1: none). A replica that counted calls on its own while
-# Redis was away rejoins: the window no longer knows every call made, so the next call probes
-# (and a 429 it saw meanwhile pauses everyone for what is left of the pause).
+# ARGV: limit, window, margin; pause (-1: none); replica, member lapse, member expiry,
+# replicas. A replica that counted calls on its own while Redis was away rejoins: the window no
+# longer knows every call made, so the next call probes (and a 429 it saw meanwhile pauses
+# everyone for what is left of the pause); others may still be cut off, spending their shares.
 REJOIN = (
     _PRELUDE
+    + _MEMBERS
     + """
-local pause = tonumber(ARGV[4])
+local pause, expiry = tonumber(ARGV[4]), tonumber(ARGV[7])
+join(ARGV[5], tonumber(ARGV[6]), expiry)
+w.doubt = math.max(w.doubt, now + expiry)
 w.epoch = w.epoch + 1  -- a probe out now answers for the old epoch: another goes
 w.probing, w.probe = true, 0
 if pause >= 0 then
-  w.remaining, w.ends = 0, now + pause + margin
+  w.remaining, w.ends, w.heard, w.soft = 0, now + pause + margin, true, nil
 end
-return answer()
+return answer(held(tonumber(ARGV[8])))
+"""
+)
+
+# ARGV: limit, window, margin; replica, member lapse, member expiry, replicas: the heartbeat.
+BEAT = (
+    _PRELUDE
+    + _MEMBERS
+    + """
+join(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+return answer(held(tonumber(ARGV[7])))
 """
 )

@@ -21,9 +21,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from ratesvc.config import Secret, ShipStationConfig
@@ -33,10 +35,13 @@ from ratesvc.models import Address, RateRequest, Weight
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import FixedWindow, ShipStationSandbox
 from ratesvc.storage import limiter_scripts
+from ratesvc.storage.limiter_share import local_share
 from ratesvc.storage.redis_client import open_redis
 from ratesvc.storage.shared_limiter import SharedRateLimiter, make_limiter
 from ratesvc.upstreams.shipstation.client import ShipStationClient
 from tests.automation.support import until
+from tests.replicas.harness import CuttableProxy
+from tests.test_limiter import Upstream, at, tail_then_burst
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLICA = (sys.executable, "-m", "tests.storage.replica")
@@ -58,7 +63,8 @@ def now() -> float:
 async def replicas(
     url: str, prefix: str, count: int, **options: Any
 ) -> AsyncIterator[list[SharedRateLimiter]]:
-    """``count`` limiters named alike on one prefix, each with its own Redis client."""
+    """``count`` limiters named alike on one prefix, each with its own Redis client, every one
+    a member of the window before the test begins."""
     options = {"limit": 40, "window_s": 60.0, "margin_s": 0.0, **options}
     clients = [open_redis(url) for _ in range(count)]
     limiters = [
@@ -66,6 +72,8 @@ async def replicas(
         for client in clients
     ]
     try:
+        for limiter in limiters:
+            await limiter.join()
         yield limiters
     finally:
         for limiter in limiters:
@@ -130,6 +138,80 @@ async def test_a_replica_starting_late_joins_the_window_without_probing(
         with pytest.raises(UpstreamThrottled):
             await late.acquire(Priority.NORMAL, now() + 1)
         assert late.remaining == 0
+
+
+async def test_calls_granted_after_upstreams_reset_count_in_the_window_they_land_in(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """The label pipeline's occasional 429s across replicas (3 replicas, 10 calls / 0.5 s).
+    The shared window ended at ``answer time + Reset + margin``, after upstream's own reset by
+    the answer's latency plus the margin: calls granted in that stretch were charged to the old
+    Redis window but landed in upstream's new one; when the Redis window rolled the prelude
+    granted a full ``limit`` again, and the tail's answers (an older epoch) were dropped by
+    OBSERVE. Now ACQUIRE grants nothing between the earliest upstream can reset (the grant time
+    on Redis's clock + Reset) and the window's end."""
+    upstream = Upstream(10, 1.0)
+    async with replicas(*redis_prefix, 2, limit=10, window_s=1.0, margin_s=None) as (a, b):
+        await tail_then_burst(upstream, a, b)
+
+    assert upstream.refused() == {}, upstream.served()
+    assert sum(upstream.served().values()) == 15
+    assert max(upstream.served().values()) <= 10
+
+
+async def test_a_late_answer_about_the_previous_window_does_not_end_the_current_one_early(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """OBSERVE set ``end = now + Reset + margin`` from whichever answer arrived last. A slow
+    call (a createlabel, 350 ms) admitted before upstream's reset, answered after quick calls
+    admitted after it, moved the shared window's end from upstream's next reset back to
+    ~1.4 s, and Redis then opened a fresh window of ``limit`` calls on top of the quick ones.
+    Now the quick calls wait for the window the slow one belongs to to end, and an answer of
+    an older window changes nothing."""
+    upstream = Upstream(10, 1.0)
+    origin = upstream.origin
+    async with replicas(*redis_prefix, 2, limit=10, window_s=1.0, margin_s=None) as (a, b):
+        await upstream.call(a, latency_s=0.1)  # the probe: upstream resets at 1.0 s
+
+        await at(origin, 0.85)
+        slow = await upstream.grant(a, Priority.URGENT)
+        deliver_slow = upstream.send(a, slow)  # admitted in window 0, "Reset: 0.150"
+
+        await at(origin, 1.02)  # upstream's window 1
+        for _ in range(4):
+            await upstream.call(a)
+        await at(origin, 1.2)
+        await deliver_slow()
+
+        await at(origin, 1.5)
+        burst = [await upstream.grant(b) for _ in range(10)]
+        for deliver in [upstream.send(b, permit) for permit in burst]:
+            await deliver()
+
+    assert upstream.refused() == {}, upstream.served()
+    assert sum(upstream.served().values()) == 16
+    assert max(upstream.served().values()) <= 10
+
+
+async def test_answers_of_one_window_arriving_out_of_order_only_move_its_end_later(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """Within one shared window the end is the latest any answer proves: a later answer
+    carrying an earlier end (a call from upstream's previous window, slow to answer) does not
+    bring the roll forward."""
+    async with replicas(*redis_prefix, 2, window_s=60.0) as (one, two):
+        first = await one.acquire(Priority.NORMAL, None)
+        await answered(one, first, 200, {})  # no rate headers: the window counts for itself
+        slow, quick = [await two.acquire(Priority.NORMAL, None) for _ in range(2)]
+        assert slow.epoch == quick.epoch
+        await answered(two, quick, 200, headers(40, 37, 30.0))
+
+        await answered(one, slow, 200, headers(40, 36, 0.5))
+
+        probe = await one.acquire(Priority.NORMAL, None)  # refreshes the window as Redis has it
+        one.release(probe)
+        reset_after = one.state().reset_after_s
+        assert reset_after is not None and reset_after > 29
 
 
 # --- answers from any replica -------------------------------------------------------------------
@@ -442,6 +524,15 @@ def since(counter: dict[int, int], before: dict[int, int]) -> dict[int, int]:
     return {i: n - before.get(i, 0) for i, n in counter.items() if n > before.get(i, 0)}
 
 
+def test_the_local_share_is_paced_as_one_of_the_replicas() -> None:
+    """Cin7 Core is paced to about a call a second for the whole key: N replicas cut off each
+    sending a call a second made N a second. The share's pace is ``replicas`` times slower."""
+    share = local_share("cin7:app", None, 0, 0.0, replicas=3, limit=60, window_s=60.0,
+                        margin_s=1.0, min_interval_s=1.0, pause_s=20.0)  # fmt: skip
+
+    assert (share.limit, share.min_interval_s) == (20, 3.0)
+
+
 async def test_redis_stopped_and_restarted_means_the_local_share_then_the_shared_window(
     own_redis: RedisServer,
 ) -> None:
@@ -476,9 +567,12 @@ async def test_redis_stopped_and_restarted_means_the_local_share_then_the_shared
 async def test_redis_hanging_means_the_local_share_after_a_short_timeout(
     own_redis: RedisServer,
 ) -> None:
+    """A hung Redis costs a call ``timeout_s``, then the wait until this replica's member
+    entry has lapsed (``3 * heartbeat_s``: the others hold its share aside from then on), not
+    the caller's deadline."""
     upstream = FixedWindow(10, 0.3)
     async with replicas(own_redis.url, "t:", 1, limit=10, window_s=0.3, margin_s=None,
-                        retry_s=0.1, timeout_s=0.2) as (limiter,):  # fmt: skip
+                        retry_s=0.1, timeout_s=0.2, heartbeat_s=0.1) as (limiter,):  # fmt: skip
         await burst([limiter], upstream, 5)
         own_redis.signal(signal.SIGSTOP)  # connected, never answering
         started = now()
@@ -503,7 +597,7 @@ async def test_a_429_seen_while_redis_was_down_pauses_every_replica_when_it_is_b
         sent = await seen.acquire(Priority.NORMAL, None)  # from the local share
         await answered(seen, sent, 429, headers(40, 0, 20))
         own_redis.start()
-        await until(lambda: seen.shared)
+        await until(lambda: seen.shared and other.shared)  # both noticed the outage
 
         with pytest.raises(UpstreamThrottled) as refused:
             await other.acquire(Priority.NORMAL, now() + 1)
@@ -548,19 +642,196 @@ async def test_an_acquire_retried_by_the_client_is_granted_once(
     client = open_redis(url)
     acquire = client.register_script(limiter_scripts.ACQUIRE)
     window = f"{prefix}w"
-    keys = [window, f"{prefix}w:waiting", f"{prefix}w:answer:me"]
+    keys = [window, f"{prefix}w:waiting", f"{prefix}w:answer:me", f"{prefix}w:members"]
     await client.hset(window, mapping={"limit": 40, "remaining": 30, "end": 2**52, "probing": 0})
     args = [40, 60_000_000, 0, "me", 1, 5, "0,5,0", 0, 10_000_000, 0, 3_000_000, 25_000]
+    members = [3_000_000, 120_000_000, 1]  # lapse, expiry, replicas
     try:
-        first = await acquire(keys=keys, args=[*args, 7])
-        retried = await acquire(keys=keys, args=[*args, 7])
-        another = await acquire(keys=keys, args=[*args, 8])
+        first = await acquire(keys=keys, args=[*args, 7, *members])
+        retried = await acquire(keys=keys, args=[*args, 7, *members])
+        another = await acquire(keys=keys, args=[*args, 8, *members])
 
         assert first[0] == retried[0] == another[0] == 5
         assert first[:10] == retried[:10]
         assert int(await client.hget(window, "remaining")) == 20  # two grants of 5, not three
     finally:
         await client.aclose()
+
+
+async def paused(limiter: SharedRateLimiter) -> bool:
+    """Whether the limiter refuses a call due within the next second."""
+    try:
+        permit = await limiter.acquire(Priority.NORMAL, now() + 1)
+    except UpstreamThrottled:
+        return True
+    limiter.release(permit)
+    return False
+
+
+async def test_a_429_answered_after_redis_returned_to_a_call_sent_while_it_was_away_pauses_everyone(
+    own_redis: RedisServer,
+) -> None:
+    """A call sent from the local share while Redis was away (a createlabel, a Cin7 Core
+    write-back) is answered 429 just after the replica rejoined. ``observe`` sent an answer to
+    Redis only for a permit Redis had granted, so this 429 went to the unused local model and
+    nobody was paused, this replica included: the rejoined window was probing, so the next
+    caller anywhere probed at once into a key upstream had just said was exhausted for 20 s.
+    Now every refusal goes to the shared window when Redis answers."""
+    async with replicas(own_redis.url, "t:", 2, retry_s=0.05, heartbeat_s=0.1) as (seen, other):
+        probe = await seen.acquire(Priority.NORMAL, None)
+        await answered(seen, probe, 200, headers(40, 39, 30))
+        own_redis.stop()
+        sent = await seen.acquire(Priority.URGENT, None)  # from the local share
+        assert not sent.shared
+        own_redis.start()
+        await until(lambda: seen.shared and other.shared)  # both noticed the outage
+
+        await answered(seen, sent, 429, headers(40, 0, 20))  # its answer comes back now
+
+        assert await paused(other), "another replica is granted a call into the pause"
+        assert await paused(seen), "the replica that saw the 429 is granted a call into it"
+
+
+async def test_a_replica_cut_off_spends_nothing_until_the_others_hold_its_share_aside(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """The others hold a share aside for a replica once its member entry has lapsed
+    (``3 * heartbeat_s`` after its last heartbeat); a replica cut off before then waits for
+    that moment, by its own clock, before its first call from the local share."""
+    url, prefix = redis_prefix
+    target = urlsplit(url)
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    async with replicas(proxy.url_for(url), prefix, 1, heartbeat_s=0.2) as (cut_off,):
+        probe = await cut_off.acquire(Priority.NORMAL, None)
+        await answered(cut_off, probe, 200, headers(40, 39, 30))
+        await cut_off.join()
+        joined = now()
+        await proxy.cut()
+
+        permit = await cut_off.acquire(Priority.NORMAL, None)
+
+        assert not permit.shared and cut_off.state().sharing == "degraded"
+        assert now() - joined >= 0.6  # 3 x heartbeat_s after its last heartbeat's answer
+        cut_off.release(permit)
+    await proxy.close()
+
+
+async def test_one_replica_cut_off_from_redis_does_not_spend_on_top_of_the_shared_window(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """The local share was conservative only if *every* replica lost Redis at once. When one
+    alone cannot reach it (a partition, its connection pool exhausted, its event loop stalled
+    past ``timeout_s``) it took its share locally while the others, still shared, were granted
+    the whole window Redis keeps, which knows nothing of the cut-off replica's calls: upstream
+    got the window plus the share, 429s for everyone with Redis up. Now the cut-off replica's
+    member entry lapses first, and the others hold its share aside."""
+    url, prefix = redis_prefix
+    target = urlsplit(url)
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    options: dict[str, Any] = {"limit": 10, "window_s": 2.0, "margin_s": None, "retry_s": 5.0,
+                               "heartbeat_s": 0.1}  # fmt: skip
+    upstream = Upstream(10, 2.0)
+    async with (
+        replicas(proxy.url_for(url), prefix, 1, **options) as (cut_off,),
+        replicas(url, prefix, 1, **options) as (shared,),
+    ):
+        await upstream.call(shared)  # the window: 9 left
+        await upstream.call(cut_off)  # 8 left
+        await proxy.cut()
+
+        await upstream.call(cut_off)  # its local share's probe, once its entry lapsed
+        assert not cut_off.shared and shared.shared
+        await asyncio.gather(*(upstream.call(cut_off) for _ in range(cut_off.remaining)))
+        await upstream.burst(shared, 10)  # ten quotes at once: what the shared window grants
+        served = upstream.served()
+    await proxy.close()
+
+    assert upstream.refused() == {}, served
+    assert served == {0: 9}  # 2 shared, the share's 5 (its probe among them), then 2 more
+
+
+async def test_a_replica_rejoining_first_does_not_take_the_share_of_one_still_cut_off(
+    own_redis: RedisServer,
+) -> None:
+    """Redis restarts, empty. Replica X notices within ``retry_s`` and rejoins: its probe's
+    Remaining became the shared window, as if X were alone, while Y, which has not pinged yet
+    (here it retries every 5 s), went on spending its local share in the same upstream window:
+    429s right after Redis returned. Now a rejoin holds a share aside for every replica Redis
+    has not heard from since, for two windows (or until they rejoin)."""
+    upstream = Upstream(10, 2.0)
+    options: dict[str, Any] = {"limit": 10, "window_s": 2.0, "heartbeat_s": 0.1}
+    async with (
+        replicas(own_redis.url, "t:", 1, retry_s=0.05, **options) as (x,),
+        replicas(own_redis.url, "t:", 1, retry_s=5.0, **options) as (y,),
+    ):
+        await upstream.call(x)  # the shared window: 9 left
+        own_redis.stop()
+        await upstream.call(y)  # Y cut off: its local share's probe
+        await upstream.call(x)  # X cut off: its local share's probe
+        assert not x.shared and not y.shared
+        own_redis.start()
+        await until(lambda: x.shared)
+        assert not y.shared
+
+        await upstream.call(x)  # X's probe of the shared window
+        burst = [upstream.call(x) for _ in range(x.remaining)]
+        burst += [upstream.call(y) for _ in range(y.remaining)]
+        await asyncio.gather(*burst)
+
+    assert upstream.refused() == {}, upstream.served()
+    assert max(upstream.served().values()) <= 10
+
+
+async def test_a_replica_that_closes_leaves_the_members_and_is_held_for_no_more(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """A replica stopping gracefully (a rolling deploy) leaves the members: the others hold
+    nothing aside for it. (For two windows after the first member joined, Redis holds a share
+    for every replica it has not heard from: past them here.)"""
+    options: dict[str, Any] = {"limit": 10, "window_s": 0.2, "heartbeat_s": 0.1}
+    async with replicas(*redis_prefix, 1, **options) as (staying,):
+        async with replicas(*redis_prefix, 1, **options):
+            pass  # it joined, and left
+        await asyncio.sleep(0.5)  # past its lapse, and past the two windows of doubt
+
+        probe = await staying.acquire(Priority.NORMAL, None)
+        await answered(staying, probe, 200, headers(10, 9, 30))
+        permits = [await staying.acquire(Priority.NORMAL, now() + 0.1) for _ in range(9)]
+
+        assert staying.remaining == 0 and all(permit.shared for permit in permits)
+
+
+async def test_a_member_gone_without_leaving_is_held_for_two_windows_then_no_more(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """A replica that stops heartbeating (killed, or cut off for good) may be spending its
+    local share: the others hold its share aside from the lapse of its entry until two windows
+    later; then its entry is gone and the window whole again. The trade-off: a killed replica
+    costs the others its share for two windows; one still cut off after them may overspend by
+    its share (README, *Running replicas*)."""
+    url, prefix = redis_prefix
+    target = urlsplit(url)
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    upstream = Upstream(10, 0.5)
+    options: dict[str, Any] = {"limit": 10, "window_s": 0.5, "heartbeat_s": 0.1, "retry_s": 30}
+    async with (
+        replicas(url, prefix, 1, **options) as (staying,),
+        replicas(proxy.url_for(url), prefix, 1, **options),
+    ):
+        await at(upstream.origin, 0.6)
+        await proxy.cut()  # the other is gone for good: its entry lapses at ~0.9 s
+
+        await at(upstream.origin, 1.2)  # Redis's doubt about unknown members ended at ~1 s
+        await upstream.burst(staying, 10, latency_s=0)  # the other's share held aside
+        await at(upstream.origin, 2.2)  # its entry was removed at ~1.9 s
+        await upstream.burst(staying, 10, latency_s=0)
+    await proxy.close()
+
+    assert upstream.refused() == {}
+    assert upstream.served() == {2: 5, 4: 10}
 
 
 # --- against the ShipStation sandbox --------------------------------------------------------------
@@ -636,6 +907,31 @@ async def test_replica_processes_sharing_one_limiter_get_no_429_and_use_the_budg
     assert sum(served.values()) == 180
     assert max(served.values()) <= 20
     assert min(full_windows(served)) >= 18
+
+
+@pytest.mark.parametrize("header", ["X-Rate-Limit-Limit", "X-Rate-Limit-Remaining",
+                                    "X-Rate-Limit-Reset"])  # fmt: skip
+async def test_an_unparseable_huge_rate_header_does_not_fail_a_successful_call(
+    aiohttp_server: Any, redis_prefix: tuple[str, str], header: str
+) -> None:
+    """``1e999`` / ``inf`` in a rate header became ``inf``: ``int(inf)`` raised inside
+    ``observe`` (a 200 became a 500, a bought label a crash), and a huge Reset made the
+    OBSERVE script fail after its HSET. Such a header is ignored."""
+
+    async def getrates(_request: web.Request) -> web.Response:
+        return web.json_response([], headers={header: "1e999"})
+
+    app = web.Application()
+    app.router.add_post("/shipments/getrates", getrates)
+    server = await aiohttp_server(app)
+    url, prefix = redis_prefix
+    async with replicas(url, prefix, 1) as (limiter,), aiohttp.ClientSession() as session:
+        client = ShipStationClient(session, shipstation(str(server.make_url("")).rstrip("/")),
+                                   limiter)  # fmt: skip
+        assert await client.get_rates(RATE, deadline=now() + 5) == []
+        await limiter.flush()
+        assert await client.get_rates(RATE, deadline=now() + 5) == []
+        assert limiter.shared
 
 
 # --- the factory ------------------------------------------------------------------------------

@@ -46,11 +46,11 @@ def build_accounts(
     built: dict[str, AccountServices] = {}
     for name, account in settings.accounts.items():
         ss = account.shipstation
-        key = (ss.url, ss.key_id())
+        key = (ss.url, ss.cache_id())
         limiter = limiters.get(key)
-        if limiter is None:
+        if limiter is None:  # named (in metrics, /v1/status and Redis) by 64 bits of its key pair
             limiter = limiters[key] = make_limiter(
-                f"shipstation:{ss.key_id()}", limit=ss.rate_limit, window_s=ss.window_s,
+                f"shipstation:{ss.cache_id()[:16]}", limit=ss.rate_limit, window_s=ss.window_s,
                 metrics=metrics, redis=redis, prefix=settings.redis_prefix,
                 replicas=settings.replicas,
             )  # fmt: skip
@@ -60,7 +60,7 @@ def build_accounts(
             application = account.cin7.account_id.digest()
             if application not in cin7_limiters:
                 cin7_limiters[application] = make_limiter(
-                    f"cin7:{application.hex()[:8]}", limit=CIN7_CALLS_PER_WINDOW,
+                    f"cin7:{application.hex()[:16]}", limit=CIN7_CALLS_PER_WINDOW,
                     window_s=settings.cin7_window_s, min_interval_s=settings.cin7_min_interval_s,
                     throttle_pause_s=settings.cin7_throttle_pause_s, metrics=metrics,
                     redis=redis, prefix=settings.redis_prefix, replicas=settings.replicas,

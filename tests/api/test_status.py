@@ -39,7 +39,7 @@ async def test_a_quiet_account_shows_its_budgets_and_nothing_waiting(
     resets_at = dt.datetime.fromisoformat(shipstation["resets_at"])
     assert dt.timedelta(0) < resets_at - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=62)
     (cin7,) = status["cin7"]
-    assert len(cin7["application"]) == 8
+    assert len(cin7["application"]) == 16
     assert cin7["limit"] == 60
     assert cin7["sharing"] == "local"
     assert status["write_back"] == {"backlog": 0, "oldest_age_s": None}

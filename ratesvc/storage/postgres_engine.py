@@ -18,15 +18,21 @@ first migrates, the others then read the new version and have nothing to do.
 A PostgreSQL that hangs (a network partition, a stuck server) rather than refuses must not hold
 requests forever: every statement is abandoned after :data:`COMMAND_TIMEOUT_S` and waiting for
 a pooled connection after :data:`ACQUIRE_TIMEOUT_S` (``TimeoutError``, which the HTTP edge
-answers as 503 ``storage_unavailable``: :mod:`ratesvc.storage.outage`). Migrations, which may
-wait for another replica's and may rewrite a table, have an hour.
+answers as 503 ``storage_unavailable``: :mod:`ratesvc.storage.outage`). A connection whose
+statement was abandoned (or whose task was cancelled) is terminated, not given back: asyncpg's
+release would first wait — shielded, up to the acquire timeout — for the server to acknowledge
+the cancellation, which a hung server never does, and the caller would wait twice as long
+(:meth:`PostgresEngine._connection`). A transaction is not rolled back on such a connection
+either (the ROLLBACK would wait the same way); closing the connection ends it on the server.
+Migrations, which may wait for another replica's and may rewrite a table, have an hour.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -161,14 +167,34 @@ class PostgresEngine:
                         timeout=wait,
                     )  # fmt: skip
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[Any]]:
+        """A pooled connection for one operation. When a statement was abandoned (its timeout)
+        or the task was cancelled, the connection is terminated before it is given back, so
+        the caller hears of a hung server after one :data:`COMMAND_TIMEOUT_S`, not two."""
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+            try:
+                yield connection
+            except (TimeoutError, asyncio.CancelledError):
+                connection.terminate()
+                raise
+
     async def run(self, body: Callable[[Connection], Awaitable[T]]) -> T:
         for attempt in range(RETRIES):
             try:
-                async with (
-                    self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection,
-                    connection.transaction(),
-                ):
-                    return await body(_Connection(connection))
+                async with self._connection() as connection:
+                    transaction = connection.transaction()
+                    await transaction.start()
+                    try:
+                        result = await body(_Connection(connection))
+                    except (TimeoutError, asyncio.CancelledError):
+                        raise  # no ROLLBACK: the connection is terminated (see the module)
+                    except BaseException:
+                        if not connection.is_closed():
+                            await transaction.rollback()
+                        raise
+                    await transaction.commit()
+                    return result
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
@@ -176,16 +202,16 @@ class PostgresEngine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+        async with self._connection() as connection:
             return [tuple(record) for record in await connection.fetch(numbered(sql), *args)]
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+        async with self._connection() as connection:
             return rowcount(await connection.execute(numbered(sql), *args))
 
     async def writable(self) -> None:
         """A server in recovery (a standby) or read-only by default takes no writes."""
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+        async with self._connection() as connection:
             read_only = await connection.fetchval(
                 "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
             )

@@ -93,9 +93,16 @@ def quick_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("quick_timeouts")
-async def test_a_hung_ledger_answers_503_within_its_timeouts_not_never(through_proxy: Any) -> None:
+async def test_a_hung_ledger_answers_503_within_one_statement_timeout_not_two(
+    through_proxy: Any,
+) -> None:
     """PostgreSQL that hangs rather than refuses (every byte held): each statement and each wait
-    for a connection is bounded (10 s each in production; 1 s here), then 503."""
+    for a connection is bounded (10 s each in production; 1 s here), then 503 — within one
+    COMMAND_TIMEOUT_S, as the README promises (10 s), not two. A connection whose statement was
+    abandoned must not be given back to the pool as it is: asyncpg's release first waits,
+    shielded, up to the acquire timeout, for the server to acknowledge the cancellation a hung
+    server never sends, and every request after a failover took 20 s (review round 4, ops
+    finding 5)."""
     client, proxy = through_proxy
     bought = await client.post(
         "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "a"}
@@ -108,7 +115,8 @@ async def test_a_hung_ledger_answers_503_within_its_timeouts_not_never(through_p
         response = await client.get(path, headers=AUTH)
         problem = await response.json(content_type=None)
         assert (response.status, problem["code"]) == (503, "storage_unavailable"), problem
-        assert time.perf_counter() - started < 3.5
+        elapsed = time.perf_counter() - started
+        assert elapsed < postgres_engine.COMMAND_TIMEOUT_S + 0.5, f"503 after {elapsed:.1f} s"
     refused = await client.post(
         "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "b"}
     )

@@ -62,7 +62,13 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         app[keys.REDIS] = None
         yield
         return
-    redis = app[keys.REDIS] = open_redis(url)
+    try:
+        redis = app[keys.REDIS] = open_redis(url)
+    except ValueError:  # its text may hold part of the URL: never shown
+        raise ConfigError(
+            ["RATESVC_REDIS_URL: redis-py cannot read the URL or one of its options (percent-"
+             "encode / # ? @ % [ ] in the user and password)"]
+        ) from None  # fmt: skip
     try:
         await check_at_start(redis, url, settings.redis_prefix)
         yield

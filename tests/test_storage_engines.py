@@ -28,7 +28,7 @@ from ratesvc.storage.ledger import (
     PurchaseRow,
 )
 from ratesvc.storage.migrations import SQLITE_MIGRATIONS, postgresql_migrations
-from ratesvc.storage.sql import Connection, numbered
+from ratesvc.storage.sql import Connection, LedgerUnavailable, numbered
 from ratesvc.storage.sqlite_engine import SQLiteEngine
 from tests.api.test_labels import EXPLICIT, buy
 from tests.conftest import AUTH, service_env
@@ -342,6 +342,28 @@ async def test_a_missing_database_is_named_too(sandbox_url: str, tmp_path: Path)
     (problem,) = failed.value.problems
     assert "127.0.0.1:5432/ratesvc_no_such_database" in problem
     assert "does not exist" in problem and "pw-never-shown" not in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:Xy7/Qk9+Zz=@127.0.0.1:5432/postgres",
+        "postgresql://postgres:Xy7Qk9Zz@[::1/postgres",
+    ],
+)
+async def test_a_postgresql_url_asyncpg_cannot_read_is_a_ledger_error_that_never_shows_it(
+    url: str,
+) -> None:
+    """Behind the settings' own check (tests/test_config.py), the engine never fails in its
+    constructor ("Invalid IPv6 URL" raised from create_app's context) nor repeats what asyncpg
+    could not read ("invalid literal for int() with base 10: 'Xy7'": part of the password)
+    (review round 4, ops finding 3)."""
+    ledger = Ledger.from_url(url)
+
+    with pytest.raises(LedgerUnavailable) as failed:
+        await ledger.open()
+
+    assert not [part for part in ("Xy7", "Qk9", "Zz") if part in str(failed.value)], failed.value
 
 
 # --- SQLite: one shared connection that must never be left inside a transaction ----------------

@@ -34,7 +34,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -104,7 +104,10 @@ class PostgresEngine:
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
         self._url = url
         self._pool_size = pool_size
-        self._password = urlsplit(url).password or ""
+        try:  # config._backend_url has checked the URL; never fail (or show it) here anyway
+            self._password = urlsplit(url).password or ""
+        except ValueError:
+            self._password = ""
         self.where = f"PostgreSQL at {address(url)}"
         self._pool: asyncpg.Pool[Any] | None = None
 
@@ -116,7 +119,9 @@ class PostgresEngine:
 
     def _scrub(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
-        return text.replace(self._password, "***") if self._password else text
+        for secret in {self._password, unquote(self._password)} - {""}:
+            text = text.replace(secret, "***")
+        return text
 
     async def open(self) -> None:
         try:
@@ -124,8 +129,14 @@ class PostgresEngine:
                 self._url, min_size=1, max_size=self._pool_size, timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S, server_settings={"application_name": "ratesvc"},
             )  # fmt: skip
-        except (OSError, TimeoutError, ValueError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:  # fmt: skip
+        except asyncpg.ClientConfigurationError as exc:  # an option asyncpg refuses, named
+            raise LedgerUnavailable(f"cannot use {self.where}: {self._scrub(exc)}") from None
+        except ValueError:  # the URL as asyncpg reads it: its text may show part of it
+            raise LedgerUnavailable(
+                f"cannot use {self.where}: asyncpg cannot read the URL or one of its options "
+                "(percent-encode / # ? @ % [ ] in the user and password)"
+            ) from None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise LedgerUnavailable(f"cannot reach {self.where}: {self._scrub(exc)}") from None
         try:
             await self._migrate()

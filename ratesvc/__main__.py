@@ -180,8 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings_or_exit()
         level = settings.log_level
         if args.command == "serve":
-            workers = settings.workers if args.workers is None else args.workers
-            if problem := workers_problem(settings, workers, f"--workers {workers}"):
+            # checked here, not in load_settings: --workers overrides RATESVC_WORKERS, and only
+            # serve forks (check and cin7 run with any RATESVC_WORKERS)
+            if args.workers is None:
+                workers, where = settings.workers, "RATESVC_WORKERS"
+            else:
+                workers, where = args.workers, f"--workers {args.workers}"
+            if problem := workers_problem(settings, workers, where):
                 _refuse([problem])
     else:
         settings, level = None, os.environ.get("RATESVC_LOG_LEVEL", "WARNING").upper()

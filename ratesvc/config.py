@@ -692,8 +692,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         replicas=whole("RATESVC_REPLICAS", "replicas", 2, 1, 1024),
         accounts=accounts,
     )
-    if problem := workers_problem(settings, settings.workers):
-        reader.problems.append(problem)
+    # RATESVC_WORKERS is checked against the backends where processes are forked, with the count
+    # in effect (``serve --workers`` overrides it): __main__.main, by workers_problem
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings

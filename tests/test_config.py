@@ -652,12 +652,18 @@ def test_workers_are_a_whole_number_from_1_to_64(value: str) -> None:
 def test_several_workers_need_postgresql_and_redis_said_in_one_line(
     backends: dict[str, str], now: str
 ) -> None:
-    (problem,) = problems_of({**MINIMAL, **backends, "RATESVC_WORKERS": "2"})
+    """Checked with the count in effect where processes are forked (``serve``: RATESVC_WORKERS
+    or ``--workers``), not by load_settings: ``--workers 1`` overrides RATESVC_WORKERS=2, and
+    ``ratesvc check`` forks nothing (review round 4, ops finding 8; tests/test_workers.py)."""
+    settings = load_settings({**MINIMAL, **backends, "RATESVC_WORKERS": "2"})
+    problem = workers_problem(settings, settings.workers)
 
+    assert problem is not None
     assert problem.startswith("RATESVC_WORKERS: 2 workers need shared backends: set both ")
     assert "RATESVC_DATABASE_URL=postgresql://" in problem
     assert "RATESVC_REDIS_URL=redis://" in problem
     assert now in problem
+    assert workers_problem(settings, 1) is None
     assert workers_problem(load_settings({**MINIMAL, **BACKENDS}), 2) is None
     assert workers_problem(load_settings(MINIMAL), 1) is None
 

@@ -287,3 +287,57 @@ async def test_workers_keep_the_ledger_in_postgresql(
     assert (len(pids), code) == (2, 0)
     assert (ledger["engine"], ledger["reachable"]) == ("postgresql", True)
     assert tables > 0
+
+
+SERVING_ONE = re.compile(r"serving on http://127\.0\.0\.1:(\d+)$")
+
+
+async def serve_one(env: dict[str, str], *args: str) -> Served:
+    """``ratesvc serve`` (one process) once it says it serves."""
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, "serve", *args, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert process.stderr is not None
+    served = Served(process, "")
+    try:
+        while not served.url:
+            line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+            assert line, "serve stopped before it served:\n" + served.text
+            served.log.append(line)
+            if match := SERVING_ONE.search(line.rstrip()):
+                served.url = f"http://127.0.0.1:{match[1]}"
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    served.drain = asyncio.create_task(_drain(process.stderr, served.log))
+    await get_json(f"{served.url}/healthz")  # answering: it listens for SIGTERM too
+    return served
+
+
+async def test_workers_1_on_the_command_line_overrides_ratesvc_workers(tmp_path: Path) -> None:
+    """``--workers`` overrides RATESVC_WORKERS, but the settings were refused (RATESVC_WORKERS=2
+    without shared backends) before the flag was read: an image built with RATESVC_WORKERS=4
+    could not be run once with ``serve --workers 1`` on SQLite to debug it, and ``ratesvc
+    check`` and ``ratesvc cin7``, which fork nothing, were refused too (review round 4, ops
+    finding 8)."""
+    env = clean_env(**service_env("http://127.0.0.1:9", tmp_path / "data", RATESVC_PORT="0",
+                                  RATESVC_WORKERS="2"))  # fmt: skip
+    served = await serve_one(env, "--workers", "1")
+    try:
+        served.process.send_signal(signal.SIGTERM)
+        code = await served.exit_code()
+    finally:
+        if served.process.returncode is None:
+            served.process.kill()
+            await served.process.wait()
+    check = await asyncio.create_subprocess_exec(
+        *COMMAND, "check", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(check.communicate(), 30)
+
+    assert code == 0, served.text
+    assert check.returncode == 1, err.decode()  # it checked (ShipStation unreachable): not 2
+    assert "cannot connect to ShipStation" in out.decode()

@@ -223,6 +223,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shipstation_connections: int = 512
     automation_retry_s: float = 30.0
     retention_days: float = 90.0  # finished events, outbox rows and label PDFs are kept this long
+    # after SIGTERM, requests in flight and purchases waiting for ShipStation's answer get this
+    # long, counted from the signal (one deadline); the orchestrator's must be longer
+    stop_grace_s: float = 30.0
     # the ledger: None is SQLite at <data_dir>/ledger.sqlite3; else sqlite:///path or postgresql://
     database_url: str | None = None
     # None: cache, limiters and stores in this process; redis://...: shared by every replica
@@ -675,6 +678,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "RATESVC_AUTOMATION_RETRY_S", "automation_retry_s", 30.0, 0.01, 3600
         ),
         retention_days=number("RATESVC_RETENTION_DAYS", "retention_days", 90.0, 1, 36500),
+        stop_grace_s=number("RATESVC_STOP_GRACE_S", "stop_grace_s", 30.0, 0, 600),
         database_url=_backend_url(
             reader,
             "RATESVC_DATABASE_URL",

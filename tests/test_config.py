@@ -598,6 +598,13 @@ def test_an_in_memory_sqlite_ledger_is_refused(name: str) -> None:
     assert problem.startswith("RATESVC_DATABASE_URL: the ledger must be a file")
 
 
+def test_the_stop_grace_is_a_number_of_seconds_up_to_ten_minutes() -> None:
+    assert load_settings(MINIMAL).stop_grace_s == 30.0
+    assert load_settings({**MINIMAL, "RATESVC_STOP_GRACE_S": "12.5"}).stop_grace_s == 12.5
+    (problem,) = problems_of({**MINIMAL, "RATESVC_STOP_GRACE_S": "601"})
+    assert problem == "RATESVC_STOP_GRACE_S: must be a number from 0 to 600"
+
+
 BACKENDS = {
     "RATESVC_DATABASE_URL": "postgresql://ratesvc:pw@db:5432/ratesvc",
     "RATESVC_REDIS_URL": "redis://cache:6379/0",

@@ -19,6 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from tests.api.test_labels import EXPLICIT as LABEL
 from tests.conftest import AUTH, service_env
 from tests.test_cli import COMMAND
 
@@ -341,3 +342,47 @@ async def test_workers_1_on_the_command_line_overrides_ratesvc_workers(tmp_path:
     assert code == 0, served.text
     assert check.returncode == 1, err.decode()  # it checked (ShipStation unreachable): not 2
     assert "cannot connect to ShipStation" in out.decode()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stop_mid_purchase_ends_within_the_stop_grace_counted_from_sigterm(
+    sandbox: Any, sandbox_url: str, tmp_path: Path
+) -> None:
+    """README and compose: a stopped replica finishes its requests and purchases first, within
+    RATESVC_STOP_GRACE_S (30 s) of SIGTERM, inside compose's 45 s stop_grace_period. With
+    ShipStation slow to answer a createlabel the stop took about 60 s: aiohttp's runner first
+    waited for the request in flight (its own 60 s shutdown_timeout; the POST waits for its
+    purchase up to 30 s), and only then did the purchases get a 30 s grace of their own: Docker
+    SIGKILLed the replica mid-purchase, and the graceful path never completed (review round 4,
+    ops finding 6). One deadline now, from the signal: the grace (2 s here) and the teardown."""
+    sandbox.knobs.createlabel_faults = ["hang_after_buy"]
+    sandbox.knobs.hang_s = 100
+    grace_s = 2.0
+    env = clean_env(**service_env(sandbox_url, tmp_path / "data", RATESVC_PORT="0",
+                                  RATESVC_STOP_GRACE_S=str(grace_s)))  # fmt: skip
+    served = await serve_one(env)
+    try:
+        async with aiohttp.ClientSession() as session:
+            request = asyncio.create_task(session.post(
+                f"{served.url}/v1/labels", json=LABEL, headers={**AUTH, "Idempotency-Key": "stop"}
+            ))  # fmt: skip
+            for _ in range(200):
+                if sandbox.shipments:
+                    break
+                await asyncio.sleep(0.05)
+            assert sandbox.shipments, "createlabel never reached the sandbox"
+            served.process.send_signal(signal.SIGTERM)
+            started = asyncio.get_running_loop().time()
+            code = await served.exit_code(within_s=grace_s + 20)
+            elapsed = asyncio.get_running_loop().time() - started
+            request.cancel()
+            with contextlib.suppress(BaseException):
+                await request
+    finally:
+        if served.process.returncode is None:
+            served.process.kill()
+            await served.process.wait()
+
+    assert code == 0, served.text
+    assert elapsed < grace_s + 3, f"stopped {elapsed:.1f} s after SIGTERM"
+    assert "shutting down" in served.text

@@ -6,7 +6,8 @@ ledger connections, upstream sessions and open-file limit, and a request-id key 
 the fork (:mod:`ratesvc.api.middlewares`). Each listens with ``SO_REUSEPORT`` on the same
 address, so the kernel spreads new connections across the workers. The parent binds the port
 first (without listening) to learn it when 0 was asked for and to fail at once, with one line,
-when it is taken; it keeps it while the workers run.
+when it is taken — by another ``serve --workers`` too (:func:`reserve_port`); it keeps it while
+the workers run.
 
 The parent does nothing but supervise. SIGTERM, SIGINT or SIGHUP is forwarded to every worker
 as SIGTERM: each stops gracefully (requests and purchases in progress get what is left of
@@ -64,10 +65,25 @@ def _remember(signum: int, _frame: object) -> None:
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     """A socket bound to ``(host, port)`` with SO_REUSEPORT, not listening, and its port: the
-    workers bind the same port beside it. OSError when the port is taken."""
+    workers bind the same port beside it. OSError when the port is taken.
+
+    Linux lets any socket of the same user with SO_REUSEPORT join a port that only SO_REUSEPORT
+    sockets hold — which is what a running ``serve --workers N`` holds — so a second deployment
+    started on the same port by mistake would share the clients' connections without a word.
+    The port is therefore first bound by a plain socket (SO_REUSEADDR, to pass over connections
+    of an earlier run in TIME_WAIT, but no SO_REUSEPORT), which fails while anything listens
+    there; for port 0 it also picks the port. That socket is closed and the reservation bound
+    on the same port at once. In the instant between, another program could take the port: the
+    reservation then fails (the port is in use), or, only if that program is another
+    ``serve --workers`` binding the same port in that instant, both start — a race of two
+    deliberate starts, which the first check does not claim to settle."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        address = (address[0], probe.getsockname()[1], *address[2:])
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -290,6 +290,36 @@ async def test_workers_keep_the_ledger_in_postgresql(
     assert tables > 0
 
 
+async def test_a_second_serve_on_a_port_other_workers_already_serve_is_refused(
+    replica_env: dict[str, str],
+) -> None:
+    """Linux lets any socket of the same user with SO_REUSEPORT join a port that only
+    SO_REUSEPORT sockets hold — what a running ``serve --workers N`` holds. A second deployment
+    started on that port by mistake (an old release not yet stopped, staging pointed at
+    production's port, a second systemd unit) started without a word, and the kernel split the
+    clients' connections between two services with different databases, Redis prefixes or
+    releases (review round 4, ops finding 4). It is one line, exit 1, like any port in use."""
+    async with serving(replica_env, "--workers", "2") as first:
+        port = first.url.rpartition(":")[2]
+        process = await asyncio.create_subprocess_exec(
+            *COMMAND, "serve", "--workers", "2", stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env={**replica_env, "RATESVC_PORT": port},
+        )  # fmt: skip
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), 15)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        still = await pids_answering(first.url, 2)
+        workers = children_of(first.process.pid)
+
+    assert process.returncode == 1, err.decode()[-1500:]
+    assert err.decode().strip().splitlines()[-1] == "ratesvc: Address already in use"
+    assert "workers started" not in err.decode()
+    assert still == workers  # the first's workers, and no one else, answer on the port
+
+
 SERVING_ONE = re.compile(r"serving on http://127\.0\.0\.1:(\d+)$")
 
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,20 +57,40 @@ def _workers(text: str) -> int:
 
 
 def _stop_event() -> asyncio.Event:
+    """Set by SIGTERM, SIGINT or SIGHUP — or already, when one came before the loop listened
+    (:func:`ratesvc.supervisor.remember_stop_signals`)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in supervisor.STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    if supervisor.stop_signal_came():
+        stop.set()
     return stop
 
 
 async def _serve(settings: Settings, *, port: int | None = None, worker: str = "") -> None:
-    """Serve until SIGTERM or SIGINT; a ``worker`` (of several) shares ``port`` with the others."""
+    """Serve until SIGTERM, SIGINT or SIGHUP; a ``worker`` (of several) shares ``port`` with the
+    others. A stop asked for while starting (a migration may wait for another replica's, a
+    database may not answer) cancels the start-up, which closes what it had opened."""
+    stop = _stop_event()
+    starting = asyncio.ensure_future(start_site(
+        create_app(settings), settings.host, settings.port if port is None else port,
+        reuse_port=bool(worker),
+    ))  # fmt: skip
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        runner, port = await start_site(
-            create_app(settings), settings.host, settings.port if port is None else port,
-            reuse_port=bool(worker),
-        )  # fmt: skip
+        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not starting.done():
+            starting.cancel()
+    try:
+        runner, port = await starting
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        log.info("stopped while starting%s", f" ({worker})" if worker else "")
+        return
     except ConfigError as exc:
         print("ratesvc: cannot start:", *exc.problems, sep="\n  - ", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -100,7 +119,7 @@ def _serve_workers(settings: Settings, workers: int, loop: str) -> int:
         return 0
 
     try:
-        return supervisor.run_workers(workers, serve)
+        return supervisor.run_workers(workers, serve, stop_grace_s=settings.stop_grace_s)
     finally:
         reserved.close()
 
@@ -188,8 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings_or_exit()
         level = settings.log_level
         if args.command == "serve":
-            workers = settings.workers if args.workers is None else args.workers
-            where = f"--workers {workers}"
+            # checked here, not in load_settings: --workers overrides RATESVC_WORKERS, and only
+            # serve forks (check and cin7 run with any RATESVC_WORKERS)
+            if args.workers is None:
+                workers, where = settings.workers, "RATESVC_WORKERS"
+            else:
+                workers, where = args.workers, f"--workers {args.workers}"
             problems = [workers_problem(settings, workers, where),
                         replicas_problem(settings, workers, where)]  # fmt: skip
             if any(problems):
@@ -213,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert settings is not None
             if workers > 1:
                 return _serve_workers(settings, workers, loop)
+            supervisor.remember_stop_signals()  # a stop while starting is graceful too
             event_loop.run(_serve(settings), loop)
         elif args.command == "check":
             assert settings is not None

@@ -4,10 +4,19 @@ No I/O happens here; every resource (Redis, the upstream HTTP sessions, the per-
 opened and closed in ``cleanup_ctx``, so the app can be started and stopped any number of times
 by tests. A context that fails after opening something closes it before the failure propagates
 (aiohttp cleans up only the contexts that had started).
+
+A graceful stop has one deadline, ``RATESVC_STOP_GRACE_S`` (30 s) counted from the signal
+(:class:`StopClock`, started by ``on_shutdown`` as the runner stops listening): requests in
+flight get until then to finish (the runner's ``shutdown_timeout``, set by
+:func:`ratesvc.demo.start_site`), purchases waiting for ShipStation's ``createlabel`` answer
+run meanwhile and get only what is left of it when the cleanup contexts close them — not a
+grace of their own after the requests' — so the whole stop fits an orchestrator's grace
+period (compose's 45 s ``stop_grace_period``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -34,12 +43,36 @@ from ratesvc.storage.shared_quotes import build_rating_state
 USER_AGENT = f"ratesvc/{__version__}"
 
 
+class StopClock:
+    """When the graceful stop began, and how much of its grace is left."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._deadline: float | None = None
+
+    def start(self) -> None:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.grace_s
+
+    def left(self) -> float:
+        """Seconds left of the grace (the whole grace when the stop has not begun: a start-up
+        that failed, a test closing its app)."""
+        if self._deadline is None:
+            return self.grace_s
+        return max(0.0, self._deadline - time.monotonic())
+
+
+STOP_CLOCK = web.AppKey("stop_clock", StopClock)
+
+
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     accounts = settings.accounts.items()
     app[keys.TOKENS] = ApiTokens({t.digest(): name for name, a in accounts for t in a.api_tokens})
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
+    app[STOP_CLOCK] = StopClock(settings.stop_grace_s)
+    app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_rating)
@@ -52,6 +85,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     return app
 
 
+async def _stopping(app: web.Application) -> None:
+    """The runner stopped listening (SIGTERM): the stop's one deadline starts now."""
+    app[STOP_CLOCK].start()
+
+
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     """The process's Redis client when ``RATESVC_REDIS_URL`` is set (else None). Opened first
     and closed last: the limiters, the quote cache and the stores use it. An unreachable Redis
@@ -62,7 +100,13 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         app[keys.REDIS] = None
         yield
         return
-    redis = app[keys.REDIS] = open_redis(url)
+    try:
+        redis = app[keys.REDIS] = open_redis(url)
+    except ValueError:  # its text may hold part of the URL: never shown
+        raise ConfigError(
+            ["RATESVC_REDIS_URL: redis-py cannot read the URL or one of its options (percent-"
+             "encode / # ? @ % [ ] in the user and password)"]
+        ) from None  # fmt: skip
     try:
         await check_at_start(redis, url, settings.redis_prefix)
         yield
@@ -124,7 +168,9 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
     and the write-back worker draining it.
 
     Purchases a previous process left unfinished are resumed (reconciled) at start-up; at
-    shutdown purchases in progress get a grace period to finish before they are cancelled.
+    shutdown purchases waiting for ShipStation's answer get what is left of the stop's grace
+    (:class:`StopClock`) before they are cancelled. A ledger that did not open has nothing
+    to give back: the purchases and the write-back worker were not started.
     """
     settings = app[keys.SETTINGS]
     ledger = Ledger.from_url(settings.ledger_url)
@@ -142,14 +188,17 @@ async def _labels(app: web.Application) -> AsyncIterator[None]:
     )
     app[keys.LEDGER] = ledger
     app[keys.LABELS] = labels
+    opened = False
     try:  # whatever fails below, what was opened or started is closed or stopped
         await _open(ledger, settings)
+        opened = True
         await worker.start()
         await labels.start()
         yield
     finally:
-        await labels.close()
-        await worker.stop()
+        if opened:
+            await labels.close(grace_s=app[STOP_CLOCK].left())
+            await worker.stop()
         await ledger.close()
 
 

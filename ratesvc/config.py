@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import orjson
@@ -222,6 +223,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shipstation_connections: int = 512
     automation_retry_s: float = 30.0
     retention_days: float = 90.0  # finished events, outbox rows and label PDFs are kept this long
+    # after SIGTERM, requests in flight and purchases waiting for ShipStation's answer get this
+    # long, counted from the signal (one deadline); the orchestrator's must be longer
+    stop_grace_s: float = 30.0
     # the ledger: None is SQLite at <data_dir>/ledger.sqlite3; else sqlite:///path or postgresql://
     database_url: str | None = None
     # None: cache, limiters and stores in this process; redis://...: shared by every replica
@@ -699,6 +703,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "RATESVC_AUTOMATION_RETRY_S", "automation_retry_s", 30.0, 0.01, 3600
         ),
         retention_days=number("RATESVC_RETENTION_DAYS", "retention_days", 90.0, 1, 36500),
+        stop_grace_s=number("RATESVC_STOP_GRACE_S", "stop_grace_s", 30.0, 0, 600),
         database_url=_backend_url(
             reader,
             "RATESVC_DATABASE_URL",
@@ -717,10 +722,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         replicas_given=service_value("RATESVC_REPLICAS", "replicas") not in (None, ""),
         accounts=accounts,
     )
-    if problem := workers_problem(settings, settings.workers):
-        reader.problems.append(problem)
-    if problem := replicas_problem(settings, settings.workers):
-        reader.problems.append(problem)
+    # RATESVC_WORKERS is checked against the backends and RATESVC_REPLICAS where processes are
+    # forked, with the count in effect (``serve --workers`` overrides it): __main__.main, by
+    # workers_problem and replicas_problem
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
@@ -739,25 +743,100 @@ def _redis_prefix(reader: _Reader, raw: object) -> str:
 
 
 def _backend_url(reader: _Reader, where: str, raw: object, schemes: tuple[str, ...]) -> str | None:
-    """A backend's URL (unset: the embedded default); its scheme must be one of ``schemes``.
-    Problems never repeat the URL, which may carry a password."""
+    """A backend's URL (unset: the embedded default); its scheme must be one of ``schemes``, and
+    it must read as its client will read it. Problems never repeat the URL, which may carry a
+    password."""
     text = reader.text(where, raw)
     if text is None:
         return None
     scheme, sep, rest = text.partition("://")
-    if not sep or scheme.lower() not in schemes or not rest:
+    scheme = scheme.lower()
+    if not sep or scheme not in schemes or not rest:
         reader.problems.append(
             f"{where}: must be a URL starting with "
             + " or ".join(f"{scheme}://" for scheme in schemes)
         )
         return None
-    if scheme.lower() == "sqlite" and (not rest.startswith("/") or len(rest) < 2):
-        reader.problems.append(
+    if scheme == "sqlite":
+        problem = _sqlite_url_problem(where, rest)
+    else:
+        problem = _server_url_problem(where, scheme, rest)
+    if problem is not None:
+        reader.problems.append(problem)
+        return None
+    return text
+
+
+def _sqlite_url_problem(where: str, rest: str) -> str | None:
+    """A SQLite URL must name a file: the ledger is the record that makes purchases happen once,
+    and an in-memory database (``:memory:``) forgets every label and Idempotency-Key at each
+    restart, so a client's retry after a deploy would buy the label again."""
+    if not rest.startswith("/") or len(rest) < 2:
+        return (
             f"{where}: a SQLite URL names a file: sqlite:///relative/ledger.db or "
             "sqlite:////absolute/ledger.db"
         )
+    name = rest[1:]
+    if name == ":memory:" or name.lower().startswith("file:"):
+        return (
+            f"{where}: the ledger must be a file that outlives the process (an in-memory or URI "
+            "database forgets every label and Idempotency-Key at each restart): name a file, "
+            "e.g. sqlite:////var/lib/ratesvc/ledger.db"
+        )
+    return None
+
+
+_ENCODE = "percent-encode / # ? @ % [ ] in the user and password (/ is %2F, @ is %40)"
+
+
+def _server_url_problem(where: str, scheme: str, rest: str) -> str | None:
+    """Why a PostgreSQL or Redis URL would not read as meant, else None. A generated password
+    often holds ``/`` (base64): pasted unencoded, the URL's parser reads the user and part of
+    the password as host and port, and that part would reach the logs in the client's error.
+    Several PostgreSQL hosts (``h1:5432,h2:5432``) and no host (the local socket, or
+    ``?host=``) are PostgreSQL's to accept; Redis needs one host, or a socket path (unix://)."""
+    cut = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    netloc, after = rest[:cut], rest[cut:]
+    if "@" in after:
+        return f"{where}: its user or password holds / # ? or @ as they are: {_ENCODE}"
+    hosts = netloc.rpartition("@")[2]
+    if scheme == "unix":
+        if hosts or len(after) < 2 or not after.startswith("/"):
+            return f"{where}: a unix:// URL names the socket: unix:///run/redis/redis.sock"
         return None
-    return text
+    if not hosts and scheme.startswith("redis"):
+        return f"{where}: names no host (redis://host:6379/0); {_ENCODE}"
+    for item in hosts.split(",") if hosts else ():
+        problem = _host_problem(item)
+        if problem is not None:
+            return f"{where}: {problem}; {_ENCODE}"
+    if "," in hosts and scheme.startswith("redis"):
+        return f"{where}: names several hosts; Redis takes one"
+    try:  # what Python's parser (which the clients use) refuses, e.g. a lone [ in a password
+        parts = urlsplit(f"{scheme}://{rest}")
+        if scheme.startswith("redis"):
+            parts.port  # noqa: B018 - raises ValueError when it is no number
+    except ValueError:
+        return f"{where}: cannot be read as a URL; {_ENCODE}"
+    return None
+
+
+def _host_problem(item: str) -> str | None:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``: why not, else None."""
+    if item.startswith("["):
+        host, closed, tail = item[1:].partition("]")
+        if not closed:
+            return "an IPv6 address in [ ] is not closed"
+        if tail and not tail.startswith(":"):
+            return "something follows an IPv6 address in [ ] other than :port"
+        port = tail[1:]
+    else:
+        host, _, port = item.partition(":")
+    if not host:
+        return "a host is missing"
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return "a port is not a number from 1 to 65535"
+    return None
 
 
 _SHIPSTATION_ENV = {

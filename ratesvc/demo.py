@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from ratesvc.app import create_app
+from ratesvc.app import STOP_CLOCK, create_app
 from ratesvc.automation.subscriptions import subscribe
 from ratesvc.config import DEFAULT_ACCOUNT, Settings, load_settings
 from ratesvc.sandbox.cin7 import Cin7Knobs, Cin7Sandbox
@@ -27,8 +27,12 @@ DEMO_SHIP_FROM = (
 async def start_site(
     app: web.Application, host: str, port: int, *, reuse_port: bool = False
 ) -> tuple[web.AppRunner, int]:
-    """Serve ``app``; ``reuse_port``: beside other processes on the same port (SO_REUSEPORT)."""
-    runner = web.AppRunner(app, access_log=None)
+    """Serve ``app``; ``reuse_port``: beside other processes on the same port (SO_REUSEPORT).
+    The service's requests in flight at a stop get its ``RATESVC_STOP_GRACE_S``, not aiohttp's
+    60 s (:class:`ratesvc.app.StopClock`); a sandbox's keep aiohttp's."""
+    clock = app.get(STOP_CLOCK)
+    shutdown_timeout = clock.grace_s if clock is not None else 60.0
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     try:
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port)

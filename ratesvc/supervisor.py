@@ -6,13 +6,17 @@ ledger connections, upstream sessions and open-file limit, and a request-id key 
 the fork (:mod:`ratesvc.api.middlewares`). Each listens with ``SO_REUSEPORT`` on the same
 address, so the kernel spreads new connections across the workers. The parent binds the port
 first (without listening) to learn it when 0 was asked for and to fail at once, with one line,
-when it is taken; it keeps it while the workers run.
+when it is taken — by another ``serve --workers`` too (:func:`reserve_port`); it keeps it while
+the workers run.
 
-The parent does nothing but supervise. SIGTERM or SIGINT is forwarded to every worker as
-SIGTERM: each stops gracefully (purchases in progress get their grace period) and the parent
-exits 0 once all have. A worker that dies without being asked (a crash, the OOM killer, a
-SIGKILL) makes the parent stop the others the same way and exit non-zero: the worker's own
-exit status when it gave one (2: a configuration problem found at start), else 1.
+The parent does nothing but supervise. SIGTERM, SIGINT or SIGHUP is forwarded to every worker
+as SIGTERM: each stops gracefully (requests and purchases in progress get what is left of
+``RATESVC_STOP_GRACE_S`` from the signal; one still running that plus :data:`TEARDOWN_S` later
+is killed) and the parent exits 0 once all have. A worker remembers a stop signal that comes
+while it starts (before its event loop listens) and stops as soon as it can. A worker that
+dies without being asked (a crash, the OOM killer, a SIGKILL) makes the parent stop the others
+the same way and exit non-zero: the worker's own exit status when it gave one (2: a
+configuration problem found at start), else 1.
 
 It does not restart the worker, by choice: whatever runs ``ratesvc`` (systemd, Docker or
 Kubernetes) already restarts with back-off, counts restarts and alerts, and a supervisor that
@@ -36,17 +40,50 @@ from typing import NoReturn
 
 log = logging.getLogger("ratesvc.supervisor")
 
-STOP_GRACE_S = 120.0  # after forwarding SIGTERM: longer than a worker's own bounded shutdown
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+TEARDOWN_S = 10.0  # a worker's stop after its grace: closing the ledger, Redis, sessions
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # each a graceful stop
+_SIGNALS = {signal.SIGCHLD, *STOP_SIGNALS}
 _PR_SET_PDEATHSIG = 1
+_early_stops: list[int] = []  # stop signals that came before the event loop listened for them
+
+
+def remember_stop_signals() -> None:
+    """Until the event loop listens for them, a stop signal is remembered instead of killing
+    the process without its grace (or, as a container's PID 1, being ignored): the loop's
+    handler, once installed, stops at once (:func:`stop_signal_came`)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _remember)
+
+
+def stop_signal_came() -> bool:
+    return bool(_early_stops)
+
+
+def _remember(signum: int, _frame: object) -> None:
+    _early_stops.append(signum)
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     """A socket bound to ``(host, port)`` with SO_REUSEPORT, not listening, and its port: the
-    workers bind the same port beside it. OSError when the port is taken."""
+    workers bind the same port beside it. OSError when the port is taken.
+
+    Linux lets any socket of the same user with SO_REUSEPORT join a port that only SO_REUSEPORT
+    sockets hold — which is what a running ``serve --workers N`` holds — so a second deployment
+    started on the same port by mistake would share the clients' connections without a word.
+    The port is therefore first bound by a plain socket (SO_REUSEADDR, to pass over connections
+    of an earlier run in TIME_WAIT, but no SO_REUSEPORT), which fails while anything listens
+    there; for port 0 it also picks the port. That socket is closed and the reservation bound
+    on the same port at once. In the instant between, another program could take the port: the
+    reservation then fails (the port is in use), or, only if that program is another
+    ``serve --workers`` binding the same port in that instant, both start — a race of two
+    deliberate starts, which the first check does not claim to settle."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        address = (address[0], probe.getsockname()[1], *address[2:])
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -58,9 +95,10 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, int(sock.getsockname()[1])
 
 
-def run_workers(count: int, serve: Callable[[int], int]) -> int:
+def run_workers(count: int, serve: Callable[[int], int], *, stop_grace_s: float = 30.0) -> int:
     """Fork ``count`` workers, each running ``serve(number)`` (numbered from 1) to its exit
-    status; supervise them as the module says; the parent's exit status."""
+    status; supervise them as the module says; the parent's exit status. A worker still
+    running ``stop_grace_s`` + :data:`TEARDOWN_S` after it was asked to stop is killed."""
     parent = os.getpid()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, int] = {}  # pid -> worker number
@@ -71,7 +109,7 @@ def run_workers(count: int, serve: Callable[[int], int]) -> int:
                 _worker(number, serve, parent, previous)
             workers[pid] = number
         log.info("%d workers started (pids %s)", count, ", ".join(map(str, workers)))
-        return _supervise(workers)
+        return _supervise(workers, stop_grace_s + TEARDOWN_S)
     finally:
         for pid in workers:  # only when supervising failed itself: leave no worker behind
             with contextlib.suppress(ProcessLookupError, ChildProcessError):
@@ -87,6 +125,7 @@ def _worker(
 ) -> NoReturn:
     code = 1
     try:
+        remember_stop_signals()  # before they are unblocked: a stop while starting is graceful
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _die_with(parent)
         code = serve(number)
@@ -116,8 +155,9 @@ def _die_with(parent: int) -> None:
         raise SystemExit(1)
 
 
-def _supervise(workers: dict[int, int]) -> int:
-    """Wait for a signal or a worker's death; then stop every worker and report."""
+def _supervise(workers: dict[int, int], stop_s: float) -> int:
+    """Wait for a signal or a worker's death; then stop every worker (killing those still
+    running ``stop_s`` later) and report."""
     code: int | None = None  # None: no stop asked for yet
     deadline = float("inf")
     while workers:
@@ -130,7 +170,7 @@ def _supervise(workers: dict[int, int]) -> int:
                     "worker %d (pid %d) %s: stopping the others; ratesvc exits %d for whatever "
                     "runs it to restart it", number, pid, _describe(status), code,
                 )  # fmt: skip
-                deadline = _stop(workers)
+                deadline = _stop(workers, stop_s)
             elif os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM):
                 log.warning("worker %d (pid %d) %s while stopping", number, pid, _describe(status))
                 code = code or 1
@@ -139,10 +179,10 @@ def _supervise(workers: dict[int, int]) -> int:
                 name = signal.Signals(info.si_signo).name
                 log.info("%s: stopping %d workers", name, len(workers))
                 code = 0
-            deadline = min(deadline, _stop(workers))  # a second signal: forwarded again
+            deadline = min(deadline, _stop(workers, stop_s))  # a second signal: forwarded again
         if workers and time.monotonic() >= deadline:
             log.error("%d workers still running after %g s: killing them", len(workers),
-                      STOP_GRACE_S)  # fmt: skip
+                      stop_s)  # fmt: skip
             for pid in workers:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -160,11 +200,11 @@ def _reaped(workers: dict[int, int]) -> list[tuple[int, int]]:
     return done
 
 
-def _stop(workers: dict[int, int]) -> float:
+def _stop(workers: dict[int, int], stop_s: float) -> float:
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    return time.monotonic() + STOP_GRACE_S
+    return time.monotonic() + stop_s
 
 
 def _exit_code(status: int) -> int:

@@ -12,6 +12,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 
@@ -141,6 +143,42 @@ async def test_serve_refuses_bad_config_with_one_line_per_problem() -> None:
         "  - RATESVC_API_TOKEN", "  - RATESVC_PORT", "  - RATESVC_SHIPSTATION_API_KEY",
         "  - RATESVC_SHIPSTATION_API_SECRET",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("setting", "url"),
+    [
+        ("RATESVC_REDIS_URL", "redis://:Xy7/Qk9+Zz=@127.0.0.1:6379/0"),
+        ("RATESVC_DATABASE_URL", "postgresql://postgres:Xy7/Qk9+Zz=@127.0.0.1:5432/postgres"),
+    ],
+)
+async def test_serve_with_a_backend_password_not_percent_encoded_is_one_line_never_showing_it(
+    setting: str, url: str, tmp_path: Path
+) -> None:
+    """README: a backend URL is "never repeated in a message ... with its password", a backend
+    that cannot be used is "a one-line configuration error". A base64 password ('/' '+' '=')
+    pasted unencoded showed its first part in an unhandled traceback (Redis, exit 1) or in the
+    start-up line (PostgreSQL) (review round 4, ops finding 3)."""
+    env = {**account_env("http://127.0.0.1:9"), "RATESVC_DATA_DIR": str(tmp_path),
+           "RATESVC_PORT": "0", setting: url}  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RATESVC_")}
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, "serve", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**clean, **env},
+    )  # fmt: skip
+    try:
+        _, raw = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    err = raw.decode()
+
+    assert process.returncode == 2, err[-1500:]
+    assert "Traceback" not in err
+    assert not [part for part in ("Xy7", "Qk9", "Zz") if part in err], err[-1500:]
+    (problem,) = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert problem.startswith(f"  - {setting}: ") and "percent-encode" in problem
 
 
 async def test_serve_with_a_corrupt_ledger_says_so_and_exits(tmp_path: Path) -> None:

@@ -530,6 +530,84 @@ def test_a_bad_backend_url_is_one_line_that_does_not_repeat_it(name: str, value:
     assert "secret" not in problem
 
 
+SLASHED_SECRET = "Xy7/Qk9+Zz="  # what `openssl rand -base64 8` looks like: '/' '+' '='
+SECRET_PARTS = ("Xy7", "Qk9", "Zz")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        ("RATESVC_REDIS_URL", f"redis://:{SLASHED_SECRET}@cache:6379/0", "as they are"),
+        ("RATESVC_DATABASE_URL", f"postgresql://u:{SLASHED_SECRET}@db:5432/x", "as they are"),
+        ("RATESVC_DATABASE_URL", "postgresql://u:Xy7#Qk9Zz@db/x", "as they are"),
+        ("RATESVC_DATABASE_URL", "postgresql://u:Xy7?Qk9Zz@db/x", "as they are"),
+        ("RATESVC_DATABASE_URL", "postgresql://u:123/Xy7Qk9Zz@db/x", "as they are"),
+        ("RATESVC_REDIS_URL", "redis://:Xy7Qk9Zz@cache:notaport/0", "port is not a number"),
+        ("RATESVC_REDIS_URL", "redis://:Xy7Qk9Zz@cache:70000/0", "port is not a number"),
+        ("RATESVC_DATABASE_URL", "postgresql://u:Xy7Qk9Zz@[::1/db", "IPv6 address in [ ]"),
+        ("RATESVC_DATABASE_URL", "postgresql://u:Xy7[Qk9Zz@db/x", "cannot be read"),
+        ("RATESVC_REDIS_URL", "redis://:Xy7Qk9Zz@/0", "names no host"),
+        ("RATESVC_REDIS_URL", "redis://:Xy7Qk9Zz@a:6379,b:6379/0", "several hosts"),
+        ("RATESVC_REDIS_URL", "unix://:Xy7Qk9Zz@cache/", "names the socket"),
+    ],
+)
+def test_a_backend_url_its_client_would_misread_is_refused_without_showing_it(
+    name: str, value: str, why: str
+) -> None:
+    """A generated password often holds '/' (base64) and is pasted unencoded: urlsplit then
+    reads ``user:Xy7`` as host and port. Redis failed at start-up with an unhandled ValueError
+    traceback showing part of the password ("Port could not be cast to integer value as
+    'Xy7'", exit 1), PostgreSQL with "invalid literal for int() with base 10: 'Xy7'" in its
+    start-up line (review round 4, ops finding 3). The URL is checked with the settings: one
+    line, saying what to percent-encode, never repeating the URL."""
+    (problem,) = problems_of({**MINIMAL, name: value})
+
+    assert problem.startswith(f"{name}: ") and why in problem
+    assert not [part for part in SECRET_PARTS if part in problem], problem
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RATESVC_DATABASE_URL", "postgresql://u:Xy7%2FQk9%2BZz%3D@db:5432/x"),
+        ("RATESVC_DATABASE_URL", "postgresql://u:pw@[::1]:5432/x"),
+        (
+            "RATESVC_DATABASE_URL",
+            "postgresql://u:pw@db1:5432,db2:5433/x?target_session_attrs=read-write",
+        ),
+        ("RATESVC_DATABASE_URL", "postgresql:///x?host=/run/postgresql"),
+        ("RATESVC_DATABASE_URL", "postgres://db/x"),
+        ("RATESVC_REDIS_URL", "redis://:Xy7%2FQk9%2BZz%3D@cache:6379/0"),
+        ("RATESVC_REDIS_URL", "redis://user:p:w@[::1]:6380/2"),
+        ("RATESVC_REDIS_URL", "rediss://cache/0?ssl_cert_reqs=none"),
+        ("RATESVC_REDIS_URL", "unix:///run/redis.sock?db=0"),
+        ("RATESVC_REDIS_URL", "unix://:pw@/run/redis.sock"),
+    ],
+)
+def test_backend_urls_their_clients_read_are_taken(name: str, value: str) -> None:
+    settings = load_settings({**MINIMAL, name: value})
+
+    assert value in (settings.database_url, settings.redis_url)
+
+
+@pytest.mark.parametrize("name", [":memory:", "file:ledger?mode=memory", "FILE:x.db"])
+def test_an_in_memory_sqlite_ledger_is_refused(name: str) -> None:
+    """``sqlite:///:memory:`` opened an in-memory database: /readyz said ok, labels were bought
+    — and every restart (a deploy, a crash, the OOM killer) forgot every label and every
+    Idempotency-Key, so a client's retry after it bought the label again. The ledger is the
+    exactly-once record: it must be a file (review round 4, ops finding 7)."""
+    (problem,) = problems_of({**MINIMAL, "RATESVC_DATABASE_URL": f"sqlite:///{name}"})
+
+    assert problem.startswith("RATESVC_DATABASE_URL: the ledger must be a file")
+
+
+def test_the_stop_grace_is_a_number_of_seconds_up_to_ten_minutes() -> None:
+    assert load_settings(MINIMAL).stop_grace_s == 30.0
+    assert load_settings({**MINIMAL, "RATESVC_STOP_GRACE_S": "12.5"}).stop_grace_s == 12.5
+    (problem,) = problems_of({**MINIMAL, "RATESVC_STOP_GRACE_S": "601"})
+    assert problem == "RATESVC_STOP_GRACE_S: must be a number from 0 to 600"
+
+
 BACKENDS = {
     "RATESVC_DATABASE_URL": "postgresql://ratesvc:pw@db:5432/ratesvc",
     "RATESVC_REDIS_URL": "redis://cache:6379/0",
@@ -584,12 +662,18 @@ def test_workers_are_a_whole_number_from_1_to_64(value: str) -> None:
 def test_several_workers_need_postgresql_and_redis_said_in_one_line(
     backends: dict[str, str], now: str
 ) -> None:
-    (problem,) = problems_of({**MINIMAL, **backends, "RATESVC_WORKERS": "2"})
+    """Checked with the count in effect where processes are forked (``serve``: RATESVC_WORKERS
+    or ``--workers``), not by load_settings: ``--workers 1`` overrides RATESVC_WORKERS=2, and
+    ``ratesvc check`` forks nothing (review round 4, ops finding 8; tests/test_workers.py)."""
+    settings = load_settings({**MINIMAL, **backends, "RATESVC_WORKERS": "2"})
+    problem = workers_problem(settings, settings.workers)
 
+    assert problem is not None
     assert problem.startswith("RATESVC_WORKERS: 2 workers need shared backends: set both ")
     assert "RATESVC_DATABASE_URL=postgresql://" in problem
     assert "RATESVC_REDIS_URL=redis://" in problem
     assert now in problem
+    assert workers_problem(settings, 1) is None
     assert workers_problem(load_settings({**MINIMAL, **BACKENDS}), 2) is None
     assert workers_problem(load_settings(MINIMAL), 1) is None
 
@@ -666,8 +750,11 @@ def test_replicas_left_unset_count_at_least_this_replicas_workers() -> None:
 def test_workers_beyond_the_replicas_setting_are_not_accepted_silently() -> None:
     """Set explicitly below this replica's workers, ``RATESVC_REPLICAS`` would again let the
     processes together take more than the budget while Redis is unreachable: one clear line
-    at start, as for the other settings problems (the CLI exits 2)."""
-    (problem,) = problems_of({**SHARED, "RATESVC_WORKERS": "4", "RATESVC_REPLICAS": "2"})
+    at start, as for the other settings problems (the CLI exits 2; checked where processes are
+    forked, with the count in effect)."""
+    four = load_settings({**SHARED, "RATESVC_WORKERS": "4", "RATESVC_REPLICAS": "2"})
+    problem = replicas_problem(four, four.workers, "RATESVC_WORKERS")
+    assert problem is not None
 
     assert problem.startswith("RATESVC_REPLICAS: 2 is fewer than the 4 workers of RATESVC_WORKERS")
     assert "set at least 4, or leave it unset" in problem

@@ -17,6 +17,7 @@ import yaml
 
 from ratesvc import event_loop
 from ratesvc.config import is_postgresql, load_settings, workers_problem
+from ratesvc.supervisor import TEARDOWN_S
 
 ROOT = Path(__file__).parents[1]
 SECRETS = {
@@ -114,6 +115,18 @@ def test_the_replicas_environment_is_a_valid_configuration_of_real_settings(
         assert settings.redis_url is not None
         assert workers_problem(settings, 2) is None  # fit for --workers too
         assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+
+
+def test_a_replicas_graceful_stop_fits_compose_stop_grace_period(compose: dict[str, Any]) -> None:
+    """A replica's stop takes RATESVC_STOP_GRACE_S (requests and purchases, one deadline from
+    SIGTERM) and then its closing, which the supervisor bounds by TEARDOWN_S: Docker must not
+    SIGKILL it before (review round 4, ops finding 6)."""
+    for service in replicas(compose).values():
+        settings = load_settings({**dockerfile_env(), **environment(service, SECRETS)})
+        period = re.fullmatch(r"(\d+)s", service["stop_grace_period"])
+
+        assert period is not None
+        assert int(period[1]) >= settings.stop_grace_s + TEARDOWN_S
 
 
 def test_a_missing_secret_stops_compose_before_anything_starts(compose: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@ would keep the process alive), no worker task, nothing left running."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 import socket
 import sqlite3
 import threading
@@ -19,6 +21,9 @@ from ratesvc.app import create_app
 from ratesvc.config import ConfigError, Settings, load_settings
 from ratesvc.demo import start_site
 from tests.conftest import AUTH, service_env
+from tests.replicas.harness import CuttableProxy
+from tests.test_cli import COMMAND
+from tests.test_workers import clean_env
 
 PACKAGE = Path(ratesvc.__file__).parent
 BODY = {
@@ -76,6 +81,56 @@ async def test_a_ledger_that_is_not_a_database_stops_start_up_and_leaves_no_thre
     assert "cannot open the ledger" in failed.value.problems[0]
     assert "file is not a database" in failed.value.problems[0]
     await assert_nothing_left_running()
+
+
+async def test_a_ledger_that_did_not_open_logs_no_leases_or_jobs_given_back(
+    settings: Settings, app: web.Application, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing was claimed when the ledger did not open; giving leases back then only logged
+    misleading warnings ("leases not given back (RuntimeError('the ledger is not open'))")
+    under the one-line start-up error."""
+    settings.data_dir.mkdir()
+    (settings.data_dir / "ledger.sqlite3").write_bytes(b"not a database " * 100)
+
+    with caplog.at_level(logging.WARNING), pytest.raises(ConfigError):
+        await start_site(app, "127.0.0.1", 0)
+
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("ratesvc")] == []
+    await assert_nothing_left_running()
+
+
+async def test_a_stop_signal_while_starting_stops_it_gracefully(
+    sandbox_url: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM before the event loop listened for it (the ledger still opening: PostgreSQL not
+    answering, a migration waiting for another replica's) killed the process with no grace
+    and, as a container's PID 1, was ignored until start-up ended. It is remembered; the
+    start-up is cancelled, closing what it had opened, and the process exits 0."""
+    proxy = CuttableProxy("127.0.0.1", 5432)
+    await proxy.start()
+    proxy.freeze()  # start-up waits for PostgreSQL (10 s to connect)
+    env = clean_env(**service_env(sandbox_url, tmp_path / "data", RATESVC_PORT="0",
+                                  RATESVC_DATABASE_URL=proxy.url_for(postgres_url)))  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, "serve", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            if proxy._pipes:  # it is connecting to the ledger: starting
+                break
+            await asyncio.sleep(0.02)
+        assert proxy._pipes, "serve never reached the ledger"
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 5)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await proxy.close()
+
+    assert process.returncode == 0, err.decode()[-1500:]
+    assert "stopped while starting" in err.decode()
 
 
 async def test_a_failure_after_the_ledger_opened_stops_the_worker_and_closes_the_ledger(

@@ -6,8 +6,10 @@ end to end; and a database that cannot be reached is a clear start-up error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,8 @@ from ratesvc.storage.ledger import (
     PurchaseRow,
 )
 from ratesvc.storage.migrations import SQLITE_MIGRATIONS, postgresql_migrations
-from ratesvc.storage.sql import numbered
+from ratesvc.storage.sql import Connection, LedgerUnavailable, numbered
+from ratesvc.storage.sqlite_engine import SQLiteEngine
 from tests.api.test_labels import EXPLICIT, buy
 from tests.conftest import AUTH, service_env
 from tests.ledger_sql import ledger_sql
@@ -339,6 +342,85 @@ async def test_a_missing_database_is_named_too(sandbox_url: str, tmp_path: Path)
     (problem,) = failed.value.problems
     assert "127.0.0.1:5432/ratesvc_no_such_database" in problem
     assert "does not exist" in problem and "pw-never-shown" not in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:Xy7/Qk9+Zz=@127.0.0.1:5432/postgres",
+        "postgresql://postgres:Xy7Qk9Zz@[::1/postgres",
+    ],
+)
+async def test_a_postgresql_url_asyncpg_cannot_read_is_a_ledger_error_that_never_shows_it(
+    url: str,
+) -> None:
+    """Behind the settings' own check (tests/test_config.py), the engine never fails in its
+    constructor ("Invalid IPv6 URL" raised from create_app's context) nor repeats what asyncpg
+    could not read ("invalid literal for int() with base 10: 'Xy7'": part of the password)
+    (review round 4, ops finding 3)."""
+    ledger = Ledger.from_url(url)
+
+    with pytest.raises(LedgerUnavailable) as failed:
+        await ledger.open()
+
+    assert not [part for part in ("Xy7", "Qk9", "Zz") if part in str(failed.value)], failed.value
+
+
+# --- SQLite: one shared connection that must never be left inside a transaction ----------------
+
+
+async def _one(tx: Connection) -> Any:
+    return await tx.fetchone("SELECT 1")
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2])
+async def test_a_sqlite_transaction_cancelled_as_it_begins_leaves_the_ledger_usable(
+    tmp_path: Path, turns: int
+) -> None:
+    """aiosqlite runs a statement sent to its thread even when the task awaiting it is cancelled
+    meanwhile. A ``BEGIN IMMEDIATE`` awaited outside the block that rolls back left the one
+    shared connection inside a transaction, holding the file's write lock, when a cancellation
+    landed on it (leases.Claims cancelling a job whose claim ran out, shutdown, a timeout around
+    a ledger call): every later transaction failed with "cannot start a transaction within a
+    transaction" — each purchase, write-back and webhook a 500 until the process restarted
+    (review round 4, ops finding 1). Wherever in its first turns the cancellation lands, the
+    connection is free for the next transaction."""
+    engine = SQLiteEngine(tmp_path / "ledger.sqlite3")
+    await engine.open()
+    try:
+        task = asyncio.create_task(engine.run(_one))
+        for _ in range(turns + 1):
+            await asyncio.sleep(0)  # it holds the lock and awaits BEGIN (or later statements)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+        assert tuple(await asyncio.wait_for(engine.run(_one), 5)) == (1,)
+        assert not engine.db.in_transaction
+    finally:
+        await engine.close()
+
+
+async def test_a_sqlite_transaction_sqlite_rolled_back_itself_raises_its_own_error(
+    tmp_path: Path,
+) -> None:
+    """SQLite ends some failed transactions itself (a full disk, an I/O error): the engine's own
+    ROLLBACK then raised "cannot rollback - no transaction is active" over the real error, which
+    the HTTP edge could not recognise as an outage (review round 4, ops finding 2)."""
+    engine = SQLiteEngine(tmp_path / "ledger.sqlite3")
+    await engine.open()
+    try:
+
+        async def ended_by_sqlite(tx: Connection) -> None:
+            await tx.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL
+            raise sqlite3.OperationalError("database or disk is full")
+
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            await engine.run(ended_by_sqlite)
+        assert tuple(await engine.run(_one)) == (1,)
+        await engine.writable()
+    finally:
+        await engine.close()
 
 
 def test_placeholders_are_numbered_outside_quotes_only() -> None:

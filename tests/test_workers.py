@@ -19,6 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from tests.api.test_labels import EXPLICIT as LABEL
 from tests.conftest import AUTH, service_env
 from tests.test_cli import COMMAND
 
@@ -287,3 +288,131 @@ async def test_workers_keep_the_ledger_in_postgresql(
     assert (len(pids), code) == (2, 0)
     assert (ledger["engine"], ledger["reachable"]) == ("postgresql", True)
     assert tables > 0
+
+
+async def test_a_second_serve_on_a_port_other_workers_already_serve_is_refused(
+    replica_env: dict[str, str],
+) -> None:
+    """Linux lets any socket of the same user with SO_REUSEPORT join a port that only
+    SO_REUSEPORT sockets hold — what a running ``serve --workers N`` holds. A second deployment
+    started on that port by mistake (an old release not yet stopped, staging pointed at
+    production's port, a second systemd unit) started without a word, and the kernel split the
+    clients' connections between two services with different databases, Redis prefixes or
+    releases (review round 4, ops finding 4). It is one line, exit 1, like any port in use."""
+    async with serving(replica_env, "--workers", "2") as first:
+        port = first.url.rpartition(":")[2]
+        process = await asyncio.create_subprocess_exec(
+            *COMMAND, "serve", "--workers", "2", stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env={**replica_env, "RATESVC_PORT": port},
+        )  # fmt: skip
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), 15)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        still = await pids_answering(first.url, 2)
+        workers = children_of(first.process.pid)
+
+    assert process.returncode == 1, err.decode()[-1500:]
+    assert err.decode().strip().splitlines()[-1] == "ratesvc: Address already in use"
+    assert "workers started" not in err.decode()
+    assert still == workers  # the first's workers, and no one else, answer on the port
+
+
+SERVING_ONE = re.compile(r"serving on http://127\.0\.0\.1:(\d+)$")
+
+
+async def serve_one(env: dict[str, str], *args: str) -> Served:
+    """``ratesvc serve`` (one process) once it says it serves."""
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND, "serve", *args, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert process.stderr is not None
+    served = Served(process, "")
+    try:
+        while not served.url:
+            line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+            assert line, "serve stopped before it served:\n" + served.text
+            served.log.append(line)
+            if match := SERVING_ONE.search(line.rstrip()):
+                served.url = f"http://127.0.0.1:{match[1]}"
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    served.drain = asyncio.create_task(_drain(process.stderr, served.log))
+    await get_json(f"{served.url}/healthz")  # answering: it listens for SIGTERM too
+    return served
+
+
+async def test_workers_1_on_the_command_line_overrides_ratesvc_workers(tmp_path: Path) -> None:
+    """``--workers`` overrides RATESVC_WORKERS, but the settings were refused (RATESVC_WORKERS=2
+    without shared backends) before the flag was read: an image built with RATESVC_WORKERS=4
+    could not be run once with ``serve --workers 1`` on SQLite to debug it, and ``ratesvc
+    check`` and ``ratesvc cin7``, which fork nothing, were refused too (review round 4, ops
+    finding 8)."""
+    env = clean_env(**service_env("http://127.0.0.1:9", tmp_path / "data", RATESVC_PORT="0",
+                                  RATESVC_WORKERS="2"))  # fmt: skip
+    served = await serve_one(env, "--workers", "1")
+    try:
+        served.process.send_signal(signal.SIGTERM)
+        code = await served.exit_code()
+    finally:
+        if served.process.returncode is None:
+            served.process.kill()
+            await served.process.wait()
+    check = await asyncio.create_subprocess_exec(
+        *COMMAND, "check", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(check.communicate(), 30)
+
+    assert code == 0, served.text
+    assert check.returncode == 1, err.decode()  # it checked (ShipStation unreachable): not 2
+    assert "cannot connect to ShipStation" in out.decode()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stop_mid_purchase_ends_within_the_stop_grace_counted_from_sigterm(
+    sandbox: Any, sandbox_url: str, tmp_path: Path
+) -> None:
+    """README and compose: a stopped replica finishes its requests and purchases first, within
+    RATESVC_STOP_GRACE_S (30 s) of SIGTERM, inside compose's 45 s stop_grace_period. With
+    ShipStation slow to answer a createlabel the stop took about 60 s: aiohttp's runner first
+    waited for the request in flight (its own 60 s shutdown_timeout; the POST waits for its
+    purchase up to 30 s), and only then did the purchases get a 30 s grace of their own: Docker
+    SIGKILLed the replica mid-purchase, and the graceful path never completed (review round 4,
+    ops finding 6). One deadline now, from the signal: the grace (2 s here) and the teardown."""
+    sandbox.knobs.createlabel_faults = ["hang_after_buy"]
+    sandbox.knobs.hang_s = 100
+    grace_s = 2.0
+    env = clean_env(**service_env(sandbox_url, tmp_path / "data", RATESVC_PORT="0",
+                                  RATESVC_STOP_GRACE_S=str(grace_s)))  # fmt: skip
+    served = await serve_one(env)
+    try:
+        async with aiohttp.ClientSession() as session:
+            request = asyncio.create_task(session.post(
+                f"{served.url}/v1/labels", json=LABEL, headers={**AUTH, "Idempotency-Key": "stop"}
+            ))  # fmt: skip
+            for _ in range(200):
+                if sandbox.shipments:
+                    break
+                await asyncio.sleep(0.05)
+            assert sandbox.shipments, "createlabel never reached the sandbox"
+            served.process.send_signal(signal.SIGTERM)
+            started = asyncio.get_running_loop().time()
+            code = await served.exit_code(within_s=grace_s + 20)
+            elapsed = asyncio.get_running_loop().time() - started
+            request.cancel()
+            with contextlib.suppress(BaseException):
+                await request
+    finally:
+        if served.process.returncode is None:
+            served.process.kill()
+            await served.process.wait()
+
+    assert code == 0, served.text
+    assert elapsed < grace_s + 3, f"stopped {elapsed:.1f} s after SIGTERM"
+    assert "shutting down" in served.text

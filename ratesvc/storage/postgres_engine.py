@@ -18,17 +18,23 @@ first migrates, the others then read the new version and have nothing to do.
 A PostgreSQL that hangs (a network partition, a stuck server) rather than refuses must not hold
 requests forever: every statement is abandoned after :data:`COMMAND_TIMEOUT_S` and waiting for
 a pooled connection after :data:`ACQUIRE_TIMEOUT_S` (``TimeoutError``, which the HTTP edge
-answers as 503 ``storage_unavailable``: :mod:`ratesvc.storage.outage`). Migrations, which may
-wait for another replica's and may rewrite a table, have an hour.
+answers as 503 ``storage_unavailable``: :mod:`ratesvc.storage.outage`). A connection whose
+statement was abandoned (or whose task was cancelled) is terminated, not given back: asyncpg's
+release would first wait — shielded, up to the acquire timeout — for the server to acknowledge
+the cancellation, which a hung server never does, and the caller would wait twice as long
+(:meth:`PostgresEngine._connection`). A transaction is not rolled back on such a connection
+either (the ROLLBACK would wait the same way); closing the connection ends it on the server.
+Migrations, which may wait for another replica's and may rewrite a table, have an hour.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -98,7 +104,10 @@ class PostgresEngine:
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
         self._url = url
         self._pool_size = pool_size
-        self._password = urlsplit(url).password or ""
+        try:  # config._backend_url has checked the URL; never fail (or show it) here anyway
+            self._password = urlsplit(url).password or ""
+        except ValueError:
+            self._password = ""
         self.where = f"PostgreSQL at {address(url)}"
         self._pool: asyncpg.Pool[Any] | None = None
 
@@ -110,7 +119,9 @@ class PostgresEngine:
 
     def _scrub(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
-        return text.replace(self._password, "***") if self._password else text
+        for secret in {self._password, unquote(self._password)} - {""}:
+            text = text.replace(secret, "***")
+        return text
 
     async def open(self) -> None:
         try:
@@ -118,8 +129,14 @@ class PostgresEngine:
                 self._url, min_size=1, max_size=self._pool_size, timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S, server_settings={"application_name": "ratesvc"},
             )  # fmt: skip
-        except (OSError, TimeoutError, ValueError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:  # fmt: skip
+        except asyncpg.ClientConfigurationError as exc:  # an option asyncpg refuses, named
+            raise LedgerUnavailable(f"cannot use {self.where}: {self._scrub(exc)}") from None
+        except ValueError:  # the URL as asyncpg reads it: its text may show part of it
+            raise LedgerUnavailable(
+                f"cannot use {self.where}: asyncpg cannot read the URL or one of its options "
+                "(percent-encode / # ? @ % [ ] in the user and password)"
+            ) from None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise LedgerUnavailable(f"cannot reach {self.where}: {self._scrub(exc)}") from None
         try:
             await self._migrate()
@@ -161,14 +178,34 @@ class PostgresEngine:
                         timeout=wait,
                     )  # fmt: skip
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[Any]]:
+        """A pooled connection for one operation. When a statement was abandoned (its timeout)
+        or the task was cancelled, the connection is terminated before it is given back, so
+        the caller hears of a hung server after one :data:`COMMAND_TIMEOUT_S`, not two."""
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+            try:
+                yield connection
+            except (TimeoutError, asyncio.CancelledError):
+                connection.terminate()
+                raise
+
     async def run(self, body: Callable[[Connection], Awaitable[T]]) -> T:
         for attempt in range(RETRIES):
             try:
-                async with (
-                    self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection,
-                    connection.transaction(),
-                ):
-                    return await body(_Connection(connection))
+                async with self._connection() as connection:
+                    transaction = connection.transaction()
+                    await transaction.start()
+                    try:
+                        result = await body(_Connection(connection))
+                    except (TimeoutError, asyncio.CancelledError):
+                        raise  # no ROLLBACK: the connection is terminated (see the module)
+                    except BaseException:
+                        if not connection.is_closed():
+                            await transaction.rollback()
+                        raise
+                    await transaction.commit()
+                    return result
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
@@ -176,16 +213,16 @@ class PostgresEngine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+        async with self._connection() as connection:
             return [tuple(record) for record in await connection.fetch(numbered(sql), *args)]
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+        async with self._connection() as connection:
             return rowcount(await connection.execute(numbered(sql), *args))
 
     async def writable(self) -> None:
         """A server in recovery (a standby) or read-only by default takes no writes."""
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+        async with self._connection() as connection:
             read_only = await connection.fetchval(
                 "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
             )

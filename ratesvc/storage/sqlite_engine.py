@@ -6,6 +6,14 @@ shared connection a statement issued while another coroutine's transaction is op
 that transaction (and share its fate). Transactions start with ``BEGIN IMMEDIATE``, which takes
 the file's write lock up front, so what a transaction reads stays true until it commits — the
 ledger's read-then-write steps rely on that here, and on row locks on PostgreSQL.
+
+A statement is run by aiosqlite's one thread, in the order statements were sent, even when the
+task awaiting it was cancelled meanwhile (a claim that ran out, shutdown, a timeout). So every
+``BEGIN`` is inside the block that ends with ``ROLLBACK`` on any exception: the ``ROLLBACK`` is
+queued after the ``BEGIN`` and undoes it whether or not the ``BEGIN`` had run when the task was
+cancelled, and the shared connection is never left inside a transaction nobody owns. SQLite
+rolls some failed transactions back itself (a full disk, an I/O error, a lock not granted), so
+the ``ROLLBACK`` finding none is no error; the original one is raised.
 """
 
 from __future__ import annotations
@@ -93,14 +101,23 @@ class SQLiteEngine:
             await self._db.close()
             self._db = None
 
+    async def _rollback(self, db: aiosqlite.Connection) -> None:
+        """Roll back the transaction begun last, if it is still open (see the module's text)."""
+        try:
+            await db.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            if db.in_transaction:  # pragma: no cover - a ROLLBACK that failed otherwise
+                raise
+            # "cannot rollback - no transaction is active": its BEGIN failed, or SQLite ended it
+
     async def _migrate(self) -> None:
         """Each missing migration in its own ``BEGIN IMMEDIATE`` transaction; the version is read
         inside it, so two processes opening one file never run a migration twice."""
         db = self.db
         await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         while True:
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 async with db.execute("SELECT MAX(version) FROM schema_version") as cursor:
                     row = await cursor.fetchone()
                 version = int(row[0]) if row and row[0] is not None else 0
@@ -112,25 +129,25 @@ class SQLiteEngine:
                 await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                await self._rollback(db)
                 raise
 
     async def run(self, body: Callable[[Connection], Awaitable[T]]) -> T:
         for attempt in range(RETRIES):
             async with self._lock:
                 db = self.db
-                await db.execute("BEGIN IMMEDIATE")
                 try:
+                    await db.execute("BEGIN IMMEDIATE")
                     result = await body(_Connection(db))
+                    await db.execute("COMMIT")
                 except RetryTransaction:
-                    await db.execute("ROLLBACK")
+                    await self._rollback(db)
                     if attempt == RETRIES - 1:
                         raise
                     continue
                 except BaseException:
-                    await db.execute("ROLLBACK")
+                    await self._rollback(db)
                     raise
-                await db.execute("COMMIT")
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -145,5 +162,8 @@ class SQLiteEngine:
     async def writable(self) -> None:
         """A write lock taken and given back: proves the file and its directory accept writes."""
         async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            await self.db.execute("ROLLBACK")
+            db = self.db
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            finally:
+                await self._rollback(db)

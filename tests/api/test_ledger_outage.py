@@ -1,9 +1,12 @@
-"""PostgreSQL out of reach: what needs the ledger answers 503 ``storage_unavailable`` with
-Retry-After at once (never a 500, never a hang), and works again when it is back. One process
-here; ``tests/replicas/test_replicas.py`` does it with three and a purchase under way."""
+"""The ledger out of reach (PostgreSQL cut or hung, a SQLite file that cannot be written): what
+needs the ledger answers 503 ``storage_unavailable`` with Retry-After at once (never a 500, never
+a hang), and works again when it is back. One process here; ``tests/replicas/test_replicas.py``
+does it with three and a purchase under way."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -12,11 +15,13 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from ratesvc import keys
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
 from ratesvc.storage import postgres_engine
 from ratesvc.storage.outage import RETRY_AFTER_S, ledger_outage
-from ratesvc.storage.sql import LedgerUnavailable
+from ratesvc.storage.sql import Connection, LedgerUnavailable
+from ratesvc.storage.sqlite_engine import SQLiteEngine
 from tests.conftest import AUTH, service_env
 from tests.replicas.harness import CuttableProxy, free_port
 
@@ -93,9 +98,16 @@ def quick_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("quick_timeouts")
-async def test_a_hung_ledger_answers_503_within_its_timeouts_not_never(through_proxy: Any) -> None:
+async def test_a_hung_ledger_answers_503_within_one_statement_timeout_not_two(
+    through_proxy: Any,
+) -> None:
     """PostgreSQL that hangs rather than refuses (every byte held): each statement and each wait
-    for a connection is bounded (10 s each in production; 1 s here), then 503."""
+    for a connection is bounded (10 s each in production; 1 s here), then 503 — within one
+    COMMAND_TIMEOUT_S, as the README promises (10 s), not two. A connection whose statement was
+    abandoned must not be given back to the pool as it is: asyncpg's release first waits,
+    shielded, up to the acquire timeout, for the server to acknowledge the cancellation a hung
+    server never sends, and every request after a failover took 20 s (review round 4, ops
+    finding 5)."""
     client, proxy = through_proxy
     bought = await client.post(
         "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "a"}
@@ -108,7 +120,8 @@ async def test_a_hung_ledger_answers_503_within_its_timeouts_not_never(through_p
         response = await client.get(path, headers=AUTH)
         problem = await response.json(content_type=None)
         assert (response.status, problem["code"]) == (503, "storage_unavailable"), problem
-        assert time.perf_counter() - started < 3.5
+        elapsed = time.perf_counter() - started
+        assert elapsed < postgres_engine.COMMAND_TIMEOUT_S + 0.5, f"503 after {elapsed:.1f} s"
     refused = await client.post(
         "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "b"}
     )
@@ -119,6 +132,65 @@ async def test_a_hung_ledger_answers_503_within_its_timeouts_not_never(through_p
         "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": "b"}
     )
     assert retried.status == 201, await retried.text()
+
+
+async def test_a_full_sqlite_ledger_answers_503_storage_unavailable_not_500(
+    service: TestClient,
+) -> None:
+    """The label PDFs live in the ledger file, so a data volume fills. A full disk makes SQLite
+    raise ``database or disk is full`` (a second process on the file: ``database is locked``);
+    only asyncpg's errors and OSError counted as an outage, so every write answered a bare 500
+    instead of 503 ``storage_unavailable`` with Retry-After, and the engine's own ROLLBACK
+    raised "cannot rollback - no transaction is active" over it (review round 4, ops finding 2).
+    """
+    db = service.app[keys.LEDGER].engine.db
+    await db.execute("CREATE TABLE filler (x BLOB)")
+    async with db.execute("PRAGMA page_count") as cursor:
+        row = await cursor.fetchone()
+        assert row is not None
+    await db.execute(f"PRAGMA max_page_count = {row[0] + 2}")
+    with contextlib.suppress(sqlite3.OperationalError):  # the disk is full now
+        for _ in range(10_000):
+            await db.execute("INSERT INTO filler VALUES (zeroblob(512))")
+
+    for n in range(60):  # the tables' own pages have room for a few labels; then a new page
+        response = await service.post(
+            "/v1/labels", json=EXPLICIT, headers={**AUTH, "Idempotency-Key": f"full-{n}"}
+        )
+        problem = await response.json(content_type=None)
+        if response.status != 201:
+            break
+    assert response.status != 201, "the ledger never filled up"
+
+    assert (response.status, problem.get("code")) == (503, "storage_unavailable"), problem
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
+
+
+async def test_only_sqlites_errors_that_say_it_cannot_write_now_are_an_outage(
+    tmp_path: Path,
+) -> None:
+    engine = SQLiteEngine(tmp_path / "ledger.sqlite3")
+    await engine.open()
+    try:
+        await engine.execute("CREATE TABLE filler (x BLOB)")
+        (pages,) = (await engine.fetch("PRAGMA page_count"))[0]
+        await engine.execute(f"PRAGMA max_page_count = {pages + 1}")
+
+        async def fill(tx: Connection) -> None:
+            for _ in range(100):
+                await tx.execute("INSERT INTO filler VALUES (zeroblob(4096))")
+
+        with pytest.raises(sqlite3.OperationalError) as full:
+            await engine.run(fill)
+        with pytest.raises(sqlite3.OperationalError) as wrong:
+            await engine.fetch("SELEC 1")
+    finally:
+        await engine.close()
+
+    assert full.value.sqlite_errorname == "SQLITE_FULL"
+    assert ledger_outage(full.value) is not None
+    assert ledger_outage(wrong.value) is None  # a statement that is wrong is a bug: a 500
+    assert ledger_outage(full.value.with_traceback(None)) is None  # raised elsewhere: a bug
 
 
 async def test_only_the_ledgers_connection_errors_are_an_outage() -> None:

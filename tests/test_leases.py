@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -386,3 +387,35 @@ async def test_claims_keep_the_work_going_while_renewals_succeed() -> None:
     finally:
         work.cancel()
         await claims.stop()
+
+
+async def test_a_claim_survives_one_renewal_that_hangs_until_the_statement_timeout() -> None:
+    """A renewal that fails after hanging (PostgreSQL's 10 s statement timeout, a third of the
+    default 30 s TTL) was followed by a whole renewal period, so the next renewal went out as
+    the claim ran out and the claim's timer stopped the task first: one 10 s stall of
+    PostgreSQL cancelled every write-back in progress, mid Cin7 Core write, on every replica.
+    Rounds keep their cadence and a failed one is retried a quarter period later. Scaled
+    down: TTL 0.9 s, one renewal that fails after 0.3 s, then healthy ones."""
+    ttl = 0.9
+    renewals: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def renew(keys: Any) -> set[int]:
+        renewals.append(loop.time())
+        if len(renewals) == 1:
+            await asyncio.sleep(ttl / 3)  # the statement timeout
+            raise TimeoutError
+        return set(keys)
+
+    claims: Claims[int] = Claims("job", renew, ttl_s=ttl)
+    work = asyncio.create_task(asyncio.sleep(3 * ttl))
+    claims.add(1, work, loop.time())
+    try:
+        await asyncio.gather(work, return_exceptions=True)
+    finally:
+        await claims.stop()
+
+    assert not work.cancelled(), (
+        f"cancelled after one slow failed renewal (renewals at "
+        f"{[round(t - renewals[0], 2) for t in renewals]} s after the first)"
+    )

@@ -466,8 +466,9 @@ async def test_a_void_cut_off_by_its_replica_dying_is_settled_by_another_once_it
     whose void lease is held, so a cut-off void must still be settled by someone: B, running
     all along, sweeps the void leases that expired and settles that label — to ``attention``
     ('void again'), box 1's tracking corrected off the sale, box 2's kept."""
-    a = await make_replica("a")
-    b = await make_replica("b")
+    quick = {"RATESVC_REQUEST_DEADLINE_S": "2"}  # a void's calls end 2 s after it starts
+    a = await make_replica("a", **quick)
+    b = await make_replica("b", **quick)
     label_id = await bought_and_written_back(a, MULTIBOX)
     _, second = (await label_of(a, label_id))["packages"]
     client = a.app[keys.ACCOUNTS]["default"].shipstation
@@ -817,3 +818,51 @@ async def test_a_replica_whose_clock_is_behind_does_not_rebuy_a_package_it_recon
         f"bought {sandbox.calls['/shipments/createlabel']} times for one package"
     )
     assert "recovered" in (await label_of(a, label_id))["detail"]
+
+
+async def corrections_of(url: str, label_id: str) -> int:
+    rows = await ledger_sql(
+        url, "SELECT id FROM outbox WHERE label_id = ? AND kind = 'void_correction'", (label_id,)
+    )
+    return len(rows)
+
+
+async def test_a_void_still_running_after_its_lease_lapsed_is_not_settled_as_interrupted(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """Replica A voids a 2-box label: box 1 is voided and recorded, box 2's void is at
+    ShipStation (slow), and A cannot renew its leases (a PostgreSQL blip on A's side). B's sweep
+    of expired void leases took the lapsed lease for a void cut off by a crash: the label went
+    to ``attention`` ('void again') while A was voiding it, and A, finishing, queued a second
+    correction. The sweep now leaves a lease until the void's calls to ShipStation are surely
+    over (they share one request deadline), and what a void records is fenced on its lease:
+    A's void finishes alone, one correction."""
+    a = await make_replica("a")
+    b = await make_replica("b")
+    label_id = await bought_and_written_back(a, MULTIBOX)
+    client = a.app[keys.ACCOUNTS]["default"].shipstation
+    real = client.void_label
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def second_box_slow(shipment_id: int, **kwargs: Any) -> Any:
+        calls.append(shipment_id)
+        if len(calls) == 2:
+            await release.wait()
+        return await real(shipment_id, **kwargs)
+
+    client.void_label = second_box_slow  # type: ignore[method-assign]
+    voiding = asyncio.create_task(a.post(f"/v1/labels/{label_id}/void", headers=AUTH))
+    await until(lambda: asyncio.sleep(0, len(calls) == 2))
+    partition_from_ledger(a)  # A's void lease is no longer renewed; A's void goes on
+    await asyncio.sleep(2.5)  # more than two lease TTLs: B sweeps every third of one
+    during = (await label_of(b, label_id))["status"]
+    release.set()
+    answer = await voiding
+
+    assert answer.status == 200, await answer.text()
+    assert during == "completed", f"B settled A's running void: the label was {during!r}"
+    assert await corrections_of(postgres_url, label_id) == 1

@@ -78,6 +78,7 @@ from ratesvc.storage.leases import Lease, renew_every
 from ratesvc.storage.ledger import (
     IdempotencyConflict,
     IllegalTransition,
+    LeaseLost,
     Ledger,
     PackageRow,
     PurchaseRow,
@@ -420,8 +421,17 @@ class Labels:
                 log.exception("looking for purchases to adopt or voids to settle failed")
 
     async def _settle_cut_off_voids(self) -> int:
-        """Settle the voids whose lease expired: their runner died (or stopped) midway."""
-        expired = await self._ledger.expired_leases(VOID_LEASE)
+        """Settle the voids whose lease expired: their runner died (or stopped) midway — or
+        lost its lease while still voiding (its renewals failing), so only a lease expired
+        longer than that void's calls to ShipStation may still run is taken (they share one
+        request deadline from the void's start, which came before the lease's last renewal).
+        What such a void records is fenced on its lease, so even one still running then never
+        settles the label a second time."""
+        deadline_s = max((s.account.request_deadline_s for s in self._accounts.values()),
+                         default=0.0)  # fmt: skip
+        expired = await self._ledger.expired_leases(
+            VOID_LEASE, for_s=max(0.0, deadline_s - self._timing.lease_ttl_s) + 1.0
+        )
         if not expired:
             return 0
         label_ids = [name.removeprefix(VOID_LEASE) for name in expired]
@@ -522,18 +532,28 @@ class Labels:
         ``already_voided``, as for a duplicate in one process. Still running after that:
         ``void_rejected`` (try again)."""
         wait_s = services.account.request_deadline_s + self._timing.lease_ttl_s
-        async with self._void_claim(label_id, wait_s=wait_s) as taken:
-            if not taken:
-                raise VoidRejected(
-                    f"label {label_id} is being voided by another request; try again shortly",
-                    label_id=label_id,
-                )
-            await void_label(self._ledger, services, label_id, self._on_queued)
+        try:
+            async with self._void_claim(label_id, wait_s=wait_s) as lease:
+                if lease is None:
+                    raise VoidRejected(
+                        f"label {label_id} is being voided by another request; try again shortly",
+                        label_id=label_id,
+                    )
+                await void_label(self._ledger, services, label_id, self._on_queued, lease)
+        except LeaseLost:  # its lease left to expire: the sweep settles what it left half done
+            raise VoidRejected(
+                f"label {label_id}: this void lost its claim on the label (the ledger could not "
+                "be reached to renew it); try again — a void that went through is recognised",
+                label_id=label_id,
+            ) from None
         return await self.view(label_id, services.account.name)
 
     @contextlib.asynccontextmanager
-    async def _void_claim(self, label_id: str, *, wait_s: float = 0.0) -> AsyncIterator[bool]:
-        """The label's void claim for the block (True when taken): this process's lock on it,
+    async def _void_claim(
+        self, label_id: str, *, wait_s: float = 0.0
+    ) -> AsyncIterator[Lease | None]:
+        """The label's void claim for the block (its lease when taken, else None): this
+        process's lock on it,
         then its void lease in the ledger, renewed while the block runs. ``wait_s``: how long to
         wait for a void running here or on another replica (0: a label being voided is not
         taken — settling leaves it to its void).
@@ -542,7 +562,7 @@ class Labels:
         the lease back; one cut off (cancelled, the ledger lost, a bug) leaves it to expire, so
         the sweep of expired void leases settles what it left half done."""
         if wait_s <= 0 and label_id in self._void_locks:
-            yield False
+            yield None
             return
         lock, users = self._void_locks.setdefault(label_id, (asyncio.Lock(), [0]))
         users[0] += 1  # holding or waiting: the lock is forgotten only when nobody is
@@ -552,11 +572,11 @@ class Labels:
                     self._ledger, f"{VOID_LEASE}{label_id}", ttl_s=self._timing.lease_ttl_s
                 )
                 if not await self._take_void_lease(lease, wait_s):
-                    yield False
+                    yield None
                     return
                 recorded = False
                 try:
-                    yield True
+                    yield lease
                     recorded = True
                 except (RequestError, UpstreamFailure):
                     recorded = True

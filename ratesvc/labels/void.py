@@ -6,11 +6,13 @@ way ShipStation's own shipment record says: voided there is voided here.
 
 One void runs per label across replicas: it holds the label's void lease
 (:data:`VOID_LEASE` + label id, taken by :class:`~ratesvc.labels.service.Labels`) while it
-calls ShipStation and records what it did. A void that lost its lease midway (renewals failed
-until another replica's void took it) may meet the other's records: a box or a label it finds
-already ``voided`` is progress, not an error. The lease also tells a void cut off by a crash
-(its lease expired with nobody renewing it) from one running on another replica right now
-(:func:`settle_interrupted_voids` leaves those alone).
+calls ShipStation and records what it did. It confirms the lease in the ledger before each
+box's void call and fences what it records on it: a void whose lease lapsed (renewals failed
+while it worked) stops — the client is asked to try again — and leaves the label to whoever
+took the lease (the sweep of expired void leases, or the retry), never settling it twice. A
+box or a label it finds already ``voided`` is progress, not an error. The lease also tells a
+void cut off by a crash (its lease expired with nobody renewing it) from one running on
+another replica right now (:func:`settle_interrupted_voids` leaves those alone).
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ from ratesvc.labels.lifecycle import SETTLED, VOIDABLE, LabelStatus, PackageStat
 from ratesvc.labels.models import LabelPlan
 from ratesvc.labels.reconcile import find_shipment
 from ratesvc.labels.views import plan_of
-from ratesvc.storage.ledger import IllegalTransition, Ledger, PackageRow, parse_stamp
+from ratesvc.storage.leases import Lease
+from ratesvc.storage.ledger import (
+    IllegalTransition,
+    Ledger,
+    PackageRow,
+    parse_stamp,
+)
 
 log = logging.getLogger(__name__)
 S = LabelStatus
@@ -41,16 +49,22 @@ VOID_LEASE = "void:"  # + label id: held by the one void (or settling of a void)
 
 # A label's void claim: the process's one-void-per-label lock and the label's void lease, taken
 # for the ``async with`` block if it can be (the value says whether it was).
-VoidClaim = Callable[[str], AbstractAsyncContextManager[bool]]
+VoidClaim = Callable[[str], AbstractAsyncContextManager[Lease | None]]
 
 
 async def void_label(
-    ledger: Ledger, services: AccountServices, label_id: str, on_queued: Callable[[], None]
+    ledger: Ledger,
+    services: AccountServices,
+    label_id: str,
+    on_queued: Callable[[], None],
+    lease: Lease | None = None,
 ) -> None:
     """Void every bought package at ShipStation, then, in one transaction: the label
     ``voided``, its fulfilment released, a write-back that never started cancelled and one that
     did corrected (see :meth:`Ledger.void`). Boxes the carrier refuses send the label to
-    ``attention``."""
+    ``attention``. Under ``lease`` (the label's void lease): confirmed before each box's void
+    call, and what is recorded is fenced on it: raises :class:`LeaseLost` when it lapsed (the
+    label is left as it stands, to the lease's next holder)."""
     row = await ledger.purchase(label_id)
     if row is None or row.account != services.account.name:
         raise NotFound(f"no label {label_id}")
@@ -74,6 +88,8 @@ async def void_label(
     for package in packages:
         if package.state != PackageState.BOUGHT or package.shipment_id is None:
             continue
+        if lease is not None:
+            await lease.confirm()
         try:
             refusal = await void_package(services, plan, package, deadline)
         except UpstreamFailure as exc:  # ShipStation down: what was voided is still recorded
@@ -85,8 +101,9 @@ async def void_label(
             continue
         try:
             await ledger.move_package(
-                label_id, package.n, PackageState.VOIDED, {PackageState.BOUGHT}
-            )
+                label_id, package.n, PackageState.VOIDED, {PackageState.BOUGHT},
+                lease=None if lease is None else lease.name,
+            )  # fmt: skip
         except IllegalTransition as exc:
             if exc.current != PackageState.VOIDED:
                 raise
@@ -103,7 +120,7 @@ async def void_label(
             f"voided box(es) {', '.join(map(str, voided_now))}, but not {'; '.join(refused)}: "
             "void again, or settle the rest at the carrier"
         )
-    await finish_void(ledger, label_id, on_queued, partly=partly)
+    await finish_void(ledger, label_id, on_queued, partly=partly, lease=lease)
     if failure is not None:
         raise failure
     if partly is not None:
@@ -111,12 +128,20 @@ async def void_label(
 
 
 async def finish_void(
-    ledger: Ledger, label_id: str, on_queued: Callable[[], None], *, partly: str | None = None
+    ledger: Ledger,
+    label_id: str,
+    on_queued: Callable[[], None],
+    *,
+    partly: str | None = None,
+    lease: Lease | None = None,
 ) -> None:
-    """Record the void (whole, or ``partly``: to ``attention``) with its correction. A label
-    another void recorded ``voided`` meanwhile is left as it is: the void happened."""
+    """Record the void (whole, or ``partly``: to ``attention``) with its correction, fenced on
+    ``lease`` when given. A label another void recorded ``voided`` meanwhile is left as it is:
+    the void happened."""
     try:
-        _, corrected = await ledger.void(label_id, VOIDABLE, partly=partly)
+        _, corrected = await ledger.void(
+            label_id, VOIDABLE, partly=partly, lease=None if lease is None else lease.name
+        )
     except IllegalTransition as exc:
         if exc.current == S.VOIDED:
             log.info("label %s was already recorded voided (by another void)", label_id)
@@ -149,8 +174,8 @@ async def settle_interrupted_voids(
     settled = 0
     for label_id in label_ids:
         try:
-            async with claim(label_id) as taken:
-                if not taken:
+            async with claim(label_id) as lease:
+                if lease is None:
                     continue
                 found = await ledger.half_voided(label_id)
                 if not found:  # finished (or never begun) after all: nothing to settle
@@ -159,7 +184,7 @@ async def settle_interrupted_voids(
                 partly = (
                     None if every_box else "a void was interrupted after some boxes: void again"
                 )
-                await finish_void(ledger, label_id, on_queued, partly=partly)
+                await finish_void(ledger, label_id, on_queued, partly=partly, lease=lease)
                 settled += 1
         except Exception:  # the next one may still be settled; this one at the next look
             log.exception("settling the interrupted void of %s failed", label_id)

@@ -90,7 +90,10 @@ def owner_is_gone(owner: str) -> bool:
 
 def renew_every(ttl_s: float) -> float:
     """How often a lease of ``ttl_s`` is renewed: a third of it, so two renewals in a row may
-    fail (a slow database, a busy loop) before it expires."""
+    fail (a slow database, a busy loop) before it expires. Rounds keep this cadence however
+    long one took (each is given up after a period); after a failed one the next comes a
+    quarter period later, so one renewal that hung for a whole period still leaves time for
+    the next before the lease runs out."""
     return ttl_s / 3
 
 
@@ -148,13 +151,18 @@ class Lease:
 
     async def _renew(self) -> None:
         loop = asyncio.get_running_loop()
+        period = renew_every(self._ttl_s)
+        next_at = loop.time() + period
         while True:
-            await asyncio.sleep(renew_every(self._ttl_s))
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
             sent = loop.time()
+            next_at = sent + period  # rounds keep their cadence, however long one took
             try:
-                renewed = await self._ledger.renew_lease(self.name, self._ttl_s)
+                async with asyncio.timeout(period):
+                    renewed = await self._ledger.renew_lease(self.name, self._ttl_s)
             except Exception as exc:  # the ledger unreachable: held() runs out on its own
                 log.warning("lease %s not renewed (%r); trying again", self.name, exc)
+                next_at = min(next_at, loop.time() + period / 4)
                 continue
             if not renewed:
                 self._lost = True
@@ -265,20 +273,24 @@ class Claims(Generic[K]):
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        period = renew_every(self._ttl_s)
+        next_at = loop.time() + period
         while self._held:
-            await asyncio.sleep(renew_every(self._ttl_s))
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
             keys = list(self._held)
             if not keys:
                 continue
             sent = loop.time()
+            next_at = sent + period  # rounds keep their cadence, however long one took
             last = max(self._held[key].valid_until for key in keys)
             if last <= sent:  # every claim ran out: their tasks are being stopped
                 continue
-            try:
-                async with asyncio.timeout_at(last):  # a hung renewal is given up with the claims
+            try:  # a hung renewal is given up after a period (and with the claims)
+                async with asyncio.timeout_at(min(last, sent + period)):
                     kept = await self._renew(keys)
             except Exception as exc:  # the timers stop what runs out meanwhile
                 log.warning("%s claims not renewed (%r); trying again", self._what, exc)
+                next_at = min(next_at, loop.time() + period / 4)  # soon: it may answer again
                 continue
             for key in keys:
                 held = self._held.get(key)

@@ -81,14 +81,14 @@ class LeaseRecords(LedgerCore):
                 )
         return deleted
 
-    async def expired_leases(self, prefix: str) -> list[str]:
+    async def expired_leases(self, prefix: str, *, for_s: float = 0.0) -> list[str]:
         """The leases named ``prefix…`` whose holder let them expire (on the database's clock)
-        and nobody took since: work cut off by a replica that died or stopped (a graceful end
-        gives its leases back)."""
+        at least ``for_s`` ago and nobody took since: work cut off by a replica that died or
+        stopped (a graceful end gives its leases back)."""
         rows = await self._engine.fetch(
             f"SELECT name FROM leases WHERE substr(name, 1, ?) = ? AND expires_at < {self._now} "
-            "ORDER BY name",
-            (len(prefix), prefix),
+            "- ? ORDER BY name",
+            (len(prefix), prefix, float(for_s)),
         )
         return [str(row[0]) for row in rows]
 

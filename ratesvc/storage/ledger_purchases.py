@@ -190,7 +190,12 @@ class PurchaseRecords(LedgerCore):
         return await self._engine.run(move)
 
     async def void(
-        self, label_id: str, allowed_from: Collection[str], *, partly: str | None = None
+        self,
+        label_id: str,
+        allowed_from: Collection[str],
+        *,
+        partly: str | None = None,
+        lease: str | None = None,
     ) -> tuple[PurchaseRow, bool]:
         """The void's transaction: the label ``voided`` (its fulfilment released; the client's
         key stays bound to it, so a replay answers the voided label), its bought packages
@@ -201,10 +206,12 @@ class PurchaseRecords(LedgerCore):
         stopped and corrected all the same. (the row, whether a correction was queued).
 
         The label and its write-back jobs are locked before they are read: a job another
-        replica claims meanwhile is seen running (and corrected), never cancelled unseen."""
+        replica claims meanwhile is seen running (and corrected), never cancelled unseen.
+        Fenced on ``lease`` (the void's), when given."""
         to = "voided" if partly is None else "attention"
 
         async def void(tx: Connection) -> tuple[PurchaseRow, bool]:
+            await self._fence(tx, lease)
             current = await tx.fetchone(
                 "SELECT status, write_back_state, write_back_attempts FROM purchases "
                 f"WHERE label_id = ?{self._for_update}",

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ratesvc import gc_tuning
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
 from ratesvc.demo import start_site
@@ -58,6 +59,7 @@ async def service(sandbox_url: str, **env: str) -> AsyncIterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="ratesvc-bench-") as data_dir:
         app = create_app(load_settings(_env(sandbox_url, data_dir, env)))
         runner, url = await serve_app(app)
+        gc_tuning.tune()  # as ratesvc serve does once it serves
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             try:
                 yield Stack(sandbox=None, sandbox_url=sandbox_url, url=url, session=session,
@@ -90,6 +92,7 @@ async def stack(
         settings = load_settings(_env(sandbox_url, data_dir, env))
         app = create_app(settings)
         runner, url = await serve_app(app)
+        gc_tuning.tune()  # as ratesvc serve does once it serves
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             try:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ratesvc import __version__, event_loop, supervisor
+from ratesvc import __version__, event_loop, gc_tuning, supervisor
 from ratesvc.app import create_app
 from ratesvc.checks import check_accounts
 from ratesvc.cin7_commands import subscribe_command, webhooks_command
@@ -94,6 +94,7 @@ async def _serve(settings: Settings, *, port: int | None = None, worker: str = "
     except ConfigError as exc:
         print("ratesvc: cannot start:", *exc.problems, sep="\n  - ", file=sys.stderr)
         raise SystemExit(2) from exc
+    gc_tuning.tune()  # what is alive once serving is never garbage (see the module)
     log.info("ratesvc %s serving on http://%s:%d%s", __version__, settings.host, port,
              f" ({worker})" if worker else "")  # fmt: skip
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from ratesvc import gc_tuning
 from ratesvc.app import STOP_CLOCK, create_app
 from ratesvc.automation.subscriptions import subscribe
 from ratesvc.config import DEFAULT_ACCOUNT, Settings, load_settings
@@ -148,6 +149,7 @@ async def run_demo(port: int, data_dir: Path | None, stop: asyncio.Event) -> Non
         }
     )
     runner, bound = await start_site(create_app(settings), "127.0.0.1", port)
+    gc_tuning.tune()
     url = f"http://127.0.0.1:{bound}"
     await _subscribe(settings, f"{url}/v1/webhooks/cin7/{DEFAULT_ACCOUNT}")
     lines = [

@@ -86,6 +86,7 @@ class RedisWindow:
         self.window: Window | None = None  # nothing read from Redis yet
         self.mine = (0, 0)  # (epoch, calls) this replica was granted in the shared window
         self.joined: tuple[float, float] | None = None  # the last member refresh: sent, answered
+        self.was_member = False  # a member refresh was answered once (None joined: left since)
         self._metrics = metrics
         self._tokens = itertools.count()
         self._acquire = redis.register_script(limiter_scripts.ACQUIRE)
@@ -158,6 +159,7 @@ class RedisWindow:
         """Remove this replica's member entry: the others hold nothing aside for it."""
         async with asyncio.timeout(self.config.timeout_s):
             await self.redis.zrem(self.keys[3], self.me)
+        self.joined = None  # not a member: cut off now, nobody holds its share aside
 
     def eta(self, window: Window, position: int, waiter: Waiter, now: float) -> float:
         """Earliest time the waiter at ``position`` could be sent, other replicas aside."""
@@ -180,7 +182,7 @@ class RedisWindow:
         replica was a member before, so Redis not knowing the window's members means it lost
         them)."""
         c = self.config
-        before = int(self.joined is not None)
+        before = int(self.was_member)
         return round(c.lapse_s * _US), round(c.expiry_s * _US), c.replicas, before
 
     async def _run(self, script: Any, *args: object, member: bool = False) -> list[int]:
@@ -194,7 +196,7 @@ class RedisWindow:
             reply: list[int] = await script(keys=self.keys, args=[*head, *args])
         now = loop.time()
         if member:
-            self.joined = (sent, now)
+            self.joined, self.was_member = (sent, now), True
         limit, remaining, ends_in, slot_in, probing, soft, redis_now, held = reply[8:16]
         previous = self.window
         self.window = Window(

@@ -34,12 +34,13 @@ clock, so replicas never compare clocks:
 * **Redis unreachable** (refused, timed out: every command is bounded by ``timeout_s``): calls
   go on against a *local share* of the budget (:mod:`.limiter_share`: ``max(1, limit //
   replicas)`` calls a window), once this replica's member entry has lapsed, so the others hold
-  the share aside (up to ``3 * heartbeat_s`` with nothing sent); one never a member starts at
-  once. One warning per outage; :meth:`~SharedRateLimiter.state` says ``degraded``. Redis is
-  pinged every ``retry_s``; when it answers, the replica rejoins the shared window and marks it
-  unsure: the calls it counted alone are not in it, so the next call is a probe whose headers
-  say what is really left (and a 429 seen meanwhile pauses every replica for the rest of its
-  pause). Nothing here raises anything but ``UpstreamThrottled`` because of Redis.
+  the share aside (up to ``3 * heartbeat_s`` with nothing sent); one not a member (idle
+  there) starts at once. One warning per outage; :meth:`~SharedRateLimiter.state` says
+  ``degraded``. Redis is pinged every ``retry_s``; when it answers, the replica rejoins the
+  shared window and marks it unsure: the calls it counted alone are not in it, so the next
+  call is a probe whose headers say what is really left (and a 429 seen meanwhile pauses
+  every replica for the rest of its pause). Nothing here raises anything but
+  ``UpstreamThrottled`` because of Redis.
   What is *not* covered (README, *Running replicas*): a replica cut off while not a member
   of the window (idle there: no call for two windows, or never), or for longer than the
   others hold its share (its entry's lapse plus two windows) while they still reach Redis, may
@@ -426,7 +427,7 @@ class SharedRateLimiter:
             "most %d calls a window (its share of %d, assuming %d replicas), %s",
             self.name, type(exc).__name__, exc, self._local.limit,
             window.limit if window is not None else c.limit, c.replicas,
-            "at once (never a member of the window: the others do not hold it aside)"
+            "at once (not a member of the window: the others do not hold it aside)"
             if until is None else f"in {self._spend_from - now:.1f} s, when the others hold it "
             f"aside (for {max(0.0, until - now):.0f} s; then their calls and its may add up)",
         )  # fmt: skip

@@ -150,6 +150,12 @@ class RateHeaders:
         )
 
 
+def says_nothing(status: int, info: RateHeaders) -> bool:
+    """Whether an answer tells nothing of the window: a server error without rate headers (it
+    may never have reached the rate limiter)."""
+    return status >= 500 and info.limit is None and info.remaining is None and info.reset_s is None
+
+
 def _resolution(raw: str) -> float:
     """What the last digit of a decimal number is worth: 1 for ``59``, 0.001 for ``0.059``
     (at least a microsecond); 1 for anything less plain."""
@@ -190,6 +196,10 @@ class Limiter(Protocol):
     ) -> None: ...
 
     def release(self, permit: Permit) -> None: ...
+
+    def still_open(self, permit: Permit) -> bool: ...
+
+    def hand_back(self, permit: Permit) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -324,16 +334,24 @@ class WindowModel:
         self.reset_at: float | None = None  # None: nothing known yet
         self.soft_end: float | None = None
         self.heard = False
+        self.opened = False  # a call was granted since the window rolled
         self.probing = True
         self.probe_in_flight = False
         self.epoch = 0
         self.in_flight = 0
 
-    def observe(self, permit: Permit, now: float, info: RateHeaders, *, throttled: bool) -> None:
+    def observe(
+        self, permit: Permit, now: float, info: RateHeaders, *, throttled: bool, blank: bool = False
+    ) -> None:
+        """Take in the answer to ``permit``'s call (``blank``: it says nothing of the window, a
+        server error without rate headers; a probe answered so learned nothing, and the next
+        call probes again)."""
         # A shared permit's grant time is Redis's clock: no bound can be drawn from it here.
         sent_at = None if permit.shared else permit.granted_at
         if throttled:
             self.throttle(now, info, sent_at=sent_at)
+        elif blank and self.probing:
+            pass
         elif permit.epoch == self.epoch and not permit.shared:
             self.adopt(now, info, alone=self.in_flight == 1, sent_at=sent_at)
 
@@ -396,19 +414,29 @@ class WindowModel:
                 self.soft_end = max(self.soft_end, earliest)
 
     def roll(self, now: float) -> None:
-        """Start the next window if this one is over."""
+        """Start the next window if this one is over.
+
+        With both bounds known, the next window's lie a whole window later, and the first call
+        granted in it moves the latest to its grant plus a window and the margin (:meth:`grant`:
+        an upstream whose window starts with its first call). Rolling moves both bounds by the
+        same window, however late it comes: were the latest set from the time of the roll,
+        every window rolled without an answer would widen the pause between the bounds by the
+        margin and the roll's lateness, until it covered the whole window. Idle past the next
+        earliest bound, nothing is known: the next window starts with a probe. Without a Reset
+        ever heard, the window is counted from ``now``."""
         if self.reset_at is not None and now >= self.reset_at:
             self.epoch += 1
             self.remaining = self.limit
-            self.reset_at = now + self.window_s + self.margin_s
             self.heard = False
-            if self.soft_end is not None:
-                soft_end = self.soft_end + self.window_s
-                if soft_end - self.margin_s > now:
-                    self.soft_end = soft_end
-                else:  # idle past where upstream's next window may end: ask where it stands
-                    self.soft_end = None
-                    self.probing = True
+            self.opened = False
+            if self.soft_end is not None and self.soft_end + self.window_s - self.margin_s > now:
+                self.soft_end += self.window_s
+                self.reset_at += self.window_s
+                return
+            if self.soft_end is not None:  # idle past where upstream's next window may end
+                self.soft_end = None
+                self.probing = True
+            self.reset_at = now + self.window_s + self.margin_s
 
     def closed(self, moment: float) -> bool:
         """Whether ``moment`` falls between the earliest (less the margin) and the latest time
@@ -432,6 +460,10 @@ class WindowModel:
             paced_from=self.next_slot, paced_until=now + self.min_interval_s, granted_at=now,
         )  # fmt: skip
         self.next_slot = permit.paced_until
+        if permit.counted and not self.heard and not self.opened and self.reset_at is not None:
+            # the window's first call may start upstream's: it ends a window after it arrives
+            self.reset_at = max(self.reset_at, now + self.window_s + self.margin_s)
+        self.opened = True
         if permit.probe:
             self.probe_in_flight = True
         if permit.counted:
@@ -596,13 +628,29 @@ class RateLimiter:
             self._throttled += 1
             if self._metrics is not None:
                 self._metrics.limiter_throttled.labels(self.name).inc()
-        self._model.observe(permit, now, RateHeaders.parse(headers), throttled=refused)
+        info = RateHeaders.parse(headers)
+        blank = says_nothing(status, info)
+        self._model.observe(permit, now, info, throttled=refused, blank=blank)
         self._pump()
 
     def release(self, permit: Permit) -> None:
         """The call is over (answered or not)."""
         self._model.release(permit)
         self._pump()
+
+    def still_open(self, permit: Permit) -> bool:
+        """Whether ``permit``'s call may still be sent now: its window has not rolled, nor
+        reached the pause before its end (a grant held too long, e.g. by work before the
+        send, could land in upstream's next window)."""
+        self._pump()  # rolls the window if it is over
+        model = self._model
+        now = asyncio.get_running_loop().time()
+        return not permit.counted or (permit.epoch == model.epoch and not model.closed(now))
+
+    def hand_back(self, permit: Permit) -> None:
+        """Give back a call granted and never sent (its window call, its pacing slot); the
+        permit is released with it: do not ``release`` it too."""
+        self._return_unused(permit)
 
     async def aclose(self) -> None:
         """Nothing to close: the timer goes with the loop."""

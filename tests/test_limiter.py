@@ -746,7 +746,10 @@ def simulate(t: Traffic) -> Counter[int]:
         if t.periodic:
             index = math.floor((arrival - t.origin * t.window_s) / t.window_s)
             return index, t.origin * t.window_s + (index + 1) * t.window_s
-        if not started or arrival >= started[-1] + t.window_s:
+        # within a nanosecond of its end counts as after it: the limiter's latest bound is
+        # exactly a grant plus the margin (the longest a call takes to arrive) plus a window,
+        # and float rounding must not make a tie an overlap
+        if not started or arrival >= started[-1] + t.window_s - 1e-9:
             started.append(arrival)
         return len(started) - 1, started[-1] + t.window_s
 
@@ -804,3 +807,61 @@ def test_no_upstream_window_ever_receives_more_than_the_limit(t: Traffic) -> Non
 
     assert sum(landed.values()) == len(t.calls)
     assert max(landed.values()) <= t.limit, sorted(landed.items())
+
+
+# --- review round 5: rolls without answers, probes without headers, grants held too long -------
+
+
+def test_windows_rolled_without_an_answer_keep_the_pause_before_their_end_as_it_was() -> None:
+    """Each roll moved the earliest end a window on but set the latest to the roll's time plus a
+    window and the margin: every window rolled without an answer (the shared limiter's
+    heartbeats rolled an idle key's window each time) widened the pause between the bounds by
+    the margin and the roll's lateness, until it covered nearly the whole window, and a quote
+    on a key idle for half an hour waited most of a minute or was refused at its deadline.
+    Rolling now moves both bounds by one window; only the window's first grant moves the
+    latest to a window after it."""
+    m = WindowModel("w", limit=10, window_s=1.0, margin_s=0.05, min_interval_s=0.0,
+                    throttle_pause_s=1.0)  # fmt: skip
+    permit = m.grant(0.0)
+    m.observe(permit, 0.01, RateHeaders(limit=10, remaining=9, reset_s=0.99,
+                                        reset_unit_s=0.01), throttled=False)  # fmt: skip
+    m.release(permit)
+    assert m.soft_end is not None and m.reset_at is not None
+    gap = m.reset_at - m.soft_end
+    for late in (0.0, 0.03, 0.02, 0.04, 0.01):  # rolled a little late, nothing granted
+        assert m.reset_at is not None
+        m.roll(m.reset_at + late)
+        assert m.reset_at - m.soft_end == pytest.approx(gap)
+    assert not m.probing
+
+
+def test_a_probe_answered_with_a_server_error_without_rate_headers_is_probed_again() -> None:
+    """A probe whose answer is a 5xx without ``X-Rate-Limit-*`` learned nothing of the window
+    (the call may never have reached the rate limiter), yet it ended the probing: the next
+    burst went out whole into a key someone else may have exhausted."""
+    m = WindowModel("w", limit=10, window_s=1.0, margin_s=0.05, min_interval_s=0.0,
+                    throttle_pause_s=1.0)  # fmt: skip
+    probe = m.grant(0.0)
+    m.observe(probe, 0.1, RateHeaders.parse({}), throttled=False, blank=True)
+    m.release(probe)
+
+    assert m.probing and m.can_send(0.1) and m.grant(0.1).probe and not m.can_send(0.1)
+
+
+async def test_a_grant_held_past_the_window_is_handed_back_rather_than_sent() -> None:
+    """A label purchase does three ledger round trips between its grant and its send
+    (``before_send``): held past the start of the pause before the window's end, the call
+    could land in upstream's next window, counted in this one. ``still_open`` says so, and
+    ``hand_back`` returns the call to the window it was granted in."""
+    limiter = RateLimiter("w", limit=10, window_s=0.4, margin_s=0.02)
+    probe = await limiter.acquire(Priority.URGENT, None)
+    limiter.observe(probe, 200, {"X-Rate-Limit-Limit": "10", "X-Rate-Limit-Remaining": "9",
+                                 "X-Rate-Limit-Reset": "0.2"})  # fmt: skip
+    limiter.release(probe)
+    permit = await limiter.acquire(Priority.URGENT, None)
+    assert limiter.still_open(permit) and limiter.remaining == 8
+    await asyncio.sleep(0.19)  # into the pause before the window's end
+
+    assert not limiter.still_open(permit)
+    limiter.hand_back(permit)
+    assert limiter.remaining == 9

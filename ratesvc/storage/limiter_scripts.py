@@ -12,13 +12,15 @@ A window is one hash (``KEYS[1]``), times in microseconds of Redis's clock:
               ``soft - margin`` until ``end`` (:mod:`ratesvc.limiter` says why)
 ``heard``     1 once an answer of this window set ``end`` (until then it is the roll's guess,
               which the first answer replaces; later answers only move it later)
+``opened``    1 once a call was granted in this window (its first grant moves ``end`` to a
+              window after it, when no answer set ``end``: upstream's window may start then)
 ``slot``      the pacing slot: no call before it (``min_interval_s``, Cin7 Core)
 ``probing``   1 until a probe's answer describes the window (start-up, after a 429, after an
               idle stretch past ``soft``)
 ``probe``     the lease of the probe in flight (0: none); a dead replica's lease runs out
 ``epoch``     counts windows and 429s: answers to calls of an older epoch are not adopted
 ``doubt``     until when replicas Redis has not heard from are presumed to spend their local
-              shares (after a rejoin, or when Redis had forgotten every member)
+              shares (after a rejoin, or when Redis lost the members a replica knew it had)
 =========== =================================================================================
 
 Acquiring is idempotent: a client that retries a command whose answer was lost (the process's
@@ -29,17 +31,19 @@ The waiters of each replica are registered in a sorted set (``KEYS[2]``) as
 ``"<priority>:<replica>"`` scored by the time the registration lapses: a call is not granted
 while another replica has a live registration of a better priority.
 
-The members (``KEYS[4]``): every limiter instance sharing the window, scored by the time its
+The members (``KEYS[4]``): every limiter instance using the window, scored by the time its
 entry lapses (``lapse`` after its last heartbeat or acquire), removed ``expiry`` after that (or
-when it closes). A member whose entry lapsed may be cut off from Redis and spending its local
-share, so each acquire holds ``limit // replicas`` calls aside per lapsed member (``held``);
-while ``doubt`` lasts, per replica not heard from (``replicas`` less the live members), since
-Redis may not know them.
+when it closes or goes idle: no grant for two windows). ``KEYS[5]`` says the window had members
+in the last day (see ``_MEMBERS``). A member whose entry lapsed may be cut off from Redis and
+spending its local share, so each acquire holds ``limit // replicas`` calls aside per lapsed
+member (``held``); while ``doubt`` lasts, per replica not heard from (``replicas`` less the
+live members), since Redis may not know them.
 
-Every script answers the window as it stands after it: ``granted, wait, epoch, probe, counted,
-paced_from, paced_until, lease, limit, remaining, ends_in, slot_in, probing, soft, now, held``
-(microseconds; ``ends_in`` is -1 while the window is unknown, ``soft`` Redis's time or 0,
-``now`` Redis's time, which a grant carries; ``held`` -1 when the script did not count it).
+Every script answers the window as it stands after it (BEAT: as it would stand, unstored):
+``granted, wait, epoch, probe, counted, paced_from, paced_until, lease, limit, remaining,
+ends_in, slot_in, probing, soft, now, held`` (microseconds; ``ends_in`` is -1 while the window
+is unknown, ``soft`` Redis's time or 0, ``now`` Redis's time, which a grant carries; ``held``
+-1 when the script did not count it).
 """
 
 from __future__ import annotations
@@ -48,31 +52,37 @@ _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local f = redis.call('HMGET', KEYS[1], 'limit', 'remaining', 'end', 'slot', 'probing', 'probe',
-                     'epoch', 'soft', 'heard', 'doubt')
+                     'epoch', 'soft', 'heard', 'doubt', 'opened')
 local w = {limit = tonumber(f[1]) or tonumber(ARGV[1]), remaining = tonumber(f[2]) or 0,
            ends = tonumber(f[3]), slot = tonumber(f[4]) or 0, probing = f[5] ~= '0',
            probe = tonumber(f[6]) or 0, epoch = tonumber(f[7]) or 0, soft = tonumber(f[8]),
-           heard = f[9] == '1', doubt = tonumber(f[10]) or 0}
+           heard = f[9] == '1', doubt = tonumber(f[10]) or 0, opened = f[11] == '1'}
 local window, margin = tonumber(ARGV[2]), tonumber(ARGV[3])
-if w.ends and now >= w.ends then
+if w.ends and now >= w.ends then  -- the roll (WindowModel.roll says why)
   w.epoch = w.epoch + 1
   w.remaining = w.limit
-  w.ends = now + window + margin
-  w.heard = false
-  if w.soft then
-    if w.soft + window - margin > now then
-      w.soft = w.soft + window
-    else  -- idle past where upstream's next window may end: ask where it stands
+  w.heard, w.opened = false, false
+  if w.soft and w.soft + window - margin > now then
+    w.soft, w.ends = w.soft + window, w.ends + window
+  else
+    if w.soft then  -- idle past where upstream's next window may end: ask where it stands
       w.soft, w.probing = nil, true
     end
+    w.ends = now + window + margin
   end
 end
 local granted, wait, probe, counted, paced_from, paced_until = 0, 0, 0, 0, w.slot, w.slot
 
+local function reply(held)
+  return {granted, wait, w.epoch, probe, counted, paced_from, paced_until, w.probe, w.limit,
+          w.remaining, w.ends and (w.ends - now) or -1, math.max(0, w.slot - now),
+          w.probing and 1 or 0, w.soft or 0, now, held or -1}
+end
+
 local function answer(held)
   redis.call('HSET', KEYS[1], 'limit', w.limit, 'remaining', w.remaining, 'slot', w.slot,
              'probing', w.probing and 1 or 0, 'probe', w.probe, 'epoch', w.epoch,
-             'heard', w.heard and 1 or 0, 'doubt', w.doubt)
+             'heard', w.heard and 1 or 0, 'doubt', w.doubt, 'opened', w.opened and 1 or 0)
   local last = math.max(w.slot, w.probe, now, w.doubt)
   if w.ends then
     redis.call('HSET', KEYS[1], 'end', w.ends)
@@ -86,17 +96,24 @@ local function answer(held)
     redis.call('HDEL', KEYS[1], 'soft')
   end
   redis.call('PEXPIRE', KEYS[1], math.ceil((last - now + 2 * window) / 1000) + 1000)
-  return {granted, wait, w.epoch, probe, counted, paced_from, paced_until, w.probe, w.limit,
-          w.remaining, w.ends and (w.ends - now) or -1, math.max(0, w.slot - now),
-          w.probing and 1 or 0, w.soft or 0, now, held or -1}
+  return reply(held)
 end
 """
 
-# With KEYS[4]: refresh this replica's member entry, and count who may be spending a local
-# share. A members set Redis does not have means it forgot them (a restart) or never knew.
+# How long Redis remembers that a window had members (``KEYS[5]``, refreshed by every join).
+KNOWN_S = 86_400
+
+# With KEYS[4] and KEYS[5]: refresh this replica's member entry, and count who may be spending a
+# local share. A replica that was a member before (``before``) finding that Redis no longer knows
+# the window had members (KEYS[5] gone) means Redis lost its data (a restart): replicas it has
+# not heard from may be spending their local shares. A cold start (nobody was ever a member
+# here) or a window whose members all left while idle does not doubt.
 _MEMBERS = """
-local function join(me, lapse, expiry)
-  if redis.call('EXISTS', KEYS[4]) == 0 then w.doubt = math.max(w.doubt, now + expiry) end
+local function join(me, lapse, expiry, before)
+  if before == '1' and redis.call('EXISTS', KEYS[5]) == 0 then
+    w.doubt = math.max(w.doubt, now + expiry)
+  end
+  redis.call('SET', KEYS[5], '1', 'PX', KNOWN_MS)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('(%d', now - expiry))
   redis.call('ZADD', KEYS[4], now + lapse, me)
   redis.call('PEXPIRE', KEYS[4], math.ceil((lapse + expiry) / 1000) + 1000)
@@ -110,11 +127,11 @@ local function held(replicas)
   end
   return absent * math.max(1, math.floor(w.limit / replicas))
 end
-"""
+""".replace("KNOWN_MS", str(KNOWN_S * 1000))
 
 # ARGV: limit, window, margin (the prelude's); replica, priority, wanted, "n0,n1,n2" (the
 # replica's waiters by priority), interval, lease, reserve, registration ttl, poll, token;
-# member lapse, member expiry, replicas.
+# member lapse, member expiry, replicas, before (1: this replica was a member before).
 ACQUIRE = (
     """
 local last = redis.call('GET', KEYS[3])
@@ -134,7 +151,7 @@ local me, priority, wanted = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local interval, lease, reserve = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local ttl, poll = tonumber(ARGV[11]), tonumber(ARGV[12])
 
-join(me, tonumber(ARGV[14]), tonumber(ARGV[15]))
+join(me, tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[17])
 local aside = held(tonumber(ARGV[16]))
 
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -165,9 +182,13 @@ if wanted > 0 then
       granted, paced_until = 1, now + interval
       w.slot = paced_until
     end
-    if w.ends then
+    if w.ends and granted > 0 then
       counted = 1
       w.remaining = w.remaining - granted
+      if not w.heard and not w.opened then  -- its first call may start upstream's window
+        w.ends = math.max(w.ends, now + window + margin)
+      end
+      w.opened = true
     end
   end
 end
@@ -194,14 +215,15 @@ return reply
 
 # ARGV: limit, window, margin; throttled (0/1), the call's epoch, and the answer's headers:
 # limit, remaining, reset (-1: absent); the pause after a refusal without a reset; when the
-# call was granted (Redis's time; -1: unknown, a call of a replica's local share) and the
-# Reset's rounding.
+# call was granted (Redis's time; -1: unknown, a call of a replica's local share), the
+# Reset's rounding, and 1 when the answer says nothing of the window (a server error without
+# rate headers: a probe answered so learned nothing, and the next call probes again).
 OBSERVE = (
     _PRELUDE
     + """
 local throttled, epoch = ARGV[4] == '1', tonumber(ARGV[5])
 local limit, remaining, reset = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local sent, unit = tonumber(ARGV[10]), tonumber(ARGV[11])
+local sent, unit, blank = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12] == '1'
 if throttled then
   if limit > 0 then w.limit = limit end
   w.epoch = w.epoch + 1
@@ -212,6 +234,8 @@ if throttled then
     w.ends = now + reset + math.max(margin, unit)
     if sent >= 0 then w.soft = sent + reset - unit end
   end
+elseif epoch == w.epoch and blank and w.probing then
+  w.probe = 0  -- the next call probes again
 elseif epoch == w.epoch then
   if limit > 0 and limit ~= w.limit then
     w.remaining = math.max(0, w.remaining + limit - w.limit)
@@ -258,15 +282,16 @@ return answer()
 )
 
 # ARGV: limit, window, margin; pause (-1: none); replica, member lapse, member expiry,
-# replicas. A replica that counted calls on its own while Redis was away rejoins: the window no
-# longer knows every call made, so the next call probes (and a 429 it saw meanwhile pauses
-# everyone for what is left of the pause); others may still be cut off, spending their shares.
+# replicas, before. A replica that counted calls on its own while Redis was away rejoins: the
+# window no longer knows every call made, so the next call probes (and a 429 it saw meanwhile
+# pauses everyone for what is left of the pause); others may still be cut off, spending their
+# shares.
 REJOIN = (
     _PRELUDE
     + _MEMBERS
     + """
 local pause, expiry = tonumber(ARGV[4]), tonumber(ARGV[7])
-join(ARGV[5], tonumber(ARGV[6]), expiry)
+join(ARGV[5], tonumber(ARGV[6]), expiry, ARGV[9])
 w.doubt = math.max(w.doubt, now + expiry)
 w.epoch = w.epoch + 1  -- a probe out now answers for the old epoch: another goes
 w.probing, w.probe = true, 0
@@ -277,12 +302,22 @@ return answer(held(tonumber(ARGV[8])))
 """
 )
 
-# ARGV: limit, window, margin; replica, member lapse, member expiry, replicas: the heartbeat.
+# ARGV: limit, window, margin; replica, member lapse, member expiry, replicas, before: the
+# heartbeat. It refreshes the member entry and reads ``held``, and changes nothing else of the
+# window (at most ``doubt``): the window as it would stand now is answered but not stored, so
+# heartbeats never roll an idle window (each roll without an answer is a guess, and an idle
+# stretch must be seen as one by the next call: it probes).
 BEAT = (
     _PRELUDE
     + _MEMBERS
     + """
-join(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
-return answer(held(tonumber(ARGV[7])))
+local doubt = w.doubt
+join(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[8])
+if w.doubt ~= doubt then  -- only what the join changed: the window is not rolled here
+  redis.call('HSET', KEYS[1], 'doubt', w.doubt)
+  local keep = math.ceil((w.doubt - now + 2 * window) / 1000) + 1000
+  if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+end
+return reply(held(tonumber(ARGV[7])))
 """
 )

@@ -4,8 +4,8 @@ scripts (:mod:`.limiter_scripts`) run with this replica's arguments, every comma
 (:class:`Window`). Whatever Redis raises is the caller's to handle (the local share).
 
 Keys: ``<prefix>limit:v1:{<name>}`` (the window), ``…:waiting`` (the registrations),
-``…:members`` and ``…:answer:<replica>`` (the last answer, for a retried command); one hash
-slot, all expiring.
+``…:members``, ``…:known`` (the window had members lately) and ``…:answer:<replica>`` (the
+last answer, for a retried command); one hash slot, all expiring.
 """
 
 from __future__ import annotations
@@ -80,10 +80,13 @@ class RedisWindow:
         self.redis = redis
         key = redis_key(prefix, "limit", "v1", f"{{{name}}}")
         self.me = f"{socket.gethostname()}:{secrets.token_hex(4)}"
-        self.keys = [key, f"{key}:waiting", f"{key}:answer:{self.me}", f"{key}:members"]
+        self.keys = [
+            key, f"{key}:waiting", f"{key}:answer:{self.me}", f"{key}:members", f"{key}:known"
+        ]  # fmt: skip
         self.window: Window | None = None  # nothing read from Redis yet
         self.mine = (0, 0)  # (epoch, calls) this replica was granted in the shared window
         self.joined: tuple[float, float] | None = None  # the last member refresh: sent, answered
+        self.was_member = False  # a member refresh was answered once (None joined: left since)
         self._metrics = metrics
         self._tokens = itertools.count()
         self._acquire = redis.register_script(limiter_scripts.ACQUIRE)
@@ -120,8 +123,11 @@ class RedisWindow:
             granted_at=reply[14],
         )  # fmt: skip
 
-    async def observe(self, permit: Permit, info: RateHeaders, refused: bool) -> None:
-        """An answer (a refusal may answer a call of the local share: no grant time then)."""
+    async def observe(
+        self, permit: Permit, info: RateHeaders, refused: bool, *, blank: bool = False
+    ) -> None:
+        """An answer (a refusal may answer a call of the local share: no grant time then;
+        ``blank``: it says nothing of the window, a server error without rate headers)."""
         await self._run(
             self._observe,
             int(refused), permit.epoch, info.limit or 0,
@@ -129,7 +135,7 @@ class RedisWindow:
             -1 if info.reset_s is None else round(info.reset_s * _US),
             round(self.config.pause_s * _US),
             round(permit.granted_at) if permit.shared else -1,
-            round(info.reset_unit_s * _US),
+            round(info.reset_unit_s * _US), int(blank),
         )  # fmt: skip
 
     async def hand_back(self, permit: Permit, *, call: bool) -> None:
@@ -141,7 +147,7 @@ class RedisWindow:
         )  # fmt: skip
 
     async def beat(self) -> None:
-        """Refresh this replica's member entry."""
+        """Refresh this replica's member entry (and read ``held``; the window is not rolled)."""
         await self._run(self._beat, self.me, *self._membership(), member=True)
 
     async def rejoin(self, pause_s: float | None) -> None:
@@ -150,8 +156,10 @@ class RedisWindow:
         await self._run(self._rejoin, pause, self.me, *self._membership(), member=True)
 
     async def leave(self) -> None:
+        """Remove this replica's member entry: the others hold nothing aside for it."""
         async with asyncio.timeout(self.config.timeout_s):
             await self.redis.zrem(self.keys[3], self.me)
+        self.joined = None  # not a member: cut off now, nobody holds its share aside
 
     def eta(self, window: Window, position: int, waiter: Waiter, now: float) -> float:
         """Earliest time the waiter at ``position`` could be sent, other replicas aside."""
@@ -169,10 +177,13 @@ class RedisWindow:
         windows_later = (position - available) // max(1, window.limit - reserve)
         return max(paced, window.ends_at + windows_later * (c.window_s + c.margin_s))
 
-    def _membership(self) -> tuple[int, int, int]:
-        """The ARGV every script refreshing the member entry ends with."""
+    def _membership(self) -> tuple[int, int, int, int]:
+        """The ARGV every script refreshing the member entry ends with (the last: whether this
+        replica was a member before, so Redis not knowing the window's members means it lost
+        them)."""
         c = self.config
-        return round(c.lapse_s * _US), round(c.expiry_s * _US), c.replicas
+        before = int(self.was_member)
+        return round(c.lapse_s * _US), round(c.expiry_s * _US), c.replicas, before
 
     async def _run(self, script: Any, *args: object, member: bool = False) -> list[int]:
         """Run one of the scripts, bounded by ``timeout_s``; remember the window it describes
@@ -185,7 +196,7 @@ class RedisWindow:
             reply: list[int] = await script(keys=self.keys, args=[*head, *args])
         now = loop.time()
         if member:
-            self.joined = (sent, now)
+            self.joined, self.was_member = (sent, now), True
         limit, remaining, ends_in, slot_in, probing, soft, redis_now, held = reply[8:16]
         previous = self.window
         self.window = Window(

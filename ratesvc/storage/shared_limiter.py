@@ -28,25 +28,23 @@ clock, so replicas never compare clocks:
   Redis last described (a lower bound: other replicas' callers are not counted), is refused at
   once with :class:`~ratesvc.errors.UpstreamThrottled`; one still waiting at its deadline is
   refused then, never later.
-* **Members.** Every limiter instance refreshes its entry in the window's members every
-  ``heartbeat_s`` (and with each acquire); an entry lapses after ``3 * heartbeat_s`` and is
-  removed two windows later, or when the limiter closes. Each acquire holds ``limit //
-  replicas`` calls aside per lapsed member, which may be cut off from Redis and spending its
-  local share; after a replica rejoins (or when Redis forgot every member, a restart), for two
-  windows, per replica Redis has not heard from (``replicas`` less the live members).
+* **Members** (:mod:`.limiter_members`). A limiter in use (a grant in the last two windows)
+  keeps an entry in the window's members, refreshed every ``heartbeat_s``; the others hold a
+  share aside per lapsed entry. An idle one leaves, and sends Redis nothing.
 * **Redis unreachable** (refused, timed out: every command is bounded by ``timeout_s``): calls
   go on against a *local share* of the budget (:mod:`.limiter_share`: ``max(1, limit //
   replicas)`` calls a window), once this replica's member entry has lapsed, so the others hold
-  the share aside (up to ``3 * heartbeat_s`` with nothing sent); one never a member starts at
-  once. One warning per outage; :meth:`~SharedRateLimiter.state` says ``degraded``. Redis is
-  pinged every ``retry_s``; when it answers, the replica rejoins the shared window and marks it
-  unsure: the calls it counted alone are not in it, so the next call is a probe whose headers
-  say what is really left (and a 429 seen meanwhile pauses every replica for the rest of its
-  pause). Nothing here raises anything but ``UpstreamThrottled`` because of Redis.
-  What is *not* covered (README, *Running replicas*): a replica cut off while never a member
-  of the window (it had not started its heartbeat), or for longer than the others hold its
-  share (its entry's lapse plus two windows) while they still reach Redis, may spend its share
-  on top of theirs, ``limit // replicas`` a window per such replica.
+  the share aside (up to ``3 * heartbeat_s`` with nothing sent); one not a member (idle
+  there) starts at once. One warning per outage; :meth:`~SharedRateLimiter.state` says
+  ``degraded``. Redis is pinged every ``retry_s``; when it answers, the replica rejoins the
+  shared window and marks it unsure: the calls it counted alone are not in it, so the next
+  call is a probe whose headers say what is really left (and a 429 seen meanwhile pauses
+  every replica for the rest of its pause). Nothing here raises anything but
+  ``UpstreamThrottled`` because of Redis.
+  What is *not* covered (README, *Running replicas*): a replica cut off while not a member
+  of the window (idle there: no call for two windows, or never), or for longer than the
+  others hold its share (its entry's lapse plus two windows) while they still reach Redis, may
+  spend its share on top of theirs, ``limit // replicas`` a window per such replica.
 
 The Redis side (keys, scripts, what their answers say) is :mod:`.limiter_window`; the local
 share is :mod:`.limiter_share`. Pass the process's client
@@ -64,7 +62,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from ratesvc.limiter import (
     Limiter,
@@ -75,14 +72,15 @@ from ratesvc.limiter import (
     RateLimiter,
     WaitQueue,
     default_margin,
+    says_nothing,
 )
 from ratesvc.metrics import Metrics
+from ratesvc.storage.limiter_members import UNAVAILABLE as _UNAVAILABLE
+from ratesvc.storage.limiter_members import Membership
 from ratesvc.storage.limiter_share import ShareModel, held_until, local_share, spend_from
 from ratesvc.storage.limiter_window import Config, RedisWindow
 
 log = logging.getLogger(__name__)
-
-_UNAVAILABLE = (RedisError, OSError, TimeoutError)
 
 
 class SharedRateLimiter:
@@ -111,9 +109,8 @@ class SharedRateLimiter:
         """``replicas``: how many processes share the key (each takes ``limit // replicas``
         calls a window, at least one, while Redis is unreachable); ``reserve``: calls of each
         window only urgent callers may take; ``heartbeat_s``: how often the member entry and
-        waiting registrations are refreshed; ``timeout_s`` bounds every Redis command. Made
-        in a running event loop, the limiter joins the window's members at once; else at its
-        first call."""
+        waiting registrations are refreshed while the limiter is in use; ``timeout_s`` bounds
+        every Redis command. The limiter joins the window's members at its first call."""
         self.name = name
         self._config = Config(
             limit=limit, window_s=window_s,
@@ -134,12 +131,13 @@ class SharedRateLimiter:
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
-        self._beating: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._registered = False
         self._closing = False
-        with contextlib.suppress(RuntimeError):  # no running loop: at the first call
-            self._beating = asyncio.get_running_loop().create_task(self._beat_forever())
+        self._members = Membership(
+            self._redis, busy=lambda: bool(self._queue), shared=lambda: self._shared,
+            lost=self._degrade,
+        )  # fmt: skip
 
     # --- public surface (RateLimiter's) ----------------------------------------------------
 
@@ -214,16 +212,17 @@ class SharedRateLimiter:
             self._throttled += 1
             if self._metrics is not None:
                 self._metrics.limiter_throttled.labels(self.name).inc()
+        blank = not refused and says_nothing(status, info)
         if self._shared and (permit.shared or refused):
             if refused:
                 log.warning(
                     "%s: upstream answered 429; pausing the key for every replica for %.1f s",
                     self.name, info.reset_s if info.reset_s is not None else self._config.pause_s,
                 )  # fmt: skip
-            self._spawn(self._observe_shared(permit, info, refused))
+            self._spawn(self._observe_shared(permit, info, refused, blank))
         else:
             now = asyncio.get_running_loop().time()
-            self._local.observe(permit, now, info, throttled=refused)
+            self._local.observe(permit, now, info, throttled=refused, blank=blank)
         self._kick()
 
     def release(self, permit: Permit) -> None:
@@ -235,13 +234,30 @@ class SharedRateLimiter:
             self._spawn(self._give_back(permit, call=False))
         self._kick()
 
+    def still_open(self, permit: Permit) -> bool:
+        """Whether ``permit``'s call may still be sent now: its window (as last seen) has not
+        rolled, nor reached the pause before its end."""
+        now = asyncio.get_running_loop().time()
+        if not permit.shared:
+            model = self._local
+            model.roll(now)
+            return not permit.counted or (permit.epoch == model.epoch and not model.closed(now))
+        window = self._redis.window
+        if not permit.counted or window is None or window.ends_at is None:
+            return True
+        soft_at = window.soft_at
+        closed = soft_at is not None and soft_at - self._config.margin_s <= now
+        return window.epoch == permit.epoch and now < window.ends_at and not closed
+
+    def hand_back(self, permit: Permit) -> None:
+        """Give back a call granted and never sent; the permit is released with it."""
+        self._hand_back(permit)
+
     async def join(self) -> None:
-        """Refresh this replica's member entry now (it is every ``heartbeat_s`` anyway)."""
+        """Join the window's members now, in use for the next two windows (heartbeats)."""
+        self._members.used()
         if self._shared:
-            try:
-                await self._redis.beat()
-            except _UNAVAILABLE as exc:
-                self._degrade(exc)
+            await self._members.beat()
 
     async def flush(self) -> None:
         """Wait until what this replica reported (answers, calls handed back) reached Redis."""
@@ -252,18 +268,19 @@ class SharedRateLimiter:
         """Stop the background work, settle what this replica told Redis, leave the members,
         refuse whoever is still waiting."""
         self._closing = True  # the loops stop even if a Redis command swallows a cancellation
-        for task in (self._dispatcher, self._reconnecting, self._beating):
+        await self._members.stop()
+        for task in (self._dispatcher, self._reconnecting):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.flush()
         if self._shared:
-            with contextlib.suppress(*_UNAVAILABLE):
-                await self._redis.leave()
-            if self._registered:
+            if self._registered:  # withdraw the waiters first: an acquire joins the members
                 with contextlib.suppress(*_UNAVAILABLE):
                     await self._redis.acquire(Priority.URGENT, (0,) * len(Priority))
+            with contextlib.suppress(*_UNAVAILABLE):
+                await self._redis.leave()
         while (waiter := self._queue.pop()) is not None:
             self._queue.reject(waiter, None)
 
@@ -274,8 +291,7 @@ class SharedRateLimiter:
         if self._closing:
             return
         loop = asyncio.get_running_loop()
-        if self._beating is None:
-            self._beating = loop.create_task(self._beat_forever())
+        self._members.start()
         if self._queue and (self._dispatcher is None or self._dispatcher.done()):
             self._dispatcher = loop.create_task(self._dispatch())
 
@@ -294,6 +310,8 @@ class SharedRateLimiter:
             await self.flush()  # this replica's answers reach the window before it asks
             permits, wait = await self._decide(Priority(head.priority))
             now = loop.time()
+            if permits:
+                self._members.used()
             for permit in permits:
                 waiter = self._queue.pop()
                 if waiter is None:
@@ -353,24 +371,15 @@ class SharedRateLimiter:
 
     # --- Redis ---------------------------------------------------------------------------------
 
-    async def _beat_forever(self) -> None:
-        """Keep this replica's member entry fresh while Redis answers (the dispatcher's
-        acquires do it too while callers wait): a replica cut off lapses, and only then spends
-        its local share, held aside by the others."""
-        loop = asyncio.get_running_loop()
-        heartbeat_s = self._config.heartbeat_s
-        while not self._closing:
-            joined = self._redis.joined
-            if self._shared and (joined is None or loop.time() - joined[1] >= heartbeat_s):
-                await self.join()
-            await asyncio.sleep(heartbeat_s)
-
-    async def _observe_shared(self, permit: Permit, info: RateHeaders, refused: bool) -> None:
+    async def _observe_shared(
+        self, permit: Permit, info: RateHeaders, refused: bool, blank: bool
+    ) -> None:
         try:
-            await self._redis.observe(permit, info, refused)
+            await self._redis.observe(permit, info, refused, blank=blank)
         except _UNAVAILABLE as exc:
             self._degrade(exc)
-            self._local.observe(permit, asyncio.get_running_loop().time(), info, throttled=refused)
+            now = asyncio.get_running_loop().time()
+            self._local.observe(permit, now, info, throttled=refused, blank=blank)
         self._kick()
 
     async def _give_back(self, permit: Permit, *, call: bool) -> None:
@@ -418,7 +427,7 @@ class SharedRateLimiter:
             "most %d calls a window (its share of %d, assuming %d replicas), %s",
             self.name, type(exc).__name__, exc, self._local.limit,
             window.limit if window is not None else c.limit, c.replicas,
-            "at once (never a member of the window: the others do not hold it aside)"
+            "at once (not a member of the window: the others do not hold it aside)"
             if until is None else f"in {self._spend_from - now:.1f} s, when the others hold it "
             f"aside (for {max(0.0, until - now):.0f} s; then their calls and its may add up)",
         )  # fmt: skip
@@ -440,6 +449,7 @@ class SharedRateLimiter:
                 continue
             self._shared = True
             log.warning("%s: Redis answers again; the window is shared again", self.name)
+            self._members.start(anyway=True)  # rejoined: it beats, or leaves if idle
             self._kick()
 
 

@@ -28,7 +28,7 @@ from ratesvc.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from ratesvc.limiter import Limiter, Priority
+from ratesvc.limiter import Limiter, Permit, Priority
 from ratesvc.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,9 @@ class UpstreamHttp:
 
         ``before_send`` runs once the limiter grants the call, right before it is sent; what it
         raises stops the call unsent (a purchase checks it still holds its lease there: a turn
-        waited for can outlast the lease).
+        waited for can outlast the lease). When it took so long that the window the call was
+        granted in closed meanwhile, the turn is handed back and the call waits for the next
+        (``before_send`` runs again then).
 
         Redirects are followed by aiohttp; any other non-2xx answer (Cin7 Core's ``300 Multiple
         Choices`` too) goes through the upstream's error mapper.
@@ -181,10 +183,18 @@ class UpstreamHttp:
             async with timeout:
                 # acquire/release, not the limiter's slot(): no generator-based context manager
                 # per call (eight per cold quote)
-                permit = await self.limiter.acquire(priority, deadline)
+                permit: Permit | None = await self.limiter.acquire(priority, deadline)
                 try:
-                    if before_send is not None:
+                    while before_send is not None and permit is not None:
                         await before_send()
+                        if self.limiter.still_open(permit):
+                            break
+                        # before_send outlasted the window the call was granted in (sent now,
+                        # it could land in upstream's next window): a turn in the next one
+                        self.limiter.hand_back(permit)
+                        permit = None
+                        permit = await self.limiter.acquire(priority, deadline)
+                    assert permit is not None
                     started = loop.time()
                     sent = True
                     url = self._urls.get(path)
@@ -208,7 +218,8 @@ class UpstreamHttp:
                         throttled=throttled,
                     )  # fmt: skip
                 finally:
-                    self.limiter.release(permit)
+                    if permit is not None:
+                        self.limiter.release(permit)
         except TimeoutError as exc:
             if not sent:
                 raise UpstreamThrottled(

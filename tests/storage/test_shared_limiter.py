@@ -34,8 +34,9 @@ from ratesvc.limiter import Permit, Priority, RateLimiter
 from ratesvc.models import Address, RateRequest, Weight
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import FixedWindow, ShipStationSandbox
-from ratesvc.storage import limiter_scripts
+from ratesvc.storage import limiter_scripts, limiter_window
 from ratesvc.storage.limiter_share import local_share
+from ratesvc.storage.redis_client import key as redis_key
 from ratesvc.storage.redis_client import open_redis
 from ratesvc.storage.shared_limiter import SharedRateLimiter, make_limiter
 from ratesvc.upstreams.shipstation.client import ShipStationClient
@@ -642,10 +643,11 @@ async def test_an_acquire_retried_by_the_client_is_granted_once(
     client = open_redis(url)
     acquire = client.register_script(limiter_scripts.ACQUIRE)
     window = f"{prefix}w"
-    keys = [window, f"{prefix}w:waiting", f"{prefix}w:answer:me", f"{prefix}w:members"]
+    keys = [window, f"{prefix}w:waiting", f"{prefix}w:answer:me", f"{prefix}w:members",
+            f"{prefix}w:known"]  # fmt: skip
     await client.hset(window, mapping={"limit": 40, "remaining": 30, "end": 2**52, "probing": 0})
     args = [40, 60_000_000, 0, "me", 1, 5, "0,5,0", 0, 10_000_000, 0, 3_000_000, 25_000]
-    members = [3_000_000, 120_000_000, 1]  # lapse, expiry, replicas
+    members = [3_000_000, 120_000_000, 1, 0]  # lapse, expiry, replicas, member before
     try:
         first = await acquire(keys=keys, args=[*args, 7, *members])
         retried = await acquire(keys=keys, args=[*args, 7, *members])
@@ -954,3 +956,197 @@ async def test_the_factory_shares_with_redis_and_stays_in_process_without(
     finally:
         await shared.aclose()
         await client.aclose()
+
+
+async def redis_now(client: Any) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
+def window_key(prefix: str, name: str) -> str:
+    return redis_key(prefix, "limit", "v1", f"{{{name}}}")
+
+
+# --- review round 5: heartbeats roll nothing, idle limiters cost nothing, a stop leaves --------
+
+
+async def test_an_idle_shared_window_keeps_its_dead_zone_small_and_grants_a_caller_at_once(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """Every heartbeat (BEAT) runs the prelude's roll, so an idle key's window is rolled by
+    heartbeats, window after window, with no answer to correct it: the roll moves ``soft`` by
+    exactly one window but sets ``end = now + window + margin``, ``now`` being the heartbeat's
+    time (at or after the old end). ``end - soft`` (the dead zone) grows by the margin plus
+    the heartbeat's lateness every idle window - for ShipStation by 1-2 s a window, until it
+    covers nearly the whole 60 s window (~35 idle minutes) before the idle-probe branch resets
+    it. A quote arriving then on a key nobody used for half an hour waits up to ~55 s and is
+    refused ``upstream_throttled`` at its deadline. (README: "about 3 s of each 60 s window".)
+    Now BEAT changes nothing of the window, and a roll moves both bounds by one window.
+    Here: 0.3 s window, heartbeat 0.05 s."""
+    url, prefix = redis_prefix
+    upstream = Upstream(10, 0.3)
+    async with replicas(url, prefix, 1, limit=10, window_s=0.3, margin_s=None,
+                        heartbeat_s=0.05) as (limiter,):  # fmt: skip
+        await upstream.call(limiter, 0.01)  # the probe: the window's bounds are known
+        client = limiter._redis.redis
+        key = window_key(prefix, "shipstation:key")
+        widest, refused = 0.0, 0
+        stop = now() + 2.0
+        while now() < stop:
+            end, soft = await client.hmget(key, "end", "soft")
+            at_us = await redis_now(client)
+            if end is not None and soft is not None:
+                zone = (int(end) - int(soft)) / 1e6
+                widest = max(widest, zone)
+                # inside a wide dead zone: a caller willing to wait a third of the window
+                if zone > 0.15 and int(soft) - 15_000 <= at_us and int(end) - at_us > 0.12e6:
+                    try:
+                        permit = await limiter.acquire(Priority.NORMAL, now() + 0.1)
+                    except UpstreamThrottled:
+                        refused += 1
+                    else:
+                        upstream.send(limiter, permit)  # its answer is never delivered
+                        limiter.release(permit)
+                        break
+            await asyncio.sleep(0.02)
+
+    assert (widest <= 0.3 * 0.3, refused) == (True, 0), (
+        f"dead zone grew to {widest:.3f} s of a 0.3 s window; {refused} callers refused in it"
+    )
+
+
+async def test_after_an_idle_stretch_the_shared_limiter_probes_before_it_bursts(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """README (Probing when unsure): after an idle stretch a single call goes first, "so a key
+    exhausted by someone else costs one 429 per window, not a burst". The in-process limiter
+    does it; the shared one never sees an idle stretch: the heartbeats roll its window every
+    window, each time "promptly", so the roll never takes the idle branch and the next burst
+    goes out whole. Here another program spends the key in every upstream window while our
+    limiter idles two windows; then ten callers arrive: the local limiter costs one 429 per
+    window, the shared one ten. Now only calls roll the window, and the first call after the
+    idle stretch finds it idle: a probe."""
+    url, prefix = redis_prefix
+    upstream = Upstream(10, 0.5)
+    origin = upstream.origin
+
+    async def someone_else(windows: int) -> None:
+        for index in range(1, windows + 1):
+            await at(origin, index * 0.5 + 0.01)
+            for _ in range(10):
+                upstream.window.admit()
+
+    async with replicas(url, prefix, 1, limit=10, window_s=0.5, margin_s=None,
+                        heartbeat_s=0.05) as (limiter,):  # fmt: skip
+        await upstream.call(limiter, 0.01)  # window 0: the probe
+        other = asyncio.create_task(someone_else(4))
+        await at(origin, 1.5 + 0.05)  # idle through windows 1 and 2 (heartbeats only)
+        await upstream.burst(limiter, 10, latency_s=0.01)
+        await other
+
+    ours = sum(upstream.refused().values())
+    assert ours <= 2, f"{ours} calls refused with 429: {upstream.refused()}"
+
+
+async def test_a_replica_closing_with_callers_waiting_leaves_the_members_for_good(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """``aclose`` removes the member entry (``leave``) and then, when this replica had waiters
+    registered, runs ACQUIRE with zero counts to withdraw them - and ACQUIRE's ``join``
+    ZADDs the member again. The replica that stopped gracefully (a rolling deploy under
+    traffic: callers waiting at the limiter) is a member again, lapses 3 s later, and every
+    other replica holds ``limit // replicas`` aside for it for two more windows (2 minutes at
+    ShipStation). README: the entry is removed "at once when the replica stops gracefully".
+    Now ``aclose`` withdraws the waiters first and leaves last."""
+    url, prefix = redis_prefix
+    options: dict[str, Any] = {"limit": 10, "window_s": 0.4, "heartbeat_s": 0.05}
+    async with replicas(url, prefix, 1, **options) as (staying,):
+        async with replicas(url, prefix, 1, **options) as (leaving,):
+            await asyncio.sleep(0.9)  # past the two windows of doubt of a new member set
+            probe = await staying.acquire(Priority.NORMAL, None)
+            await answered(staying, probe, 200, headers(10, 0, 0.3))  # nothing left
+            waiter = asyncio.create_task(leaving.acquire(Priority.NORMAL, now() + 5))
+            await asyncio.sleep(0.1)  # its dispatcher registered the waiter in Redis
+            me = leaving._redis.me
+        # leaving closed here (the waiter is refused)
+        with pytest.raises(UpstreamThrottled):
+            await waiter
+        members = await staying._redis.redis.zrange(
+            window_key(prefix, "shipstation:key") + ":members", 0, -1
+        )
+        await asyncio.sleep(0.4)  # the window rolled, the re-added entry lapsed
+        await staying.join()
+        held = staying._redis.window.held if staying._redis.window else None
+
+    assert (me.encode() in members, held) == (False, 0), (
+        f"the stopped replica is a member again ({me.encode() in members}); "
+        f"{held} calls a window held aside for it"
+    )
+
+
+async def test_idle_limiters_do_not_each_run_a_redis_script_every_heartbeat(
+    redis_prefix: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_beat_forever`` runs BEAT (a Lua script: ZREMRANGEBYSCORE, ZADD, HMGET, 3 HSETs, 3
+    PEXPIREs) for every limiter instance every ``heartbeat_s`` for the life of the process,
+    whether or not it was ever used. An integrator with 1,000 accounts has ~2,000 limiters
+    (ShipStation + Cin7 Core) per process: 2,000 scripts a second per process, 12,000 a
+    second on Redis for 3 replicas of 2 workers, for keys nobody calls; measured here, 2,000
+    idle limiters cost a process ~28 % of a core. Now a limiter that granted nothing for two
+    windows (or never) leaves the members and stops beating until its next call."""
+    url, prefix = redis_prefix
+    scripts = 0
+    original = limiter_window.RedisWindow._run
+
+    async def counting(self: Any, script: Any, *args: Any, **kwargs: Any) -> list[int]:
+        nonlocal scripts
+        scripts += 1
+        return await original(self, script, *args, **kwargs)
+
+    monkeypatch.setattr(limiter_window.RedisWindow, "_run", counting)
+    client = open_redis(url)
+    limiters = [
+        SharedRateLimiter(
+            f"shipstation:{i:016x}",
+            redis=client,
+            prefix=prefix,
+            limit=40,
+            window_s=60.0,
+            heartbeat_s=0.2,
+        )
+        for i in range(100)
+    ]
+    try:
+        await asyncio.sleep(0.5)  # each joined once
+        before = scripts
+        await asyncio.sleep(2.0)  # nobody calls
+        idle_scripts = scripts - before
+    finally:
+        for limiter in limiters:
+            await limiter.aclose()
+        await client.aclose()
+
+    assert idle_scripts <= 20, f"100 idle limiters ran {idle_scripts} scripts in 2 s"
+
+
+async def test_a_cold_start_uses_the_whole_window_and_a_redis_that_lost_its_members_doubts(
+    redis_prefix: tuple[str, str],
+) -> None:
+    """Redis holding no members meant "it forgot them" (a restart), so for two windows a share
+    was held aside per replica not heard from: a single-process deployment (the default
+    ``RATESVC_REPLICAS`` is 2) had half its budget for two minutes after every start, and,
+    with idle limiters leaving the members, after every idle stretch. Now only a replica that
+    was a member before, finding that Redis no longer knows the window had members, doubts."""
+    url, prefix = redis_prefix
+    options: dict[str, Any] = {"limit": 10, "window_s": 30.0, "heartbeat_s": 0.1}
+    async with replicas(url, prefix, 1, **options) as (alone,):
+        probe = await alone.acquire(Priority.NORMAL, None)
+        await answered(alone, probe, 200, headers(10, 9, 20))
+        await alone.acquire(Priority.NORMAL, now() + 0.1)
+        assert alone._redis.window is not None and alone._redis.window.held == 0
+
+        client = alone._redis.redis
+        await client.delete(*alone._redis.keys)  # Redis lost its data
+        await alone.join()
+
+        assert alone._redis.window is not None and alone._redis.window.held == 5

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from ratesvc import keys
 from ratesvc.app import create_app
 from ratesvc.config import load_settings
+from ratesvc.errors import UpstreamTimeout, UpstreamUnavailable
 from ratesvc.labels import reconcile
 from ratesvc.labels.void import void_label
 from ratesvc.sandbox.cin7 import Cin7Sandbox
@@ -865,4 +866,63 @@ async def test_a_void_still_running_after_its_lease_lapsed_is_not_settled_as_int
 
     assert answer.status == 200, await answer.text()
     assert during == "completed", f"B settled A's running void: the label was {during!r}"
+    assert await corrections_of(postgres_url, label_id) == 1
+
+
+async def test_a_void_checking_a_lost_answer_ends_by_its_deadline_never_settled_by_another(
+    make_replica: MakeReplica,
+    sandbox: ShipStationSandbox,
+    cin7_sandbox: Cin7Sandbox,
+    postgres_url: str,
+) -> None:
+    """The sweep of expired void leases waits until a void's ShipStation calls are surely over,
+    counting on them sharing the void's one request deadline. When voidlabel's answer was lost
+    (a 5xx after ShipStation voided the box) the void looked the shipment up with a new 30 s
+    deadline per page: replica A, its lease renewals failing, was still looking when B's sweep
+    took the lease and settled the label as interrupted, and A then lost its lease (409). The
+    look-up now shares the void's deadline: A's void ends by it, recording its own outcome
+    (box 2 unconfirmed: ``attention``, 'void again'), and B never settles it."""
+    quick = {"RATESVC_REQUEST_DEADLINE_S": "2"}  # a void's calls "end" 2 s after it starts
+    a = await make_replica("a", **quick)
+    b = await make_replica("b", **quick)
+    label_id = await bought_and_written_back(a, MULTIBOX)
+    client = a.app[keys.ACCOUNTS]["default"].shipstation
+    real_void, real_list = client.void_label, client.list_shipments
+    calls: list[int] = []
+    listing = asyncio.Event()
+    release = asyncio.Event()
+
+    async def second_box_answer_lost(shipment_id: int, **kwargs: Any) -> Any:
+        calls.append(shipment_id)
+        result = await real_void(shipment_id, **kwargs)
+        if len(calls) == 2:  # voided at ShipStation, the answer lost
+            raise UpstreamUnavailable("502 from voidlabel", upstream="shipstation",
+                                      endpoint="voidlabel", upstream_status=502)  # fmt: skip
+        return result
+
+    async def slow_list(query: Any, *, deadline: float, **kwargs: Any) -> Any:
+        listing.set()
+        try:  # slow: past the void's deadline, within a page's own 30 s
+            async with asyncio.timeout_at(deadline):
+                await release.wait()
+        except TimeoutError:
+            raise UpstreamTimeout("no answer", upstream="shipstation",
+                                  endpoint="shipments") from None  # fmt: skip
+        return await real_list(query, deadline=deadline, **kwargs)
+
+    client.void_label = second_box_answer_lost  # type: ignore[method-assign]
+    client.list_shipments = slow_list  # type: ignore[method-assign]
+    voiding = asyncio.create_task(a.post(f"/v1/labels/{label_id}/void", headers=AUTH))
+    await until(lambda: asyncio.sleep(0, listing.is_set()))
+    partition_from_ledger(a)  # A's void lease is no longer renewed; A's void goes on
+    await asyncio.sleep(4.5)  # lease TTL (1 s) + max(0, 2 - 1) + 1 s, and a sweep round
+    during = await label_of(b, label_id)
+    release.set()
+    answer = await voiding
+
+    assert answer.status == 503, await answer.text()  # A's own outcome: void again
+    assert (await answer.json())["code"] == "upstream_unavailable"
+    assert during["status"] == "attention"
+    assert "did not confirm the void of box 2" in during["detail"], during["detail"]
+    assert "interrupted" not in during["detail"]
     assert await corrections_of(postgres_url, label_id) == 1

@@ -18,9 +18,16 @@ WINDOW = dt.timedelta(minutes=10)  # before the attempt: clocks differ, ShipStat
 
 
 async def find_shipment(
-    services: AccountServices, plan: LabelPlan, purchase_key: str, attempt: dt.datetime
+    services: AccountServices,
+    plan: LabelPlan,
+    purchase_key: str,
+    attempt: dt.datetime,
+    *,
+    deadline: float | None = None,
 ) -> tuple[ShipmentRecord | None, bool]:
     """(the shipment bought with ``purchase_key``, or None; whether every page was read).
+    ``deadline`` (the loop's clock) bounds the whole look-up — a void's, so that the sweep of
+    expired void leases can count on the void's calls being over; else each page gets 30 s.
 
     The list starts :data:`WINDOW` before ``attempt`` (on the database's clock) and has no end:
     an end taken from this replica's clock would, on a replica whose clock is behind, end
@@ -35,7 +42,8 @@ async def find_shipment(
             page=number,
             page_size=500,
         )
-        page = await services.shipstation.list_shipments(query, deadline=loop.time() + 30)
+        page_deadline = loop.time() + 30 if deadline is None else deadline
+        page = await services.shipstation.list_shipments(query, deadline=page_deadline)
         found = next((s for s in page.shipments if s.custom_field1 == purchase_key), None)
         if found is not None or number >= page.pages:
             return found, True

@@ -210,7 +210,9 @@ async def void_package(
     if plan is not None and package.attempt_at is not None:
         attempt = parse_stamp(package.attempt_at)
         try:
-            found, _ = await find_shipment(services, plan, package.purchase_key, attempt)
+            found, _ = await find_shipment(
+                services, plan, package.purchase_key, attempt, deadline=deadline
+            )
         except UpstreamFailure:
             found = None
         if found is not None and found.voided:

@@ -153,6 +153,7 @@ class Lease:
         loop = asyncio.get_running_loop()
         period = renew_every(self._ttl_s)
         next_at = loop.time() + period
+        warned_at = -float("inf")
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             sent = loop.time()
@@ -161,7 +162,9 @@ class Lease:
                 async with asyncio.timeout(period):
                     renewed = await self._ledger.renew_lease(self.name, self._ttl_s)
             except Exception as exc:  # the ledger unreachable: held() runs out on its own
-                log.warning("lease %s not renewed (%r); trying again", self.name, exc)
+                if sent - warned_at >= self._ttl_s:  # a ledger down for long: once a TTL
+                    warned_at = sent
+                    log.warning("lease %s not renewed (%r); trying again", self.name, exc)
                 next_at = min(next_at, loop.time() + period / 4)
                 continue
             if not renewed:
@@ -275,6 +278,7 @@ class Claims(Generic[K]):
         loop = asyncio.get_running_loop()
         period = renew_every(self._ttl_s)
         next_at = loop.time() + period
+        warned_at = -float("inf")
         while self._held:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             keys = list(self._held)
@@ -289,7 +293,9 @@ class Claims(Generic[K]):
                 async with asyncio.timeout_at(min(last, sent + period)):
                     kept = await self._renew(keys)
             except Exception as exc:  # the timers stop what runs out meanwhile
-                log.warning("%s claims not renewed (%r); trying again", self._what, exc)
+                if sent - warned_at >= self._ttl_s:  # a ledger down for long: once a TTL
+                    warned_at = sent
+                    log.warning("%s claims not renewed (%r); trying again", self._what, exc)
                 next_at = min(next_at, loop.time() + period / 4)  # soon: it may answer again
                 continue
             for key in keys:

@@ -50,7 +50,7 @@ import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal, Protocol
@@ -180,10 +180,6 @@ class Limiter(Protocol):
 
     def state(self) -> LimiterState: ...
 
-    def slot(
-        self, priority: Priority, deadline: float | None
-    ) -> AbstractAsyncContextManager[Permit]: ...
-
     async def acquire(self, priority: Priority, deadline: float | None) -> Permit: ...
 
     def observe(
@@ -202,6 +198,19 @@ class Limiter(Protocol):
     def hand_back(self, permit: Permit) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@asynccontextmanager
+async def turn(
+    limiter: Limiter, priority: Priority, deadline: float | None
+) -> AsyncIterator[Permit]:
+    """Wait for a turn of ``limiter``, yield the permit for one call, then give it back (the
+    service calls ``acquire`` and ``release`` itself: no context manager on the hot path)."""
+    permit = await limiter.acquire(priority, deadline)
+    try:
+        yield permit
+    finally:
+        limiter.release(permit)
 
 
 class WaitQueue:
@@ -579,15 +588,6 @@ class RateLimiter:
         """The window as it stands (read-only: a window that ended is shown as a fresh one, and
         one never heard of as full)."""
         return self._model.state(asyncio.get_running_loop().time(), throttled=self._throttled)
-
-    @asynccontextmanager
-    async def slot(self, priority: Priority, deadline: float | None) -> AsyncIterator[Permit]:
-        """Wait for a turn, yield the permit for one call, then hand the slot back."""
-        permit = await self.acquire(priority, deadline)
-        try:
-            yield permit
-        finally:
-            self.release(permit)
 
     async def acquire(self, priority: Priority, deadline: float | None) -> Permit:
         loop = asyncio.get_running_loop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from typing import Any
@@ -34,21 +33,17 @@ async def test_the_settle_window_counts_from_the_send_so_a_slow_commit_is_not_re
     b = await make_replica("b", RATESVC_LABEL_SETTLE_S="4")
     http = a.app[keys.ACCOUNTS]["default"].shipstation._http
     limiter = http.limiter
-    real_slot = limiter.slot
+    real_acquire = limiter.acquire
 
-    @contextlib.asynccontextmanager
-    async def queued_slot(priority: Any, deadline: Any) -> Any:
-        if not buying_label:
-            async with real_slot(priority, deadline) as permit:
-                yield permit
-            return
-        async with real_slot(priority, deadline) as permit:
+    async def queued_acquire(priority: Any, deadline: Any) -> Any:
+        permit = await real_acquire(priority, deadline)
+        if buying_label:
             await asyncio.sleep(3.5)  # the turn waited for (other urgent calls ahead)
             _partition_from_ledger(a)  # a GC pause / partition from here on
             sandbox.set_latency(2500, carrier="ups")  # ShipStation slow to commit
-            yield permit
+        return permit
 
-    limiter.slot = queued_slot
+    limiter.acquire = queued_acquire
     client = a.app[keys.ACCOUNTS]["default"].shipstation
     real_create = client.create_label
     buying_label: list[bool] = []

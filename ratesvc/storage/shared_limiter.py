@@ -57,8 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -176,15 +175,6 @@ class SharedRateLimiter:
             limit=limit, remaining=max(0, window.remaining), reset_after_s=window.ends_at - now,
             throttled=self._throttled, sharing="shared",
         )  # fmt: skip
-
-    @asynccontextmanager
-    async def slot(self, priority: Priority, deadline: float | None) -> AsyncIterator[Permit]:
-        """Wait for a turn, yield the permit for one call, then hand the slot back."""
-        permit = await self.acquire(priority, deadline)
-        try:
-            yield permit
-        finally:
-            self.release(permit)
 
     async def acquire(self, priority: Priority, deadline: float | None) -> Permit:
         loop = asyncio.get_running_loop()

@@ -181,7 +181,7 @@ class UpstreamHttp:
         sent = False
         try:
             async with timeout:
-                # acquire/release, not the limiter's slot(): no generator-based context manager
+                # acquire/release, not limiter.turn(): no generator-based context manager
                 # per call (eight per cold quote)
                 permit: Permit | None = await self.limiter.acquire(priority, deadline)
                 try:

@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestServer
 
 from ratesvc.config import Secret, ShipStationConfig
 from ratesvc.errors import UpstreamThrottled
-from ratesvc.limiter import Permit, Priority, RateLimiter
+from ratesvc.limiter import Permit, Priority, RateLimiter, turn
 from ratesvc.models import Address, RateRequest, Weight
 from ratesvc.sandbox.knobs import Knobs
 from ratesvc.sandbox.shipstation import FixedWindow, ShipStationSandbox
@@ -96,7 +96,7 @@ async def call_through(
     limiter: SharedRateLimiter, upstream: FixedWindow, priority: Priority = Priority.NORMAL
 ) -> None:
     """One call to the fixed window, with what it answers reported to the limiter."""
-    async with limiter.slot(priority, now() + 30) as permit:
+    async with turn(limiter, priority, now() + 30) as permit:
         allowed, answer = upstream.admit()
         await asyncio.sleep(0.002)
         limiter.observe(permit, 200 if allowed else 429, answer)
@@ -397,7 +397,7 @@ async def test_pacing_is_shared_by_every_replica(redis_prefix: tuple[str, str]) 
         sent: list[float] = []
 
         async def paced(limiter: SharedRateLimiter) -> None:
-            async with limiter.slot(Priority.NORMAL, None):
+            async with turn(limiter, Priority.NORMAL, None):
                 sent.append(time.perf_counter())
 
         await asyncio.gather(*(paced(limiters[i % 3]) for i in range(6)))

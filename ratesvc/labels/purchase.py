@@ -90,8 +90,15 @@ class Stop(Exception):
         self.detail = detail
 
 
+PURCHASE_LEASE = "purchase:"  # + label id: held by the unit buying the label
+RECONCILING_LEASE = "reconciling:"  # + label id: held while that unit reconciles an outcome
+
+
 class PurchaseUnit:
-    """Buys (or resumes buying) one label."""
+    """Buys (or resumes buying) one label, under the label's purchase lease. While it looks for
+    an ``unknown`` package's outcome at ShipStation it also holds the label's reconciling
+    lease, so a request on any replica answers ``reconciling`` then, and ``already_labelled``
+    while the unit is merely buying (see :meth:`.service.Labels._unknown_outcome`)."""
 
     def __init__(
         self,
@@ -109,7 +116,10 @@ class PurchaseUnit:
         self._on_queued = on_queued
         self._started = 0.0
         self._asked_for_a_person = False
-        self._lease = Lease(ledger, f"purchase:{label_id}", ttl_s=timing.lease_ttl_s)
+        self._lease = Lease(ledger, f"{PURCHASE_LEASE}{label_id}", ttl_s=timing.lease_ttl_s)
+        self._reconciling = Lease(
+            ledger, f"{RECONCILING_LEASE}{label_id}", ttl_s=timing.lease_ttl_s
+        )
         self.calling = False  # a createlabel call is out: its answer is worth waiting for
         self._no_answer: set[int] = set()  # packages whose createlabel here ended unanswered
 
@@ -266,7 +276,18 @@ class PurchaseUnit:
     # --- unknown: find out ---------------------------------------------------------------------
 
     async def _settle(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
-        """Look for the last attempt at ShipStation until it is found or provably absent."""
+        """Look for the last attempt at ShipStation until it is found or provably absent, under
+        the label's reconciling lease (for the other replicas to see)."""
+        try:
+            await self._reconciling.acquire()  # taken by another owner: it says so already
+        except Exception as exc:  # the ledger away: the settling itself will find out
+            log.warning("%s not taken (%r)", self._reconciling.name, exc)
+        try:
+            return await self._find_outcome(plan, package)
+        finally:
+            await self._reconciling.release()
+
+    async def _find_outcome(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
         loop = asyncio.get_running_loop()
         while True:
             self._lease.check()

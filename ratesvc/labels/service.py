@@ -66,10 +66,15 @@ from ratesvc.errors import (
 )
 from ratesvc.labels.documents import CUSTOMS, LABEL, package_pdf
 from ratesvc.labels.lifecycle import LabelStatus, PackageState
-from ratesvc.labels.models import Label, LabelPlan, LabelsRequest
+from ratesvc.labels.models import Label, LabelsRequest
 from ratesvc.labels.plan import fulfilment_key, make_plan, stored_quote
 from ratesvc.labels.printing import merged_label_pdf
-from ratesvc.labels.purchase import LabelTiming, PurchaseUnit
+from ratesvc.labels.purchase import (
+    PURCHASE_LEASE,
+    RECONCILING_LEASE,
+    LabelTiming,
+    PurchaseUnit,
+)
 from ratesvc.labels.retention import Retention
 from ratesvc.labels.views import label_view
 from ratesvc.labels.void import VOID_LEASE, settle_interrupted_voids, void_label
@@ -80,7 +85,6 @@ from ratesvc.storage.ledger import (
     IllegalTransition,
     LeaseLost,
     Ledger,
-    PackageRow,
     PurchaseRow,
     now_text,
 )
@@ -90,39 +94,6 @@ log = logging.getLogger(__name__)
 S = LabelStatus
 HOUSEKEEPING_S = 3600.0
 WATCH_S = (0.05, 1.0)  # watching a label another replica buys: first and longest pause
-PURCHASE_LEASE = "purchase:"  # + label id: held by the unit buying the label (see .purchase)
-RECONCILING_LEASE = "reconciling:"  # + label id: held while that unit reconciles an outcome
-
-
-class _Unit(PurchaseUnit):
-    """A purchase unit that tells every replica when it is reconciling: while it looks for an
-    ``unknown`` package's outcome at ShipStation it holds the label's reconciling lease, so a
-    request on any replica answers ``reconciling`` then, and ``already_labelled`` while the
-    unit is merely buying (see :meth:`Labels._unknown_outcome`)."""
-
-    def __init__(
-        self,
-        ledger: Ledger,
-        services: AccountServices,
-        label_id: str,
-        *,
-        timing: LabelTiming,
-        on_queued: Callable[[], None],
-    ) -> None:
-        super().__init__(ledger, services, label_id, timing=timing, on_queued=on_queued)
-        self._reconciling = Lease(
-            ledger, f"{RECONCILING_LEASE}{label_id}", ttl_s=timing.lease_ttl_s
-        )
-
-    async def _settle(self, plan: LabelPlan, package: PackageRow) -> PackageRow:
-        try:
-            await self._reconciling.acquire()  # taken by another owner: it says so already
-        except Exception as exc:  # the ledger away: the settling itself will find out
-            log.warning("%s not taken (%r)", self._reconciling.name, exc)
-        try:
-            return await super()._settle(plan, package)
-        finally:
-            await self._reconciling.release()
 
 
 class Labels:
@@ -360,7 +331,7 @@ class Labels:
         running = self._units.get(label_id)
         if running is not None and not running[0].done():
             return running[0]
-        purchase = _Unit(
+        purchase = PurchaseUnit(
             self._ledger, services, label_id, timing=self._timing,
             on_queued=self._on_queued,
         )  # fmt: skip

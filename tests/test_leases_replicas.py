@@ -321,6 +321,34 @@ async def test_a_purchase_whose_outcome_is_being_reconciled_is_reconciling_on_ev
     assert sandbox.calls["/shipments/createlabel"] == 1
 
 
+async def corrections_of(url: str, label_id: str) -> int:
+    rows = await ledger_sql(
+        url, "SELECT id FROM outbox WHERE label_id = ? AND kind = 'void_correction'", (label_id,)
+    )
+    return len(rows)
+
+
+async def void_held_at_the_second_box(
+    replica: TestClient, label_id: str, release: asyncio.Event
+) -> asyncio.Task[Any]:
+    """``replica`` voids the 2-box ``label_id``: box 1 voided (and recorded), box 2's void held
+    at ShipStation until ``release`` is set. Returns the void request once it is there."""
+    client = replica.app[keys.ACCOUNTS]["default"].shipstation
+    real = client.void_label
+    calls: list[int] = []
+
+    async def second_box_held(shipment_id: int, **kwargs: Any) -> Any:
+        calls.append(shipment_id)
+        if len(calls) == 2:
+            await release.wait()
+        return await real(shipment_id, **kwargs)
+
+    client.void_label = second_box_held  # type: ignore[method-assign]
+    voiding = asyncio.create_task(replica.post(f"/v1/labels/{label_id}/void", headers=AUTH))
+    await until(lambda: asyncio.sleep(0, len(calls) == 2))
+    return voiding
+
+
 # --- voids across replicas ------------------------------------------------------------------
 
 
@@ -427,34 +455,18 @@ async def test_a_replica_starting_during_a_void_leaves_it_to_the_replica_voiding
     queued another. A's void lease is live: B leaves the label alone."""
     a = await make_replica("a")
     label_id = await bought_and_written_back(a, MULTIBOX)
-    client = a.app[keys.ACCOUNTS]["default"].shipstation
-    real = client.void_label
-    calls: list[int] = []
     release = asyncio.Event()
-
-    async def second_box_slow(shipment_id: int, **kwargs: Any) -> Any:
-        calls.append(shipment_id)
-        if len(calls) == 2:
-            await release.wait()
-        return await real(shipment_id, **kwargs)
-
-    client.void_label = second_box_slow  # type: ignore[method-assign]
-    voiding = asyncio.create_task(a.post(f"/v1/labels/{label_id}/void", headers=AUTH))
-    await until(lambda: asyncio.sleep(0, len(calls) == 2))
+    voiding = await void_held_at_the_second_box(a, label_id, release)
     b = await make_replica("b")  # starts while A waits for box 2's void
     during = await label_of(b, label_id)
     await asyncio.sleep(1.5)  # B's sweeps of expired void leases find none: A renews its own
     still = await label_of(b, label_id)
     release.set()
     answer = await voiding
-    corrections = await ledger_sql(
-        postgres_url, "SELECT id FROM outbox WHERE label_id = ? AND kind = 'void_correction'",
-        (label_id,),
-    )  # fmt: skip
     assert answer.status == 200, await answer.text()
     assert (await answer.json())["status"] == "voided"
     assert [during["status"], still["status"]] == ["completed", "completed"], (during, still)
-    assert len(corrections) == 1
+    assert await corrections_of(postgres_url, label_id) == 1
 
 
 async def test_a_void_cut_off_by_its_replica_dying_is_settled_by_another_once_its_lease_expires(
@@ -472,19 +484,7 @@ async def test_a_void_cut_off_by_its_replica_dying_is_settled_by_another_once_it
     b = await make_replica("b", **quick)
     label_id = await bought_and_written_back(a, MULTIBOX)
     _, second = (await label_of(a, label_id))["packages"]
-    client = a.app[keys.ACCOUNTS]["default"].shipstation
-    real = client.void_label
-    calls: list[int] = []
-
-    async def dies_at_the_second_box(shipment_id: int, **kwargs: Any) -> Any:
-        calls.append(shipment_id)
-        if len(calls) == 2:
-            await asyncio.Event().wait()  # until the replica is gone
-        return await real(shipment_id, **kwargs)
-
-    client.void_label = dies_at_the_second_box  # type: ignore[method-assign]
-    voiding = asyncio.create_task(a.post(f"/v1/labels/{label_id}/void", headers=AUTH))
-    await until(lambda: asyncio.sleep(0, len(calls) == 2))
+    voiding = await void_held_at_the_second_box(a, label_id, asyncio.Event())  # never set
     await die(a)
     voiding.cancel()
     await asyncio.gather(voiding, return_exceptions=True)
@@ -821,13 +821,6 @@ async def test_a_replica_whose_clock_is_behind_does_not_rebuy_a_package_it_recon
     assert "recovered" in (await label_of(a, label_id))["detail"]
 
 
-async def corrections_of(url: str, label_id: str) -> int:
-    rows = await ledger_sql(
-        url, "SELECT id FROM outbox WHERE label_id = ? AND kind = 'void_correction'", (label_id,)
-    )
-    return len(rows)
-
-
 async def test_a_void_still_running_after_its_lease_lapsed_is_not_settled_as_interrupted(
     make_replica: MakeReplica,
     sandbox: ShipStationSandbox,
@@ -844,20 +837,8 @@ async def test_a_void_still_running_after_its_lease_lapsed_is_not_settled_as_int
     a = await make_replica("a")
     b = await make_replica("b")
     label_id = await bought_and_written_back(a, MULTIBOX)
-    client = a.app[keys.ACCOUNTS]["default"].shipstation
-    real = client.void_label
-    calls: list[int] = []
     release = asyncio.Event()
-
-    async def second_box_slow(shipment_id: int, **kwargs: Any) -> Any:
-        calls.append(shipment_id)
-        if len(calls) == 2:
-            await release.wait()
-        return await real(shipment_id, **kwargs)
-
-    client.void_label = second_box_slow  # type: ignore[method-assign]
-    voiding = asyncio.create_task(a.post(f"/v1/labels/{label_id}/void", headers=AUTH))
-    await until(lambda: asyncio.sleep(0, len(calls) == 2))
+    voiding = await void_held_at_the_second_box(a, label_id, release)
     partition_from_ledger(a)  # A's void lease is no longer renewed; A's void goes on
     await asyncio.sleep(2.5)  # more than two lease TTLs: B sweeps every third of one
     during = (await label_of(b, label_id))["status"]

@@ -22,18 +22,9 @@ from ratesvc.storage import postgres_engine
 from ratesvc.storage.outage import RETRY_AFTER_S, ledger_outage
 from ratesvc.storage.sql import Connection, LedgerUnavailable
 from ratesvc.storage.sqlite_engine import SQLiteEngine
+from tests.api.test_labels import EXPLICIT
 from tests.conftest import AUTH, service_env
 from tests.replicas.harness import CuttableProxy, free_port
-
-EXPLICIT = {
-    "carrier_code": "ups", "service_code": "ups_ground",
-    "shipment": {
-        "ship_to": {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York",
-                    "state": "NY", "postal_code": "10118", "country": "US"},
-        "packages": [{"weight": {"value": 3, "unit": "lb"},
-                      "dimensions": {"length": 10, "width": 8, "height": 4, "unit": "in"}}],
-    },
-}  # fmt: skip
 
 
 @pytest.fixture

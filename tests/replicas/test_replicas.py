@@ -29,6 +29,7 @@ import pytest
 
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
+from tests.api.test_labels import EXPLICIT
 from tests.conftest import AUTH, service_env
 from tests.replicas.harness import CuttableProxy, Replica, Replicas
 
@@ -385,15 +386,6 @@ async def test_a_quote_made_on_one_replica_is_bought_on_another(
 
 # --- f. PostgreSQL unreachable -------------------------------------------------------------------
 
-EXPLICIT = {
-    "carrier_code": "ups", "service_code": "ups_ground",
-    "shipment": {
-        "ship_to": {"name": "A. Customer", "street1": "350 5th Ave", "city": "New York",
-                    "state": "NY", "postal_code": "10118", "country": "US"},
-        "packages": [{"weight": {"value": 3, "unit": "lb"},
-                      "dimensions": {"length": 10, "width": 8, "height": 4, "unit": "in"}}],
-    },
-}  # fmt: skip
 PROBLEM = "application/problem+json"
 
 

@@ -42,22 +42,10 @@ from ratesvc.storage.shared_limiter import SharedRateLimiter, make_limiter
 from ratesvc.upstreams.shipstation.client import ShipStationClient
 from tests.automation.support import until
 from tests.replicas.harness import CuttableProxy
-from tests.test_limiter import Upstream, at, tail_then_burst
+from tests.test_limiter import Upstream, at, headers, now, tail_then_burst
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLICA = (sys.executable, "-m", "tests.storage.replica")
-
-
-def headers(limit: int, remaining: int, reset_s: float) -> dict[str, str]:
-    return {
-        "X-Rate-Limit-Limit": str(limit),
-        "X-Rate-Limit-Remaining": str(remaining),
-        "X-Rate-Limit-Reset": str(reset_s),
-    }
-
-
-def now() -> float:
-    return asyncio.get_running_loop().time()
 
 
 @asynccontextmanager

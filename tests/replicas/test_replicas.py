@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from benchmarks.common import shipment
 from ratesvc.sandbox.cin7 import Cin7Sandbox
 from ratesvc.sandbox.shipstation import ShipStationSandbox
 from tests.api.test_labels import EXPLICIT
@@ -128,15 +129,8 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str)
 
 
 def quote_body(postal_code: str) -> dict[str, Any]:
-    return {
-        "carriers": ["ups"],
-        "shipment": {
-            "ship_to": {"postal_code": postal_code, "country": "US", "state": "NY",
-                        "city": "New York", "residential": True},
-            "packages": [{"weight": {"value": 2.5, "unit": "lb"},
-                          "dimensions": {"length": 12, "width": 9, "height": 4, "unit": "in"}}],
-        },
-    }  # fmt: skip
+    """One distinct UPS quote (one leg, one call)."""
+    return shipment(postal_code, carriers=["ups"])
 
 
 def live_shipments(sandbox: ShipStationSandbox, label_id: str) -> int:

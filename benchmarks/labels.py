@@ -39,6 +39,17 @@ ADDRESS = {"Line1": "350 5th Ave", "City": "New York", "State": "NY", "Postcode"
 PRODUCTS = ("p-bread", "p-flour", "p-mug", "p-scale")
 
 
+def packed_sales(cin7: Cin7Sandbox, sales: int, prefix: str, *, first_order: int) -> dict[str, int]:
+    """``sales`` packed sales of 1 to 3 boxes in the Cin7 Core sandbox: their boxes by sale id."""
+    boxes: dict[str, int] = {}
+    for i in range(sales):
+        count = 1 + i % 3
+        items = [(PRODUCTS[(i + b) % len(PRODUCTS)], 1 + b, f"Box {b + 1}") for b in range(count)]
+        cin7.add_sale(f"{prefix}{i:03d}", f"SO-{first_order + i}", "Bench Co", ADDRESS, items)
+        boxes[f"{prefix}{i:03d}"] = count
+    return boxes
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -63,12 +74,7 @@ async def main(sales: int, window_s: float, fault_rate: float) -> bool:
     )  # fmt: skip
     cin7 = Cin7Sandbox(knobs=Cin7Knobs(latency=Latency(base_ms=30), rate_limit=60,
                                        window_s=window_s, throttle_style="400"))  # fmt: skip
-    boxes: dict[str, int] = {}
-    for i in range(sales):
-        count = 1 + i % 3
-        items = [(PRODUCTS[(i + b) % len(PRODUCTS)], 1 + b, f"Box {b + 1}") for b in range(count)]
-        cin7.add_sale(f"bench-{i:03d}", f"SO-{5000 + i}", "Bench Co", ADDRESS, items)
-        boxes[f"bench-{i:03d}"] = count
+    boxes = packed_sales(cin7, sales, "bench-", first_order=5000)
     ss_runner, ss_url = await serve_app(shipstation.app)
     c7_runner, c7_url = await serve_app(cin7.app)
     port = free_port()

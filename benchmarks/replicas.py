@@ -75,7 +75,7 @@ from benchmarks.common import (
     serve_app,
     shipment,
 )
-from benchmarks.labels import ADDRESS, PRODUCTS, free_port
+from benchmarks.labels import free_port, packed_sales
 from ratesvc.sandbox.cin7 import Cin7Knobs, Cin7Sandbox
 from ratesvc.sandbox.knobs import Knobs, Latency
 from ratesvc.sandbox.shipstation import ShipStationSandbox
@@ -331,13 +331,8 @@ async def labels(
     ))  # fmt: skip
     cin7 = Cin7Sandbox(knobs=Cin7Knobs(latency=Latency(base_ms=30), rate_limit=60,
                                        window_s=window_s, throttle_style="400"))  # fmt: skip
-    boxes: dict[str, int] = {}
     tag = secrets.token_hex(3)  # sales new to the ledger, which every round shares
-    for i in range(sales):
-        n = 1 + i % 3
-        items = [(PRODUCTS[(i + b) % len(PRODUCTS)], 1 + b, f"Box {b + 1}") for b in range(n)]
-        cin7.add_sale(f"bench-{tag}-{i:03d}", f"SO-{7000 + i}", "Bench Co", ADDRESS, items)
-        boxes[f"bench-{tag}-{i:03d}"] = n
+    boxes = packed_sales(cin7, sales, f"bench-{tag}-", first_order=7000)
     ss_runner, ss_url = await serve_app(shipstation.app)
     c7_runner, c7_url = await serve_app(cin7.app)
     env = service_env(

@@ -181,20 +181,8 @@ class UpstreamHttp:
         sent = False
         try:
             async with timeout:
-                # acquire/release, not limiter.turn(): no generator-based context manager
-                # per call (eight per cold quote)
-                permit: Permit | None = await self.limiter.acquire(priority, deadline)
+                permit = await self._granted(priority, deadline, before_send)
                 try:
-                    while before_send is not None and permit is not None:
-                        await before_send()
-                        if self.limiter.still_open(permit):
-                            break
-                        # before_send outlasted the window the call was granted in (sent now,
-                        # it could land in upstream's next window): a turn in the next one
-                        self.limiter.hand_back(permit)
-                        permit = None
-                        permit = await self.limiter.acquire(priority, deadline)
-                    assert permit is not None
                     started = loop.time()
                     sent = True
                     url = self._urls.get(path)
@@ -218,8 +206,7 @@ class UpstreamHttp:
                         throttled=throttled,
                     )  # fmt: skip
                 finally:
-                    if permit is not None:
-                        self.limiter.release(permit)
+                    self.limiter.release(permit)
         except TimeoutError as exc:
             if not sent:
                 raise UpstreamThrottled(
@@ -261,6 +248,30 @@ class UpstreamHttp:
                 self._metrics.upstream_latency.labels(self.upstream, endpoint),
             )
         return series
+
+    async def _granted(
+        self,
+        priority: Priority,
+        deadline: float | None,
+        before_send: Callable[[], Awaitable[None]] | None,
+    ) -> Permit:
+        """A turn for one call: granted by the limiter (``acquire``/``release``, not
+        ``limiter.turn()``: no generator context manager per call, eight per cold quote), then
+        ``before_send`` run — and, when that outlasted the window the turn was granted in (sent
+        now, the call could land in upstream's next window), handed back for a turn in the
+        next one. What ``before_send`` raises gives the turn back and stops the call unsent."""
+        permit = await self.limiter.acquire(priority, deadline)
+        while before_send is not None:
+            try:
+                await before_send()
+            except BaseException:
+                self.limiter.release(permit)
+                raise
+            if self.limiter.still_open(permit):
+                break
+            self.limiter.hand_back(permit)
+            permit = await self.limiter.acquire(priority, deadline)
+        return permit
 
     @property
     def _display(self) -> str:
